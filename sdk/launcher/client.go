@@ -1,0 +1,184 @@
+package launcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/conveyor-ci/conveyor/sdk/launcher/proto"
+)
+
+// client is the host's view of a plugin's Launcher over gRPC.
+type client struct {
+	rpc pb.LauncherClient
+}
+
+func (c *client) Info(ctx context.Context) (*Info, error) {
+	r, err := c.rpc.Info(ctx, &pb.InfoRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("info: %w", err)
+	}
+	return &Info{Name: r.Name, Version: r.Version, Description: r.Description, Capabilities: r.Capabilities}, nil
+}
+
+func (c *client) Schema(ctx context.Context) (*Schema, error) {
+	r, err := c.rpc.Schema(ctx, &pb.SchemaRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("schema: %w", err)
+	}
+	return &Schema{Global: r.Global, Node: r.Node}, nil
+}
+
+func (c *client) Configure(ctx context.Context, cfg *Config) error {
+	global, err := marshalValue(cfg.Global)
+	if err != nil {
+		return fmt.Errorf("configure: global: %w", err)
+	}
+	req := &pb.ConfigureRequest{
+		Host:   &pb.Host{ServerName: cfg.Host.ServerName, DataDir: cfg.Host.DataDir, Version: cfg.Host.Version},
+		Global: &pb.Value{Json: global},
+	}
+	for _, n := range cfg.Nodes {
+		pn, err := nodeToProto(n)
+		if err != nil {
+			return fmt.Errorf("configure: node %q: %w", n.Name, err)
+		}
+		req.Nodes = append(req.Nodes, pn)
+	}
+	r, err := c.rpc.Configure(ctx, req)
+	if err != nil {
+		return fmt.Errorf("configure: %w", err)
+	}
+	if len(r.Errors) == 0 {
+		return nil
+	}
+	ces := make(ConfigErrors, len(r.Errors))
+	for i, e := range r.Errors {
+		ces[i] = ConfigError{Node: e.Node, Path: e.Path, Message: e.Message}
+	}
+	return ces
+}
+
+func (c *client) Launch(ctx context.Context, node *Node) (Conn, error) {
+	req, err := nodeToProto(node)
+	if err != nil {
+		return nil, fmt.Errorf("launch node %q: %w", node.Name, err)
+	}
+	// The stream outlives ctx, which only bounds the launch itself.
+	sctx, cancel := context.WithCancel(context.Background())
+	stream, err := c.rpc.Launch(sctx)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("launch node %q: %w", node.Name, err)
+	}
+	type result struct {
+		msg *pb.LaunchServerMessage
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		// A failed Send shows up, with its real reason, in Recv.
+		_ = stream.Send(&pb.LaunchClientMessage{Msg: &pb.LaunchClientMessage_Launch{Launch: req}})
+		m, err := stream.Recv()
+		done <- result{m, err}
+	}()
+	var r result
+	select {
+	case r = <-done:
+	case <-ctx.Done():
+		cancel()
+		return nil, fmt.Errorf("launch node %q: %w", node.Name, ctx.Err())
+	}
+	if r.err != nil {
+		cancel()
+		return nil, fmt.Errorf("launch node %q: %w", node.Name, statusErr(r.err))
+	}
+	launched := r.msg.GetLaunched()
+	if launched == nil {
+		cancel()
+		return nil, fmt.Errorf("launch node %q: plugin sent a frame before confirming the launch", node.Name)
+	}
+	return &clientConn{stream: stream, cancel: cancel, desc: launched.Description}, nil
+}
+
+func (c *client) Teardown(ctx context.Context, node string) error {
+	if _, err := c.rpc.Teardown(ctx, &pb.TeardownRequest{Node: node}); err != nil {
+		return fmt.Errorf("teardown node %q: %w", node, statusErr(err))
+	}
+	return nil
+}
+
+// clientConn is the host end of a launched node's frame stream.
+type clientConn struct {
+	stream pb.Launcher_LaunchClient
+	cancel context.CancelFunc
+	desc   string
+
+	sendMu sync.Mutex
+	once   sync.Once
+}
+
+func (c *clientConn) Send(frame []byte) error {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	if err := c.stream.Send(&pb.LaunchClientMessage{Msg: &pb.LaunchClientMessage_Frame{Frame: frame}}); err != nil {
+		return statusErr(err)
+	}
+	return nil
+}
+
+func (c *clientConn) Recv() ([]byte, error) {
+	m, err := c.stream.Recv()
+	if err != nil {
+		return nil, statusErr(err)
+	}
+	return m.GetFrame(), nil
+}
+
+func (c *clientConn) Close() error {
+	c.once.Do(func() {
+		c.sendMu.Lock()
+		_ = c.stream.CloseSend()
+		c.sendMu.Unlock()
+		c.cancel()
+	})
+	return nil
+}
+
+func (c *clientConn) Description() string { return c.desc }
+
+// secretsClient is the host's view of a plugin's SecretManager.
+type secretsClient struct {
+	rpc pb.SecretManagerClient
+}
+
+func (c *secretsClient) NodeSecret(ctx context.Context, node string) (*NodeSecret, error) {
+	r, err := c.rpc.NodeSecret(ctx, &pb.NodeSecretRequest{Node: node})
+	if err != nil {
+		if status.Code(err) == codes.Unimplemented {
+			return nil, ErrNoSecrets
+		}
+		return nil, fmt.Errorf("node secret %q: %w", node, statusErr(err))
+	}
+	return &NodeSecret{Secret: r.Secret, AgentCommand: r.AgentCommand}, nil
+}
+
+// statusErr turns a gRPC status into a plain error carrying the plugin's
+// message; io.EOF and context errors pass through unchanged.
+func statusErr(err error) error {
+	s, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	switch s.Code() {
+	case codes.Canceled:
+		return context.Canceled
+	case codes.DeadlineExceeded:
+		return context.DeadlineExceeded
+	}
+	return errors.New(s.Message())
+}

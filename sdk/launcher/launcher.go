@@ -1,0 +1,169 @@
+// Package launcher is what a Conveyor launcher plugin implements and what
+// the host uses to talk to one. A plugin's main calls Serve with a factory
+// for its Launcher; the host loads the plugin with NewClient and Dispense.
+// Neither side sees gRPC.
+package launcher
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/conveyor-ci/conveyor/sdk/hclspec"
+	"github.com/zclconf/go-cty/cty"
+)
+
+// Capabilities a launcher may report in Info.
+const (
+	// CapSecrets: the plugin implements SecretManager.
+	CapSecrets = "secrets"
+)
+
+// Launcher connects build agents to the master: it launches (or accepts)
+// the agent of one node and carries opaque wire frames between the two.
+type Launcher interface {
+	// Info reports the plugin's name, version and capabilities.
+	Info(ctx context.Context) (*Info, error)
+	// Schema declares the HCL schema of the global `launcher "NAME" {}`
+	// block and of the per-node block. The host decodes the user's HCL
+	// against it and hands Configure and Launch typed values.
+	Schema(ctx context.Context) (*Schema, error)
+	// Configure receives the decoded global block and every node's block.
+	// Invalid values are reported as ConfigErrors so the host can point at
+	// the offending line; any other error fails the plugin's start.
+	Configure(ctx context.Context, cfg *Config) error
+	// Launch starts (or waits for) the agent of one node and returns the
+	// connection to it. ctx is cancelled when the host abandons the
+	// connection; the connection itself lives until Close or Teardown.
+	Launch(ctx context.Context, node *Node) (Conn, error)
+	// Teardown ends the node's connection and stops whatever the launcher
+	// started for it. Tearing down a node that is not running is no error.
+	Teardown(ctx context.Context, node string) error
+}
+
+// SecretManager is an optional capability: a launcher that implements it
+// supplies the secret each node's agent authenticates with.
+type SecretManager interface {
+	// NodeSecret returns the node's secret and the command line that
+	// starts its agent.
+	NodeSecret(ctx context.Context, node string) (*NodeSecret, error)
+}
+
+// Conn is a bidirectional stream of opaque frames between the master and
+// one agent. Send and Recv may be called concurrently with each other, but
+// each only from one goroutine at a time.
+type Conn interface {
+	// Send delivers one frame to the agent.
+	Send(frame []byte) error
+	// Recv returns the next frame from the agent, or io.EOF once the agent
+	// side has ended the connection.
+	Recv() ([]byte, error)
+	// Close ends the connection; Recv then fails. It is safe to call twice.
+	Close() error
+}
+
+// Describer is an optional interface of a Conn: a short description of
+// where the agent runs ("pid 4242", "build@10.0.0.7:22"), shown to users.
+type Describer interface {
+	Description() string
+}
+
+// Info describes a plugin.
+type Info struct {
+	Name         string
+	Version      string
+	Description  string
+	Capabilities []string
+}
+
+// Has reports whether the plugin declared the capability.
+func (i *Info) Has(capability string) bool {
+	for _, c := range i.Capabilities {
+		if c == capability {
+			return true
+		}
+	}
+	return false
+}
+
+// Schema is a launcher's configuration schema. A nil spec means the block
+// takes no configuration.
+type Schema struct {
+	Global *hclspec.Spec
+	Node   *hclspec.Spec
+}
+
+// Host describes the server a plugin runs under.
+type Host struct {
+	// ServerName is the server's configured name.
+	ServerName string
+	// DataDir is a directory reserved for this plugin's state.
+	DataDir string
+	// Version is the server's version.
+	Version string
+}
+
+// Config is the configuration handed to Configure.
+type Config struct {
+	Host   Host
+	Global cty.Value
+	Nodes  []*Node
+}
+
+// DecodeGlobal decodes the global block into target (see Decode).
+func (c *Config) DecodeGlobal(target any) error {
+	return Decode(c.Global, target)
+}
+
+// Node is one node's configuration.
+type Node struct {
+	Name   string
+	Labels []string
+	Config cty.Value
+}
+
+// Decode decodes the node's launcher block into target (see Decode).
+func (n *Node) Decode(target any) error {
+	return Decode(n.Config, target)
+}
+
+// NodeSecret is what SecretManager returns.
+type NodeSecret struct {
+	Secret []byte
+	// AgentCommand is the exact command line that starts the node's agent.
+	AgentCommand []string
+}
+
+// ConfigError points at one bad configuration value.
+type ConfigError struct {
+	// Node is empty for the global block.
+	Node string
+	// Path names the attribute, after any enclosing blocks: ["tls", "ca_file"].
+	Path []string
+	// Message says what is wrong.
+	Message string
+}
+
+// Error implements error.
+func (e ConfigError) Error() string {
+	where := "launcher block"
+	if e.Node != "" {
+		where = fmt.Sprintf("node %q", e.Node)
+	}
+	if len(e.Path) > 0 {
+		where += " " + strings.Join(e.Path, ".")
+	}
+	return where + ": " + e.Message
+}
+
+// ConfigErrors is returned by Configure when values are invalid.
+type ConfigErrors []ConfigError
+
+// Error implements error.
+func (es ConfigErrors) Error() string {
+	msgs := make([]string, len(es))
+	for i, e := range es {
+		msgs[i] = e.Error()
+	}
+	return strings.Join(msgs, "; ")
+}

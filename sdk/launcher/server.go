@@ -1,0 +1,183 @@
+package launcher
+
+import (
+	"context"
+	"errors"
+	"io"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/conveyor-ci/conveyor/sdk/launcher/proto"
+)
+
+// server runs inside the plugin and exposes a Launcher over gRPC.
+type server struct {
+	pb.UnimplementedLauncherServer
+	impl Launcher
+}
+
+func (s *server) Info(ctx context.Context, _ *pb.InfoRequest) (*pb.InfoResponse, error) {
+	info, err := s.impl.Info(ctx)
+	if err != nil {
+		return nil, err
+	}
+	caps := append([]string(nil), info.Capabilities...)
+	if _, ok := s.impl.(SecretManager); ok && !info.Has(CapSecrets) {
+		caps = append(caps, CapSecrets)
+	}
+	return &pb.InfoResponse{Name: info.Name, Version: info.Version, Description: info.Description, Capabilities: caps}, nil
+}
+
+func (s *server) Schema(ctx context.Context, _ *pb.SchemaRequest) (*pb.SchemaResponse, error) {
+	sch, err := s.impl.Schema(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.SchemaResponse{Global: sch.Global, Node: sch.Node}, nil
+}
+
+func (s *server) Configure(ctx context.Context, req *pb.ConfigureRequest) (*pb.ConfigureResponse, error) {
+	global, err := unmarshalValue(req.GetGlobal().GetJson())
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "global config: %v", err)
+	}
+	cfg := &Config{Global: global}
+	if h := req.GetHost(); h != nil {
+		cfg.Host = Host{ServerName: h.ServerName, DataDir: h.DataDir, Version: h.Version}
+	}
+	for _, n := range req.Nodes {
+		node, err := nodeFromProto(n)
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "node %q config: %v", n.Name, err)
+		}
+		cfg.Nodes = append(cfg.Nodes, node)
+	}
+	err = s.impl.Configure(ctx, cfg)
+	var ces ConfigErrors
+	var ce ConfigError
+	switch {
+	case err == nil:
+		return &pb.ConfigureResponse{}, nil
+	case errors.As(err, &ces):
+	case errors.As(err, &ce):
+		ces = ConfigErrors{ce}
+	default:
+		return nil, err
+	}
+	resp := &pb.ConfigureResponse{}
+	for _, e := range ces {
+		resp.Errors = append(resp.Errors, &pb.ConfigError{Node: e.Node, Path: e.Path, Message: e.Message})
+	}
+	return resp, nil
+}
+
+func (s *server) Launch(stream pb.Launcher_LaunchServer) error {
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	req := first.GetLaunch()
+	if req == nil {
+		return status.Error(codes.InvalidArgument, "first launch message must name the node")
+	}
+	node, err := nodeFromProto(req)
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "node %q config: %v", req.Name, err)
+	}
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	conn, err := s.impl.Launch(ctx, node)
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "launch node %q: %v", node.Name, err)
+	}
+	defer conn.Close()
+	launched := &pb.Launched{}
+	if d, ok := conn.(Describer); ok {
+		launched.Description = d.Description()
+	}
+	if err := stream.Send(&pb.LaunchServerMessage{Msg: &pb.LaunchServerMessage_Launched{Launched: launched}}); err != nil {
+		return err
+	}
+
+	errc := make(chan error, 2)
+	go func() { // agent -> host
+		for {
+			frame, err := conn.Recv()
+			if err != nil {
+				if errors.Is(err, io.EOF) {
+					err = nil
+				}
+				errc <- err
+				return
+			}
+			if err := stream.Send(&pb.LaunchServerMessage{Msg: &pb.LaunchServerMessage_Frame{Frame: frame}}); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	go func() { // host -> agent
+		for {
+			msg, err := stream.Recv()
+			if err != nil {
+				if errors.Is(err, io.EOF) {
+					err = nil
+				}
+				errc <- err
+				return
+			}
+			if err := conn.Send(msg.GetFrame()); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	if err := <-errc; err != nil {
+		if _, ok := status.FromError(err); ok {
+			return err
+		}
+		return status.Errorf(codes.Aborted, "node %q: %v", node.Name, err)
+	}
+	return nil
+}
+
+func (s *server) Teardown(ctx context.Context, req *pb.TeardownRequest) (*pb.TeardownResponse, error) {
+	if err := s.impl.Teardown(ctx, req.Node); err != nil {
+		return nil, err
+	}
+	return &pb.TeardownResponse{}, nil
+}
+
+// secretsServer exposes a SecretManager over gRPC.
+type secretsServer struct {
+	pb.UnimplementedSecretManagerServer
+	impl SecretManager
+}
+
+func (s *secretsServer) NodeSecret(ctx context.Context, req *pb.NodeSecretRequest) (*pb.NodeSecretResponse, error) {
+	if s.impl == nil {
+		return nil, status.Error(codes.Unimplemented, ErrNoSecrets.Error())
+	}
+	sec, err := s.impl.NodeSecret(ctx, req.Node)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.NodeSecretResponse{Secret: sec.Secret, AgentCommand: sec.AgentCommand}, nil
+}
+
+func nodeFromProto(n *pb.NodeConfig) (*Node, error) {
+	v, err := unmarshalValue(n.GetConfig().GetJson())
+	if err != nil {
+		return nil, err
+	}
+	return &Node{Name: n.Name, Labels: n.Labels, Config: v}, nil
+}
+
+func nodeToProto(n *Node) (*pb.NodeConfig, error) {
+	b, err := marshalValue(n.Config)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.NodeConfig{Name: n.Name, Labels: n.Labels, Config: &pb.Value{Json: b}}, nil
+}
