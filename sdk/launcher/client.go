@@ -39,7 +39,7 @@ func (c *client) Configure(ctx context.Context, cfg *Config) error {
 		return fmt.Errorf("configure: global: %w", err)
 	}
 	req := &pb.ConfigureRequest{
-		Host:   &pb.Host{ServerName: cfg.Host.ServerName, DataDir: cfg.Host.DataDir, Version: cfg.Host.Version},
+		Host:   &pb.Host{ServerName: cfg.Host.ServerName, DataDir: cfg.Host.DataDir, Version: cfg.Host.Version, ValidateOnly: cfg.Host.ValidateOnly},
 		Global: &pb.Value{Json: global},
 	}
 	for _, n := range cfg.Nodes {

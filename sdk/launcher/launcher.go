@@ -101,6 +101,9 @@ type Host struct {
 	DataDir string
 	// Version is the server's version.
 	Version string
+	// ValidateOnly asks Configure to check the values and start nothing:
+	// the host is only validating a configuration.
+	ValidateOnly bool
 }
 
 // Config is the configuration handed to Configure.

@@ -44,7 +44,7 @@ func (s *server) Configure(ctx context.Context, req *pb.ConfigureRequest) (*pb.C
 	}
 	cfg := &Config{Global: global}
 	if h := req.GetHost(); h != nil {
-		cfg.Host = Host{ServerName: h.ServerName, DataDir: h.DataDir, Version: h.Version}
+		cfg.Host = Host{ServerName: h.ServerName, DataDir: h.DataDir, Version: h.Version, ValidateOnly: h.ValidateOnly}
 	}
 	for _, n := range req.Nodes {
 		node, err := nodeFromProto(n)

@@ -222,8 +222,11 @@ type Host struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	ServerName string                 `protobuf:"bytes,1,opt,name=server_name,json=serverName,proto3" json:"server_name,omitempty"`
 	// data_dir is a directory reserved for this plugin.
-	DataDir       string `protobuf:"bytes,2,opt,name=data_dir,json=dataDir,proto3" json:"data_dir,omitempty"`
-	Version       string `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	DataDir string `protobuf:"bytes,2,opt,name=data_dir,json=dataDir,proto3" json:"data_dir,omitempty"`
+	Version string `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	// validate_only asks Configure to check the values and start nothing
+	// (`conveyor validate`, `conveyor plugins`).
+	ValidateOnly  bool `protobuf:"varint,4,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -277,6 +280,13 @@ func (x *Host) GetVersion() string {
 		return x.Version
 	}
 	return ""
+}
+
+func (x *Host) GetValidateOnly() bool {
+	if x != nil {
+		return x.ValidateOnly
+	}
+	return false
 }
 
 // Value is a cty value encoded as JSON together with its type.
@@ -950,12 +960,13 @@ const file_launcher_proto_launcher_proto_rawDesc = "" +
 	"\rSchemaRequest\"r\n" +
 	"\x0eSchemaResponse\x121\n" +
 	"\x06global\x18\x01 \x01(\v2\x19.conveyor.hclspec.v1.SpecR\x06global\x12-\n" +
-	"\x04node\x18\x02 \x01(\v2\x19.conveyor.hclspec.v1.SpecR\x04node\"\\\n" +
+	"\x04node\x18\x02 \x01(\v2\x19.conveyor.hclspec.v1.SpecR\x04node\"\x81\x01\n" +
 	"\x04Host\x12\x1f\n" +
 	"\vserver_name\x18\x01 \x01(\tR\n" +
 	"serverName\x12\x19\n" +
 	"\bdata_dir\x18\x02 \x01(\tR\adataDir\x12\x18\n" +
-	"\aversion\x18\x03 \x01(\tR\aversion\"\x1b\n" +
+	"\aversion\x18\x03 \x01(\tR\aversion\x12#\n" +
+	"\rvalidate_only\x18\x04 \x01(\bR\fvalidateOnly\"\x1b\n" +
 	"\x05Value\x12\x12\n" +
 	"\x04json\x18\x01 \x01(\fR\x04json\"m\n" +
 	"\n" +
