@@ -1,0 +1,179 @@
+// Command conveyor is the Conveyor master: a CI controller that connects
+// build agents through launcher plugins.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/hcl/v2"
+
+	"github.com/conveyor-ci/conveyor/core/config"
+	"github.com/conveyor-ci/conveyor/core/plugins"
+	"github.com/conveyor-ci/conveyor/core/server"
+	"github.com/conveyor-ci/conveyor/core/version"
+)
+
+const usage = `Usage: conveyor <command> [options]
+
+Commands:
+  server -config FILE     run the master
+  validate FILE           check a configuration, plugins included
+  plugins -config FILE    list the configured launcher plugins
+  version                 print the version
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run executes one command and returns the process exit code.
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "server":
+		return cmdServer(ctx, rest, stderr)
+	case "validate":
+		return cmdValidate(ctx, rest, stdout, stderr)
+	case "plugins":
+		return cmdPlugins(ctx, rest, stdout, stderr)
+	case "version", "-version", "--version":
+		fmt.Fprintf(stdout, "conveyor %s\n", version.Version)
+		return 0
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "conveyor: unknown command %q\n\n%s", cmd, usage)
+		return 2
+	}
+}
+
+// loadConfig loads files and prints diagnostics; ok is false on errors.
+func loadConfig(stderr io.Writer, paths ...string) (*config.Config, bool) {
+	cfg, diags := config.Load(paths...)
+	if len(diags) > 0 {
+		_ = config.WriteDiagnostics(stderr, cfg.Files, diags)
+	}
+	return cfg, !diags.HasErrors()
+}
+
+// newLogger builds the root logger from the server block.
+func newLogger(cfg *config.Config, out io.Writer) hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{
+		Name:       "conveyor",
+		Level:      hclog.LevelFromString(cfg.Server.LogLevel),
+		JSONFormat: cfg.Server.LogJSON,
+		Output:     out,
+	})
+}
+
+func cmdServer(ctx context.Context, args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("server", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "configuration file or directory")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *path == "" {
+		fmt.Fprintln(stderr, "conveyor server: -config is required")
+		return 2
+	}
+	cfg, ok := loadConfig(stderr, *path)
+	if !ok {
+		return 1
+	}
+	logger := newLogger(cfg, stderr)
+	srv, err := server.New(ctx, cfg, logger)
+	if err != nil {
+		var de *server.DiagnosticsError
+		if errors.As(err, &de) {
+			_ = config.WriteDiagnostics(stderr, cfg.Files, de.Diagnostics.(hcl.Diagnostics))
+		} else {
+			logger.Error("server failed to start", "error", err)
+		}
+		return 1
+	}
+	if err := srv.Serve(ctx); err != nil {
+		logger.Error("server stopped", "error", err)
+		return 1
+	}
+	return 0
+}
+
+// loadPlugins loads a configuration and its plugins in validate-only mode.
+func loadPlugins(ctx context.Context, stderr io.Writer, path string) (*plugins.Manager, bool) {
+	cfg, ok := loadConfig(stderr, path)
+	if !ok {
+		return nil, false
+	}
+	m := plugins.NewManager(newLogger(cfg, stderr).Named("launcher"))
+	diags := plugins.Load(ctx, cfg, m, plugins.LoadOptions{Version: version.Version, ValidateOnly: true})
+	if len(diags) > 0 {
+		_ = config.WriteDiagnostics(stderr, cfg.Files, diags)
+	}
+	if diags.HasErrors() {
+		m.Stop()
+		return nil, false
+	}
+	return m, true
+}
+
+func cmdValidate(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) != 1 || strings.HasPrefix(args[0], "-") {
+		fmt.Fprintln(stderr, "Usage: conveyor validate FILE")
+		return 2
+	}
+	m, ok := loadPlugins(ctx, stderr, args[0])
+	if !ok {
+		return 1
+	}
+	m.Stop()
+	fmt.Fprintf(stdout, "%s: configuration is valid\n", args[0])
+	return 0
+}
+
+func cmdPlugins(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("plugins", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "configuration file or directory")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *path == "" {
+		fmt.Fprintln(stderr, "conveyor plugins: -config is required")
+		return 2
+	}
+	m, ok := loadPlugins(ctx, stderr, *path)
+	if !ok {
+		return 1
+	}
+	defer m.Stop()
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tVERSION\tPROTOCOL\tCAPABILITIES\tPATH")
+	for _, p := range m.All() {
+		proc := p.Process()
+		caps := strings.Join(proc.Info.Capabilities, ",")
+		if caps == "" {
+			caps = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", p.Name, proc.Info.Version, proc.Protocol, caps, p.Path)
+	}
+	_ = tw.Flush()
+	return 0
+}

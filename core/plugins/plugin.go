@@ -1,0 +1,213 @@
+package plugins
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/conveyor-ci/conveyor/sdk/launcher"
+)
+
+// Restart backoff bounds, and how long a plugin must stay up for the
+// backoff to reset.
+var (
+	restartMinBackoff = 200 * time.Millisecond
+	restartMaxBackoff = 30 * time.Second
+	restartReset      = time.Minute
+	exitPollInterval  = 200 * time.Millisecond
+)
+
+// Plugin is one supervised launcher plugin. When its process exits or
+// crashes, it is started again with exponential backoff and given its
+// configuration again; subscribers learn of each restart.
+type Plugin struct {
+	// Name is the launcher's name in the configuration.
+	Name string
+	// Path is the plugin binary.
+	Path string
+
+	sha    []byte
+	logger hclog.Logger
+
+	mu       sync.Mutex
+	proc     *launcher.Process
+	config   *launcher.Config
+	restarts int
+	lastErr  error
+	subs     []chan struct{}
+	stopping bool
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+func newPlugin(name, path string, sha []byte, logger hclog.Logger) *Plugin {
+	return &Plugin{Name: name, Path: path, sha: sha, logger: logger,
+		stop: make(chan struct{}), done: make(chan struct{})}
+}
+
+// start starts the process for the first time.
+func (p *Plugin) start(ctx context.Context) error {
+	proc, err := launcher.Start(ctx, launcher.ClientOptions{Path: p.Path, SHA256: p.sha, Logger: p.logger})
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.proc = proc
+	p.mu.Unlock()
+	p.logger.Info("plugin started", "path", p.Path, "pid", proc.Pid(),
+		"version", proc.Info.Version, "protocol", proc.Protocol, "capabilities", proc.Info.Capabilities)
+	return nil
+}
+
+// Process returns the current plugin process.
+func (p *Plugin) Process() *launcher.Process {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.proc
+}
+
+// Launcher returns the current process's launcher; after a restart it is
+// the new process's.
+func (p *Plugin) Launcher() launcher.Launcher { return p.Process().Launcher }
+
+// Info is what the plugin reported when it last started.
+func (p *Plugin) Info() *launcher.Info { return p.Process().Info }
+
+// Restarts counts the restarts since the host started the plugin.
+func (p *Plugin) Restarts() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.restarts
+}
+
+// Configure hands the plugin its configuration and keeps it to hand again
+// after a restart.
+func (p *Plugin) Configure(ctx context.Context, cfg *launcher.Config) error {
+	if err := p.Launcher().Configure(ctx, cfg); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.config = cfg
+	p.mu.Unlock()
+	return nil
+}
+
+// Subscribe returns a channel that receives a value after every restart
+// (dropped when the subscriber has not taken the previous one yet).
+func (p *Plugin) Subscribe() <-chan struct{} {
+	c := make(chan struct{}, 1)
+	p.mu.Lock()
+	p.subs = append(p.subs, c)
+	p.mu.Unlock()
+	return c
+}
+
+// supervise watches the process and restarts it when it exits, until Stop.
+func (p *Plugin) supervise() {
+	defer close(p.done)
+	backoff := restartMinBackoff
+	started := time.Now()
+	tick := time.NewTicker(exitPollInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-tick.C:
+		}
+		if !p.Process().Exited() {
+			continue
+		}
+		if time.Since(started) > restartReset {
+			backoff = restartMinBackoff
+		}
+		p.logger.Error("plugin exited unexpectedly, restarting", "pid", p.Process().Pid(), "backoff", backoff)
+		for {
+			select {
+			case <-p.stop:
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, restartMaxBackoff)
+			if err := p.restart(); err != nil {
+				p.logger.Error("plugin restart failed", "error", err, "next_attempt", backoff)
+				continue
+			}
+			break
+		}
+		started = time.Now()
+	}
+}
+
+func (p *Plugin) restart() error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	p.Process().Kill() // reap what is left of the old process group
+	if err := p.start(ctx); err != nil {
+		p.setErr(err)
+		return err
+	}
+	p.mu.Lock()
+	cfg := p.config
+	p.mu.Unlock()
+	if cfg != nil {
+		if err := p.Launcher().Configure(ctx, cfg); err != nil {
+			err = fmt.Errorf("configure after restart: %w", err)
+			p.setErr(err)
+			p.Process().Kill()
+			return err
+		}
+	}
+	p.mu.Lock()
+	p.restarts++
+	p.lastErr = nil
+	subs := append([]chan struct{}(nil), p.subs...)
+	p.mu.Unlock()
+	for _, c := range subs {
+		select {
+		case c <- struct{}{}:
+		default:
+		}
+	}
+	p.logger.Info("plugin restarted", "pid", p.Process().Pid())
+	return nil
+}
+
+func (p *Plugin) setErr(err error) {
+	p.mu.Lock()
+	p.lastErr = err
+	p.mu.Unlock()
+}
+
+// LastError is the error of the last failed restart, nil once one succeeds.
+func (p *Plugin) LastError() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lastErr
+}
+
+// Stop ends supervision and kills the plugin with its process group.
+func (p *Plugin) Stop() {
+	p.mu.Lock()
+	if p.stopping {
+		p.mu.Unlock()
+		<-p.done
+		return
+	}
+	p.stopping = true
+	p.mu.Unlock()
+	close(p.stop)
+	<-p.done
+	if proc := p.Process(); proc != nil {
+		proc.Kill()
+		p.logger.Info("plugin stopped", "pid", proc.Pid())
+	}
+}
+
+// errStopped is returned for calls on a stopped manager.
+var errStopped = errors.New("plugin manager stopped")

@@ -1,0 +1,131 @@
+// Package server runs the Conveyor master: it loads the launcher plugins a
+// configuration declares and serves the HTTP API until its context ends.
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/conveyor-ci/conveyor/core/config"
+	"github.com/conveyor-ci/conveyor/core/plugins"
+	"github.com/conveyor-ci/conveyor/core/version"
+)
+
+// DiagnosticsError is returned by Run when the configuration is invalid.
+type DiagnosticsError struct{ Diagnostics error }
+
+// Error implements error.
+func (e *DiagnosticsError) Error() string { return e.Diagnostics.Error() }
+
+// Server is a running master.
+type Server struct {
+	cfg     *config.Config
+	logger  hclog.Logger
+	plugins *plugins.Manager
+	http    *http.Server
+	ln      net.Listener
+}
+
+// New prepares the data directory, starts and configures the plugins and
+// binds the HTTP listener. Configuration problems come back as a
+// *DiagnosticsError whose Diagnostics is an hcl.Diagnostics.
+func New(ctx context.Context, cfg *config.Config, logger hclog.Logger) (*Server, error) {
+	if err := os.MkdirAll(cfg.Server.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	s := &Server{cfg: cfg, logger: logger, plugins: plugins.NewManager(logger.Named("launcher"))}
+	if diags := plugins.Load(ctx, cfg, s.plugins, plugins.LoadOptions{Version: version.Version}); diags.HasErrors() {
+		s.plugins.Stop()
+		return nil, &DiagnosticsError{Diagnostics: diags}
+	}
+	ln, err := net.Listen("tcp", cfg.Server.HTTPAddr)
+	if err != nil {
+		s.plugins.Stop()
+		return nil, fmt.Errorf("listen on http_addr %s: %w", cfg.Server.HTTPAddr, err)
+	}
+	s.ln = ln
+	s.http = &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second}
+	return s, nil
+}
+
+// Addr is the address the HTTP API listens on.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// Plugins is the server's plugin manager.
+func (s *Server) Plugins() *plugins.Manager { return s.plugins }
+
+// Serve serves the HTTP API until ctx ends, then stops the plugins.
+func (s *Server) Serve(ctx context.Context) error {
+	s.logger.Info("conveyor server started", "name", s.cfg.Server.Name, "http", "http://"+s.Addr(),
+		"data_dir", s.cfg.Server.DataDir, "version", version.Version)
+	errc := make(chan error, 1)
+	go func() { errc <- s.http.Serve(s.ln) }()
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	s.logger.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = s.http.Shutdown(sctx)
+	s.plugins.Stop()
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /v1/plugins", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, s.pluginStatus())
+	})
+	return mux
+}
+
+// PluginStatus is one plugin in the API.
+type PluginStatus struct {
+	Name         string   `json:"name"`
+	Version      string   `json:"version"`
+	Path         string   `json:"path"`
+	Protocol     int      `json:"protocol"`
+	Pid          int      `json:"pid"`
+	Running      bool     `json:"running"`
+	Restarts     int      `json:"restarts"`
+	Capabilities []string `json:"capabilities"`
+	LastError    string   `json:"last_error,omitempty"`
+}
+
+func (s *Server) pluginStatus() []PluginStatus {
+	var out []PluginStatus
+	for _, p := range s.plugins.All() {
+		proc := p.Process()
+		st := PluginStatus{Name: p.Name, Version: proc.Info.Version, Path: p.Path, Protocol: proc.Protocol,
+			Pid: proc.Pid(), Running: !proc.Exited(), Restarts: p.Restarts(), Capabilities: proc.Info.Capabilities}
+		if err := p.LastError(); err != nil {
+			st.LastError = err.Error()
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
