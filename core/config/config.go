@@ -1,0 +1,188 @@
+package config
+
+import (
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/zclconf/go-cty/cty"
+)
+
+// Defaults applied to the server block (or to the whole block when absent).
+const (
+	DefaultServerName = "conveyor"
+	DefaultHTTPAddr   = "127.0.0.1:8080"
+	DefaultDataDir    = "data"
+	DefaultLogLevel   = "info"
+	DefaultExecutors  = 1
+)
+
+// LogLevels lists the accepted values of server.log_level, most verbose first.
+var LogLevels = []string{"trace", "debug", "info", "warn", "error"}
+
+// Config is a loaded configuration.
+type Config struct {
+	// Server holds the server settings, with defaults applied.
+	Server Server
+	// Launchers are the launcher blocks, in declaration order.
+	Launchers []*Launcher
+	// Nodes are the node blocks, in declaration order.
+	Nodes []*Node
+	// Jobs are the job blocks, in declaration order.
+	Jobs []*Job
+	// Files holds every parsed file by name, for printing diagnostics.
+	Files map[string]*hcl.File
+
+	// dir is the directory of the first configuration path (the directory
+	// itself when a directory was given).
+	dir string
+	// order lists the loaded files in load order, to sort diagnostics.
+	order []string
+	// ctxs caches one evaluation context per configuration directory.
+	ctxs map[string]*hcl.EvalContext
+}
+
+// Server is the server block.
+type Server struct {
+	// Name is the name of this master (default "conveyor").
+	Name string
+	// HTTPAddr is the listen address of the HTTP API (default "127.0.0.1:8080").
+	HTTPAddr string
+	// DataDir is the absolute directory holding the master's state; a
+	// relative value is resolved against the configuration file's directory.
+	DataDir string
+	// PluginDir is the absolute directory holding plugin binaries, or "" to
+	// let the host search next to its executable and then PATH.
+	PluginDir string
+	// LogLevel is one of LogLevels (default "info").
+	LogLevel string
+	// LogJSON selects JSON log output.
+	LogJSON bool
+	// DefRange is the range of the block header, or the zero range when the
+	// configuration has no server block.
+	DefRange hcl.Range
+}
+
+// Launcher is a launcher block: a plugin named conveyor-launcher-NAME.
+type Launcher struct {
+	// Name is the block label and the plugin's name.
+	Name string
+	// SHA256 is the optional lowercase hex pin of the plugin binary.
+	SHA256 string
+	// Body is the rest of the block, owned by the plugin.
+	Body hcl.Body
+	// DefRange is the range of the block header.
+	DefRange hcl.Range
+	// Config is Body decoded by DecodePlugins; cty.NilVal before that, or
+	// when the plugin gave no spec.
+	Config cty.Value
+}
+
+// Node is a node block: a place where jobs run, through one launcher.
+type Node struct {
+	// Name is the block label; it is also an implicit label of the node.
+	Name string
+	// Launcher names the launcher block this node runs through.
+	Launcher string
+	// Labels are the node's explicit labels.
+	Labels []string
+	// Executors is the number of jobs the node runs at once (default 1).
+	Executors int
+	// Body is the body of the node's block named after its launcher; when
+	// the node has no such block it is an empty body that reports missing
+	// items at DefRange.
+	Body hcl.Body
+	// BlockRange is the header range of the launcher's block inside the
+	// node, or DefRange when the node has none.
+	BlockRange hcl.Range
+	// DefRange is the range of the block header.
+	DefRange hcl.Range
+	// Config is Body decoded by DecodePlugins; cty.NilVal before that, or
+	// when the plugin gave no spec.
+	Config cty.Value
+}
+
+// Job is a job block.
+type Job struct {
+	// Name is the block label.
+	Name string
+	// Labels must all be carried by a node for it to run the job.
+	Labels []string
+	// Timeout bounds a run of the job; zero means no timeout.
+	Timeout time.Duration
+	// Env holds extra environment variables for the steps; nil when unset.
+	Env map[string]string
+	// Steps are run in order; there is at least one.
+	Steps []Step
+	// DefRange is the range of the block header.
+	DefRange hcl.Range
+}
+
+// Step is one step of a job.
+type Step struct {
+	// Name is the block label, unique within the job.
+	Name string
+	// Run is the shell command line of the step.
+	Run string
+	// DefRange is the range of the block header.
+	DefRange hcl.Range
+}
+
+// Launcher returns the launcher named name, or nil.
+func (c *Config) Launcher(name string) *Launcher {
+	for _, l := range c.Launchers {
+		if l.Name == name {
+			return l
+		}
+	}
+	return nil
+}
+
+// Node returns the node named name, or nil.
+func (c *Config) Node(name string) *Node {
+	for _, n := range c.Nodes {
+		if n.Name == name {
+			return n
+		}
+	}
+	return nil
+}
+
+// Job returns the job named name, or nil.
+func (c *Config) Job(name string) *Job {
+	for _, j := range c.Jobs {
+		if j.Name == name {
+			return j
+		}
+	}
+	return nil
+}
+
+// EvalContext returns the evaluation context (the functions env, file,
+// upper, lower, trimspace and join) used for the configuration; file()
+// resolves relative paths against the directory of the first loaded path.
+func (c *Config) EvalContext() *hcl.EvalContext {
+	return c.evalContextFor(c.dir)
+}
+
+// evalContextFor returns the cached evaluation context for files in dir.
+func (c *Config) evalContextFor(dir string) *hcl.EvalContext {
+	if c.ctxs == nil {
+		c.ctxs = map[string]*hcl.EvalContext{}
+	}
+	ctx, ok := c.ctxs[dir]
+	if !ok {
+		ctx = newEvalContext(dir)
+		c.ctxs[dir] = ctx
+	}
+	return ctx
+}
+
+// fileEvalContext returns the evaluation context for expressions in the named
+// configuration file.
+func (c *Config) fileEvalContext(filename string) *hcl.EvalContext {
+	if filename == "" {
+		return c.EvalContext()
+	}
+	return c.evalContextFor(filepath.Dir(filename))
+}

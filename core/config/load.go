@@ -1,0 +1,514 @@
+package config
+
+import (
+	"encoding/hex"
+	"fmt"
+	"maps"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/gohcl"
+	"github.com/hashicorp/hcl/v2/hclparse"
+)
+
+// nameRE is what launcher, node, job and step names must match. Node names
+// become Kafka topic names, hence the conservative alphabet and length.
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+// The structs below are the gohcl schema of one file. Optional attributes
+// that get defaults or checks are pointers (nil when absent, and left nil when
+// they fail to decode, so that a type error is not reported a second time).
+
+type fileSchema struct {
+	Servers   []*serverBlock   `hcl:"server,block"`
+	Launchers []*launcherBlock `hcl:"launcher,block"`
+	Nodes     []*nodeBlock     `hcl:"node,block"`
+	Jobs      []*jobBlock      `hcl:"job,block"`
+}
+
+type serverBlock struct {
+	Name          *string   `hcl:"name,optional"`
+	NameRange     hcl.Range `hcl:"name,attr_value_range"`
+	HTTPAddr      *string   `hcl:"http_addr,optional"`
+	HTTPAddrRange hcl.Range `hcl:"http_addr,attr_value_range"`
+	DataDir       *string   `hcl:"data_dir,optional"`
+	DataDirRange  hcl.Range `hcl:"data_dir,attr_value_range"`
+	PluginDir     *string   `hcl:"plugin_dir,optional"`
+	LogLevel      *string   `hcl:"log_level,optional"`
+	LogLevelRange hcl.Range `hcl:"log_level,attr_value_range"`
+	LogJSON       *bool     `hcl:"log_json,optional"`
+	DefRange      hcl.Range `hcl:",def_range"`
+	dir           string    // directory of the file holding the block
+}
+
+type launcherBlock struct {
+	Name        string    `hcl:"name,label"`
+	NameRange   hcl.Range `hcl:"name,label_range"`
+	SHA256      *string   `hcl:"sha256,optional"`
+	SHA256Range hcl.Range `hcl:"sha256,attr_value_range"`
+	Remain      hcl.Body  `hcl:",remain"`
+	DefRange    hcl.Range `hcl:",def_range"`
+}
+
+type nodeBlock struct {
+	Name           string    `hcl:"name,label"`
+	NameRange      hcl.Range `hcl:"name,label_range"`
+	Launcher       string    `hcl:"launcher,attr"`
+	LauncherRange  hcl.Range `hcl:"launcher,attr_value_range"`
+	Labels         []string  `hcl:"labels,optional"`
+	LabelsRange    hcl.Range `hcl:"labels,attr_value_range"`
+	Executors      *int      `hcl:"executors,optional"`
+	ExecutorsRange hcl.Range `hcl:"executors,attr_value_range"`
+	Remain         hcl.Body  `hcl:",remain"`
+	DefRange       hcl.Range `hcl:",def_range"`
+}
+
+type jobBlock struct {
+	Name         string            `hcl:"name,label"`
+	NameRange    hcl.Range         `hcl:"name,label_range"`
+	Labels       []string          `hcl:"labels,optional"`
+	LabelsRange  hcl.Range         `hcl:"labels,attr_value_range"`
+	Timeout      *string           `hcl:"timeout,optional"`
+	TimeoutRange hcl.Range         `hcl:"timeout,attr_value_range"`
+	Env          map[string]string `hcl:"env,optional"`
+	EnvRange     hcl.Range         `hcl:"env,attr_value_range"`
+	Steps        []*stepBlock      `hcl:"step,block"`
+	DefRange     hcl.Range         `hcl:",def_range"`
+}
+
+type stepBlock struct {
+	Name      string    `hcl:"name,label"`
+	NameRange hcl.Range `hcl:"name,label_range"`
+	Run       string    `hcl:"run"`
+	DefRange  hcl.Range `hcl:",def_range"`
+}
+
+// Load parses, decodes and checks the configuration in paths. A path may be a
+// file, or a directory whose *.hcl files are loaded in name order; all files
+// are merged into one configuration. The returned Config is never nil and
+// always has Files set, so diagnostics can be printed even on failure; its
+// contents are only complete when the diagnostics have no errors.
+func Load(paths ...string) (*Config, hcl.Diagnostics) {
+	c := &Config{Files: map[string]*hcl.File{}}
+	files, primary, diags := expandPaths(paths)
+	c.dir, c.order = primary, files
+	if diags.HasErrors() {
+		return c, diags
+	}
+
+	parser := hclparse.NewParser()
+	c.Files = parser.Files()
+	parsed := make([]*hcl.File, len(files))
+	for i, name := range files {
+		var d hcl.Diagnostics
+		parsed[i], d = parser.ParseHCLFile(name)
+		diags = append(diags, d...)
+	}
+	if diags.HasErrors() {
+		return c, sortDiags(diags, files)
+	}
+
+	var all fileSchema
+	for i, f := range parsed { // all non-nil: a nil file comes with an error
+		var fs fileSchema
+		diags = append(diags, gohcl.DecodeBody(f.Body, c.fileEvalContext(files[i]), &fs)...)
+		for _, s := range fs.Servers {
+			s.dir = filepath.Dir(files[i])
+		}
+		all.Servers = append(all.Servers, fs.Servers...)
+		all.Launchers = append(all.Launchers, fs.Launchers...)
+		all.Nodes = append(all.Nodes, fs.Nodes...)
+		all.Jobs = append(all.Jobs, fs.Jobs...)
+	}
+
+	diags = append(diags, c.buildServer(all.Servers)...)
+	diags = append(diags, c.buildLaunchers(all.Launchers)...)
+	diags = append(diags, c.buildNodes(all.Nodes)...)
+	diags = append(diags, c.buildJobs(all.Jobs)...)
+	diags = append(diags, c.checkRunnable(all.Jobs)...)
+	return c, sortDiags(dropUnknownCascades(diags), files)
+}
+
+// expandPaths turns the given paths into the list of files to parse, and
+// returns the configuration directory (that of the first path).
+func expandPaths(paths []string) ([]string, string, hcl.Diagnostics) {
+	var diags hcl.Diagnostics
+	if len(paths) == 0 {
+		return nil, ".", diags.Append(&hcl.Diagnostic{
+			Severity: hcl.DiagError,
+			Summary:  "No configuration files",
+			Detail:   "No configuration file or directory was given.",
+		})
+	}
+	var files []string
+	seen := map[string]bool{}
+	add := func(name string) {
+		if key := filepath.Clean(name); !seen[key] {
+			seen[key] = true
+			files = append(files, name)
+		}
+	}
+	primary := ""
+	for _, p := range paths {
+		st, err := os.Stat(p)
+		if err != nil {
+			diags = diags.Append(&hcl.Diagnostic{
+				Severity: hcl.DiagError,
+				Summary:  "Failed to read configuration",
+				Detail:   fmt.Sprintf("Cannot read %s: %s.", p, err),
+			})
+			continue
+		}
+		if !st.IsDir() {
+			if primary == "" {
+				primary = filepath.Dir(p)
+			}
+			add(p)
+			continue
+		}
+		if primary == "" {
+			primary = p
+		}
+		entries, err := os.ReadDir(p)
+		if err != nil {
+			diags = diags.Append(&hcl.Diagnostic{
+				Severity: hcl.DiagError,
+				Summary:  "Failed to read configuration directory",
+				Detail:   fmt.Sprintf("Cannot list %s: %s.", p, err),
+			})
+			continue
+		}
+		n := 0
+		for _, e := range entries { // os.ReadDir sorts by name
+			if e.Type().IsRegular() && strings.HasSuffix(e.Name(), ".hcl") {
+				add(filepath.Join(p, e.Name()))
+				n++
+			}
+		}
+		if n == 0 {
+			diags = diags.Append(&hcl.Diagnostic{
+				Severity: hcl.DiagError,
+				Summary:  "No configuration files",
+				Detail:   fmt.Sprintf("The directory %s contains no *.hcl files.", p),
+			})
+		}
+	}
+	if primary == "" {
+		primary = filepath.Dir(paths[0])
+	}
+	return files, primary, diags
+}
+
+// sortDiags orders diagnostics by file (in load order) and position, keeping
+// those without a subject first. gohcl decodes attributes in map order, so
+// without this the order of several errors would vary between runs.
+func sortDiags(diags hcl.Diagnostics, files []string) hcl.Diagnostics {
+	order := make(map[string]int, len(files))
+	for i, f := range files {
+		order[f] = i + 1
+	}
+	sort.SliceStable(diags, func(i, j int) bool {
+		a, b := diags[i].Subject, diags[j].Subject
+		switch {
+		case a == nil || b == nil:
+			return a == nil && b != nil
+		case a.Filename != b.Filename:
+			return order[a.Filename] < order[b.Filename]
+		default:
+			return a.Start.Byte < b.Start.Byte
+		}
+	})
+	return diags
+}
+
+// dropUnknownCascades removes gohcl's "value must be known" errors. With no
+// variables in scope, a value is only unknown when evaluating it failed (say
+// env() of an unset variable), and that failure has been reported already.
+func dropUnknownCascades(diags hcl.Diagnostics) hcl.Diagnostics {
+	if !diags.HasErrors() {
+		return diags
+	}
+	out := diags[:0]
+	for _, d := range diags {
+		if d.Summary == "Unsuitable value type" && strings.HasSuffix(d.Detail, "value must be known") {
+			continue
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
+// errorAt returns an error diagnostic whose subject is rng.
+func errorAt(rng hcl.Range, summary, detail string) *hcl.Diagnostic {
+	return &hcl.Diagnostic{Severity: hcl.DiagError, Summary: summary, Detail: detail, Subject: rng.Ptr()}
+}
+
+// pos formats the start of rng as FILE:LINE for messages.
+func pos(rng hcl.Range) string {
+	return fmt.Sprintf("%s:%d", rng.Filename, rng.Start.Line)
+}
+
+// checkName reports an invalid block name.
+func checkName(kind, name string, rng hcl.Range) hcl.Diagnostics {
+	if nameRE.MatchString(name) {
+		return nil
+	}
+	return hcl.Diagnostics{errorAt(rng, "Invalid "+kind+" name",
+		fmt.Sprintf("The %s name %q is not valid: a name starts with a letter or digit, continues with letters, digits, '.', '_' or '-', and is at most 63 characters long.", kind, name))}
+}
+
+// checkDuplicate records name in seen and reports it if already there.
+func checkDuplicate(kind, name string, rng hcl.Range, seen map[string]hcl.Range) hcl.Diagnostics {
+	if first, ok := seen[name]; ok {
+		return hcl.Diagnostics{errorAt(rng, "Duplicate "+kind+" "+fmt.Sprintf("%q", name),
+			fmt.Sprintf("A %s named %q was already declared at %s; %s names must be unique.", kind, name, pos(first), kind))}
+	}
+	seen[name] = rng
+	return nil
+}
+
+// resolveDir makes a relative directory absolute against base.
+func resolveDir(base, dir string) string {
+	if !filepath.IsAbs(dir) {
+		dir = filepath.Join(base, dir)
+	}
+	if abs, err := filepath.Abs(dir); err == nil {
+		return abs
+	}
+	return filepath.Clean(dir)
+}
+
+func (c *Config) buildServer(blocks []*serverBlock) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	s := Server{
+		Name:     DefaultServerName,
+		HTTPAddr: DefaultHTTPAddr,
+		DataDir:  DefaultDataDir,
+		LogLevel: DefaultLogLevel,
+	}
+	base := c.dir
+	if len(blocks) > 0 {
+		b := blocks[0]
+		for _, dup := range blocks[1:] {
+			diags = diags.Append(errorAt(dup.DefRange, "Duplicate server block",
+				fmt.Sprintf("Only one server block is allowed; the first was declared at %s.", pos(b.DefRange))))
+		}
+		base = b.dir
+		s.DefRange = b.DefRange
+		if b.Name != nil {
+			s.Name = *b.Name
+			if s.Name == "" {
+				diags = diags.Append(errorAt(b.NameRange, "Invalid server name", "The server name must not be empty."))
+			}
+		}
+		if b.HTTPAddr != nil {
+			s.HTTPAddr = *b.HTTPAddr
+			if _, _, err := net.SplitHostPort(s.HTTPAddr); err != nil {
+				diags = diags.Append(errorAt(b.HTTPAddrRange, "Invalid http_addr",
+					fmt.Sprintf("The HTTP address %q is not a host:port pair: %s.", s.HTTPAddr, err)))
+			}
+		}
+		if b.DataDir != nil {
+			s.DataDir = *b.DataDir
+			if s.DataDir == "" {
+				diags = diags.Append(errorAt(b.DataDirRange, "Invalid data_dir", "The data directory must not be empty."))
+			}
+		}
+		if b.PluginDir != nil {
+			s.PluginDir = *b.PluginDir
+		}
+		if b.LogLevel != nil {
+			s.LogLevel = *b.LogLevel
+			if !slices.Contains(LogLevels, s.LogLevel) {
+				diags = diags.Append(errorAt(b.LogLevelRange, "Invalid log_level",
+					fmt.Sprintf("The log level %q is not one of %s.", s.LogLevel, strings.Join(LogLevels, ", "))))
+			}
+		}
+		if b.LogJSON != nil {
+			s.LogJSON = *b.LogJSON
+		}
+	}
+	if s.DataDir != "" {
+		s.DataDir = resolveDir(base, s.DataDir)
+	}
+	if s.PluginDir != "" {
+		s.PluginDir = resolveDir(base, s.PluginDir)
+	}
+	c.Server = s
+	return diags
+}
+
+func (c *Config) buildLaunchers(blocks []*launcherBlock) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	seen := map[string]hcl.Range{}
+	for _, b := range blocks {
+		diags = append(diags, checkName("launcher", b.Name, b.NameRange)...)
+		diags = append(diags, checkDuplicate("launcher", b.Name, b.DefRange, seen)...)
+		l := &Launcher{Name: b.Name, Body: b.Remain, DefRange: b.DefRange}
+		if b.SHA256 != nil {
+			l.SHA256 = strings.ToLower(*b.SHA256)
+			if _, err := hex.DecodeString(l.SHA256); err != nil || len(l.SHA256) != 64 {
+				diags = diags.Append(errorAt(b.SHA256Range, "Invalid sha256",
+					"The sha256 pin must be 64 hexadecimal characters, the SHA-256 digest of the plugin binary."))
+			}
+		}
+		c.Launchers = append(c.Launchers, l)
+	}
+	return diags
+}
+
+func (c *Config) buildNodes(blocks []*nodeBlock) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	seen := map[string]hcl.Range{}
+	for _, b := range blocks {
+		diags = append(diags, checkName("node", b.Name, b.NameRange)...)
+		diags = append(diags, checkDuplicate("node", b.Name, b.DefRange, seen)...)
+		n := &Node{
+			Name:       b.Name,
+			Launcher:   b.Launcher,
+			Labels:     b.Labels,
+			Executors:  DefaultExecutors,
+			DefRange:   b.DefRange,
+			BlockRange: b.DefRange,
+			Body:       &emptyBody{rng: b.DefRange, blockType: b.Launcher},
+		}
+		if b.Executors != nil {
+			n.Executors = *b.Executors
+			if n.Executors < 1 {
+				diags = diags.Append(errorAt(b.ExecutorsRange, "Invalid executors",
+					fmt.Sprintf("A node needs at least one executor, not %d.", n.Executors)))
+			}
+		}
+
+		// The only thing allowed in the node besides our attributes is the
+		// block named after its own launcher. When the launcher attribute is
+		// missing (already reported), tolerate every declared launcher's
+		// block so as not to pile up errors.
+		schema := &hcl.BodySchema{}
+		switch {
+		case b.Launcher != "":
+			schema.Blocks = []hcl.BlockHeaderSchema{{Type: b.Launcher}}
+			if c.Launcher(b.Launcher) == nil {
+				declared := make([]string, 0, len(c.Launchers))
+				for _, l := range c.Launchers {
+					declared = append(declared, fmt.Sprintf("%q", l.Name))
+				}
+				detail := fmt.Sprintf("The node %q uses launcher %q, but there is no launcher %q block.", b.Name, b.Launcher, b.Launcher)
+				if len(declared) > 0 {
+					detail += " Declared launchers: " + strings.Join(declared, ", ") + "."
+				}
+				diags = diags.Append(errorAt(b.LauncherRange, "Undeclared launcher", detail))
+			}
+		default:
+			for _, l := range c.Launchers {
+				schema.Blocks = append(schema.Blocks, hcl.BlockHeaderSchema{Type: l.Name})
+			}
+		}
+		if b.Remain != nil {
+			content, d := b.Remain.Content(schema)
+			diags = append(diags, d...)
+			if content != nil && b.Launcher != "" {
+				blocks := content.Blocks.OfType(b.Launcher)
+				if len(blocks) > 0 {
+					n.Body, n.BlockRange = blocks[0].Body, blocks[0].DefRange
+				}
+				for _, dup := range blocks[min(1, len(blocks)):] {
+					diags = diags.Append(errorAt(dup.DefRange, fmt.Sprintf("Duplicate %s block", b.Launcher),
+						fmt.Sprintf("A node has at most one %s block; the first was declared at %s.", b.Launcher, pos(blocks[0].DefRange))))
+				}
+			}
+		}
+		c.Nodes = append(c.Nodes, n)
+	}
+	return diags
+}
+
+func (c *Config) buildJobs(blocks []*jobBlock) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	seen := map[string]hcl.Range{}
+	for _, b := range blocks {
+		diags = append(diags, checkName("job", b.Name, b.NameRange)...)
+		diags = append(diags, checkDuplicate("job", b.Name, b.DefRange, seen)...)
+		j := &Job{Name: b.Name, Labels: b.Labels, Env: b.Env, DefRange: b.DefRange}
+		if b.Timeout != nil {
+			d, err := time.ParseDuration(*b.Timeout)
+			switch {
+			case err != nil:
+				diags = diags.Append(errorAt(b.TimeoutRange, "Invalid timeout",
+					fmt.Sprintf("The timeout %q is not a duration such as \"90s\", \"30m\" or \"1h30m\": %s.", *b.Timeout, err)))
+			case d <= 0:
+				diags = diags.Append(errorAt(b.TimeoutRange, "Invalid timeout",
+					fmt.Sprintf("The timeout must be positive, not %s.", *b.Timeout)))
+			default:
+				j.Timeout = d
+			}
+		}
+		for _, k := range slices.Sorted(maps.Keys(b.Env)) {
+			if k == "" || strings.ContainsAny(k, "=\x00") {
+				diags = diags.Append(errorAt(b.EnvRange, "Invalid environment variable name",
+					fmt.Sprintf("%q cannot be an environment variable name.", k)))
+			}
+		}
+		if len(b.Steps) == 0 {
+			diags = diags.Append(errorAt(b.DefRange, "Job has no steps",
+				fmt.Sprintf("The job %q needs at least one step block.", b.Name)))
+		}
+		steps := map[string]hcl.Range{}
+		for _, s := range b.Steps {
+			diags = append(diags, checkName("step", s.Name, s.NameRange)...)
+			diags = append(diags, checkDuplicate("step", s.Name, s.DefRange, steps)...)
+			j.Steps = append(j.Steps, Step{Name: s.Name, Run: s.Run, DefRange: s.DefRange})
+		}
+		c.Jobs = append(c.Jobs, j)
+	}
+	return diags
+}
+
+// checkRunnable reports jobs that no node could ever run: a node can run a
+// job when its labels, plus its own name, include every label of the job.
+func (c *Config) checkRunnable(blocks []*jobBlock) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	for _, b := range blocks {
+		if c.canRun(b.Labels) {
+			continue
+		}
+		rng := b.LabelsRange
+		if b.LabelsRange.Filename == "" {
+			rng = b.DefRange
+		}
+		detail := fmt.Sprintf("No node carries all of the labels %q that job %q requires (a node's labels include its own name).", b.Labels, b.Name)
+		if len(c.Nodes) == 0 {
+			detail = fmt.Sprintf("The job %q can never run because no node is declared.", b.Name)
+		}
+		diags = diags.Append(errorAt(rng, "Job cannot run on any node", detail))
+	}
+	return diags
+}
+
+// canRun reports whether some node carries all labels.
+func (c *Config) canRun(labels []string) bool {
+	for _, n := range c.Nodes {
+		if hasAll(n, labels) {
+			return true
+		}
+	}
+	return false
+}
+
+// hasAll reports whether n's label set (its labels and its name) includes
+// every label.
+func hasAll(n *Node, labels []string) bool {
+	for _, l := range labels {
+		if l != n.Name && !slices.Contains(n.Labels, l) {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,13 @@
+server {
+  log_level = "verbose"
+}
+
+launcher "local" {}
+
+node "n1" {
+  launcher = "local"
+}
+
+job "j" {
+  step "s" { run = "true" }
+}

@@ -1,0 +1,13 @@
+launcher "local" {}
+
+node "n1" {
+  launcher = "local"
+}
+
+job "j" {
+  step "s" { run = "true" }
+}
+
+job "j" {
+  step "other" { run = "false" }
+}

@@ -1,0 +1,11 @@
+launcher "local" {}
+launcher "local" {
+}
+
+node "n1" {
+  launcher = "local"
+}
+
+job "j" {
+  step "s" { run = "true" }
+}

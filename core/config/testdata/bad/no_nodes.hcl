@@ -1,0 +1,5 @@
+launcher "local" {}
+
+job "j" {
+  step "s" { run = "true" }
+}

@@ -1,0 +1,16 @@
+server {
+  name = "a"
+}
+server {
+  name = "b"
+}
+
+launcher "local" {}
+
+node "n1" {
+  launcher = "local"
+}
+
+job "j" {
+  step "s" { run = "true" }
+}

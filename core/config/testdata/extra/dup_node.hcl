@@ -1,0 +1,5 @@
+# Loaded together with testdata/multi.
+
+node "n1" {
+  launcher = "local"
+}

@@ -1,0 +1,5 @@
+server {
+  data_dir = "/var/lib/conveyor"
+}
+
+launcher "local" {}

@@ -1,0 +1,4 @@
+node "n1" {
+  launcher = "local"
+  labels   = ["linux"]
+}

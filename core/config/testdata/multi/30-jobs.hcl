@@ -1,0 +1,4 @@
+job "build" {
+  labels = ["linux"]
+  step "make" { run = "make" }
+}

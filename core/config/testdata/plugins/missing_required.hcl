@@ -1,0 +1,16 @@
+launcher "local" {
+  limits {
+    cpu = 1
+  }
+}
+
+node "n1" {
+  launcher = "local"
+  local {
+    command = ["cat"]
+  }
+}
+
+job "j" {
+  step "s" { run = "true" }
+}
