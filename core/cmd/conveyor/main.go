@@ -73,11 +73,12 @@ func loadConfig(stderr io.Writer, paths ...string) (*config.Config, bool) {
 	return cfg, !diags.HasErrors()
 }
 
-// newLogger builds the root logger from the server block.
-func newLogger(cfg *config.Config, out io.Writer) hclog.Logger {
+// newLogger builds the root logger from the server block, logging at
+// least at level floor (one-shot commands only want warnings).
+func newLogger(cfg *config.Config, out io.Writer, floor hclog.Level) hclog.Logger {
 	return hclog.New(&hclog.LoggerOptions{
 		Name:       "conveyor",
-		Level:      hclog.LevelFromString(cfg.Server.LogLevel),
+		Level:      max(hclog.LevelFromString(cfg.Server.LogLevel), floor),
 		JSONFormat: cfg.Server.LogJSON,
 		Output:     out,
 	})
@@ -98,7 +99,7 @@ func cmdServer(ctx context.Context, args []string, stderr io.Writer) int {
 	if !ok {
 		return 1
 	}
-	logger := newLogger(cfg, stderr)
+	logger := newLogger(cfg, stderr, hclog.Trace)
 	srv, err := server.New(ctx, cfg, logger)
 	if err != nil {
 		var de *server.DiagnosticsError
@@ -122,7 +123,7 @@ func loadPlugins(ctx context.Context, stderr io.Writer, path string) (*plugins.M
 	if !ok {
 		return nil, false
 	}
-	m := plugins.NewManager(newLogger(cfg, stderr).Named("launcher"))
+	m := plugins.NewManager(newLogger(cfg, stderr, hclog.Warn).Named("launcher"))
 	diags := plugins.Load(ctx, cfg, m, plugins.LoadOptions{Version: version.Version, ValidateOnly: true})
 	if len(diags) > 0 {
 		_ = config.WriteDiagnostics(stderr, cfg.Files, diags)

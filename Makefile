@@ -1,0 +1,48 @@
+# Conveyor: `make run` starts a demo, `make test` runs the whole suite.
+GO      ?= go
+BIN     := $(CURDIR)/bin
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/conveyor-ci/conveyor/core/version.Version=$(VERSION)
+PKGS    := ./core/... ./sdk/...
+FUZZTIME ?= 10s
+PROTOC  ?= protoc
+
+.PHONY: all build run test fuzz bench proto lint clean
+
+all: build
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/conveyor ./core/cmd/conveyor
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/conveyor-launcher-local ./sdk/examples/local-launcher
+
+run: build
+	$(BIN)/conveyor server -config examples/config.hcl
+
+test: lint
+	$(GO) test -count=1 -timeout 15m $(PKGS)
+	$(MAKE) fuzz FUZZTIME=$(FUZZTIME)
+
+# Short fuzz runs; the committed seeds under testdata/fuzz run with every `go test`.
+fuzz:
+	$(GO) test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) ./sdk/wire
+
+bench:
+	$(GO) test -run='^$$' -bench=. -benchmem $(PKGS)
+
+# Regenerates the committed gRPC code (needs protoc from Debian's
+# protobuf-compiler; the Go generators are installed on demand).
+proto:
+	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.11
+	$(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+	cd sdk && PATH="$$($(GO) env GOPATH)/bin:$$PATH" $(PROTOC) -I . \
+		--go_out=paths=source_relative:. --go-grpc_out=paths=source_relative:. \
+		hclspec/hclspec.proto launcher/proto/launcher.proto
+
+lint:
+	@out=$$(gofmt -l core sdk | grep -v /testdata/ || true); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+clean:
+	rm -rf $(BIN)
