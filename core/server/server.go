@@ -10,12 +10,16 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/conveyor-ci/conveyor/core/builds"
 	"github.com/conveyor-ci/conveyor/core/config"
+	"github.com/conveyor-ci/conveyor/core/nodes"
 	"github.com/conveyor-ci/conveyor/core/plugins"
+	"github.com/conveyor-ci/conveyor/core/store"
 	"github.com/conveyor-ci/conveyor/core/version"
 )
 
@@ -30,26 +34,47 @@ type Server struct {
 	cfg     *config.Config
 	logger  hclog.Logger
 	plugins *plugins.Manager
+	store   *store.Store
+	nodes   *nodes.Manager
+	builds  *builds.Service
 	http    *http.Server
 	ln      net.Listener
+}
+
+// Options tunes a server beyond its configuration.
+type Options struct {
+	// Nodes tunes agent sessions (heartbeats).
+	Nodes nodes.Options
 }
 
 // New prepares the data directory, starts and configures the plugins and
 // binds the HTTP listener. Configuration problems come back as a
 // *DiagnosticsError whose Diagnostics is an hcl.Diagnostics.
-func New(ctx context.Context, cfg *config.Config, logger hclog.Logger) (*Server, error) {
+func New(ctx context.Context, cfg *config.Config, opts Options, logger hclog.Logger) (*Server, error) {
 	if err := os.MkdirAll(cfg.Server.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
-	s := &Server{cfg: cfg, logger: logger, plugins: plugins.NewManager(logger.Named("launcher"))}
-	if diags := plugins.Load(ctx, cfg, s.plugins, plugins.LoadOptions{Version: version.Version}); diags.HasErrors() {
+	st, err := store.Open(cfg.Server.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, logger: logger, store: st, plugins: plugins.NewManager(logger.Named("launcher"))}
+	fail := func(err error) (*Server, error) {
 		s.plugins.Stop()
-		return nil, &DiagnosticsError{Diagnostics: diags}
+		st.Close()
+		return nil, err
+	}
+	if diags := plugins.Load(ctx, cfg, s.plugins, plugins.LoadOptions{Version: version.Version}); diags.HasErrors() {
+		return fail(&DiagnosticsError{Diagnostics: diags})
+	}
+	s.nodes = nodes.NewManager(cfg, s.plugins, opts.Nodes, logger.Named("node"))
+	s.builds = builds.New(cfg, st, s.nodes, logger.Named("build"))
+	if err := s.builds.Recover(); err != nil {
+		return fail(err)
 	}
 	ln, err := net.Listen("tcp", cfg.Server.HTTPAddr)
 	if err != nil {
-		s.plugins.Stop()
-		return nil, fmt.Errorf("listen on http_addr %s: %w", cfg.Server.HTTPAddr, err)
+		return fail(fmt.Errorf("listen on http_addr %s: %w", cfg.Server.HTTPAddr, err))
 	}
 	s.ln = ln
 	s.http = &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second}
@@ -68,6 +93,11 @@ func (s *Server) Serve(ctx context.Context) error {
 		"data_dir", s.cfg.Server.DataDir, "version", version.Version)
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.Serve(s.ln) }()
+	runCtx, stopRun := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); s.nodes.Run(runCtx) }()
+	go func() { defer wg.Done(); s.builds.Run(runCtx) }()
 	var err error
 	select {
 	case <-ctx.Done():
@@ -77,7 +107,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_ = s.http.Shutdown(sctx)
-	s.plugins.Stop()
+	stopRun()
+	s.plugins.Stop() // ends every connection, so running builds end too
+	wg.Wait()
+	s.store.Close()
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}
@@ -92,6 +125,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /v1/plugins", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.pluginStatus())
 	})
+	s.apiRoutes(mux)
 	return mux
 }
 

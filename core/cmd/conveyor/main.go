@@ -29,7 +29,13 @@ Commands:
   server -config FILE     run the master
   validate FILE           check a configuration, plugins included
   plugins -config FILE    list the configured launcher plugins
+  build [-follow] JOB     trigger a build (and follow its log)
+  nodes                   list the nodes and their state
+  secret NODE             print a node's agent secret and command line
   version                 print the version
+
+Commands that talk to a server take -address (default $CONVEYOR_ADDR,
+else http://127.0.0.1:8080).
 `
 
 func main() {
@@ -52,6 +58,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdValidate(ctx, rest, stdout, stderr)
 	case "plugins":
 		return cmdPlugins(ctx, rest, stdout, stderr)
+	case "build":
+		return cmdBuild(ctx, rest, stdout, stderr)
+	case "nodes":
+		return cmdNodes(ctx, rest, stdout, stderr)
+	case "secret":
+		return cmdSecret(ctx, rest, stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintf(stdout, "conveyor %s\n", version.Version)
 		return 0
@@ -100,7 +112,7 @@ func cmdServer(ctx context.Context, args []string, stderr io.Writer) int {
 		return 1
 	}
 	logger := newLogger(cfg, stderr, hclog.Trace)
-	srv, err := server.New(ctx, cfg, logger)
+	srv, err := server.New(ctx, cfg, server.Options{}, logger)
 	if err != nil {
 		var de *server.DiagnosticsError
 		if errors.As(err, &de) {

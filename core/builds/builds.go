@@ -1,0 +1,347 @@
+// Package builds triggers, runs, cancels and records builds: each build of
+// a job is numbered, queued until a node can take it, runs its steps in
+// order on that node's agent and keeps its status and log in the store.
+package builds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/conveyor-ci/conveyor/core/buildlog"
+	"github.com/conveyor-ci/conveyor/core/config"
+	"github.com/conveyor-ci/conveyor/core/nodes"
+	"github.com/conveyor-ci/conveyor/core/scheduler"
+	"github.com/conveyor-ci/conveyor/core/store"
+	"github.com/conveyor-ci/conveyor/sdk/wire"
+)
+
+// Errors of the service.
+var (
+	ErrUnknownJob = errors.New("no such job")
+	ErrFinished   = errors.New("build already finished")
+)
+
+// Service runs builds.
+type Service struct {
+	cfg   *config.Config
+	store *store.Store
+	nodes *nodes.Manager
+	sched *scheduler.Scheduler
+	log   hclog.Logger
+
+	mu     sync.Mutex
+	active map[string]*active // queued or running, by key
+}
+
+// active is a build that has not finished.
+type active struct {
+	build  *store.Build // guarded by Service.mu
+	cancel context.CancelCauseFunc
+	ctx    context.Context
+	log    *buildlog.Log // set once running
+	done   chan struct{}
+}
+
+// New returns a service over the store and nodes.
+func New(cfg *config.Config, st *store.Store, nm *nodes.Manager, logger hclog.Logger) *Service {
+	return &Service{cfg: cfg, store: st, nodes: nm, sched: scheduler.New(nm), log: logger, active: map[string]*active{}}
+}
+
+// Key names a build: "job#12".
+func Key(job string, n int) string { return job + "#" + strconv.Itoa(n) }
+
+// Recover marks builds that were queued or running when the server last
+// stopped as failed, so history never shows a build that can't progress.
+func (s *Service) Recover() error {
+	unfinished, err := s.store.Unfinished()
+	if err != nil {
+		return fmt.Errorf("recover builds: %w", err)
+	}
+	now := time.Now()
+	for _, b := range unfinished {
+		b.Status, b.Reason, b.FinishedAt = store.StatusFailure, "the server stopped while the build was "+b.Status, &now
+		if err := s.store.Save(b); err != nil {
+			return fmt.Errorf("recover build %s: %w", Key(b.Job, b.Number), err)
+		}
+		s.log.Warn("build interrupted by a server stop", "build", Key(b.Job, b.Number))
+	}
+	return nil
+}
+
+// Run schedules builds until ctx ends; running builds are cancelled then.
+func (s *Service) Run(ctx context.Context) {
+	s.sched.Run(ctx)
+}
+
+// Trigger queues a new build of job; params become environment variables.
+func (s *Service) Trigger(job string, params map[string]string) (*store.Build, error) {
+	j := s.cfg.Job(job)
+	if j == nil {
+		return nil, fmt.Errorf("%w: %q", ErrUnknownJob, job)
+	}
+	b := &store.Build{Job: job, Status: store.StatusQueued, Params: params, QueuedAt: time.Now().UTC(), Steps: []store.Step{}}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.store.Create(b); err != nil {
+		return nil, fmt.Errorf("trigger %s: %w", job, err)
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	a := &active{build: b, cancel: cancel, ctx: ctx, done: make(chan struct{})}
+	key := Key(job, b.Number)
+	s.active[key] = a
+	s.sched.Enqueue(&scheduler.Item{Key: key, Labels: j.Labels, Run: func(n *nodes.Node) { s.execute(a, j, n) }})
+	s.log.Info("build queued", "build", key)
+	return copyBuild(b), nil
+}
+
+// Get returns a build.
+func (s *Service) Get(job string, n int) (*store.Build, error) {
+	s.mu.Lock()
+	if a := s.active[Key(job, n)]; a != nil {
+		defer s.mu.Unlock()
+		return copyBuild(a.build), nil
+	}
+	s.mu.Unlock()
+	if s.cfg.Job(job) == nil {
+		return nil, fmt.Errorf("%w: %q", ErrUnknownJob, job)
+	}
+	return s.store.Get(job, n)
+}
+
+// List returns the builds of job, newest first.
+func (s *Service) List(job string, limit int) ([]*store.Build, error) {
+	if s.cfg.Job(job) == nil {
+		return nil, fmt.Errorf("%w: %q", ErrUnknownJob, job)
+	}
+	list, err := s.store.List(job, limit)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, b := range list {
+		if a := s.active[Key(b.Job, b.Number)]; a != nil {
+			list[i] = copyBuild(a.build)
+		}
+	}
+	return list, nil
+}
+
+// Cancel cancels a queued or running build.
+func (s *Service) Cancel(job string, n int, reason string) (*store.Build, error) {
+	key := Key(job, n)
+	s.mu.Lock()
+	a := s.active[key]
+	s.mu.Unlock()
+	if a == nil {
+		b, err := s.Get(job, n)
+		if err != nil {
+			return nil, err
+		}
+		return b, ErrFinished
+	}
+	if s.sched.Remove(key) {
+		s.finish(a, store.StatusCancelled, "cancelled while queued: "+reason, nil)
+	} else {
+		a.cancel(errors.New("cancelled: " + reason))
+		<-a.done
+	}
+	return s.Get(job, n)
+}
+
+// Follow copies build n of job's log to w from offset. With follow it
+// streams live until the build ends; without, it copies what is written so
+// far.
+func (s *Service) Follow(ctx context.Context, job string, n int, offset int64, follow bool, w io.Writer, flush func()) error {
+	key := Key(job, n)
+	for {
+		s.mu.Lock()
+		a := s.active[key]
+		var live *buildlog.Log
+		var done chan struct{}
+		if a != nil {
+			live, done = a.log, a.done
+		}
+		s.mu.Unlock()
+		if a == nil || !follow {
+			if _, err := s.Get(job, n); err != nil {
+				return err
+			}
+			return buildlog.Follow(ctx, s.store.LogPath(job, n), nil, offset, w, flush)
+		}
+		if live != nil {
+			return buildlog.Follow(ctx, s.store.LogPath(job, n), live, offset, w, flush)
+		}
+		// Queued: wait for it to start (or end).
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-done:
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// Wait blocks until build n of job is finished or ctx ends.
+func (s *Service) Wait(ctx context.Context, job string, n int) (*store.Build, error) {
+	s.mu.Lock()
+	a := s.active[Key(job, n)]
+	s.mu.Unlock()
+	if a != nil {
+		select {
+		case <-a.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return s.Get(job, n)
+}
+
+func (s *Service) update(a *active, fn func(b *store.Build)) {
+	s.mu.Lock()
+	fn(a.build)
+	b := copyBuild(a.build)
+	s.mu.Unlock()
+	if err := s.store.Save(b); err != nil {
+		s.log.Error("saving build", "build", Key(b.Job, b.Number), "error", err)
+	}
+}
+
+// finish records the final status and releases the build.
+func (s *Service) finish(a *active, status, reason string, logSize *int64) {
+	now := time.Now().UTC()
+	s.update(a, func(b *store.Build) {
+		b.Status, b.Reason, b.FinishedAt = status, reason, &now
+		if logSize != nil {
+			b.LogSize = *logSize
+		}
+	})
+	s.mu.Lock()
+	key := Key(a.build.Job, a.build.Number)
+	delete(s.active, key)
+	s.mu.Unlock()
+	a.cancel(errors.New("finished"))
+	close(a.done)
+	s.log.Info("build finished", "build", key, "status", status, "reason", reason)
+}
+
+// execute runs a build's steps on node n.
+func (s *Service) execute(a *active, job *config.Job, n *nodes.Node) {
+	key := Key(job.Name, a.build.Number)
+	if a.ctx.Err() != nil {
+		s.finish(a, store.StatusCancelled, context.Cause(a.ctx).Error(), nil)
+		return
+	}
+	logf, err := buildlog.Create(s.store.LogPath(job.Name, a.build.Number))
+	if err != nil {
+		s.finish(a, store.StatusFailure, err.Error(), nil)
+		return
+	}
+	now := time.Now().UTC()
+	s.mu.Lock()
+	a.log = logf
+	s.mu.Unlock()
+	s.update(a, func(b *store.Build) { b.Status, b.Node, b.StartedAt = store.StatusRunning, n.Name(), &now })
+	s.log.Info("build started", "build", key, "node", n.Name())
+
+	ctx := a.ctx
+	var timeoutErr error
+	if job.Timeout > 0 {
+		timeoutErr = fmt.Errorf("timed out after %s", job.Timeout)
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, job.Timeout, timeoutErr)
+		defer cancel()
+	}
+	status, reason := s.runSteps(ctx, a, job, n, logf, key)
+	if cause := context.Cause(ctx); ctx.Err() != nil && status != store.StatusSuccess {
+		status, reason = store.StatusCancelled, cause.Error()
+		if cause == timeoutErr {
+			status = store.StatusTimeout
+		}
+	}
+	if err := logf.Close(); err != nil && status == store.StatusSuccess {
+		status, reason = store.StatusFailure, "writing the log: "+err.Error()
+	}
+	size := logf.Size()
+	s.finish(a, status, reason, &size)
+}
+
+// runSteps runs the steps in order; the first failing one ends the build.
+func (s *Service) runSteps(ctx context.Context, a *active, job *config.Job, n *nodes.Node, logf *buildlog.Log, key string) (string, string) {
+	env := s.env(job, a.build, n)
+	for i, st := range job.Steps {
+		sess := n.Session()
+		if sess == nil {
+			return store.StatusFailure, fmt.Sprintf("node %s went offline: %s", n.Name(), n.Status().Reason)
+		}
+		started := time.Now().UTC()
+		s.update(a, func(b *store.Build) {
+			b.Steps = append(b.Steps, store.Step{Name: st.Name, Status: store.StatusRunning, StartedAt: started, LogOffset: logf.Size()})
+		})
+		req := &wire.RunStep{BuildID: key, StepIndex: uint32(i), StepName: st.Name, Command: st.Run, Env: env,
+			Workdir: job.Name + "/" + strconv.Itoa(a.build.Number)}
+		if dl, ok := ctx.Deadline(); ok {
+			req.TimeoutMillis = uint64(max(time.Until(dl).Milliseconds(), 1))
+		}
+		res, err := sess.RunStep(ctx, req, logf)
+		finished := time.Now().UTC()
+		status, reason := store.StatusSuccess, ""
+		switch {
+		case err != nil:
+			status, reason = store.StatusFailure, fmt.Sprintf("node %s went offline during step %q: %v", n.Name(), st.Name, err)
+		case ctx.Err() != nil:
+			status, reason = store.StatusCancelled, context.Cause(ctx).Error()
+		case res.Code != 0:
+			status, reason = store.StatusFailure, fmt.Sprintf("step %q exited with code %d", st.Name, res.Code)
+			if res.Error != "" {
+				reason = fmt.Sprintf("step %q failed: %s", st.Name, res.Error)
+			}
+		}
+		s.update(a, func(b *store.Build) {
+			rec := &b.Steps[len(b.Steps)-1]
+			rec.Status, rec.FinishedAt = status, &finished
+			if res != nil {
+				code := res.Code
+				rec.ExitCode, rec.Error = &code, res.Error
+			} else {
+				rec.Error = reason
+			}
+		})
+		if status != store.StatusSuccess {
+			return status, reason
+		}
+	}
+	return store.StatusSuccess, ""
+}
+
+// env is the job's environment plus the build's parameters and facts.
+func (s *Service) env(job *config.Job, b *store.Build, n *nodes.Node) []wire.EnvVar {
+	vars := map[string]string{}
+	maps.Copy(vars, job.Env)
+	maps.Copy(vars, b.Params)
+	vars["CONVEYOR_JOB"] = job.Name
+	vars["CONVEYOR_BUILD_NUMBER"] = strconv.Itoa(b.Number)
+	vars["CONVEYOR_NODE"] = n.Name()
+	vars["CONVEYOR_SERVER"] = s.cfg.Server.Name
+	out := make([]wire.EnvVar, 0, len(vars))
+	for _, k := range slices.Sorted(maps.Keys(vars)) {
+		out = append(out, wire.EnvVar{Name: k, Value: vars[k]})
+	}
+	return out
+}
+
+func copyBuild(b *store.Build) *store.Build {
+	c := *b
+	c.Steps = slices.Clone(b.Steps)
+	c.Params = maps.Clone(b.Params)
+	return &c
+}

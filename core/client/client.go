@@ -1,0 +1,163 @@
+// Package client talks to a Conveyor server's HTTP API; the CLI uses it.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/conveyor-ci/conveyor/core/nodes"
+	"github.com/conveyor-ci/conveyor/core/server"
+	"github.com/conveyor-ci/conveyor/core/store"
+)
+
+// DefaultAddr is used when neither -address nor CONVEYOR_ADDR is set.
+const DefaultAddr = "http://127.0.0.1:8080"
+
+// AddrEnv names the environment variable holding the server's address.
+const AddrEnv = "CONVEYOR_ADDR"
+
+// Client is an API client.
+type Client struct {
+	base string
+	http *http.Client
+}
+
+// New returns a client for addr ("host:port" or a URL); empty means
+// $CONVEYOR_ADDR, else DefaultAddr.
+func New(addr string) *Client {
+	if addr == "" {
+		addr = os.Getenv(AddrEnv)
+	}
+	if addr == "" {
+		addr = DefaultAddr
+	}
+	if !strings.Contains(addr, "://") {
+		addr = "http://" + addr
+	}
+	return &Client{base: strings.TrimRight(addr, "/"), http: &http.Client{}}
+}
+
+// APIError is an error answer from the server.
+type APIError struct {
+	Status  int
+	Message string
+}
+
+// Error implements error.
+func (e *APIError) Error() string { return fmt.Sprintf("server answered %d: %s", e.Status, e.Message) }
+
+func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	if err != nil {
+		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 && resp.StatusCode != http.StatusConflict {
+		return apiError(resp)
+	}
+	if out != nil {
+		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+			return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
+		}
+	}
+	if resp.StatusCode == http.StatusConflict {
+		return &APIError{Status: resp.StatusCode, Message: "build already finished"}
+	}
+	return nil
+}
+
+func apiError(resp *http.Response) error {
+	var e struct {
+		Error string `json:"error"`
+	}
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+	if json.Unmarshal(b, &e) != nil || e.Error == "" {
+		e.Error = strings.TrimSpace(string(b))
+	}
+	return &APIError{Status: resp.StatusCode, Message: e.Error}
+}
+
+// Nodes lists the nodes.
+func (c *Client) Nodes(ctx context.Context) ([]nodes.Status, error) {
+	var out []nodes.Status
+	return out, c.do(ctx, http.MethodGet, "/v1/nodes", nil, &out)
+}
+
+// Jobs lists the jobs.
+func (c *Client) Jobs(ctx context.Context) ([]server.JobStatus, error) {
+	var out []server.JobStatus
+	return out, c.do(ctx, http.MethodGet, "/v1/jobs", nil, &out)
+}
+
+// Trigger queues a build of job.
+func (c *Client) Trigger(ctx context.Context, job string, params map[string]string) (*store.Build, error) {
+	var b store.Build
+	err := c.do(ctx, http.MethodPost, "/v1/jobs/"+url.PathEscape(job)+"/builds", server.TriggerRequest{Params: params}, &b)
+	return &b, err
+}
+
+// Build returns build n of job.
+func (c *Client) Build(ctx context.Context, job string, n int) (*store.Build, error) {
+	var b store.Build
+	return &b, c.do(ctx, http.MethodGet, buildPath(job, n), nil, &b)
+}
+
+// Cancel cancels build n of job.
+func (c *Client) Cancel(ctx context.Context, job string, n int) (*store.Build, error) {
+	var b store.Build
+	return &b, c.do(ctx, http.MethodPost, buildPath(job, n)+"/cancel", nil, &b)
+}
+
+// Secret returns a node's secret and agent command line.
+func (c *Client) Secret(ctx context.Context, node string) (*server.SecretResponse, error) {
+	var s server.SecretResponse
+	return &s, c.do(ctx, http.MethodGet, "/v1/nodes/"+url.PathEscape(node)+"/secret", nil, &s)
+}
+
+// Log copies build n of job's log to w from offset, streaming until the
+// build ends when follow is set; it returns the offset reached, so a
+// broken stream can be resumed.
+func (c *Client) Log(ctx context.Context, job string, n int, offset int64, follow bool, w io.Writer) (int64, error) {
+	q := url.Values{"offset": {strconv.FormatInt(offset, 10)}, "follow": {strconv.FormatBool(follow)}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+buildPath(job, n)+"/log?"+q.Encode(), nil)
+	if err != nil {
+		return offset, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return offset, fmt.Errorf("follow log: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return offset, apiError(resp)
+	}
+	copied, err := io.Copy(w, resp.Body)
+	return offset + copied, err
+}
+
+func buildPath(job string, n int) string {
+	return "/v1/jobs/" + url.PathEscape(job) + "/builds/" + strconv.Itoa(n)
+}

@@ -1,0 +1,344 @@
+// Package nodes keeps every configured node connected: it launches the
+// node's agent through its launcher plugin, authenticates it, tracks the
+// node's state (offline → launching → online → offline, with the reason)
+// and its executors, and relaunches with backoff when the connection ends.
+package nodes
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/conveyor-ci/conveyor/core/config"
+	"github.com/conveyor-ci/conveyor/core/plugins"
+	"github.com/conveyor-ci/conveyor/core/session"
+	"github.com/conveyor-ci/conveyor/sdk/launcher"
+)
+
+// States of a node.
+const (
+	StateOffline   = "offline"
+	StateLaunching = "launching"
+	StateOnline    = "online"
+)
+
+// Relaunch backoff bounds.
+var (
+	relaunchMin = time.Second
+	relaunchMax = time.Minute
+)
+
+// Node is one configured node.
+type Node struct {
+	cfg    *config.Node
+	labels map[string]bool
+
+	mu      sync.Mutex
+	state   string
+	reason  string
+	since   time.Time
+	busy    int
+	sess    *session.Session
+	agent   *session.Agent
+	desc    string
+	dropped session.Counters
+}
+
+// Name is the node's name.
+func (n *Node) Name() string { return n.cfg.Name }
+
+// Covers reports whether the node carries every label (its name counts).
+func (n *Node) Covers(labels []string) bool {
+	for _, l := range labels {
+		if !n.labels[l] {
+			return false
+		}
+	}
+	return true
+}
+
+// Session is the node's authenticated session, or nil when it is not online.
+func (n *Node) Session() *session.Session {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.state != StateOnline {
+		return nil
+	}
+	return n.sess
+}
+
+// Status is a node as the API shows it.
+type Status struct {
+	Name         string            `json:"name"`
+	Launcher     string            `json:"launcher"`
+	Labels       []string          `json:"labels"`
+	Executors    int               `json:"executors"`
+	Busy         int               `json:"busy"`
+	State        string            `json:"state"`
+	Reason       string            `json:"reason,omitempty"`
+	Since        time.Time         `json:"since"`
+	Description  string            `json:"description,omitempty"`
+	AgentVersion string            `json:"agent_version,omitempty"`
+	Platform     string            `json:"platform,omitempty"`
+	Dropped      *session.Counters `json:"dropped_frames,omitempty"`
+}
+
+// Status reports the node's state.
+func (n *Node) Status() Status {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	st := Status{Name: n.cfg.Name, Launcher: n.cfg.Launcher, Labels: n.cfg.Labels, Executors: n.cfg.Executors,
+		Busy: n.busy, State: n.state, Reason: n.reason, Since: n.since, Description: n.desc}
+	if n.agent != nil {
+		st.AgentVersion = n.agent.Version
+		st.Platform = n.agent.OS + "/" + n.agent.Arch
+	}
+	c := n.dropped
+	if n.sess != nil {
+		c = n.sess.Counters()
+	}
+	if c != (session.Counters{}) {
+		st.Dropped = &c
+	}
+	return st
+}
+
+// Manager runs the nodes of a configuration.
+type Manager struct {
+	nodes   []*Node
+	plugins *plugins.Manager
+	opts    Options
+	log     hclog.Logger
+
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced when capacity may have appeared
+}
+
+// Options tunes the sessions.
+type Options struct {
+	Heartbeat        time.Duration
+	HeartbeatTimeout time.Duration
+}
+
+// NewManager prepares the configured nodes; Run connects them.
+func NewManager(cfg *config.Config, pm *plugins.Manager, opts Options, logger hclog.Logger) *Manager {
+	m := &Manager{plugins: pm, opts: opts, log: logger, changed: make(chan struct{})}
+	for _, c := range cfg.Nodes {
+		n := &Node{cfg: c, labels: map[string]bool{c.Name: true}, state: StateOffline, reason: "not launched yet", since: time.Now()}
+		for _, l := range c.Labels {
+			n.labels[l] = true
+		}
+		m.nodes = append(m.nodes, n)
+	}
+	return m
+}
+
+// Nodes returns every node in configuration order.
+func (m *Manager) Nodes() []*Node { return m.nodes }
+
+// Get returns the node called name, or nil.
+func (m *Manager) Get(name string) *Node {
+	for _, n := range m.nodes {
+		if n.cfg.Name == name {
+			return n
+		}
+	}
+	return nil
+}
+
+// Changed returns a channel closed at the next change of capacity (a node
+// coming online, an executor freed).
+func (m *Manager) Changed() <-chan struct{} {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.changed
+}
+
+func (m *Manager) notify() {
+	m.mu.Lock()
+	close(m.changed)
+	m.changed = make(chan struct{})
+	m.mu.Unlock()
+}
+
+// Acquire takes a free executor on the least busy online node covering
+// labels.
+func (m *Manager) Acquire(labels []string) (*Node, bool) {
+	var best *Node
+	bestFree := 0
+	for _, n := range m.nodes {
+		if !n.Covers(labels) {
+			continue
+		}
+		n.mu.Lock()
+		free := n.cfg.Executors - n.busy
+		online := n.state == StateOnline
+		n.mu.Unlock()
+		if online && free > bestFree {
+			best, bestFree = n, free
+		}
+	}
+	if best == nil {
+		return nil, false
+	}
+	best.mu.Lock()
+	defer best.mu.Unlock()
+	if best.state != StateOnline || best.busy >= best.cfg.Executors {
+		return nil, false
+	}
+	best.busy++
+	return best, true
+}
+
+// Release gives back an executor taken with Acquire.
+func (m *Manager) Release(n *Node) {
+	n.mu.Lock()
+	n.busy--
+	n.mu.Unlock()
+	m.notify()
+}
+
+// Run keeps every node connected until ctx ends.
+func (m *Manager) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, n := range m.nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m.run(ctx, n)
+		}()
+	}
+	wg.Wait()
+}
+
+func (m *Manager) set(n *Node, state, reason string) {
+	n.mu.Lock()
+	changed := n.state != state || n.reason != reason
+	if n.state != state {
+		n.since = time.Now()
+	}
+	n.state, n.reason = state, reason
+	if state != StateOnline && n.sess != nil {
+		n.dropped = n.sess.Counters()
+	}
+	n.mu.Unlock()
+	if changed {
+		m.log.Info("node state", "node", n.cfg.Name, "state", state, "reason", reason)
+	}
+	m.notify()
+}
+
+// run is one node's connect loop.
+func (m *Manager) run(ctx context.Context, n *Node) {
+	log := m.log.Named(n.cfg.Name)
+	backoff := relaunchMin
+	for ctx.Err() == nil {
+		ok := m.connect(ctx, n, log)
+		if ctx.Err() != nil {
+			break
+		}
+		if ok {
+			backoff = relaunchMin
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, relaunchMax)
+	}
+	m.set(n, StateOffline, "server shutting down")
+}
+
+// connect launches the node and serves its sessions until the connection
+// ends; it reports whether the node was online at some point.
+func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger) bool {
+	m.set(n, StateLaunching, "launching")
+	p := m.plugins.Get(n.cfg.Launcher)
+	if p == nil {
+		m.set(n, StateOffline, fmt.Sprintf("launcher %q is not loaded", n.cfg.Launcher))
+		return false
+	}
+	proc := p.Process()
+	var secret []byte
+	if proc.Secrets != nil {
+		s, err := proc.Secrets.NodeSecret(ctx, n.cfg.Name)
+		if err != nil {
+			m.set(n, StateOffline, fmt.Sprintf("get node secret: %v", err))
+			return false
+		}
+		secret = s.Secret
+	}
+	lctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	conn, err := proc.Launcher.Launch(lctx, &launcher.Node{Name: n.cfg.Name, Labels: n.cfg.Labels, Config: n.cfg.Config})
+	cancel()
+	if err != nil {
+		m.set(n, StateOffline, fmt.Sprintf("launch failed: %v", err))
+		return false
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
+	defer stop()
+
+	desc := ""
+	if d, ok := conn.(launcher.Describer); ok {
+		desc = d.Description()
+	}
+	sess := session.New(conn, session.Options{Node: n.cfg.Name, Secret: secret,
+		Heartbeat: m.opts.Heartbeat, HeartbeatTimeout: m.opts.HeartbeatTimeout, Logger: log})
+	n.mu.Lock()
+	n.sess, n.desc, n.agent = sess, desc, nil
+	n.mu.Unlock()
+	if n.Status().State == StateLaunching {
+		m.set(n, StateLaunching, "waiting for the agent to connect")
+	}
+	wasOnline := false
+	for {
+		agent, err := sess.Handshake(ctx)
+		if errors.Is(err, session.ErrAuth) {
+			m.set(n, StateOffline, err.Error())
+			continue // the agent may retry with the right secret on this connection
+		}
+		if err != nil {
+			m.set(n, StateOffline, reason(err))
+			return wasOnline
+		}
+		n.mu.Lock()
+		n.agent = agent
+		n.mu.Unlock()
+		wasOnline = true
+		m.set(n, StateOnline, "")
+		err = sess.Serve(ctx)
+		m.set(n, StateOffline, reason(err))
+		if !errors.Is(err, session.ErrRehello) {
+			return wasOnline
+		}
+	}
+}
+
+func reason(err error) string {
+	if errors.Is(err, context.Canceled) {
+		return "server shutting down"
+	}
+	return err.Error()
+}
+
+// Labels returns the sorted labels of all nodes (their names included).
+func (m *Manager) Labels() []string {
+	set := map[string]bool{}
+	for _, n := range m.nodes {
+		for l := range n.labels {
+			set[l] = true
+		}
+	}
+	out := make([]string, 0, len(set))
+	for l := range set {
+		out = append(out, l)
+	}
+	sort.Strings(out)
+	return out
+}

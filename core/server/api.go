@@ -1,0 +1,188 @@
+package server
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/conveyor-ci/conveyor/core/builds"
+	"github.com/conveyor-ci/conveyor/core/nodes"
+	"github.com/conveyor-ci/conveyor/core/store"
+)
+
+// JobStatus is a job in the API.
+type JobStatus struct {
+	Name      string       `json:"name"`
+	Labels    []string     `json:"labels"`
+	Timeout   string       `json:"timeout,omitempty"`
+	Steps     []string     `json:"steps"`
+	LastBuild *store.Build `json:"last_build,omitempty"`
+}
+
+// TriggerRequest is the body of POST /v1/jobs/{job}/builds.
+type TriggerRequest struct {
+	Params map[string]string `json:"params,omitempty"`
+}
+
+// SecretResponse is the body of GET /v1/nodes/{node}/secret.
+type SecretResponse struct {
+	Node         string   `json:"node"`
+	Secret       string   `json:"secret"`
+	AgentCommand []string `json:"agent_command"`
+}
+
+func (s *Server) apiRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) {
+		out := []nodes.Status{}
+		for _, n := range s.nodes.Nodes() {
+			out = append(out, n.Status())
+		}
+		writeJSON(w, http.StatusOK, out)
+	})
+	mux.HandleFunc("GET /v1/nodes/{node}/secret", s.handleSecret)
+	mux.HandleFunc("GET /v1/jobs", func(w http.ResponseWriter, r *http.Request) {
+		out := []JobStatus{}
+		for _, j := range s.cfg.Jobs {
+			js := JobStatus{Name: j.Name, Labels: j.Labels, Steps: []string{}}
+			if j.Timeout > 0 {
+				js.Timeout = j.Timeout.String()
+			}
+			for _, st := range j.Steps {
+				js.Steps = append(js.Steps, st.Name)
+			}
+			if last, err := s.builds.List(j.Name, 1); err == nil && len(last) > 0 {
+				js.LastBuild = last[0]
+			}
+			out = append(out, js)
+		}
+		writeJSON(w, http.StatusOK, out)
+	})
+	mux.HandleFunc("POST /v1/jobs/{job}/builds", func(w http.ResponseWriter, r *http.Request) {
+		var req TriggerRequest
+		if r.ContentLength != 0 {
+			if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&req); err != nil {
+				writeError(w, http.StatusBadRequest, "invalid request body: "+err.Error())
+				return
+			}
+		}
+		b, err := s.builds.Trigger(r.PathValue("job"), req.Params)
+		if err != nil {
+			writeServiceError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusCreated, b)
+	})
+	mux.HandleFunc("GET /v1/jobs/{job}/builds", func(w http.ResponseWriter, r *http.Request) {
+		limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
+		list, err := s.builds.List(r.PathValue("job"), limit)
+		if err != nil {
+			writeServiceError(w, err)
+			return
+		}
+		if list == nil {
+			list = []*store.Build{}
+		}
+		writeJSON(w, http.StatusOK, list)
+	})
+	mux.HandleFunc("GET /v1/jobs/{job}/builds/{n}", s.withBuild(func(w http.ResponseWriter, r *http.Request, job string, n int) {
+		b, err := s.builds.Get(job, n)
+		if err != nil {
+			writeServiceError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, b)
+	}))
+	mux.HandleFunc("POST /v1/jobs/{job}/builds/{n}/cancel", s.withBuild(func(w http.ResponseWriter, r *http.Request, job string, n int) {
+		reason := r.URL.Query().Get("reason")
+		if reason == "" {
+			reason = "by request through the API"
+		}
+		b, err := s.builds.Cancel(job, n, reason)
+		if errors.Is(err, builds.ErrFinished) {
+			writeJSON(w, http.StatusConflict, b)
+			return
+		}
+		if err != nil {
+			writeServiceError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, b)
+	}))
+	mux.HandleFunc("GET /v1/jobs/{job}/builds/{n}/log", s.withBuild(s.handleLog))
+}
+
+// withBuild parses the build number of the path.
+func (s *Server) withBuild(h func(http.ResponseWriter, *http.Request, string, int)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.Atoi(r.PathValue("n"))
+		if err != nil || n < 1 {
+			writeError(w, http.StatusBadRequest, "build number must be a positive integer")
+			return
+		}
+		h(w, r, r.PathValue("job"), n)
+	}
+}
+
+// handleLog serves a build's log from ?offset=N (default 0); with
+// ?follow=true it streams until the build ends.
+func (s *Server) handleLog(w http.ResponseWriter, r *http.Request, job string, n int) {
+	var offset int64
+	if o := r.URL.Query().Get("offset"); o != "" {
+		v, err := strconv.ParseInt(o, 10, 64)
+		if err != nil || v < 0 {
+			writeError(w, http.StatusBadRequest, "offset must be a non-negative integer")
+			return
+		}
+		offset = v
+	}
+	if _, err := s.builds.Get(job, n); err != nil {
+		writeServiceError(w, err)
+		return
+	}
+	follow, _ := strconv.ParseBool(r.URL.Query().Get("follow"))
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	rc := http.NewResponseController(w)
+	flush := func() { _ = rc.Flush() }
+	ctx := r.Context()
+	_ = rc.SetWriteDeadline(time.Time{})
+	if err := s.builds.Follow(ctx, job, n, offset, follow, w, flush); err != nil && ctx.Err() == nil {
+		s.logger.Warn("log stream ended", "build", builds.Key(job, n), "error", err)
+	}
+}
+
+func (s *Server) handleSecret(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("node")
+	n := s.cfg.Node(name)
+	if n == nil {
+		writeError(w, http.StatusNotFound, "no such node: "+name)
+		return
+	}
+	p := s.plugins.Get(n.Launcher)
+	if p == nil || p.Process().Secrets == nil {
+		writeError(w, http.StatusNotFound, "launcher "+n.Launcher+" of node "+name+" has no secret manager: its agents need no secret")
+		return
+	}
+	sec, err := p.Process().Secrets.NodeSecret(r.Context(), name)
+	if err != nil {
+		writeError(w, http.StatusBadGateway, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, SecretResponse{Node: name, Secret: hex.EncodeToString(sec.Secret), AgentCommand: sec.AgentCommand})
+}
+
+func writeServiceError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, builds.ErrUnknownJob), errors.Is(err, store.ErrNotFound):
+		writeError(w, http.StatusNotFound, err.Error())
+	default:
+		writeError(w, http.StatusInternalServerError, err.Error())
+	}
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, map[string]string{"error": msg})
+}
