@@ -429,4 +429,3 @@ func (s *Session) result(e *wire.Exit, ok bool) (*StepResult, error) {
 
 // ID is the session id, zero before the handshake.
 func (s *Session) ID() uint64 { return s.id.Load() }
-

@@ -1,0 +1,10 @@
+launcher "local" {}
+
+node "n1" {
+  launcher = "local"
+  labels   = ["linux"]
+}
+
+job "j" {
+  step "s" { run = "true" }
+}
