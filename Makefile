@@ -33,7 +33,7 @@ bench:
 # Regenerates the committed gRPC code (needs protoc from Debian's
 # protobuf-compiler; the Go generators are installed on demand).
 proto:
-	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.11
+	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 	$(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 	cd sdk && PATH="$$($(GO) env GOPATH)/bin:$$PATH" $(PROTOC) -I . \
 		--go_out=paths=source_relative:. --go-grpc_out=paths=source_relative:. \

@@ -112,6 +112,18 @@ func (c *client) Teardown(ctx context.Context, node string) error {
 	return nil
 }
 
+// Purge asks the plugin to delete what it keeps for a removed node. It
+// fails with ErrNoPurge when the plugin has no such capability.
+func (c *client) Purge(ctx context.Context, node string) error {
+	if _, err := c.rpc.Purge(ctx, &pb.PurgeRequest{Node: node}); err != nil {
+		if status.Code(err) == codes.Unimplemented {
+			return ErrNoPurge
+		}
+		return fmt.Errorf("purge node %q: %w", node, statusErr(err))
+	}
+	return nil
+}
+
 // clientConn is the host end of a launched node's frame stream.
 type clientConn struct {
 	stream pb.Launcher_LaunchClient

@@ -17,6 +17,8 @@ import (
 const (
 	// CapSecrets: the plugin implements SecretManager.
 	CapSecrets = "secrets"
+	// CapPurge: the plugin implements Purger.
+	CapPurge = "purge"
 )
 
 // Launcher connects build agents to the master: it launches (or accepts)
@@ -47,6 +49,14 @@ type SecretManager interface {
 	// NodeSecret returns the node's secret and the command line that
 	// starts its agent.
 	NodeSecret(ctx context.Context, node string) (*NodeSecret, error)
+}
+
+// Purger is an optional capability: a launcher that keeps state per node
+// beyond its connection (Kafka topics, say) deletes it on request, once the
+// node was removed from the configuration. Purging a node that has nothing
+// left is no error.
+type Purger interface {
+	Purge(ctx context.Context, node string) error
 }
 
 // Conn is a bidirectional stream of opaque frames between the master and

@@ -92,3 +92,6 @@ func (p *grpcSecretsPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, 
 
 // ErrNoSecrets is returned by NodeSecret when the plugin has no secret manager.
 var ErrNoSecrets = errors.New("launcher has no secret manager")
+
+// ErrNoPurge is returned by Purge when the plugin keeps nothing to purge.
+var ErrNoPurge = errors.New("launcher has no purge capability")

@@ -26,6 +26,9 @@ func (s *server) Info(ctx context.Context, _ *pb.InfoRequest) (*pb.InfoResponse,
 	if _, ok := s.impl.(SecretManager); ok && !info.Has(CapSecrets) {
 		caps = append(caps, CapSecrets)
 	}
+	if _, ok := s.impl.(Purger); ok && !info.Has(CapPurge) {
+		caps = append(caps, CapPurge)
+	}
 	return &pb.InfoResponse{Name: info.Name, Version: info.Version, Description: info.Description, Capabilities: caps}, nil
 }
 
@@ -147,6 +150,17 @@ func (s *server) Teardown(ctx context.Context, req *pb.TeardownRequest) (*pb.Tea
 		return nil, err
 	}
 	return &pb.TeardownResponse{}, nil
+}
+
+func (s *server) Purge(ctx context.Context, req *pb.PurgeRequest) (*pb.PurgeResponse, error) {
+	p, ok := s.impl.(Purger)
+	if !ok {
+		return nil, status.Error(codes.Unimplemented, ErrNoPurge.Error())
+	}
+	if err := p.Purge(ctx, req.Node); err != nil {
+		return nil, err
+	}
+	return &pb.PurgeResponse{}, nil
 }
 
 // secretsServer exposes a SecretManager over gRPC.

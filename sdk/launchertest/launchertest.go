@@ -13,7 +13,8 @@
 //
 // The kit loads the plugin exactly the way the host does and checks the
 // handshake, the schema, configuration errors, launch, a frame round trip
-// with the launched agent, and teardown.
+// with the launched agent, teardown, relaunch, purge (for plugins with the
+// purge capability) and kill.
 package launchertest
 
 import (
@@ -82,6 +83,7 @@ const (
 	CheckRoundTrip     = "frame-round-trip"
 	CheckTeardown      = "teardown"
 	CheckRelaunch      = "relaunch"
+	CheckPurge         = "purge"
 	CheckKill          = "kill"
 	pingsPerRoundTrip  = 16
 	defaultNodeName    = "conformance"
@@ -137,6 +139,7 @@ func Check(ctx context.Context, opts Options) []Result {
 		{CheckRoundTrip, k.roundTrip},
 		{CheckTeardown, k.teardown},
 		{CheckRelaunch, k.relaunch},
+		{CheckPurge, k.purge},
 		{CheckKill, k.kill},
 	}
 	var results []Result
@@ -382,6 +385,35 @@ func (k *kit) relaunch(ctx context.Context) error {
 		return fmt.Errorf("launch after teardown: %w", err)
 	}
 	return pingPong(ctx, k.conn, 1)
+}
+
+// purge checks a plugin with the purge capability: purging a torn-down
+// node works, and purging it again (nothing left) is no error. Plugins
+// without the capability must answer launcher.ErrNoPurge.
+func (k *kit) purge(ctx context.Context) error {
+	p, ok := k.proc.Launcher.(launcher.Purger)
+	if !ok {
+		return errors.New("host client does not expose Purge")
+	}
+	if !k.proc.Info.Has(launcher.CapPurge) {
+		if err := p.Purge(ctx, k.opts.NodeName); !errors.Is(err, launcher.ErrNoPurge) {
+			return fmt.Errorf("Purge without the %q capability: %v, want ErrNoPurge", launcher.CapPurge, err)
+		}
+		return nil
+	}
+	if k.conn != nil {
+		_ = k.conn.Close()
+		k.conn = nil
+	}
+	if err := k.proc.Launcher.Teardown(ctx, k.opts.NodeName); err != nil {
+		return err
+	}
+	for i := range 2 {
+		if err := p.Purge(ctx, k.opts.NodeName); err != nil {
+			return fmt.Errorf("purge #%d: %w", i+1, err)
+		}
+	}
+	return nil
 }
 
 func (k *kit) kill(ctx context.Context) error {

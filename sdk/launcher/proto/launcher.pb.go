@@ -946,6 +946,86 @@ func (x *NodeSecretResponse) GetAgentCommand() []string {
 	return nil
 }
 
+type PurgeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PurgeRequest) Reset() {
+	*x = PurgeRequest{}
+	mi := &file_launcher_proto_launcher_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PurgeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PurgeRequest) ProtoMessage() {}
+
+func (x *PurgeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_launcher_proto_launcher_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PurgeRequest.ProtoReflect.Descriptor instead.
+func (*PurgeRequest) Descriptor() ([]byte, []int) {
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *PurgeRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+type PurgeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PurgeResponse) Reset() {
+	*x = PurgeResponse{}
+	mi := &file_launcher_proto_launcher_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PurgeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PurgeResponse) ProtoMessage() {}
+
+func (x *PurgeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_launcher_proto_launcher_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PurgeResponse.ProtoReflect.Descriptor instead.
+func (*PurgeResponse) Descriptor() ([]byte, []int) {
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{18}
+}
+
 var File_launcher_proto_launcher_proto protoreflect.FileDescriptor
 
 const file_launcher_proto_launcher_proto_rawDesc = "" +
@@ -1001,13 +1081,17 @@ const file_launcher_proto_launcher_proto_rawDesc = "" +
 	"\x04node\x18\x01 \x01(\tR\x04node\"Q\n" +
 	"\x12NodeSecretResponse\x12\x16\n" +
 	"\x06secret\x18\x01 \x01(\fR\x06secret\x12#\n" +
-	"\ragent_command\x18\x02 \x03(\tR\fagentCommand2\xcb\x03\n" +
+	"\ragent_command\x18\x02 \x03(\tR\fagentCommand\"\"\n" +
+	"\fPurgeRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\"\x0f\n" +
+	"\rPurgeResponse2\x9d\x04\n" +
 	"\bLauncher\x12M\n" +
 	"\x04Info\x12!.conveyor.launcher.v1.InfoRequest\x1a\".conveyor.launcher.v1.InfoResponse\x12S\n" +
 	"\x06Schema\x12#.conveyor.launcher.v1.SchemaRequest\x1a$.conveyor.launcher.v1.SchemaResponse\x12\\\n" +
 	"\tConfigure\x12&.conveyor.launcher.v1.ConfigureRequest\x1a'.conveyor.launcher.v1.ConfigureResponse\x12b\n" +
 	"\x06Launch\x12).conveyor.launcher.v1.LaunchClientMessage\x1a).conveyor.launcher.v1.LaunchServerMessage(\x010\x01\x12Y\n" +
-	"\bTeardown\x12%.conveyor.launcher.v1.TeardownRequest\x1a&.conveyor.launcher.v1.TeardownResponse2p\n" +
+	"\bTeardown\x12%.conveyor.launcher.v1.TeardownRequest\x1a&.conveyor.launcher.v1.TeardownResponse\x12P\n" +
+	"\x05Purge\x12\".conveyor.launcher.v1.PurgeRequest\x1a#.conveyor.launcher.v1.PurgeResponse2p\n" +
 	"\rSecretManager\x12_\n" +
 	"\n" +
 	"NodeSecret\x12'.conveyor.launcher.v1.NodeSecretRequest\x1a(.conveyor.launcher.v1.NodeSecretResponseB4Z2github.com/conveyor-ci/conveyor/sdk/launcher/protob\x06proto3"
@@ -1024,7 +1108,7 @@ func file_launcher_proto_launcher_proto_rawDescGZIP() []byte {
 	return file_launcher_proto_launcher_proto_rawDescData
 }
 
-var file_launcher_proto_launcher_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_launcher_proto_launcher_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_launcher_proto_launcher_proto_goTypes = []any{
 	(*InfoRequest)(nil),         // 0: conveyor.launcher.v1.InfoRequest
 	(*InfoResponse)(nil),        // 1: conveyor.launcher.v1.InfoResponse
@@ -1043,11 +1127,13 @@ var file_launcher_proto_launcher_proto_goTypes = []any{
 	(*TeardownResponse)(nil),    // 14: conveyor.launcher.v1.TeardownResponse
 	(*NodeSecretRequest)(nil),   // 15: conveyor.launcher.v1.NodeSecretRequest
 	(*NodeSecretResponse)(nil),  // 16: conveyor.launcher.v1.NodeSecretResponse
-	(*hclspec.Spec)(nil),        // 17: conveyor.hclspec.v1.Spec
+	(*PurgeRequest)(nil),        // 17: conveyor.launcher.v1.PurgeRequest
+	(*PurgeResponse)(nil),       // 18: conveyor.launcher.v1.PurgeResponse
+	(*hclspec.Spec)(nil),        // 19: conveyor.hclspec.v1.Spec
 }
 var file_launcher_proto_launcher_proto_depIdxs = []int32{
-	17, // 0: conveyor.launcher.v1.SchemaResponse.global:type_name -> conveyor.hclspec.v1.Spec
-	17, // 1: conveyor.launcher.v1.SchemaResponse.node:type_name -> conveyor.hclspec.v1.Spec
+	19, // 0: conveyor.launcher.v1.SchemaResponse.global:type_name -> conveyor.hclspec.v1.Spec
+	19, // 1: conveyor.launcher.v1.SchemaResponse.node:type_name -> conveyor.hclspec.v1.Spec
 	5,  // 2: conveyor.launcher.v1.NodeConfig.config:type_name -> conveyor.launcher.v1.Value
 	4,  // 3: conveyor.launcher.v1.ConfigureRequest.host:type_name -> conveyor.launcher.v1.Host
 	5,  // 4: conveyor.launcher.v1.ConfigureRequest.global:type_name -> conveyor.launcher.v1.Value
@@ -1060,15 +1146,17 @@ var file_launcher_proto_launcher_proto_depIdxs = []int32{
 	7,  // 11: conveyor.launcher.v1.Launcher.Configure:input_type -> conveyor.launcher.v1.ConfigureRequest
 	10, // 12: conveyor.launcher.v1.Launcher.Launch:input_type -> conveyor.launcher.v1.LaunchClientMessage
 	13, // 13: conveyor.launcher.v1.Launcher.Teardown:input_type -> conveyor.launcher.v1.TeardownRequest
-	15, // 14: conveyor.launcher.v1.SecretManager.NodeSecret:input_type -> conveyor.launcher.v1.NodeSecretRequest
-	1,  // 15: conveyor.launcher.v1.Launcher.Info:output_type -> conveyor.launcher.v1.InfoResponse
-	3,  // 16: conveyor.launcher.v1.Launcher.Schema:output_type -> conveyor.launcher.v1.SchemaResponse
-	9,  // 17: conveyor.launcher.v1.Launcher.Configure:output_type -> conveyor.launcher.v1.ConfigureResponse
-	12, // 18: conveyor.launcher.v1.Launcher.Launch:output_type -> conveyor.launcher.v1.LaunchServerMessage
-	14, // 19: conveyor.launcher.v1.Launcher.Teardown:output_type -> conveyor.launcher.v1.TeardownResponse
-	16, // 20: conveyor.launcher.v1.SecretManager.NodeSecret:output_type -> conveyor.launcher.v1.NodeSecretResponse
-	15, // [15:21] is the sub-list for method output_type
-	9,  // [9:15] is the sub-list for method input_type
+	17, // 14: conveyor.launcher.v1.Launcher.Purge:input_type -> conveyor.launcher.v1.PurgeRequest
+	15, // 15: conveyor.launcher.v1.SecretManager.NodeSecret:input_type -> conveyor.launcher.v1.NodeSecretRequest
+	1,  // 16: conveyor.launcher.v1.Launcher.Info:output_type -> conveyor.launcher.v1.InfoResponse
+	3,  // 17: conveyor.launcher.v1.Launcher.Schema:output_type -> conveyor.launcher.v1.SchemaResponse
+	9,  // 18: conveyor.launcher.v1.Launcher.Configure:output_type -> conveyor.launcher.v1.ConfigureResponse
+	12, // 19: conveyor.launcher.v1.Launcher.Launch:output_type -> conveyor.launcher.v1.LaunchServerMessage
+	14, // 20: conveyor.launcher.v1.Launcher.Teardown:output_type -> conveyor.launcher.v1.TeardownResponse
+	18, // 21: conveyor.launcher.v1.Launcher.Purge:output_type -> conveyor.launcher.v1.PurgeResponse
+	16, // 22: conveyor.launcher.v1.SecretManager.NodeSecret:output_type -> conveyor.launcher.v1.NodeSecretResponse
+	16, // [16:23] is the sub-list for method output_type
+	9,  // [9:16] is the sub-list for method input_type
 	9,  // [9:9] is the sub-list for extension type_name
 	9,  // [9:9] is the sub-list for extension extendee
 	0,  // [0:9] is the sub-list for field type_name
@@ -1093,7 +1181,7 @@ func file_launcher_proto_launcher_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_launcher_proto_launcher_proto_rawDesc), len(file_launcher_proto_launcher_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

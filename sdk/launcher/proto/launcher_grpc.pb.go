@@ -27,6 +27,7 @@ const (
 	Launcher_Configure_FullMethodName = "/conveyor.launcher.v1.Launcher/Configure"
 	Launcher_Launch_FullMethodName    = "/conveyor.launcher.v1.Launcher/Launch"
 	Launcher_Teardown_FullMethodName  = "/conveyor.launcher.v1.Launcher/Teardown"
+	Launcher_Purge_FullMethodName     = "/conveyor.launcher.v1.Launcher/Purge"
 )
 
 // LauncherClient is the client API for Launcher service.
@@ -47,6 +48,10 @@ type LauncherClient interface {
 	Launch(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[LaunchClientMessage, LaunchServerMessage], error)
 	// Teardown ends a node's connection and whatever the launcher started for it.
 	Teardown(ctx context.Context, in *TeardownRequest, opts ...grpc.CallOption) (*TeardownResponse, error)
+	// Purge deletes everything the launcher keeps for a node that was removed
+	// (Kafka: its topics). Plugins without the "purge" capability answer
+	// Unimplemented.
+	Purge(ctx context.Context, in *PurgeRequest, opts ...grpc.CallOption) (*PurgeResponse, error)
 }
 
 type launcherClient struct {
@@ -110,6 +115,16 @@ func (c *launcherClient) Teardown(ctx context.Context, in *TeardownRequest, opts
 	return out, nil
 }
 
+func (c *launcherClient) Purge(ctx context.Context, in *PurgeRequest, opts ...grpc.CallOption) (*PurgeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PurgeResponse)
+	err := c.cc.Invoke(ctx, Launcher_Purge_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // LauncherServer is the server API for Launcher service.
 // All implementations must embed UnimplementedLauncherServer
 // for forward compatibility.
@@ -128,6 +143,10 @@ type LauncherServer interface {
 	Launch(grpc.BidiStreamingServer[LaunchClientMessage, LaunchServerMessage]) error
 	// Teardown ends a node's connection and whatever the launcher started for it.
 	Teardown(context.Context, *TeardownRequest) (*TeardownResponse, error)
+	// Purge deletes everything the launcher keeps for a node that was removed
+	// (Kafka: its topics). Plugins without the "purge" capability answer
+	// Unimplemented.
+	Purge(context.Context, *PurgeRequest) (*PurgeResponse, error)
 	mustEmbedUnimplementedLauncherServer()
 }
 
@@ -152,6 +171,9 @@ func (UnimplementedLauncherServer) Launch(grpc.BidiStreamingServer[LaunchClientM
 }
 func (UnimplementedLauncherServer) Teardown(context.Context, *TeardownRequest) (*TeardownResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Teardown not implemented")
+}
+func (UnimplementedLauncherServer) Purge(context.Context, *PurgeRequest) (*PurgeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Purge not implemented")
 }
 func (UnimplementedLauncherServer) mustEmbedUnimplementedLauncherServer() {}
 func (UnimplementedLauncherServer) testEmbeddedByValue()                  {}
@@ -253,6 +275,24 @@ func _Launcher_Teardown_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Launcher_Purge_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PurgeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LauncherServer).Purge(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Launcher_Purge_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LauncherServer).Purge(ctx, req.(*PurgeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Launcher_ServiceDesc is the grpc.ServiceDesc for Launcher service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -275,6 +315,10 @@ var Launcher_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Teardown",
 			Handler:    _Launcher_Teardown_Handler,
+		},
+		{
+			MethodName: "Purge",
+			Handler:    _Launcher_Purge_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
