@@ -1,0 +1,3 @@
+module github.com/conveyor-ci/conveyor/agent
+
+go 1.26.8
