@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -49,6 +50,9 @@ func New(addr string) *Client {
 type APIError struct {
 	Status  int
 	Message string
+	// Body is the raw answer (some errors carry a resource, e.g. the
+	// finished build a cancel came too late for).
+	Body []byte
 }
 
 // Error implements error.
@@ -75,16 +79,13 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode >= 300 && resp.StatusCode != http.StatusConflict {
+	if resp.StatusCode >= 300 {
 		return apiError(resp)
 	}
 	if out != nil {
 		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
 			return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
 		}
-	}
-	if resp.StatusCode == http.StatusConflict {
-		return &APIError{Status: resp.StatusCode, Message: "build already finished"}
 	}
 	return nil
 }
@@ -93,11 +94,11 @@ func apiError(resp *http.Response) error {
 	var e struct {
 		Error string `json:"error"`
 	}
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if json.Unmarshal(b, &e) != nil || e.Error == "" {
 		e.Error = strings.TrimSpace(string(b))
 	}
-	return &APIError{Status: resp.StatusCode, Message: e.Error}
+	return &APIError{Status: resp.StatusCode, Message: e.Error, Body: b}
 }
 
 // Nodes lists the nodes.
@@ -128,7 +129,15 @@ func (c *Client) Build(ctx context.Context, job string, n int) (*store.Build, er
 // Cancel cancels build n of job.
 func (c *Client) Cancel(ctx context.Context, job string, n int) (*store.Build, error) {
 	var b store.Build
-	return &b, c.do(ctx, http.MethodPost, buildPath(job, n)+"/cancel", nil, &b)
+	err := c.do(ctx, http.MethodPost, buildPath(job, n)+"/cancel", nil, &b)
+	var apiErr *APIError
+	if errors.As(err, &apiErr) && apiErr.Status == http.StatusConflict {
+		// The build had finished: the answer is the build as it ended.
+		if json.Unmarshal(apiErr.Body, &b) == nil && b.Job != "" {
+			return &b, &APIError{Status: apiErr.Status, Message: "build already finished", Body: apiErr.Body}
+		}
+	}
+	return &b, err
 }
 
 // Secret returns a node's secret and agent command line.
@@ -156,6 +165,17 @@ func (c *Client) Log(ctx context.Context, job string, n int, offset int64, follo
 	}
 	copied, err := io.Copy(w, resp.Body)
 	return offset + copied, err
+}
+
+// DeleteNode forgets a node that left the configuration; with purge, its
+// launcher deletes what it kept for it.
+func (c *Client) DeleteNode(ctx context.Context, node string, purge bool) (*server.DeleteNodeResponse, error) {
+	var r server.DeleteNodeResponse
+	path := "/v1/nodes/" + url.PathEscape(node)
+	if purge {
+		path += "?purge=true"
+	}
+	return &r, c.do(ctx, http.MethodDelete, path, nil, &r)
 }
 
 func buildPath(job string, n int) string {

@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/conveyor-ci/conveyor/core/builds"
 	"github.com/conveyor-ci/conveyor/core/nodes"
 	"github.com/conveyor-ci/conveyor/core/store"
+	"github.com/conveyor-ci/conveyor/sdk/launcher"
 )
 
 // JobStatus is a job in the API.
@@ -43,6 +45,7 @@ func (s *Server) apiRoutes(mux *http.ServeMux) {
 		writeJSON(w, http.StatusOK, out)
 	})
 	mux.HandleFunc("GET /v1/nodes/{node}/secret", s.handleSecret)
+	mux.HandleFunc("DELETE /v1/nodes/{node}", s.handleDeleteNode)
 	mux.HandleFunc("GET /v1/jobs", func(w http.ResponseWriter, r *http.Request) {
 		out := []JobStatus{}
 		for _, j := range s.cfg.Jobs {
@@ -172,6 +175,66 @@ func (s *Server) handleSecret(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, SecretResponse{Node: name, Secret: hex.EncodeToString(sec.Secret), AgentCommand: sec.AgentCommand})
+}
+
+// DeleteNodeResponse is the body of DELETE /v1/nodes/{node}.
+type DeleteNodeResponse struct {
+	Node     string `json:"node"`
+	Launcher string `json:"launcher"`
+	// Purged: the launcher deleted what it kept for the node.
+	Purged bool `json:"purged"`
+	// Message says what happened, for people.
+	Message string `json:"message"`
+}
+
+// handleDeleteNode forgets a node that left the configuration and, with
+// ?purge=true, has its launcher delete what it kept for it (Kafka: its
+// topics). A configured node cannot be deleted: its block must go first,
+// so that nothing is lost by a typo on the command line.
+func (s *Server) handleDeleteNode(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("node")
+	purge, _ := strconv.ParseBool(r.URL.Query().Get("purge"))
+	if s.cfg.Node(name) != nil {
+		writeError(w, http.StatusConflict, fmt.Sprintf("node %q is in the configuration: remove its block and restart the server first", name))
+		return
+	}
+	rec, err := s.store.Node(name)
+	if errors.Is(err, store.ErrNodeNotFound) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no such node: %s (the server never ran it)", name))
+		return
+	} else if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	resp := DeleteNodeResponse{Node: name, Launcher: rec.Launcher, Message: "node forgotten; its launcher's data was kept (use purge to delete it)"}
+	if purge {
+		p := s.plugins.Get(rec.Launcher)
+		if p == nil {
+			writeError(w, http.StatusConflict, fmt.Sprintf("node %q ran on launcher %q, which is not loaded: declare it to purge the node", name, rec.Launcher))
+			return
+		}
+		purger, ok := p.Process().Launcher.(launcher.Purger)
+		if !ok {
+			writeError(w, http.StatusInternalServerError, "plugin client cannot purge")
+			return
+		}
+		switch err := purger.Purge(r.Context(), name); {
+		case errors.Is(err, launcher.ErrNoPurge):
+			resp.Message = fmt.Sprintf("node forgotten; launcher %q keeps nothing to purge", rec.Launcher)
+		case err != nil:
+			writeError(w, http.StatusBadGateway, err.Error())
+			return
+		default:
+			resp.Purged = true
+			resp.Message = fmt.Sprintf("node forgotten; launcher %q deleted its data", rec.Launcher)
+		}
+	}
+	if err := s.store.ForgetNode(name); err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	s.logger.Info("node deleted", "node", name, "launcher", rec.Launcher, "purged", resp.Purged)
+	writeJSON(w, http.StatusOK, resp)
 }
 
 func writeServiceError(w http.ResponseWriter, err error) {

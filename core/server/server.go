@@ -67,6 +67,13 @@ func New(ctx context.Context, cfg *config.Config, opts Options, logger hclog.Log
 	if diags := plugins.Load(ctx, cfg, s.plugins, plugins.LoadOptions{Version: version.Version}); diags.HasErrors() {
 		return fail(&DiagnosticsError{Diagnostics: diags})
 	}
+	recs := make([]store.NodeRecord, 0, len(cfg.Nodes))
+	for _, n := range cfg.Nodes {
+		recs = append(recs, store.NodeRecord{Name: n.Name, Launcher: n.Launcher})
+	}
+	if err := st.RecordNodes(recs, time.Now()); err != nil {
+		return fail(err)
+	}
 	s.nodes = nodes.NewManager(cfg, s.plugins, opts.Nodes, logger.Named("node"))
 	s.builds = builds.New(cfg, st, s.nodes, logger.Named("build"))
 	if err := s.builds.Recover(); err != nil {

@@ -68,6 +68,7 @@ var ErrNotFound = errors.New("build not found")
 var (
 	bucketBuilds   = []byte("builds")
 	bucketCounters = []byte("counters")
+	bucketNodes    = []byte("nodes")
 )
 
 // Store is the build database and log directory.
@@ -86,7 +87,7 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketBuilds, bucketCounters} {
+		for _, b := range [][]byte{bucketBuilds, bucketCounters, bucketNodes} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}

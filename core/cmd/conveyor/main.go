@@ -32,6 +32,9 @@ Commands:
   build [-follow] JOB     trigger a build (and follow its log)
   nodes                   list the nodes and their state
   secret NODE             print a node's agent secret and command line
+  node delete NAME [-purge]
+                          forget a node removed from the configuration;
+                          -purge also deletes its launcher data (Kafka topics)
   version                 print the version
 
 Commands that talk to a server take -address (default $CONVEYOR_ADDR,
@@ -62,6 +65,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdBuild(ctx, rest, stdout, stderr)
 	case "nodes":
 		return cmdNodes(ctx, rest, stdout, stderr)
+	case "node":
+		return cmdNode(ctx, rest, stdout, stderr)
 	case "secret":
 		return cmdSecret(ctx, rest, stdout, stderr)
 	case "version", "-version", "--version":

@@ -853,3 +853,46 @@ func TestServerRestartsCrashedPlugin(t *testing.T) {
 		t.Errorf("restarted plugin pid %d outlived the server: %v", cur.Pid, info)
 	}
 }
+
+// TestNodeDelete: a configured node cannot be deleted; once its block is
+// gone the server still knows it and forgets it on request, and -purge asks
+// its launcher (here one without the purge capability) to delete its data.
+func TestNodeDelete(t *testing.T) {
+	checkNoLeftovers(t)
+	dir := t.TempDir()
+	cfg := render(t, dir, "good.hcl")
+	s := startServer(t, dir, cfg)
+	r := runConveyor(t, dir, "node", "delete", "n1", "-address", s.url, "--purge")
+	if r.code != 1 || !strings.Contains(r.stderr, `node "n1" is in the configuration: remove its block`) {
+		t.Fatalf("deleting a configured node: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if err := s.signal(t, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+
+	// The same server without n1's block (n2 takes its place).
+	src, err := os.ReadFile(filepath.Join(dir, cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, cfg), []byte(strings.Replace(string(src), `node "n1"`, `node "n2"`, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s = startServer(t, dir, cfg)
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"node", "delete", "nope"}, 1, "no such node: nope"},
+		{[]string{"node", "delete", "n1", "-purge"}, 0, `n1: node forgotten; launcher "local" keeps nothing to purge`},
+		{[]string{"node", "delete", "n1"}, 1, "no such node: n1"},
+		{[]string{"node", "remove", "n1"}, 2, "Usage: conveyor node delete"},
+		{[]string{"node", "delete"}, 2, "Usage: conveyor node delete"},
+	} {
+		r := runConveyor(t, dir, append(tc.args, "-address", s.url)...)
+		if r.code != tc.code || !strings.Contains(r.stdout+r.stderr, tc.want) {
+			t.Errorf("conveyor %s: exit %d, output %q; want exit %d and %q", strings.Join(tc.args, " "), r.code, r.stdout+r.stderr, tc.code, tc.want)
+		}
+	}
+}

@@ -33,6 +33,63 @@ func remoteFlags(fs *flag.FlagSet) *string {
 	return fs.String("address", "", "server address (default $"+client.AddrEnv+", else "+client.DefaultAddr+")")
 }
 
+// parseArgs parses flags wherever they appear among the positional
+// arguments ("build JOB -follow" as well as "build -follow JOB") and returns
+// the positional ones. A "--" ends flag parsing.
+func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		if len(args) > len(rest) && args[len(args)-len(rest)-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		pos, args = append(pos, rest[0]), rest[1:]
+	}
+}
+
+// cmdNode manages one node: `conveyor node delete NAME [-purge]`.
+func cmdNode(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	const nodeUsage = "Usage: conveyor node delete [-purge] NAME"
+	if len(args) == 0 || args[0] != "delete" {
+		fmt.Fprintln(stderr, nodeUsage)
+		return 2
+	}
+	fs := flag.NewFlagSet("node delete", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := remoteFlags(fs)
+	purge := fs.Bool("purge", false, "also delete what the node's launcher keeps for it (Kafka: its topics, with any frames left in them)")
+	pos, err := parseArgs(fs, args[1:])
+	if err != nil {
+		return 2
+	}
+	if len(pos) != 1 {
+		fmt.Fprintln(stderr, nodeUsage)
+		return 2
+	}
+	r, err := client.New(*addr).DeleteNode(ctx, pos[0], *purge)
+	if err != nil {
+		fmt.Fprintf(stderr, "conveyor node delete: %s\n", apiMessage(err))
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s: %s\n", r.Node, r.Message)
+	return 0
+}
+
+// apiMessage is the server's message for an API error, else the error.
+func apiMessage(err error) string {
+	var apiErr *client.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.Message
+	}
+	return err.Error()
+}
+
 // cmdBuild triggers a build; with -follow it prints the log live and exits
 // with the build's result (0 success, 1 otherwise).
 func cmdBuild(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -42,14 +99,15 @@ func cmdBuild(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	follow := fs.Bool("follow", false, "print the log live and exit with the build's result")
 	params := paramsFlag{}
 	fs.Var(params, "p", "build parameter KEY=VALUE, passed to the steps as an environment variable (repeatable)")
-	if err := fs.Parse(args); err != nil {
+	pos, err := parseArgs(fs, args)
+	if err != nil {
 		return 2
 	}
-	if fs.NArg() != 1 {
+	if len(pos) != 1 {
 		fmt.Fprintln(stderr, "Usage: conveyor build [-follow] [-p KEY=VALUE]... JOB")
 		return 2
 	}
-	job := fs.Arg(0)
+	job := pos[0]
 	c := client.New(*addr)
 	b, err := c.Trigger(ctx, job, params)
 	if err != nil {
@@ -123,21 +181,17 @@ func cmdSecret(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	fs := flag.NewFlagSet("secret", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := remoteFlags(fs)
-	if err := fs.Parse(args); err != nil {
+	pos, err := parseArgs(fs, args)
+	if err != nil {
 		return 2
 	}
-	if fs.NArg() != 1 {
+	if len(pos) != 1 {
 		fmt.Fprintln(stderr, "Usage: conveyor secret NODE")
 		return 2
 	}
-	s, err := client.New(*addr).Secret(ctx, fs.Arg(0))
+	s, err := client.New(*addr).Secret(ctx, pos[0])
 	if err != nil {
-		var apiErr *client.APIError
-		if errors.As(err, &apiErr) {
-			fmt.Fprintf(stderr, "conveyor secret: %s\n", apiErr.Message)
-		} else {
-			fmt.Fprintf(stderr, "conveyor secret: %v\n", err)
-		}
+		fmt.Fprintf(stderr, "conveyor secret: %s\n", apiMessage(err))
 		return 1
 	}
 	fmt.Fprintf(stdout, "%s\n\nStart the agent of node %s with the secret in a file only it can read:\n\n  umask 077; echo %s > secret\n  %s\n",
