@@ -1,0 +1,331 @@
+// Package cluster runs the built Conveyor binaries together for end-to-end
+// tests: a master with its launcher plugins and real agents, driven through
+// the HTTP API the way a user drives it. Tests of other modules (the SSH
+// launcher's, say) use it too, so that every end-to-end test starts a
+// cluster one way.
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/conveyor-ci/conveyor/core/client"
+	"github.com/conveyor-ci/conveyor/core/nodes"
+	"github.com/conveyor-ci/conveyor/core/store"
+)
+
+// binaries maps each binary to its package, relative to the repository.
+var binaries = map[string]string{
+	"conveyor":                "core/cmd/conveyor",
+	"conveyor-agent":          "agent/cmd/conveyor-agent",
+	"conveyor-launcher-kafka": "plugins/kafka-launcher/cmd/conveyor-launcher-kafka",
+	"conveyor-launcher-ssh":   "plugins/ssh-launcher/cmd/conveyor-launcher-ssh",
+	"conveyor-launcher-local": "sdk/examples/local-launcher",
+}
+
+// Build compiles every binary into a new directory and returns it; call it
+// from TestMain and remove the directory afterwards.
+func Build() (string, error) {
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		return "", fmt.Errorf("cannot locate the repository")
+	}
+	root := filepath.Join(filepath.Dir(file), "..", "..", "..")
+	dir, err := os.MkdirTemp("", "conveyor-e2e-bin-")
+	if err != nil {
+		return "", err
+	}
+	for name, pkg := range binaries {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), "./"+pkg)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			os.RemoveAll(dir)
+			return "", fmt.Errorf("build %s: %v\n%s", name, err, out)
+		}
+	}
+	return dir, nil
+}
+
+// FreeAddr returns a loopback address nobody listens on right now.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// Options describe a cluster's configuration.
+type Options struct {
+	// Bin is the directory Build returned.
+	Bin string
+	// Launchers are extra `launcher` blocks; kafka (embedded broker) and
+	// local are always declared.
+	Launchers string
+	// Nodes and Jobs are the node and job blocks.
+	Nodes, Jobs string
+}
+
+// Cluster is a running master with its data and agents.
+type Cluster struct {
+	// API talks to the master.
+	API *client.Client
+	// Dir holds the configuration, data and agents' directories.
+	Dir string
+	// HTTPAddr and KafkaAddr are the API's and the embedded broker's
+	// loopback addresses.
+	HTTPAddr, KafkaAddr string
+
+	t      testing.TB
+	opts   Options
+	config string
+
+	mu        sync.Mutex
+	server    *exec.Cmd
+	serverLog *bytes.Buffer
+	agents    []*exec.Cmd
+}
+
+// Start writes the configuration and starts the master; the test's cleanup
+// stops it and its agents, logging what they printed when the test failed.
+func Start(t testing.TB, opts Options) *Cluster {
+	t.Helper()
+	c := &Cluster{t: t, opts: opts, Dir: t.TempDir(), HTTPAddr: FreeAddr(t), KafkaAddr: FreeAddr(t)}
+	c.API = client.New(c.HTTPAddr)
+	c.WriteConfig(opts.Nodes, opts.Jobs)
+	c.StartServer()
+	t.Cleanup(c.stop)
+	return c
+}
+
+// Bin is the path of a built binary.
+func (c *Cluster) Bin(name string) string { return filepath.Join(c.opts.Bin, name) }
+
+// WriteConfig (re)writes the server's configuration with other node and
+// job blocks; it takes effect at the next StartServer.
+func (c *Cluster) WriteConfig(nodeBlocks, jobBlocks string) {
+	c.t.Helper()
+	cfg := fmt.Sprintf(`
+server {
+  http_addr  = %q
+  data_dir   = "data"
+  plugin_dir = %q
+  log_level  = "debug"
+}
+launcher "kafka" {
+  embedded_addr = %q
+}
+launcher "local" {}
+%s
+%s
+%s`, c.HTTPAddr, c.opts.Bin, c.KafkaAddr, c.opts.Launchers, nodeBlocks, jobBlocks)
+	c.config = filepath.Join(c.Dir, "conveyor.hcl")
+	if err := os.WriteFile(c.config, []byte(cfg), 0o600); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// StartServer starts the master and waits for /healthz.
+func (c *Cluster) StartServer() {
+	c.t.Helper()
+	c.mu.Lock()
+	c.serverLog = &bytes.Buffer{}
+	cmd := exec.Command(c.Bin("conveyor"), "server", "-config", c.config)
+	cmd.Stdout, cmd.Stderr = &lockedWriter{mu: &c.mu, w: c.serverLog}, &lockedWriter{mu: &c.mu, w: c.serverLog}
+	if err := cmd.Start(); err != nil {
+		c.mu.Unlock()
+		c.t.Fatal(err)
+	}
+	c.server = cmd
+	c.mu.Unlock()
+	c.WaitFor("the server to answer /healthz", time.Minute, func() bool {
+		resp, err := http.Get("http://" + c.HTTPAddr + "/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+}
+
+// StopServer stops the master with SIGTERM (SIGKILL after 30s).
+func (c *Cluster) StopServer() { c.stopServer(syscall.SIGTERM) }
+
+// KillServer kills the master with SIGKILL.
+func (c *Cluster) KillServer() { c.stopServer(syscall.SIGKILL) }
+
+func (c *Cluster) stopServer(sig syscall.Signal) {
+	c.mu.Lock()
+	cmd := c.server
+	c.server = nil
+	c.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(sig)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+}
+
+// ServerLog is what the master printed since it last started.
+func (c *Cluster) ServerLog() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.serverLog == nil {
+		return ""
+	}
+	return c.serverLog.String()
+}
+
+func (c *Cluster) stop() {
+	c.mu.Lock()
+	agents := c.agents
+	c.mu.Unlock()
+	for _, a := range agents {
+		_ = a.Process.Kill()
+		_, _ = a.Process.Wait()
+	}
+	c.StopServer()
+	if c.t.Failed() {
+		c.t.Logf("server log:\n%s", c.ServerLog())
+	}
+}
+
+// StartAgent starts a Kafka agent for node with secret (hex), its work
+// directory and log under Dir/agents/NODE.
+func (c *Cluster) StartAgent(node, secret string) *exec.Cmd {
+	c.t.Helper()
+	dir := filepath.Join(c.Dir, "agents", node)
+	if err := os.MkdirAll(filepath.Join(dir, "work"), 0o700); err != nil {
+		c.t.Fatal(err)
+	}
+	secretFile := filepath.Join(dir, "secret")
+	if err := os.WriteFile(secretFile, []byte(secret+"\n"), 0o600); err != nil {
+		c.t.Fatal(err)
+	}
+	cmd := exec.Command(c.Bin("conveyor-agent"), "-name", node, "-secret-file", secretFile,
+		"-brokers", c.KafkaAddr, "-workdir", filepath.Join(dir, "work"), "-log-level", "debug")
+	logf, err := os.Create(filepath.Join(dir, "agent.log"))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	c.mu.Lock()
+	c.agents = append(c.agents, cmd)
+	c.mu.Unlock()
+	c.t.Cleanup(func() {
+		logf.Close()
+		if c.t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			c.t.Logf("agent %s log:\n%s", node, b)
+		}
+	})
+	return cmd
+}
+
+// Secret is a node's secret (hex) from the API.
+func (c *Cluster) Secret(node string) string {
+	c.t.Helper()
+	s, err := c.API.Secret(context.Background(), node)
+	if err != nil {
+		c.t.Fatalf("secret of %s: %v", node, err)
+	}
+	return s.Secret
+}
+
+// WaitFor polls cond until it holds, failing the test after timeout.
+func (c *Cluster) WaitFor(what string, timeout time.Duration, cond func() bool) {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			c.t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Node is a node's status from the API (zero when the API is down).
+func (c *Cluster) Node(name string) nodes.Status {
+	c.t.Helper()
+	list, err := c.API.Nodes(context.Background())
+	if err != nil {
+		return nodes.Status{}
+	}
+	for _, n := range list {
+		if n.Name == name {
+			return n
+		}
+	}
+	c.t.Fatalf("no node %s", name)
+	return nodes.Status{}
+}
+
+// WaitOnline waits for the nodes to be online.
+func (c *Cluster) WaitOnline(names ...string) {
+	c.t.Helper()
+	for _, n := range names {
+		c.WaitFor("node "+n+" to come online", 90*time.Second, func() bool { return c.Node(n).State == nodes.StateOnline })
+	}
+}
+
+// Run triggers job, follows its log to the end and returns the finished
+// build and the log as followed.
+func (c *Cluster) Run(job string, params map[string]string) (*store.Build, []byte) {
+	c.t.Helper()
+	ctx := context.Background()
+	b, err := c.API.Trigger(ctx, job, params)
+	if err != nil {
+		c.t.Fatalf("trigger %s: %v", job, err)
+	}
+	var log bytes.Buffer
+	if _, err := c.API.Log(ctx, job, b.Number, 0, true, &log); err != nil {
+		c.t.Fatalf("follow %s#%d: %v", job, b.Number, err)
+	}
+	got, err := c.API.Build(ctx, job, b.Number)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return got, log.Bytes()
+}
+
+// lockedWriter serialises writes of the server's stdout and stderr.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// HCLString quotes s for an HCL string literal.
+func HCLString(s string) string {
+	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`, "${", "$${", "%{", "%%{").Replace(s) + `"`
+}
