@@ -1,0 +1,377 @@
+// Package sshlauncher is the SSH launcher: for each node it connects to the
+// build machine over SSH, verifies its host key, uploads the agent binary
+// when the remote copy is missing or differs, starts the agent with
+// `-transport stdio` and carries wire frames over the session's stdin and
+// stdout.
+package sshlauncher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/conveyor-ci/conveyor/plugins/ssh-launcher/hostkey"
+	"github.com/conveyor-ci/conveyor/plugins/ssh-launcher/upload"
+	"github.com/conveyor-ci/conveyor/sdk/launcher"
+)
+
+// Version is the plugin's version, set by the build.
+var Version = "0.1.0"
+
+// Launcher implements launcher.Launcher over SSH.
+type Launcher struct {
+	logger hclog.Logger
+
+	mu            sync.Mutex
+	configured    bool
+	host          launcher.Host
+	global        globalConfig
+	agentBinary   string
+	agentPlatform Platform
+	running       map[string]*conn
+
+	uploads atomic.Int64
+}
+
+// New returns an unconfigured SSH launcher logging to logger.
+func New(logger hclog.Logger) *Launcher {
+	return &Launcher{logger: logger.Named("ssh"), running: map[string]*conn{}}
+}
+
+// Uploads counts the agent uploads this launcher made.
+func (l *Launcher) Uploads() int64 { return l.uploads.Load() }
+
+// Info implements launcher.Launcher.
+func (l *Launcher) Info(context.Context) (*launcher.Info, error) {
+	return &launcher.Info{
+		Name:        "ssh",
+		Version:     Version,
+		Description: "starts each node's agent on a build machine over SSH and carries frames over the session's stdin/stdout",
+	}, nil
+}
+
+// Schema implements launcher.Launcher.
+func (l *Launcher) Schema(context.Context) (*launcher.Schema, error) {
+	return schema(), nil
+}
+
+// Configure implements launcher.Launcher: it checks every node's settings
+// (credentials and known_hosts files are read now) and the agent binary.
+func (l *Launcher) Configure(_ context.Context, cfg *launcher.Config) error {
+	var g globalConfig
+	if err := cfg.DecodeGlobal(&g); err != nil {
+		return fmt.Errorf("global block: %w", err)
+	}
+	errs := &errorList{}
+	var bin string
+	var plat Platform
+	if len(cfg.Nodes) > 0 || g.AgentBinary != nil {
+		var ce *launcher.ConfigError
+		if bin, plat, ce = agentBinary(g); ce != nil {
+			errs.add(ce.Node, ce.Message, ce.Path...)
+		}
+	}
+	for _, n := range cfg.Nodes {
+		var nc nodeConfig
+		if err := n.Decode(&nc); err != nil {
+			return fmt.Errorf("node %q: %w", n.Name, err)
+		}
+		r := &resolver{host: cfg.Host, global: g, node: n.Name, nc: nc, errs: errs, validateOnly: cfg.Host.ValidateOnly, logger: l.logger.Named(n.Name)}
+		r.resolve()
+	}
+	if len(errs.errs) > 0 {
+		return errs.errs
+	}
+	if cfg.Host.ValidateOnly {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.configured = true
+	l.host = cfg.Host
+	l.global = g
+	l.agentBinary, l.agentPlatform = bin, plat
+	return nil
+}
+
+// Launch implements launcher.Launcher.
+func (l *Launcher) Launch(ctx context.Context, node *launcher.Node) (launcher.Conn, error) {
+	var nc nodeConfig
+	if err := node.Decode(&nc); err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	configured, host, g := l.configured, l.host, l.global
+	bin, plat := l.agentBinary, l.agentPlatform
+	l.mu.Unlock()
+	if !configured {
+		return nil, errors.New("launch before Configure")
+	}
+	log := l.logger.Named(node.Name)
+	errs := &errorList{}
+	s := (&resolver{host: host, global: g, node: node.Name, nc: nc, errs: errs, logger: log}).resolve()
+	if len(errs.errs) > 0 {
+		return nil, errs.errs
+	}
+	if bin == "" {
+		var ce *launcher.ConfigError
+		if bin, plat, ce = agentBinary(g); ce != nil {
+			return nil, launcher.ConfigErrors{*ce}
+		}
+	}
+	// A node runs one agent: a relaunch replaces the previous one.
+	l.stop(node.Name)
+
+	log = log.With("addr", s.Addr(), "user", s.User)
+	if s.Verifier.Strategy() == hostkey.None {
+		log.Warn(`host key verification is off (strategy "none"): anyone able to intercept the connection can impersonate this build machine`)
+	}
+	start := time.Now()
+	client, err := connect(ctx, s, log)
+	if err != nil {
+		return nil, err
+	}
+	// Until the agent runs, ctx's end abandons the launch.
+	stopWatch := context.AfterFunc(ctx, func() { client.Close() })
+	c, err := l.startAgent(client, s, bin, plat, log)
+	if !stopWatch() {
+		if c != nil {
+			c.Close()
+		}
+		client.Close()
+		return nil, fmt.Errorf("launch on %s abandoned: %w", s.Description(), context.Cause(ctx))
+	}
+	if err != nil {
+		client.Close()
+		return nil, err
+	}
+	log.Info("agent started", "agent", c.agentPath, "workdir", c.workdir, "took", time.Since(start).Round(time.Millisecond))
+	l.mu.Lock()
+	l.running[node.Name] = c
+	l.mu.Unlock()
+	c.onClose = func() {
+		l.mu.Lock()
+		if l.running[node.Name] == c {
+			delete(l.running, node.Name)
+		}
+		l.mu.Unlock()
+	}
+	return c, nil
+}
+
+// Teardown implements launcher.Launcher: it closes the node's session and
+// connection, which ends the remote agent.
+func (l *Launcher) Teardown(_ context.Context, node string) error {
+	l.stop(node)
+	return nil
+}
+
+func (l *Launcher) stop(node string) {
+	l.mu.Lock()
+	c := l.running[node]
+	delete(l.running, node)
+	l.mu.Unlock()
+	if c != nil {
+		_ = c.Close()
+	}
+}
+
+// permanentError marks a launch failure that retrying cannot fix.
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
+
+// connect dials s with retries: each attempt is bounded by launch_timeout,
+// failures other than a refused host key or refused credentials are retried
+// max_retries times, retry_wait apart.
+func connect(ctx context.Context, s *settings, log hclog.Logger) (*ssh.Client, error) {
+	for attempt := 0; ; attempt++ {
+		client, err := dial(ctx, s)
+		if err == nil {
+			return client, nil
+		}
+		var perm *permanentError
+		if errors.As(err, &perm) {
+			return nil, perm.err
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("connect to %s: %w (last error: %v)", s.Description(), context.Cause(ctx), err)
+		}
+		if attempt >= s.MaxRetries {
+			return nil, fmt.Errorf("connect to %s failed after %d attempt(s): %w", s.Description(), attempt+1, err)
+		}
+		log.Warn("connect failed, retrying", "attempt", attempt+1, "attempts", s.MaxRetries+1, "retry_wait", s.RetryWait, "error", err)
+		t := time.NewTimer(s.RetryWait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("connect to %s: %w (last error: %v)", s.Description(), context.Cause(ctx), err)
+		case <-t.C:
+		}
+	}
+}
+
+// dial makes one connection attempt: TCP, SSH handshake, host key check
+// and authentication, all within launch_timeout.
+func dial(ctx context.Context, s *settings) (*ssh.Client, error) {
+	cfg := &ssh.ClientConfig{
+		User:              s.User,
+		HostKeyCallback:   s.Verifier.Callback(),
+		HostKeyAlgorithms: s.Verifier.Algorithms(s.Addr()),
+		ClientVersion:     "SSH-2.0-Conveyor_" + Version,
+		Timeout:           s.LaunchTimeout,
+	}
+	if s.Signer != nil {
+		cfg.Auth = append(cfg.Auth, ssh.PublicKeys(s.Signer))
+	}
+	if s.Password != "" {
+		pw := s.Password
+		cfg.Auth = append(cfg.Auth, ssh.Password(pw), ssh.KeyboardInteractive(func(_, _ string, questions []string, echos []bool) ([]string, error) {
+			answers := make([]string, len(questions))
+			for i := range questions {
+				if !echos[i] {
+					answers[i] = pw
+				}
+			}
+			return answers, nil
+		}))
+	}
+	dctx, cancel := context.WithTimeout(ctx, s.LaunchTimeout)
+	defer cancel()
+	var d net.Dialer
+	nc, err := d.DialContext(dctx, "tcp", s.Addr())
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			return nil, fmt.Errorf("dial %s: no connection within launch_timeout %s", s.Addr(), s.LaunchTimeout)
+		}
+		return nil, fmt.Errorf("dial %s: %w", s.Addr(), err)
+	}
+	stop := context.AfterFunc(dctx, func() { nc.Close() })
+	sc, chans, reqs, err := ssh.NewClientConn(nc, s.Addr(), cfg)
+	if !stop() {
+		if sc != nil {
+			sc.Close()
+		}
+		nc.Close()
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("ssh handshake with %s: %w", s.Addr(), context.Cause(ctx))
+		}
+		return nil, fmt.Errorf("ssh handshake with %s: not done within launch_timeout %s", s.Addr(), s.LaunchTimeout)
+	}
+	if err != nil {
+		nc.Close()
+		switch {
+		case hostkey.IsVerificationError(err):
+			return nil, &permanentError{fmt.Errorf("connect to %s: %w", s.Addr(), unwrapHandshake(err))}
+		case strings.Contains(err.Error(), "unable to authenticate"):
+			return nil, &permanentError{fmt.Errorf("connect to %s: authentication as %q refused: %w", s.Addr(), s.User, err)}
+		}
+		return nil, fmt.Errorf("ssh handshake with %s: %w", s.Addr(), err)
+	}
+	return ssh.NewClient(sc, chans, reqs), nil
+}
+
+// unwrapHandshake returns the *hostkey.Error inside err, dropping the
+// library's "ssh: handshake failed" prefix.
+func unwrapHandshake(err error) error {
+	var he *hostkey.Error
+	if errors.As(err, &he) {
+		return he
+	}
+	return err
+}
+
+// startAgent checks the remote platform, uploads the agent when needed and
+// starts it.
+func (l *Launcher) startAgent(client *ssh.Client, s *settings, bin string, plat Platform, log hclog.Logger) (*conn, error) {
+	out, err := upload.Run(client, `uname -sm && printf '%s\n' "$HOME"`, nil)
+	if err != nil {
+		return nil, fmt.Errorf("probe %s: %w", s.Description(), err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) < 2 {
+		return nil, fmt.Errorf("probe %s: unexpected output %q", s.Description(), out)
+	}
+	remote, err := ParseUname(lines[0])
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", s.Description(), err)
+	}
+	if !plat.Runs(remote) {
+		return nil, fmt.Errorf("%s runs %s but the agent binary %s is built for %s: set agent_binary to a build for %s (GOOS=%s GOARCH=%s)",
+			s.Description(), remote, bin, plat, remote, remote.OS, remote.Arch)
+	}
+	home := strings.TrimSpace(lines[len(lines)-1])
+	if !strings.HasPrefix(home, "/") {
+		return nil, fmt.Errorf("probe %s: home directory %q is not an absolute path", s.Description(), home)
+	}
+	agentPath := expandRemote(s.AgentPath, home)
+	workdir := expandRemote(s.Workdir, home)
+
+	res, err := upload.Ensure(client, bin, agentPath, log.Named("upload"))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", s.Description(), err)
+	}
+	if res.Uploaded {
+		l.uploads.Add(1)
+		log.Info("agent uploaded", "path", agentPath, "method", res.Method, "bytes", res.Size, "sha256", res.SHA256)
+	}
+
+	sess, err := client.NewSession()
+	if err != nil {
+		return nil, fmt.Errorf("%s: open session: %w", s.Description(), err)
+	}
+	c, err := newConn(client, sess, s, log)
+	if err != nil {
+		sess.Close()
+		return nil, err
+	}
+	c.agentPath, c.workdir = agentPath, workdir
+	cmd := agentCommand(s, agentPath, workdir)
+	log.Debug("starting agent", "command", cmd)
+	if err := sess.Start(cmd); err != nil {
+		sess.Close()
+		return nil, fmt.Errorf("%s: start agent: %w", s.Description(), err)
+	}
+	c.run()
+	return c, nil
+}
+
+// agentCommand is the remote shell command that starts the agent.
+func agentCommand(s *settings, agentPath, workdir string) string {
+	q := upload.Quote
+	var b strings.Builder
+	b.WriteString("mkdir -p " + q(workdir) + " && cd " + q(workdir))
+	if len(s.Env) > 0 {
+		keys := make([]string, 0, len(s.Env))
+		for k := range s.Env {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		b.WriteString(" && export")
+		for _, k := range keys {
+			b.WriteString(" " + k + "=" + q(s.Env[k]))
+		}
+	}
+	b.WriteString(" && ")
+	if s.PrefixCommand == "" {
+		// exec: the agent is the session's process and gets its signals.
+		b.WriteString("exec ")
+	} else {
+		b.WriteString(s.PrefixCommand + " ")
+	}
+	b.WriteString(q(agentPath) + " -transport stdio -name " + q(s.Node) + " -workdir " + q(workdir))
+	if s.SuffixCommand != "" {
+		b.WriteString(" " + s.SuffixCommand)
+	}
+	return b.String()
+}
