@@ -154,7 +154,7 @@ func (l *Launcher) Launch(ctx context.Context, node *launcher.Node) (launcher.Co
 		client.Close()
 		return nil, err
 	}
-	log.Info("agent started", "agent", c.agentPath, "workdir", c.workdir, "took", time.Since(start).Round(time.Millisecond))
+	log.Info("agent started", "agent", c.agentPath, "workdir", c.workdir, "took", time.Since(start).Round(time.Millisecond).String())
 	l.mu.Lock()
 	l.running[node.Name] = c
 	l.mu.Unlock()
