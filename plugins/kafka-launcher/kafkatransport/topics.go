@@ -1,0 +1,205 @@
+package kafkatransport
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/IBM/sarama"
+)
+
+// Topics names a node's two topics.
+type Topics struct {
+	// Commands carries frames from the master to the agent.
+	Commands string
+	// Events carries frames from the agent to the master.
+	Events string
+}
+
+// Groups names a node's two consumer groups, which hold the committed
+// offsets of each side.
+type Groups struct {
+	// Master consumes the events topic.
+	Master string
+	// Agent consumes the commands topic.
+	Agent string
+}
+
+// maxTopicLen is Kafka's limit on topic names.
+const maxTopicLen = 249
+
+// maxNodePart bounds the escaped node name so prefix + node + ".commands"
+// stays a legal topic for any reasonable prefix.
+const maxNodePart = 160
+
+// TopicsFor returns the topics of node under prefix (DefaultTopicPrefix if
+// empty): "PREFIXNODE.commands" and "PREFIXNODE.events". The node name is
+// escaped to Kafka's topic alphabet (see EscapeNode).
+func TopicsFor(prefix, node string) Topics {
+	if prefix == "" {
+		prefix = DefaultTopicPrefix
+	}
+	n := EscapeNode(node)
+	return Topics{Commands: prefix + n + ".commands", Events: prefix + n + ".events"}
+}
+
+// GroupsFor returns the consumer groups of node under prefix:
+// "PREFIXmaster.NODE" and "PREFIXagent.NODE".
+func GroupsFor(prefix, node string) Groups {
+	if prefix == "" {
+		prefix = DefaultTopicPrefix
+	}
+	n := EscapeNode(node)
+	return Groups{Master: prefix + "master." + n, Agent: prefix + "agent." + n}
+}
+
+// EscapeNode maps a node name to Kafka's topic alphabet [a-zA-Z0-9._-]
+// injectively: ASCII letters, digits, '-' and '.' stay, every other byte
+// (including '_') becomes "_XX" in lower-case hex. An empty name becomes
+// "_". A result longer than 160 characters is cut and suffixed with a
+// hash of the full name.
+func EscapeNode(node string) string {
+	if node == "" {
+		return "_"
+	}
+	var b strings.Builder
+	for i := 0; i < len(node); i++ {
+		c := node[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '.':
+			b.WriteByte(c)
+		default:
+			fmt.Fprintf(&b, "_%02x", c)
+		}
+	}
+	s := b.String()
+	if s == "." || s == ".." {
+		// Kafka refuses these as whole topic names; they are only ever a
+		// part of one, but keep them unambiguous anyway.
+		s = strings.ReplaceAll(s, ".", "_2e")
+	}
+	if len(s) > maxNodePart {
+		sum := sha256.Sum256([]byte(node))
+		s = s[:maxNodePart-17] + "-" + hex.EncodeToString(sum[:8])
+	}
+	return s
+}
+
+// validTopicChars reports whether s only uses Kafka's topic alphabet.
+func validTopicChars(s string) error {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_') {
+			return fmt.Errorf("character %q is not allowed in a Kafka topic name (only a-z, A-Z, 0-9, '.', '_', '-')", c)
+		}
+	}
+	return nil
+}
+
+// maxPrefixLen bounds the topic prefix so every topic name stays legal.
+const maxPrefixLen = maxTopicLen - maxNodePart - len(".commands")
+
+// validPrefix checks a topic prefix.
+func validPrefix(s string) error {
+	if err := validTopicChars(s); err != nil {
+		return err
+	}
+	if len(s) > maxPrefixLen {
+		return fmt.Errorf("longer than %d characters", maxPrefixLen)
+	}
+	return nil
+}
+
+// withAdmin runs fn with a cluster admin client, giving up when ctx ends
+// (the admin call then finishes in the background and its client is closed).
+func withAdmin(ctx context.Context, cfg Config, fn func(sarama.ClusterAdmin) error) error {
+	sc, err := cfg.Sarama()
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() {
+		admin, err := sarama.NewClusterAdmin(cfg.Brokers, sc)
+		if err != nil {
+			done <- fmt.Errorf("connect to kafka %s: %w", strings.Join(cfg.Brokers, ","), err)
+			return
+		}
+		err = fn(admin)
+		_ = admin.Close()
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// EnsureTopics creates the topics that do not exist yet, with the given
+// partition count and replication factor. Topics that already exist are
+// left as they are.
+func EnsureTopics(ctx context.Context, cfg Config, topics []string, partitions int32, replication int16) error {
+	if partitions < 1 {
+		return fmt.Errorf("ensure topics: partitions %d < 1", partitions)
+	}
+	if replication < 1 {
+		return fmt.Errorf("ensure topics: replication factor %d < 1", replication)
+	}
+	return withAdmin(ctx, cfg, func(admin sarama.ClusterAdmin) error {
+		for _, t := range topics {
+			err := admin.CreateTopic(t, &sarama.TopicDetail{NumPartitions: partitions, ReplicationFactor: replication}, false)
+			if err != nil && !errors.Is(err, sarama.ErrTopicAlreadyExists) {
+				return fmt.Errorf("create topic %s: %w", t, err)
+			}
+		}
+		return nil
+	})
+}
+
+// DeleteTopics deletes the topics; topics that do not exist are no error.
+func DeleteTopics(ctx context.Context, cfg Config, topics []string) error {
+	return withAdmin(ctx, cfg, func(admin sarama.ClusterAdmin) error {
+		for _, t := range topics {
+			err := admin.DeleteTopic(t)
+			if err != nil && !errors.Is(err, sarama.ErrUnknownTopicOrPartition) {
+				return fmt.Errorf("delete topic %s: %w", t, err)
+			}
+		}
+		return nil
+	})
+}
+
+// DeleteGroups deletes the consumer groups (and so their committed
+// offsets); groups that do not exist are no error.
+func DeleteGroups(ctx context.Context, cfg Config, groups []string) error {
+	return withAdmin(ctx, cfg, func(admin sarama.ClusterAdmin) error {
+		for _, g := range groups {
+			err := admin.DeleteConsumerGroup(g)
+			if err != nil && !errors.Is(err, sarama.ErrGroupIDNotFound) {
+				return fmt.Errorf("delete consumer group %s: %w", g, err)
+			}
+		}
+		return nil
+	})
+}
+
+// TopicExists reports whether topic exists in the cluster.
+func TopicExists(ctx context.Context, cfg Config, topic string) (bool, error) {
+	var exists bool
+	err := withAdmin(ctx, cfg, func(admin sarama.ClusterAdmin) error {
+		ts, err := admin.ListTopics()
+		if err != nil {
+			return fmt.Errorf("list topics: %w", err)
+		}
+		_, exists = ts[topic]
+		return nil
+	})
+	return exists, err
+}
