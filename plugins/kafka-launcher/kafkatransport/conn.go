@@ -41,7 +41,11 @@ type Conn struct {
 	consume string // topic read
 	group   string
 
-	client   sarama.Client
+	// Two clients, so a consumer's long-polling fetch never holds up a
+	// produce or an offset commit on the broker connection (sarama keeps
+	// one connection per broker and client, MaxOpenRequests is 1).
+	client   sarama.Client // producer and offsets
+	cclient  sarama.Client // consumer
 	producer sarama.SyncProducer
 	consumer sarama.Consumer
 	pc       sarama.PartitionConsumer
@@ -159,6 +163,9 @@ func (c *Conn) connect(cfg Config, sc *sarama.Config) error {
 	if c.client, err = sarama.NewClient(cfg.Brokers, sc); err != nil {
 		return fmt.Errorf("connect to kafka %s: %w", strings.Join(cfg.Brokers, ","), err)
 	}
+	if c.cclient, err = sarama.NewClient(cfg.Brokers, sc); err != nil {
+		return fmt.Errorf("connect to kafka %s: %w", strings.Join(cfg.Brokers, ","), err)
+	}
 	for _, t := range []string{c.produce, c.consume} {
 		ps, err := c.client.Partitions(t)
 		if err != nil {
@@ -179,7 +186,7 @@ func (c *Conn) connect(cfg Config, sc *sarama.Config) error {
 	if start < 0 {
 		start = sarama.OffsetOldest
 	}
-	if c.consumer, err = sarama.NewConsumerFromClient(c.client); err != nil {
+	if c.consumer, err = sarama.NewConsumerFromClient(c.cclient); err != nil {
 		return fmt.Errorf("kafka consumer: %w", err)
 	}
 	c.pc, err = c.consumer.ConsumePartition(c.consume, Partition, start)
@@ -207,8 +214,10 @@ func (c *Conn) release() {
 	if c.producer != nil {
 		_ = c.producer.Close()
 	}
-	if c.client != nil && !c.client.Closed() {
-		_ = c.client.Close()
+	for _, cl := range []sarama.Client{c.cclient, c.client} {
+		if cl != nil && !cl.Closed() {
+			_ = cl.Close()
+		}
 	}
 }
 
@@ -353,8 +362,10 @@ func (c *Conn) Close() error {
 		c.commit()
 		cerr := c.pc.Close()
 		_ = c.consumer.Close()
-		if !c.client.Closed() {
-			_ = c.client.Close()
+		for _, cl := range []sarama.Client{c.cclient, c.client} {
+			if !cl.Closed() {
+				_ = cl.Close()
+			}
 		}
 		c.wg.Wait()
 		if perr != nil {
