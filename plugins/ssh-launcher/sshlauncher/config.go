@@ -461,6 +461,9 @@ func expandLocal(p string) string {
 func expandRemote(p, home string) string {
 	switch {
 	case p == "~":
+		if home != "/" {
+			return strings.TrimRight(home, "/")
+		}
 		return home
 	case strings.HasPrefix(p, "~/"):
 		return strings.TrimRight(home, "/") + "/" + strings.TrimPrefix(p, "~/")
