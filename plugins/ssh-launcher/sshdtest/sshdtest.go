@@ -212,6 +212,21 @@ func (s *Server) KillSessions() {
 	killTree(cmd.Process.Pid, false)
 }
 
+// PauseSessions stops (SIGSTOP) every connection's processes: their TCP
+// connections stay open but nothing answers, like a network that silently
+// drops packets. Stop, Restart and KillSessions still end them.
+func (s *Server) PauseSessions() {
+	s.mu.Lock()
+	cmd := s.cmd
+	s.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	for _, p := range descendants(cmd.Process.Pid) {
+		_ = syscall.Kill(p, syscall.SIGSTOP)
+	}
+}
+
 // Processes returns the command lines of every process sshd started
 // (connection handlers, shells, the commands they run).
 func (s *Server) Processes() []string {

@@ -334,6 +334,20 @@ func TestConnectionLostAndRelaunch(t *testing.T) {
 	pingPong(t, f.launch(n), 5)
 }
 
+func TestKeepaliveDetectsSilentPeer(t *testing.T) {
+	f := newFixture(t, sshdtest.Options{})
+	n := f.mustConfigure("", f.node("keepalive_interval", `"1s"`))
+	c := f.launch(n)
+	pingPong(t, c, 1)
+	f.srv.PauseSessions()
+	err := recvErr(t, c)
+	want := "ssh connection to " + f.srv.Addr() + " lost: no answer to a keepalive within 1s"
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("Recv from a silent peer: %v, want %q", err, want)
+	}
+	f.srv.KillSessions()
+}
+
 func TestConnectRetries(t *testing.T) {
 	f := newFixture(t, sshdtest.Options{})
 	n := f.mustConfigure("", f.node("max_retries", "1000"))
