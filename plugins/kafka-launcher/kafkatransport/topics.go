@@ -99,6 +99,15 @@ func validTopicChars(s string) error {
 	return nil
 }
 
+// ValidTopicPrefix checks a topic prefix: Kafka's topic alphabet, and
+// short enough that every topic built on it is a legal name.
+func ValidTopicPrefix(prefix string) error {
+	if err := validPrefix(prefix); err != nil {
+		return fmt.Errorf("topic prefix %q: %w", prefix, err)
+	}
+	return nil
+}
+
 // maxPrefixLen bounds the topic prefix so every topic name stays legal.
 const maxPrefixLen = maxTopicLen - maxNodePart - len(".commands")
 

@@ -1,0 +1,349 @@
+// Package kafkalauncher is the Kafka launcher plugin: the master and each
+// node's agent exchange frames over two Kafka topics per node (see
+// kafkatransport). Agents run wherever they like and connect to the
+// cluster themselves; Launch opens the master's side and waits for nothing
+// (the session handshake above waits for the agent's Hello). The plugin
+// also manages node secrets (derived from a master key in its data
+// directory) and, when no brokers are configured, runs an embedded broker
+// whose data lives in its data directory.
+//
+//	launcher "kafka" {
+//	  brokers            = ["kafka-1:9092", "kafka-2:9092"] # empty: embedded broker
+//	  topic_prefix       = "conveyor."
+//	  partitions         = 1
+//	  replication_factor = 3
+//	  embedded_addr      = "127.0.0.1:9092"
+//	  tls  { ca_file = "ca.pem" cert_file = "c.pem" key_file = "k.pem" insecure_skip_verify = false }
+//	  sasl { mechanism = "SCRAM-SHA-512" username = "conveyor" password = "..." }
+//	}
+//
+//	node "builder" {
+//	  launcher = "kafka"
+//	  kafka {}
+//	}
+package kafkalauncher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/conveyor-ci/conveyor/sdk/launcher"
+
+	"github.com/conveyor-ci/conveyor/plugins/kafka-launcher/kafkatransport"
+)
+
+// Name is the launcher's name, as used in `launcher "kafka" {}`.
+const Name = "kafka"
+
+// Version is the plugin's version; set by the build.
+var Version = "0.1.0"
+
+// AgentWorkdir is the agent work directory in the command NodeSecret returns.
+const AgentWorkdir = "/var/lib/conveyor-agent"
+
+// Files the agent command refers to, relative to the agent's working
+// directory: the operator writes the node secret and the SASL password
+// there.
+const (
+	AgentSecretFile       = "secret"
+	AgentSASLPasswordFile = "sasl-password"
+)
+
+// Launcher is the Kafka launcher. It implements launcher.Launcher,
+// launcher.SecretManager and launcher.Purger.
+type Launcher struct {
+	log hclog.Logger
+
+	mu       sync.Mutex
+	set      *settings // nil until configured
+	key      []byte
+	broker   *embeddedBroker
+	conns    map[string]*kafkatransport.Conn
+	startMu  sync.Mutex // serializes starting and stopping the embedded broker
+	shutdown bool
+}
+
+var (
+	_ launcher.Launcher      = (*Launcher)(nil)
+	_ launcher.SecretManager = (*Launcher)(nil)
+	_ launcher.Purger        = (*Launcher)(nil)
+)
+
+// New returns an unconfigured launcher logging to logger.
+func New(logger hclog.Logger) *Launcher {
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	return &Launcher{log: logger.Named("kafka-launcher"), conns: map[string]*kafkatransport.Conn{}}
+}
+
+// Info implements launcher.Launcher.
+func (l *Launcher) Info(context.Context) (*launcher.Info, error) {
+	return &launcher.Info{
+		Name:         Name,
+		Version:      Version,
+		Description:  "agents connect through Kafka topics (an embedded broker when no brokers are configured)",
+		Capabilities: []string{launcher.CapSecrets, launcher.CapPurge},
+	}, nil
+}
+
+// Schema implements launcher.Launcher.
+func (l *Launcher) Schema(context.Context) (*launcher.Schema, error) {
+	return &launcher.Schema{Global: globalSpec(), Node: nodeSpec()}, nil
+}
+
+// Configure implements launcher.Launcher: it validates the configuration
+// and, unless the host only validates, creates the master key, starts the
+// embedded broker (when no brokers are configured) and creates every
+// node's topics.
+func (l *Launcher) Configure(ctx context.Context, cfg *launcher.Config) error {
+	g := defaults()
+	if !cfg.Global.IsNull() {
+		if err := cfg.DecodeGlobal(&g); err != nil {
+			return launcher.ConfigErrors{{Message: err.Error()}}
+		}
+	}
+	set, errs := validate(g)
+	for _, n := range cfg.Nodes {
+		var nc nodeConfig
+		if err := n.Decode(&nc); err != nil {
+			errs = append(errs, launcher.ConfigError{Node: n.Name, Message: fmt.Sprintf("the kafka block takes no settings: %v", err)})
+		}
+	}
+	if len(errs) > 0 {
+		return errs
+	}
+	if cfg.Host.ValidateOnly {
+		return nil
+	}
+	if cfg.Host.DataDir == "" {
+		return errors.New("kafka launcher: the host gave no data directory")
+	}
+	key, err := loadOrCreateKey(cfg.Host.DataDir)
+	if err != nil {
+		return fmt.Errorf("kafka launcher: %w", err)
+	}
+	if set.embedded {
+		if err := l.ensureBroker(ctx, cfg.Host.DataDir, set); err != nil {
+			return err
+		}
+	} else {
+		l.stopBroker()
+	}
+	var topics []string
+	for _, n := range cfg.Nodes {
+		t := kafkatransport.TopicsFor(set.transport.TopicPrefix, n.Name)
+		topics = append(topics, t.Commands, t.Events)
+	}
+	if len(topics) > 0 {
+		if err := kafkatransport.EnsureTopics(ctx, set.transport, topics, set.partitions, set.replication); err != nil {
+			return fmt.Errorf("kafka launcher: %w", err)
+		}
+	}
+	l.mu.Lock()
+	l.set, l.key = set, key
+	l.mu.Unlock()
+	l.log.Info("configured", "brokers", strings.Join(set.transport.Brokers, ","), "embedded", set.embedded, "nodes", len(cfg.Nodes))
+	return nil
+}
+
+// ensureBroker starts the embedded broker, or restarts it if it runs with
+// other settings.
+func (l *Launcher) ensureBroker(ctx context.Context, dataDir string, set *settings) error {
+	l.startMu.Lock()
+	defer l.startMu.Unlock()
+	l.mu.Lock()
+	b := l.broker
+	l.mu.Unlock()
+	if b != nil && b.same(dataDir, set.embeddedAddr, set.transport.SASL) {
+		return nil
+	}
+	if b != nil {
+		l.closeConns()
+		b.close()
+		l.log.Info("embedded Kafka broker stopped", "addr", b.addr)
+	}
+	b, err := startEmbedded(ctx, dataDir, set.embeddedAddr, set.transport.SASL, l.log.Named("embedded-broker"))
+	l.mu.Lock()
+	l.broker = b
+	l.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("kafka launcher: %w", err)
+	}
+	l.log.Info("embedded Kafka broker started", "addr", set.embeddedAddr, "data_dir", b.dir)
+	return nil
+}
+
+// stopBroker stops the embedded broker if it runs.
+func (l *Launcher) stopBroker() {
+	l.startMu.Lock()
+	defer l.startMu.Unlock()
+	l.mu.Lock()
+	b := l.broker
+	l.broker = nil
+	l.mu.Unlock()
+	if b != nil {
+		l.closeConns()
+		b.close()
+		l.log.Info("embedded Kafka broker stopped", "addr", b.addr)
+	}
+}
+
+// closeConns closes every open connection.
+func (l *Launcher) closeConns() {
+	l.mu.Lock()
+	conns := l.conns
+	l.conns = map[string]*kafkatransport.Conn{}
+	l.mu.Unlock()
+	for _, c := range conns {
+		_ = c.Close()
+	}
+}
+
+// settings returns the current configuration.
+func (l *Launcher) settings() (*settings, []byte, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.set == nil {
+		return nil, nil, errors.New("kafka launcher is not configured")
+	}
+	return l.set, l.key, nil
+}
+
+// Launch implements launcher.Launcher: it makes sure the node's topics
+// exist and opens the master's side of them. The agent connects on its
+// own, whenever it runs; frames sent before it does wait in the topic.
+func (l *Launcher) Launch(ctx context.Context, node *launcher.Node) (launcher.Conn, error) {
+	set, _, err := l.settings()
+	if err != nil {
+		return nil, err
+	}
+	var nc nodeConfig
+	if err := node.Decode(&nc); err != nil {
+		return nil, launcher.ConfigErrors{{Node: node.Name, Message: fmt.Sprintf("the kafka block takes no settings: %v", err)}}
+	}
+	// A node has one connection: a relaunch replaces it.
+	_ = l.Teardown(ctx, node.Name)
+	t := kafkatransport.TopicsFor(set.transport.TopicPrefix, node.Name)
+	if err := kafkatransport.EnsureTopics(ctx, set.transport, []string{t.Commands, t.Events}, set.partitions, set.replication); err != nil {
+		return nil, fmt.Errorf("launch %s: %w", node.Name, err)
+	}
+	conn, err := kafkatransport.OpenMaster(ctx, set.transport, node.Name, l.log)
+	if err != nil {
+		return nil, fmt.Errorf("launch %s: %w", node.Name, err)
+	}
+	l.mu.Lock()
+	old := l.conns[node.Name]
+	l.conns[node.Name] = conn
+	l.mu.Unlock()
+	if old != nil {
+		_ = old.Close()
+	}
+	l.log.Info("node connected to its topics", "node", node.Name, "commands", t.Commands, "events", t.Events)
+	return conn, nil
+}
+
+// Teardown implements launcher.Launcher: it closes the node's connection
+// (committing what was received). The agent keeps running.
+func (l *Launcher) Teardown(_ context.Context, node string) error {
+	l.mu.Lock()
+	conn := l.conns[node]
+	delete(l.conns, node)
+	l.mu.Unlock()
+	if conn == nil {
+		return nil
+	}
+	if err := conn.Close(); err != nil {
+		return fmt.Errorf("teardown %s: %w", node, err)
+	}
+	l.log.Info("node connection closed", "node", node)
+	return nil
+}
+
+// Purge implements launcher.Purger: it closes the node's connection and
+// deletes its two topics and its two consumer groups. Purging a node with
+// nothing left is no error.
+func (l *Launcher) Purge(ctx context.Context, node string) error {
+	set, _, err := l.settings()
+	if err != nil {
+		return err
+	}
+	if err := l.Teardown(ctx, node); err != nil {
+		l.log.Warn("purge: closing the connection failed", "node", node, "error", err)
+	}
+	t := kafkatransport.TopicsFor(set.transport.TopicPrefix, node)
+	g := kafkatransport.GroupsFor(set.transport.TopicPrefix, node)
+	if err := kafkatransport.DeleteTopics(ctx, set.transport, []string{t.Commands, t.Events}); err != nil {
+		return fmt.Errorf("purge %s: %w", node, err)
+	}
+	if err := kafkatransport.DeleteGroups(ctx, set.transport, []string{g.Master, g.Agent}); err != nil {
+		return fmt.Errorf("purge %s: %w", node, err)
+	}
+	l.log.Info("node purged", "node", node, "topics", t.Commands+","+t.Events)
+	return nil
+}
+
+// NodeSecret implements launcher.SecretManager: the node's secret is
+// HMAC-SHA256(master key, node name); the command starts conveyor-agent
+// against the configured cluster.
+func (l *Launcher) NodeSecret(_ context.Context, node string) (*launcher.NodeSecret, error) {
+	if node == "" {
+		return nil, errors.New("node secret: empty node name")
+	}
+	set, key, err := l.settings()
+	if err != nil {
+		return nil, err
+	}
+	return &launcher.NodeSecret{Secret: nodeSecret(key, node), AgentCommand: agentCommand(set, node)}, nil
+}
+
+// agentCommand is the conveyor-agent command line for node.
+func agentCommand(set *settings, node string) []string {
+	cmd := []string{"conveyor-agent", "-name", node, "-secret-file", AgentSecretFile, "-brokers", strings.Join(set.transport.Brokers, ",")}
+	if p := set.transport.TopicPrefix; p != "" && p != kafkatransport.DefaultTopicPrefix {
+		cmd = append(cmd, "-topic-prefix", p)
+	}
+	if t := set.transport.TLS; t != nil {
+		if t.CAFile != "" {
+			cmd = append(cmd, "-tls-ca", t.CAFile)
+		}
+		if t.CertFile != "" {
+			cmd = append(cmd, "-tls-cert", t.CertFile, "-tls-key", t.KeyFile)
+		}
+		if t.InsecureSkipVerify {
+			cmd = append(cmd, "-tls-insecure-skip-verify")
+		}
+		if t.CAFile == "" && t.CertFile == "" && !t.InsecureSkipVerify {
+			cmd = append(cmd, "-tls")
+		}
+	}
+	if s := set.transport.SASL; s != nil {
+		cmd = append(cmd, "-sasl-mechanism", s.Mechanism, "-sasl-user", s.Username, "-sasl-password-file", AgentSASLPasswordFile)
+	}
+	return append(cmd, "-workdir", AgentWorkdir)
+}
+
+// Close closes every connection and stops the embedded broker. The plugin
+// process calls it on its way out.
+func (l *Launcher) Close() {
+	l.closeConns()
+	l.stopBroker()
+}
+
+// nodes returns the names of the open connections, sorted (for tests).
+func (l *Launcher) nodes() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var ns []string
+	for n := range l.conns {
+		ns = append(ns, n)
+	}
+	sort.Strings(ns)
+	return ns
+}
