@@ -27,7 +27,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"strings"
 	"sync"
 
@@ -334,16 +333,4 @@ func agentCommand(set *settings, node string) []string {
 func (l *Launcher) Close() {
 	l.closeConns()
 	l.stopBroker()
-}
-
-// nodes returns the names of the open connections, sorted (for tests).
-func (l *Launcher) nodes() []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var ns []string
-	for n := range l.conns {
-		ns = append(ns, n)
-	}
-	sort.Strings(ns)
-	return ns
 }
