@@ -77,7 +77,8 @@ type Session struct {
 	ack    atomic.Uint64
 
 	id      atomic.Uint64
-	pending *wire.Frame // a Hello that arrived while serving
+	pending *wire.Frame     // a Hello that arrived while serving
+	closed  map[uint64]bool // unknown sessions told to end (closeStale)
 
 	mu    sync.Mutex
 	steps map[stepKey]*step
@@ -108,7 +109,7 @@ func New(conn launcher.Conn, opts Options) *Session {
 	if opts.Logger == nil {
 		opts.Logger = hclog.NewNullLogger()
 	}
-	s := &Session{conn: conn, opts: opts, log: opts.Logger, in: make(chan *wire.Frame, 64), steps: map[stepKey]*step{}}
+	s := &Session{conn: conn, opts: opts, log: opts.Logger, in: make(chan *wire.Frame, 64), steps: map[stepKey]*step{}, closed: map[uint64]bool{}}
 	go s.read()
 	return s
 }
@@ -190,9 +191,13 @@ func (s *Session) Handshake(ctx context.Context) (*Agent, error) {
 			s.malformed.Add(1)
 			continue
 		}
+		if f.Session != 0 && f.Type != wire.TypeHello {
+			s.closeStale(f.Session)
+			continue
+		}
 		switch m := msg.(type) {
 		case *wire.Ping:
-			_ = s.send(&wire.Pong{Nonce: m.Nonce, UnixNano: m.UnixNano}, f.Session)
+			_ = s.send(&wire.Pong{Nonce: m.Nonce, UnixNano: m.UnixNano}, 0)
 			continue
 		case *wire.Hello:
 			if f.Session != 0 || len(m.Nonce) != wire.NonceSize || (m.Node != "" && m.Node != s.opts.Node) {
@@ -212,6 +217,26 @@ func (s *Session) Handshake(ctx context.Context) (*Agent, error) {
 }
 
 var errRetryHello = errors.New("handshake restarted")
+
+// closeStale drops a frame of a session this master does not know (its
+// agent still talks to a master that restarted, say) and tells that
+// session, once, to end, so the agent says hello again at once instead of
+// waiting for its heartbeat timeout. Nothing in the frame is executed.
+func (s *Session) closeStale(session uint64) {
+	s.stale.Add(1)
+	if s.closed[session] {
+		return
+	}
+	if len(s.closed) >= maxClosedSessions {
+		clear(s.closed)
+	}
+	s.closed[session] = true
+	s.log.Info("frame of an unknown session: telling it to end", "session", fmt.Sprintf("%016x", session))
+	_ = s.send(&wire.Close{Reason: "unknown session: the master restarted; say hello again"}, session)
+}
+
+// maxClosedSessions bounds the memory of closeStale.
+const maxClosedSessions = 64
 
 func (s *Session) authenticate(ctx context.Context, hello *wire.Hello) (*Agent, error) {
 	nonceM := make([]byte, wire.NonceSize)
@@ -233,6 +258,10 @@ func (s *Session) authenticate(ctx context.Context, hello *wire.Hello) (*Agent, 
 		msg, err := f.Message()
 		if err != nil {
 			s.malformed.Add(1)
+			continue
+		}
+		if f.Session != 0 && f.Session != id {
+			s.closeStale(f.Session)
 			continue
 		}
 		switch m := msg.(type) {
@@ -326,7 +355,11 @@ func (s *Session) handle(f *wire.Frame, lastSeen *time.Time) error {
 		return ErrRehello
 	}
 	if f.Session != s.id.Load() {
-		s.stale.Add(1)
+		if f.Session != 0 {
+			s.closeStale(f.Session)
+		} else {
+			s.stale.Add(1)
+		}
 		return nil
 	}
 	*lastSeen = time.Now()
