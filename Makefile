@@ -3,7 +3,8 @@ GO      ?= go
 BIN     := $(CURDIR)/bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/conveyor-ci/conveyor/core/version.Version=$(VERSION)
-PKGS    := ./core/... ./sdk/...
+MODULES := agent core plugins/kafka-launcher plugins/ssh-launcher sdk
+PKGS    := $(addprefix ./,$(addsuffix /...,$(MODULES)))
 FUZZTIME ?= 10s
 PROTOC  ?= protoc
 
@@ -14,10 +15,15 @@ all: build
 build:
 	@mkdir -p $(BIN)
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/conveyor ./core/cmd/conveyor
+	CGO_ENABLED=0 $(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/conveyor-agent ./agent/cmd/conveyor-agent
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/conveyor-launcher-kafka ./plugins/kafka-launcher/cmd/conveyor-launcher-kafka
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/conveyor-launcher-ssh ./plugins/ssh-launcher/cmd/conveyor-launcher-ssh
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/conveyor-launcher-local ./sdk/examples/local-launcher
 
+# The demo: master + embedded Kafka broker + an agent per Kafka node + the
+# jobs of examples/config.hcl. Ctrl-C stops everything.
 run: build
-	$(BIN)/conveyor server -config examples/config.hcl
+	examples/run.sh
 
 test: lint
 	$(GO) test -count=1 -timeout 15m $(PKGS)
@@ -40,7 +46,7 @@ proto:
 		hclspec/hclspec.proto launcher/proto/launcher.proto
 
 lint:
-	@out=$$(gofmt -l core sdk | grep -v /testdata/ || true); \
+	@out=$$(gofmt -l $(MODULES) | grep -v /testdata/ || true); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 

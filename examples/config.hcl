@@ -1,5 +1,5 @@
 # Conveyor example configuration: every block, commented.
-# Check it with `conveyor validate examples/config.hcl`; run it with `make run`.
+# Check it with `conveyor validate examples/config.hcl`; `make run` runs it.
 
 # The master itself. Every attribute is optional.
 server {
@@ -7,48 +7,109 @@ server {
   http_addr  = env("CONVEYOR_HTTP_ADDR", "127.0.0.1:8080") # env(NAME, DEFAULT)
   data_dir   = "../data"                                    # relative to this file
   plugin_dir = "../bin"                                     # else: next to the conveyor binary, then $PATH
-  log_level  = "info"                                       # trace, debug, info, warn, error
+  log_level  = env("CONVEYOR_LOG_LEVEL", "info")            # trace, debug, info, warn, error
   log_json   = false
 }
 
 # A launcher block loads the plugin binary conveyor-launcher-NAME.
-# Everything inside it, except sha256, is the plugin's own configuration,
-# checked against the schema the plugin declares.
-launcher "local" {
+# Everything in it but `sha256` is the plugin's own configuration, checked
+# against the schema the plugin declares.
+launcher "kafka" {
   # sha256 = "..."   # optional: refuse a plugin binary with another checksum
-  env = {
-    CONVEYOR_DEMO = "1"
-  }
+
+  # No brokers: the plugin runs an embedded Kafka-compatible broker on
+  # embedded_addr, keeping its data under data_dir so it survives a restart.
+  # Real deployments list their brokers:
+  #   brokers = ["kafka-1.example.com:9093", "kafka-2.example.com:9093"]
+  brokers       = []
+  embedded_addr = env("CONVEYOR_KAFKA_ADDR", "127.0.0.1:9092")
+
+  topic_prefix       = "conveyor."
+  partitions         = 1
+  replication_factor = 1
+
+  # Encrypted and authenticated brokers:
+  # tls {
+  #   ca_file   = "/etc/conveyor/kafka-ca.pem"
+  #   cert_file = "/etc/conveyor/client.pem"
+  #   key_file  = "/etc/conveyor/client-key.pem"
+  # }
+  # sasl {
+  #   mechanism = "SCRAM-SHA-512"
+  #   username  = "conveyor"
+  #   password  = env("KAFKA_PASSWORD")
+  # }
 }
 
 # A node is a place where builds run, reached through one launcher. The
-# block named after the launcher holds the launcher's per-node settings;
-# swapping transports means changing `launcher` and that block.
-node "local-1" {
-  launcher  = "local"
+# block named after the launcher holds that launcher's per-node settings:
+# moving a node to another transport means changing `launcher` and that block.
+node "kafka-1" {
+  launcher  = "kafka"
   labels    = ["linux", "demo"]
   executors = 2
-
-  local {
-    # The agent the local launcher starts, speaking frames over stdio.
-    # `cat` is a loopback that echoes every frame back.
-    command = ["cat"]
-  }
+  kafka {}
 }
 
-# A job runs its steps in order on a node carrying all of its labels.
+node "kafka-2" {
+  launcher  = "kafka"
+  labels    = ["linux", "demo", "big"]
+  executors = 1
+  kafka {}
+}
+
+# A job runs its steps in order on a node that carries all of its labels
+# (a node's name is one of its labels).
 job "hello" {
-  labels  = ["linux"]
-  timeout = "5m"
+  labels = ["linux"]
   env = {
     GREETING = "hello from Conveyor"
   }
 
   step "greet" {
-    run = "echo \"$GREETING\""
+    run = "echo \"$GREETING, build $CONVEYOR_BUILD_NUMBER on $CONVEYOR_NODE\""
   }
+}
 
-  step "where" {
-    run = "uname -a && pwd"
+job "multi-step" {
+  labels  = ["linux"]
+  timeout = "5m"
+
+  step "checkout" {
+    run = "mkdir -p src && echo 'package main' > src/main.go && ls -l src"
+  }
+  step "build" {
+    run = "wc -c src/main.go && echo built"
+  }
+  step "test" {
+    run = "grep -q main src/main.go && echo 'tests passed'"
+  }
+}
+
+job "failing" {
+  labels = ["linux"]
+
+  step "fails" {
+    run = "echo 'about to fail' >&2; exit 3"
+  }
+  step "never-runs" {
+    run = "echo 'this step is skipped'"
+  }
+}
+
+job "long" {
+  labels  = ["linux"]
+  timeout = "10m"
+
+  step "tick" {
+    run = "for i in $(seq 1 120); do echo \"tick $i\"; sleep 1; done"
+  }
+}
+
+job "big-output" {
+  labels = ["big"]
+
+  step "generate" {
+    run = "seq 1 2000000"
   }
 }
