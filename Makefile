@@ -16,7 +16,7 @@ build:
 	@mkdir -p $(BIN)
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/conveyor ./core/cmd/conveyor
 	CGO_ENABLED=0 $(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/conveyor-agent ./agent/cmd/conveyor-agent
-	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/conveyor-launcher-kafka ./plugins/kafka-launcher/cmd/conveyor-launcher-kafka
+	$(GO) build -ldflags "-X github.com/conveyor-ci/conveyor/plugins/kafka-launcher/kafkalauncher.Version=$(VERSION)" -o $(BIN)/conveyor-launcher-kafka ./plugins/kafka-launcher/cmd/conveyor-launcher-kafka
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/conveyor-launcher-ssh ./plugins/ssh-launcher/cmd/conveyor-launcher-ssh
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/conveyor-launcher-local ./sdk/examples/local-launcher
 

@@ -41,6 +41,14 @@ launcher "kafka" {
   # }
 }
 
+# The SSH launcher: the traditional transport. It uploads conveyor-agent
+# (found next to the plugin unless agent_binary says otherwise) to each SSH
+# node and speaks over the session's stdin/stdout. A dropped connection
+# fails the running build: that is what the Kafka launcher avoids.
+launcher "ssh" {
+  # agent_binary = "/usr/local/lib/conveyor/conveyor-agent"
+}
+
 # A node is a place where builds run, reached through one launcher. The
 # block named after the launcher holds that launcher's per-node settings:
 # moving a node to another transport means changing `launcher` and that block.
@@ -57,6 +65,28 @@ node "kafka-2" {
   executors = 1
   kafka {}
 }
+
+# An SSH node (commented out: `make run` has no SSH host to reach). To move
+# a node between transports, change its `launcher` and its launcher block.
+# node "ssh-1" {
+#   launcher  = "ssh"
+#   labels    = ["linux"]
+#   executors = 2
+#   ssh {
+#     host             = "build-1.example.com"
+#     port             = 22
+#     user             = "build"
+#     private_key_file = "/etc/conveyor/id_ed25519"
+#     host_key_verification {
+#       strategy         = "known_hosts"
+#       known_hosts_file = "/etc/conveyor/known_hosts"
+#     }
+#     workdir        = "/var/lib/conveyor-agent"
+#     launch_timeout = "60s"
+#     max_retries    = 10
+#     retry_wait     = "15s"
+#   }
+# }
 
 # A job runs its steps in order on a node that carries all of its labels
 # (a node's name is one of its labels).

@@ -140,7 +140,8 @@ func (s *server) Launch(stream pb.Launcher_LaunchServer) error {
 		if _, ok := status.FromError(err); ok {
 			return err
 		}
-		return status.Errorf(codes.Aborted, "node %q: %v", node.Name, err)
+		// The host knows the node; the plugin's error says what happened.
+		return status.Error(codes.Aborted, err.Error())
 	}
 	return nil
 }
