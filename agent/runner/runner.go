@@ -7,20 +7,27 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
 
-// ChunkSize bounds one output callback's data.
+// ChunkSize bounds one output callback's data (the largest Output frame
+// the protocol allows).
 const ChunkSize = 32 << 10
 
 // DefaultGrace is how long a cancelled step may take to exit after SIGTERM
 // before its process group is killed.
 const DefaultGrace = 5 * time.Second
+
+// outputLinger is how long a step's output pipe may stay idle, once the
+// step's process group is gone, before the runner stops reading it: only
+// a process that left the group (setsid, say) can still hold it open.
+var outputLinger = 2 * time.Second
 
 // Stream names an output stream.
 type Stream int
@@ -31,13 +38,25 @@ const (
 	Stderr Stream = 2
 )
 
+// String returns "stdout" or "stderr".
+func (s Stream) String() string {
+	if s == Stderr {
+		return "stderr"
+	}
+	return "stdout"
+}
+
 // Spec is one step to run.
 type Spec struct {
 	// Command runs as `sh -c Command`.
 	Command string
-	// Dir is the working directory; it is created when missing.
-	Dir string
-	// Env is the whole environment, KEY=VALUE.
+	// Root is the directory holding every workspace (the agent's workdir).
+	Root string
+	// Workdir is the step's workspace, relative to Root, which it must not
+	// leave; it is created when missing. Empty means Root itself.
+	Workdir string
+	// Env is the whole environment, KEY=VALUE; nothing else is inherited.
+	// Of variables given twice, the last wins.
 	Env []string
 	// Timeout cancels the step after this long; zero means none.
 	Timeout time.Duration
@@ -57,12 +76,41 @@ type Result struct {
 // ErrTimeout is the cancellation cause of a step that ran past its timeout.
 var ErrTimeout = errors.New("timed out")
 
-// Run runs the step and calls out with its output as it is produced (from
-// two goroutines, one per stream; out must be safe for that). It returns
-// once the step ended and all of its output was delivered. Cancelling ctx
-// (with a cause, see context.WithCancelCause) stops the step: SIGTERM to
-// its process group, SIGKILL after the grace period. Processes the step
-// left in the background are killed when it exits.
+// ErrWorkspace reports a workspace that is not a relative path inside the
+// agent's workdir.
+var ErrWorkspace = errors.New("workspace must be a relative path inside the agent's workdir")
+
+// Workspace returns the directory of workspace rel under root, creating
+// it. It refuses absolute paths, paths escaping root with "..", and
+// symbolic links leading out of root.
+func Workspace(root, rel string) (string, error) {
+	if rel == "" {
+		rel = "."
+	}
+	if !filepath.IsLocal(rel) {
+		return "", fmt.Errorf("workspace %q: %w", rel, ErrWorkspace)
+	}
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return "", fmt.Errorf("create workdir: %w", err)
+	}
+	r, err := os.OpenRoot(root)
+	if err != nil {
+		return "", fmt.Errorf("open workdir: %w", err)
+	}
+	defer r.Close()
+	if err := r.MkdirAll(rel, 0o755); err != nil {
+		return "", fmt.Errorf("create workspace %q: %w", rel, err)
+	}
+	return filepath.Join(root, rel), nil
+}
+
+// Run runs the step and calls out with its output as it is produced, each
+// read as soon as it returns (from two goroutines, one per stream; out
+// must be safe for that). It returns once the step ended and all of its
+// output was delivered. Cancelling ctx (with a cause, see
+// context.WithCancelCause) stops the step: SIGTERM to its process group,
+// SIGKILL after the grace period. Processes the step left in the
+// background are killed when it exits.
 func Run(ctx context.Context, spec Spec, out func(Stream, []byte)) Result {
 	if spec.Grace <= 0 {
 		spec.Grace = DefaultGrace
@@ -72,67 +120,75 @@ func Run(ctx context.Context, spec Spec, out func(Stream, []byte)) Result {
 		ctx, cancel = context.WithTimeoutCause(ctx, spec.Timeout, fmt.Errorf("%w after %s", ErrTimeout, spec.Timeout))
 		defer cancel()
 	}
-	if err := os.MkdirAll(spec.Dir, 0o755); err != nil {
-		return Result{Code: -1, Error: fmt.Sprintf("create workspace: %v", err)}
+	if err := context.Cause(ctx); err != nil {
+		return Result{Code: -1, Error: "cancelled: " + err.Error()}
 	}
-	stdoutR, stdoutW, err := os.Pipe()
+	dir, err := Workspace(spec.Root, spec.Workdir)
 	if err != nil {
 		return Result{Code: -1, Error: err.Error()}
 	}
-	stderrR, stderrW, err := os.Pipe()
-	if err != nil {
-		stdoutR.Close()
-		stdoutW.Close()
-		return Result{Code: -1, Error: err.Error()}
+	var pumps [2]*pump
+	for i, s := range []Stream{Stdout, Stderr} {
+		r, w, err := os.Pipe()
+		if err != nil {
+			for _, p := range pumps[:i] {
+				p.r.Close()
+				p.w.Close()
+			}
+			return Result{Code: -1, Error: fmt.Sprintf("create pipe: %v", err)}
+		}
+		pumps[i] = &pump{r: r, w: w, s: s}
 	}
 	cmd := exec.Command("/bin/sh", "-c", spec.Command)
-	cmd.Dir, cmd.Env = spec.Dir, spec.Env
+	cmd.Dir, cmd.Env = dir, append([]string{}, spec.Env...)
 	cmd.Stdin = nil // /dev/null
-	cmd.Stdout, cmd.Stderr = stdoutW, stderrW
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Stdout, cmd.Stderr = pumps[0].w, pumps[1].w
+	cmd.SysProcAttr = sysProcAttr()
 	err = cmd.Start()
-	stdoutW.Close()
-	stderrW.Close()
+	for _, p := range pumps {
+		p.w.Close()
+	}
 	if err != nil {
-		stdoutR.Close()
-		stderrR.Close()
+		for _, p := range pumps {
+			p.r.Close()
+		}
 		return Result{Code: -1, Error: fmt.Sprintf("start: %v", err)}
 	}
 	pgid := cmd.Process.Pid
 
 	var readers sync.WaitGroup
-	for _, p := range []struct {
-		r *os.File
-		s Stream
-	}{{stdoutR, Stdout}, {stderrR, Stderr}} {
+	for _, p := range pumps {
 		readers.Add(1)
 		go func() {
 			defer readers.Done()
 			defer p.r.Close()
-			pump(p.r, p.s, out)
+			p.run(out)
 		}()
 	}
 
 	waited := make(chan error, 1)
 	go func() { waited <- cmd.Wait() }()
-	var cause error
-	var werr error
+	var cause, werr error
 	select {
 	case werr = <-waited:
 	case <-ctx.Done():
 		cause = context.Cause(ctx)
 		_ = syscall.Kill(-pgid, syscall.SIGTERM)
+		grace := time.NewTimer(spec.Grace)
 		select {
 		case werr = <-waited:
-		case <-time.After(spec.Grace):
+		case <-grace.C:
 			_ = syscall.Kill(-pgid, syscall.SIGKILL)
 			werr = <-waited
 		}
+		grace.Stop()
 	}
 	// Whatever the step left running in its group goes with it, so that
 	// its pipes close and nothing outlives the step.
 	_ = syscall.Kill(-pgid, syscall.SIGKILL)
-	readers.Wait()
+	if abandoned := drain(&readers, pumps[:]); abandoned {
+		out(Stderr, []byte("\nconveyor-agent: stopped reading the step's output: a process that left the step's process group still holds it open\n"))
+	}
 
 	switch {
 	case cause != nil && errors.Is(cause, ErrTimeout):
@@ -148,19 +204,67 @@ func Run(ctx context.Context, spec Spec, out func(Stream, []byte)) Result {
 		return Result{Code: ee.ExitCode()}
 	}
 	if werr != nil {
-		return Result{Code: -1, Error: werr.Error()}
+		return Result{Code: -1, Error: fmt.Sprintf("wait: %v", werr)}
 	}
 	return Result{Code: 0}
 }
 
-// pump delivers what r yields in chunks of at most ChunkSize, as soon as
-// it is read.
-func pump(r io.Reader, s Stream, out func(Stream, []byte)) {
+// drain waits for the pumps to reach the end of their pipes once the
+// step's process group is gone. A pump that stays blocked in one read for
+// outputLinger is stopped: the pipe is empty and only a process outside
+// the group can still hold it. It reports whether it stopped one.
+func drain(readers *sync.WaitGroup, pumps []*pump) bool {
+	done := make(chan struct{})
+	go func() { readers.Wait(); close(done) }()
+	tick := time.NewTicker(outputLinger)
+	defer tick.Stop()
+	last := make([]uint64, len(pumps))
+	for i, p := range pumps {
+		last[i] = p.state()
+	}
+	abandoned := false
+	for {
+		select {
+		case <-done:
+			return abandoned
+		case <-tick.C:
+		}
+		for i, p := range pumps {
+			st := p.state()
+			if st == last[i] && st&blockedBit != 0 {
+				_ = p.r.SetReadDeadline(time.Now())
+				abandoned = true
+			}
+			last[i] = st
+		}
+	}
+}
+
+// blockedBit is set in a pump's state while it waits in a read.
+const blockedBit = 1
+
+// pump copies one output pipe to the callback.
+type pump struct {
+	r, w *os.File
+	s    Stream
+	// st is the number of reads started, times two, plus blockedBit while
+	// one is under way: equal snapshots with the bit set mean one read
+	// blocked all along.
+	st atomic.Uint64
+}
+
+func (p *pump) state() uint64 { return p.st.Load() }
+
+// run delivers what the pipe yields in chunks of at most ChunkSize, as
+// soon as it is read, until its end (or a read deadline).
+func (p *pump) run(out func(Stream, []byte)) {
 	buf := make([]byte, ChunkSize)
 	for {
-		n, err := r.Read(buf)
+		p.st.Add(2 + blockedBit)
+		n, err := p.r.Read(buf)
+		p.st.Add(^uint64(blockedBit - 1)) // minus blockedBit: the read is over
 		if n > 0 {
-			out(s, append([]byte(nil), buf[:n]...))
+			out(p.s, append([]byte(nil), buf[:n]...))
 		}
 		if err != nil {
 			return

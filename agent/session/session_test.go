@@ -23,6 +23,8 @@ type master struct {
 	conn *launcher.StreamConn
 	seq  uint64
 	in   chan *wire.Frame
+	// skipHellos skips repeated Hellos while waiting for other frames.
+	skipHellos bool
 }
 
 // start runs an agent against a test master; it returns the master and a
@@ -56,12 +58,15 @@ func start(t *testing.T, cfg Config) (*master, *Agent, <-chan error) {
 	if cfg.Workdir == "" {
 		cfg.Workdir = t.TempDir()
 	}
+	if cfg.DrainTimeout == 0 {
+		cfg.DrainTimeout = 5 * time.Second
+	}
 	a := New(cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	finished := make(chan struct{})
 	go func() {
-		done <- a.Serve(ctx, agentConn, 5*time.Second)
+		done <- a.Serve(ctx, agentConn)
 		close(finished)
 	}()
 	t.Cleanup(func() {
@@ -100,7 +105,7 @@ func (m *master) next(typ wire.Type) (*wire.Frame, wire.Message) {
 			if !ok {
 				m.t.Fatalf("connection ended waiting for %v", typ)
 			}
-			if f.Type == wire.TypePing && typ != wire.TypePing {
+			if f.Type == wire.TypePing && typ != wire.TypePing || m.skipHellos && f.Type == wire.TypeHello && typ != wire.TypeHello {
 				continue
 			}
 			msg, err := f.Message()
@@ -121,10 +126,14 @@ func (m *master) next(typ wire.Type) (*wire.Frame, wire.Message) {
 func (m *master) handshake(secret []byte) uint64 {
 	m.t.Helper()
 	_, msg := m.next(wire.TypeHello)
-	hello := msg.(*wire.Hello)
+	return m.accept(secret, msg.(*wire.Hello), 0x1234)
+}
+
+// accept answers hello, completing the handshake for session id.
+func (m *master) accept(secret []byte, hello *wire.Hello, id uint64) uint64 {
+	m.t.Helper()
 	nonceM := make([]byte, wire.NonceSize)
 	_, _ = rand.Read(nonceM)
-	const id = 0x1234
 	m.send(&wire.Challenge{Nonce: nonceM, Proof: wire.MasterProof(secret, hello.Nonce, nonceM)}, id)
 	f, msg := m.next(wire.TypeAuth)
 	if f.Session != id || !wire.ProofEqual(msg.(*wire.Auth).Proof, wire.AgentProof(secret, nonceM, hello.Nonce)) {
@@ -178,7 +187,7 @@ func TestHandshakeAndSteps(t *testing.T) {
 		}
 		// A workspace escaping the workdir is refused.
 		_, exit = m.runStep(id, &wire.RunStep{BuildID: "job#2", Command: "true", Workdir: "../x"})
-		if exit.Code != -1 || !strings.Contains(exit.Error, "not a relative path") {
+		if exit.Code != -1 || !strings.Contains(exit.Error, "relative path inside") {
 			t.Fatalf("escaping workspace: %+v", exit)
 		}
 	}
@@ -201,9 +210,9 @@ func TestCancel(t *testing.T) {
 
 // TestWrongSecret: the agent ignores a master that cannot prove the
 // secret, answers its challenge with an empty proof so that the master can
-// say why it refuses, and stops on the refusal.
+// say why it refuses, and says hello again after a backoff.
 func TestWrongSecret(t *testing.T) {
-	m, a, done := start(t, Config{Node: "n1", Secret: secret})
+	m, a, _ := start(t, Config{Node: "n1", Secret: secret, RetryMin: 10 * time.Millisecond})
 	_, msg := m.next(wire.TypeHello)
 	hello := msg.(*wire.Hello)
 	nonceM := make([]byte, wire.NonceSize)
@@ -213,19 +222,81 @@ func TestWrongSecret(t *testing.T) {
 		t.Fatalf("auth %+v on %x: want an empty proof", msg, f.Session)
 	}
 	// A step sent before any session exists is never run.
-	m.send(&wire.RunStep{BuildID: "x#1", Command: "echo pwned"}, 9)
+	m.send(&wire.RunStep{BuildID: "x#1", Command: "touch pwned"}, 9)
+	// An acceptance of the forged challenge does not make a session.
+	m.send(&wire.AuthResult{OK: true, Session: 9}, 9)
+	m.send(&wire.Ping{Nonce: 1}, 9)
+	m.next(wire.TypePong)
 	m.send(&wire.AuthResult{OK: false, Reason: "authentication failed: wrong secret"}, 9)
-	select {
-	case err := <-done:
-		if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "wrong secret") {
-			t.Fatalf("Serve: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("Serve did not end on the refusal")
+	_, msg = m.next(wire.TypeHello)
+	if bytes.Equal(msg.(*wire.Hello).Nonce, hello.Nonce) {
+		t.Fatal("the new hello reuses the nonce")
 	}
-	if a.Counters().Stale < 2 {
-		t.Fatalf("counters %+v: the forged challenge and the step must count as stale", a.Counters())
+	if a.Counters().Stale < 3 {
+		t.Fatalf("counters %+v: the forged challenge, the step and the acceptance must count as stale", a.Counters())
 	}
+	if _, err := os.Stat(filepath.Join(a.cfg.Workdir, "pwned")); err == nil {
+		t.Fatal("a step ran before the handshake")
+	}
+	// With the right secret, the session works.
+	id := m.accept(secret, msg.(*wire.Hello), 0x77)
+	if out, exit := m.runStep(id, &wire.RunStep{BuildID: "b#1", Command: "echo ok"}); out != "ok\n" || exit.Code != 0 {
+		t.Fatalf("output %q exit %+v", out, exit)
+	}
+}
+
+// TestHelloRepeated: an unanswered Hello is repeated, and a challenge
+// answering one of the attempt's earlier Hellos is accepted.
+func TestHelloRepeated(t *testing.T) {
+	m, _, _ := start(t, Config{Node: "n1", Secret: secret, HelloInterval: 20 * time.Millisecond})
+	m.skipHellos = true
+	_, first := m.next(wire.TypeHello)
+	_, second := m.next(wire.TypeHello)
+	if bytes.Equal(first.(*wire.Hello).Nonce, second.(*wire.Hello).Nonce) {
+		t.Fatal("repeated hello reuses the nonce")
+	}
+	id := m.accept(secret, first.(*wire.Hello), 0x55)
+	if out, exit := m.runStep(id, &wire.RunStep{BuildID: "b#1", Command: "echo ok"}); out != "ok\n" || exit.Code != 0 {
+		t.Fatalf("output %q exit %+v", out, exit)
+	}
+}
+
+// TestMasterClosesSession: a Close from the master ends the session, the
+// steps it ran are cancelled without being reported, and the agent says
+// hello again at once.
+func TestMasterClosesSession(t *testing.T) {
+	m, a, _ := start(t, Config{Node: "n1", Secret: secret, Grace: 100 * time.Millisecond})
+	id := m.handshake(secret)
+	m.send(&wire.RunStep{BuildID: "b#1", Command: "echo started; sleep 600", Workdir: "b/1"}, id)
+	m.next(wire.TypeOutput)
+	m.send(&wire.Close{Reason: "unknown session: the master restarted; say hello again"}, id)
+	f, msg := m.next(wire.TypeHello)
+	if f.Session != 0 || f.Seq != 1 {
+		t.Fatalf("new hello: session %x seq %d", f.Session, f.Seq)
+	}
+	if a.Running() != 0 {
+		t.Fatal("the old session's step still runs")
+	}
+	id2 := m.accept(secret, msg.(*wire.Hello), 0x99)
+	// The old session's frames are now stale.
+	m.send(&wire.RunStep{BuildID: "old#1", Command: "touch pwned"}, id)
+	if out, exit := m.runStep(id2, &wire.RunStep{BuildID: "b#2", Command: "ls"}); out != "b\n" || exit.Code != 0 {
+		t.Fatalf("output %q exit %+v (want no trace of the stale step)", out, exit)
+	}
+}
+
+// TestAuthResultTimeout: a genuine challenge whose AuthResult never comes
+// leads to a new handshake after the heartbeat timeout.
+func TestAuthResultTimeout(t *testing.T) {
+	m, _, _ := start(t, Config{Node: "n1", Secret: secret, HelloInterval: 20 * time.Millisecond, HeartbeatTimeout: 200 * time.Millisecond, Heartbeat: 50 * time.Millisecond})
+	m.skipHellos = true
+	_, msg := m.next(wire.TypeHello)
+	hello := msg.(*wire.Hello)
+	nonceM := make([]byte, wire.NonceSize)
+	m.send(&wire.Challenge{Nonce: nonceM, Proof: wire.MasterProof(secret, hello.Nonce, nonceM)}, 5)
+	m.next(wire.TypeAuth)
+	_, msg = m.next(wire.TypeHello)
+	m.accept(secret, msg.(*wire.Hello), 6)
 }
 
 // TestDrain: the running step finishes, its exit is reported, then Close.
@@ -266,16 +337,28 @@ func TestDrain(t *testing.T) {
 	}
 }
 
-// TestMasterLost: a silent master ends the session after the timeout.
+// TestMasterLost: a silent master ends the session after the timeout, and
+// the agent says hello again.
 func TestMasterLost(t *testing.T) {
-	m, _, done := start(t, Config{Node: "n1", Secret: secret, Heartbeat: 20 * time.Millisecond, HeartbeatTimeout: 200 * time.Millisecond})
-	m.handshake(secret)
-	select {
-	case err := <-done:
-		if !errors.Is(err, ErrMasterLost) {
-			t.Fatalf("Serve: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("a silent master was not noticed")
+	m, _, _ := start(t, Config{Node: "n1", Secret: secret, Heartbeat: 20 * time.Millisecond, HeartbeatTimeout: 200 * time.Millisecond})
+	id := m.handshake(secret)
+	_, msg := m.next(wire.TypePing)
+	m.send(&wire.Pong{Nonce: msg.(*wire.Ping).Nonce}, id)
+	m.next(wire.TypeHello)
+}
+
+// TestEOF: the connection's end ends Serve with ErrDisconnected and
+// cancels running steps.
+func TestEOF(t *testing.T) {
+	m, a, done := start(t, Config{Node: "n1", Secret: secret, Grace: 100 * time.Millisecond})
+	id := m.handshake(secret)
+	m.send(&wire.RunStep{BuildID: "b#1", Command: "echo started; sleep 600"}, id)
+	m.next(wire.TypeOutput)
+	m.conn.Close()
+	if err := <-done; !errors.Is(err, ErrDisconnected) {
+		t.Fatalf("Serve: %v", err)
+	}
+	if a.Running() != 0 {
+		t.Fatal("a step still runs")
 	}
 }

@@ -4,13 +4,13 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"os"
 	"os/signal"
 	"strings"
@@ -19,6 +19,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/conveyor-ci/conveyor/agent/backoff"
 	"github.com/conveyor-ci/conveyor/agent/session"
 	"github.com/conveyor-ci/conveyor/plugins/kafka-launcher/kafkatransport"
 	"github.com/conveyor-ci/conveyor/sdk/launcher"
@@ -75,7 +76,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	dur := func(p *time.Duration, name string, def time.Duration, usage string) {
 		fs.DurationVar(p, name, def, usage+" ($"+envName(name)+")")
 	}
-	str(&o.name, "name", "", "the node's name (required)")
+	str(&o.name, "name", "", "the node's name (required with the kafka transport)")
 	str(&o.secret, "secret", "", "the node's secret in hex, as `conveyor secret NODE` prints it (prefer -secret-file)")
 	str(&o.secretFile, "secret-file", "", "file holding the node's secret in hex")
 	str(&o.transport, "transport", "kafka", "kafka, or stdio (frames on stdin/stdout; used by launchers that start the agent)")
@@ -119,12 +120,12 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		return o, nil
 	}
 	switch {
-	case o.name == "":
-		return nil, errors.New("-name is required")
-	case o.workdir == "":
-		return nil, errors.New("-workdir is required")
 	case o.transport != "kafka" && o.transport != "stdio":
 		return nil, fmt.Errorf("-transport %q: want kafka or stdio", o.transport)
+	case o.name == "" && o.transport == "kafka":
+		return nil, errors.New("-name is required with the kafka transport")
+	case o.workdir == "":
+		return nil, errors.New("-workdir is required")
 	case o.transport == "kafka" && o.brokers == "":
 		return nil, errors.New("-brokers is required with the kafka transport")
 	case o.transport == "kafka" && o.secret == "" && o.secretFile == "":
@@ -199,19 +200,27 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "conveyor-agent %s\n", version)
 		return 0
 	}
-	log := hclog.New(&hclog.LoggerOptions{Name: "conveyor-agent", Level: hclog.LevelFromString(o.logLevel), Output: stderr})
 	secret, err := o.readSecret()
 	if err != nil {
 		fmt.Fprintf(stderr, "conveyor-agent: %v\n", err)
 		return 2
 	}
+	var kcfg kafkatransport.Config
+	if o.transport == "kafka" {
+		if kcfg, err = o.kafkaConfig(); err != nil {
+			fmt.Fprintf(stderr, "conveyor-agent: %v\n", err)
+			return 2
+		}
+	}
+	log := hclog.New(&hclog.LoggerOptions{Name: "conveyor-agent", Level: hclog.LevelFromString(o.logLevel), Output: stderr})
 	if err := os.MkdirAll(o.workdir, 0o755); err != nil {
-		fmt.Fprintf(stderr, "conveyor-agent: workdir: %v\n", err)
+		log.Error("cannot create the workdir", "error", err)
 		return 1
 	}
 	agent := session.New(session.Config{
 		Node: o.name, Secret: secret, Version: version, Workdir: o.workdir,
-		Heartbeat: o.heartbeat, HeartbeatTimeout: o.heartbeatTimeout,
+		Env:       stepEnv(os.Environ()),
+		Heartbeat: o.heartbeat, HeartbeatTimeout: o.heartbeatTimeout, DrainTimeout: o.drainTimeout,
 		Logger: log.Named("session"),
 	})
 
@@ -219,65 +228,85 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	defer stop()
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
 	go func() {
-		sig := <-sigs
+		sig, ok := <-sigs
+		if !ok {
+			return
+		}
 		log.Info("draining", "signal", sig.String(), "running_steps", agent.Running(), "drain_timeout", o.drainTimeout)
 		agent.Drain()
-		<-sigs // a second signal stops at once
-		log.Warn("stopping at once")
-		stop()
+		if _, ok := <-sigs; ok {
+			log.Warn("second signal: stopping at once")
+			stop()
+		}
 	}()
 
 	if o.transport == "stdio" {
-		conn := launcher.NewStreamConn(stdin, stdout, nil, "stdio")
-		err := agent.Serve(ctx, conn, o.drainTimeout)
-		return exitCode(log, err)
+		// Stdout carries frames only: logs go to stderr, steps' output to
+		// their own pipes.
+		log.Info("starting", "node", o.name, "transport", "stdio", "version", version)
+		conn := launcher.NewStreamConn(bufio.NewReaderSize(stdin, 64<<10), stdout, nil, "stdio")
+		return exitCode(log, agent, agent.Serve(ctx, conn))
 	}
 
-	kcfg, err := o.kafkaConfig()
-	if err != nil {
-		fmt.Fprintf(stderr, "conveyor-agent: %v\n", err)
-		return 2
-	}
-	log.Info("starting", "node", o.name, "brokers", kcfg.Brokers, "version", version)
-	backoff := backoffMin
-	for {
+	log.Info("starting", "node", o.name, "transport", "kafka", "brokers", kcfg.Brokers, "version", version)
+	retry := backoff.New(backoffMin, backoffMax)
+	for attempt := 1; ; attempt++ {
+		log.Info("connecting", "attempt", attempt, "brokers", kcfg.Brokers)
 		conn, err := kafkatransport.DialAgent(ctx, kcfg, o.name, log.Named("kafka"))
 		if err == nil {
+			log.Info("connected", "via", conn.Description())
 			start := time.Now()
-			err = agent.Serve(ctx, conn, o.drainTimeout)
+			err = agent.Serve(ctx, conn)
 			_ = conn.Close()
 			if errors.Is(err, session.ErrDrained) || ctx.Err() != nil {
-				return exitCode(log, err)
+				return exitCode(log, agent, err)
 			}
 			if time.Since(start) > backoffMax {
-				backoff = backoffMin // it worked for a while
+				retry.Reset() // it worked for a while
 			}
 		} else if ctx.Err() != nil {
-			return exitCode(log, ctx.Err())
+			return exitCode(log, agent, ctx.Err())
 		}
-		// Sleep the backoff with jitter, unless the agent drains meanwhile
-		// (nothing runs while disconnected, so it can leave at once).
-		wait := backoff/2 + rand.N(backoff/2+1)
+		// Sleep the backoff, unless the agent drains meanwhile (nothing
+		// runs while disconnected, so it can leave at once).
+		wait := retry.Next()
 		log.Warn("disconnected; reconnecting", "error", err, "in", wait.Round(time.Millisecond))
+		t := time.NewTimer(wait)
 		select {
-		case <-time.After(wait):
+		case <-t.C:
 		case <-ctx.Done():
-			return exitCode(log, ctx.Err())
+			t.Stop()
+			return exitCode(log, agent, ctx.Err())
 		case <-agent.DrainRequested():
-			return exitCode(log, session.ErrDrained)
+			t.Stop()
+			return exitCode(log, agent, session.ErrDrained)
 		}
-		backoff = min(backoff*2, backoffMax)
 	}
 }
 
+// stepEnv is the environment steps start from: the agent's own, without
+// its configuration (CONVEYOR_AGENT_SECRET, say, must not leak to builds).
+func stepEnv(environ []string) []string {
+	env := make([]string, 0, len(environ))
+	for _, kv := range environ {
+		if !strings.HasPrefix(kv, envPrefix) {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
 // exitCode logs how the agent ended and maps it to an exit status.
-func exitCode(log hclog.Logger, err error) int {
+func exitCode(log hclog.Logger, agent *session.Agent, err error) int {
+	c := agent.Counters()
+	log = log.With("stale_frames", c.Stale, "malformed_frames", c.Malformed, "unexpected_frames", c.Unexpected)
 	switch {
 	case errors.Is(err, session.ErrDrained):
 		log.Info("drained; exiting")
 		return 0
-	case errors.Is(err, session.ErrMasterClosed), errors.Is(err, context.Canceled):
+	case errors.Is(err, session.ErrDisconnected), errors.Is(err, context.Canceled):
 		log.Info("exiting", "reason", err)
 		return 0
 	default:
