@@ -657,3 +657,37 @@ func TestFlagsAndStreamStrings(t *testing.T) {
 		}
 	}
 }
+
+func TestSessionMAC(t *testing.T) {
+	key := SessionKey([]byte("secret"), []byte("na"), []byte("nm"), 42)
+	if bytes.Equal(key, SessionKey([]byte("secret"), []byte("na"), []byte("nm"), 43)) {
+		t.Fatal("the session id must change the key")
+	}
+	f := NewFrame(&RunStep{BuildID: "b#1", Command: "true"})
+	f.Session, f.Seq = 42, 7
+	Sign(key, f)
+	raw, err := f.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Decode(raw, MaxFrameSize)
+	if err != nil || !Verify(key, got) {
+		t.Fatalf("decoded signed frame does not verify: %v", err)
+	}
+	for name, alter := range map[string]func(f *Frame){
+		"payload": func(f *Frame) { f.Payload = append([]byte(nil), f.Payload...); f.Payload[len(f.Payload)-1] ^= 1 },
+		"seq":     func(f *Frame) { f.Seq++ },
+		"session": func(f *Frame) { f.Session++ },
+		"type":    func(f *Frame) { f.Type = TypeCancel },
+		"no MAC":  func(f *Frame) { f.MAC = nil },
+	} {
+		g, _ := Decode(raw, MaxFrameSize)
+		alter(g)
+		if Verify(key, g) {
+			t.Errorf("frame with altered %s verifies", name)
+		}
+	}
+	if Verify(SessionKey([]byte("other"), []byte("na"), []byte("nm"), 42), got) {
+		t.Error("frame verifies under another key")
+	}
+}
