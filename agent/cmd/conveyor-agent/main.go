@@ -97,6 +97,19 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	dur(&o.drainTimeout, "drain-timeout", 5*time.Minute, "on SIGTERM, how long running steps may take before they are cancelled")
 	str(&o.logLevel, "log-level", "info", "trace, debug, info, warn or error")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage:
+  conveyor-agent -name NODE -secret-file FILE -brokers HOST:PORT[,...] -workdir DIR [flags]
+  conveyor-agent -transport stdio [-name NODE] [-secret-file FILE] -workdir DIR [flags]
+
+Every flag can also be set with the environment variable
+CONVEYOR_AGENT_<FLAG> (e.g. CONVEYOR_AGENT_SASL_PASSWORD_FILE); the command
+line wins. Logs go to stderr; with -transport stdio, stdout carries frames only.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
 
 	// Environment first, so that the command line overrides it.
 	var envErr error
@@ -134,6 +147,10 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		return nil, errors.New("give -secret or -secret-file, not both")
 	case o.heartbeat <= 0 || o.heartbeatTimeout <= o.heartbeat:
 		return nil, errors.New("-heartbeat must be positive and below -heartbeat-timeout")
+	case o.drainTimeout <= 0:
+		return nil, errors.New("-drain-timeout must be positive")
+	case hclog.LevelFromString(o.logLevel) == hclog.NoLevel:
+		return nil, fmt.Errorf("-log-level %q: want trace, debug, info, warn or error", o.logLevel)
 	}
 	return o, nil
 }

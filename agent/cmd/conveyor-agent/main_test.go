@@ -28,7 +28,18 @@ func TestParse(t *testing.T) {
 			want: func(o *options) bool { return o.name == "flag" && o.transport == "stdio" }},
 		{name: "stdio needs no secret", args: []string{"-transport", "stdio", "-name", "n", "-workdir", "w"},
 			want: func(o *options) bool { return o.secret == "" }},
-		{name: "no name", args: []string{"-workdir", "w", "-transport", "stdio"}, err: "-name is required"},
+		{name: "stdio needs no name", args: []string{"-transport", "stdio", "-workdir", "w"},
+			want: func(o *options) bool { return o.name == "" }},
+		{name: "no name", args: []string{"-workdir", "w", "-secret", "ab", "-brokers", "b"}, err: "-name is required"},
+		{name: "no workdir", args: []string{"-transport", "stdio"}, err: "-workdir is required"},
+		{name: "all kafka flags", args: []string{"-name", "n", "-secret", "ab", "-brokers", "b1:9092, b2:9092", "-topic-prefix", "ci.", "-tls-ca", "ca.pem", "-tls-cert", "c.pem", "-tls-key", "k.pem", "-tls-insecure-skip-verify", "-sasl-mechanism", "SCRAM-SHA-512", "-sasl-user", "u", "-sasl-password", "p", "-workdir", "w", "-heartbeat", "1s", "-heartbeat-timeout", "10s", "-drain-timeout", "1m", "-log-level", "debug"},
+			want: func(o *options) bool {
+				return o.topicPrefix == "ci." && o.tlsCA == "ca.pem" && o.tlsInsecure && o.saslMechanism == "SCRAM-SHA-512" && o.heartbeatTimeout == 10*time.Second && o.drainTimeout == time.Minute && o.logLevel == "debug"
+			}},
+		{name: "bool from env", args: []string{"-name", "n", "-secret", "ab", "-brokers", "b", "-workdir", "w"}, env: map[string]string{"CONVEYOR_AGENT_TLS_INSECURE_SKIP_VERIFY": "true", "CONVEYOR_AGENT_SASL_PASSWORD_FILE": "pw"},
+			want: func(o *options) bool { return o.tlsInsecure && o.saslPassFile == "pw" }},
+		{name: "bad log level", args: []string{"-transport", "stdio", "-workdir", "w", "-log-level", "loud"}, err: "-log-level"},
+		{name: "negative drain timeout", args: []string{"-transport", "stdio", "-workdir", "w", "-drain-timeout", "-1s"}, err: "-drain-timeout"},
 		{name: "no brokers", args: []string{"-name", "n", "-workdir", "w", "-secret", "ab"}, err: "-brokers is required"},
 		{name: "no secret", args: []string{"-name", "n", "-workdir", "w", "-brokers", "b"}, err: "-secret-file (or -secret) is required"},
 		{name: "both secrets", args: []string{"-name", "n", "-workdir", "w", "-brokers", "b", "-secret", "ab", "-secret-file", "f"}, err: "not both"},
@@ -77,11 +88,26 @@ func TestReadSecret(t *testing.T) {
 // TestUsageExitCodes: a usage error exits 2 with a message naming it.
 func TestUsageExitCodes(t *testing.T) {
 	var stderr bytes.Buffer
-	if code := run([]string{"-transport", "stdio"}, strings.NewReader(""), io.Discard, &stderr); code != 2 || !strings.Contains(stderr.String(), "-name is required") {
+	if code := run([]string{"-transport", "stdio"}, strings.NewReader(""), io.Discard, &stderr); code != 2 || !strings.Contains(stderr.String(), "-workdir is required") {
 		t.Fatalf("exit %d, stderr %q", code, stderr.String())
+	}
+	stderr.Reset()
+	if code := run([]string{"-name", "n", "-secret", "ab", "-brokers", "127.0.0.1:9092", "-workdir", "w", "-sasl-mechanism", "MD5", "-sasl-user", "u", "-sasl-password", "p"}, strings.NewReader(""), io.Discard, &stderr); code != 2 || !strings.Contains(stderr.String(), "MD5") {
+		t.Fatalf("bad SASL mechanism: exit %d, stderr %q", code, stderr.String())
+	}
+	stderr.Reset()
+	if code := run([]string{"-bogus"}, strings.NewReader(""), io.Discard, &stderr); code != 2 || !strings.Contains(stderr.String(), "Usage") {
+		t.Fatalf("unknown flag: exit %d, stderr %q", code, stderr.String())
 	}
 	// stdio with the master gone (stdin at EOF): exit 0.
 	if code := run([]string{"-transport", "stdio", "-name", "n", "-workdir", t.TempDir()}, strings.NewReader(""), io.Discard, io.Discard); code != 0 {
 		t.Fatalf("stdio at EOF: exit %d", code)
+	}
+}
+
+func TestStepEnv(t *testing.T) {
+	got := stepEnv([]string{"PATH=/bin", "CONVEYOR_AGENT_SECRET=00", "CONVEYOR_AGENT_SASL_PASSWORD=x", "CONVEYOR_OTHER=1"})
+	if strings.Join(got, " ") != "PATH=/bin CONVEYOR_OTHER=1" {
+		t.Fatalf("step env %q", got)
 	}
 }
