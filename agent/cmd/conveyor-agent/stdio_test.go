@@ -54,11 +54,13 @@ func TestMain(m *testing.M) {
 type proc struct {
 	t       *testing.T
 	cmd     *exec.Cmd
-	conn    *launcher.StreamConn
+	conn    interface{ Send([]byte) error }
 	stdin   io.WriteCloser
 	workdir string
 	in      chan *wire.Frame
 	seq     uint64
+	// skipHellos skips repeated Hellos while waiting for other frames.
+	skipHellos bool
 
 	logMu sync.Mutex
 	log   bytes.Buffer
@@ -101,11 +103,12 @@ func startAgent(t *testing.T, env []string, args ...string) *proc {
 		t.Fatal(err)
 	}
 	p.stdin = stdin
-	p.conn = launcher.NewStreamConn(stdout, stdin, stdin.Close, "test")
+	conn := launcher.NewStreamConn(stdout, stdin, stdin.Close, "test")
+	p.conn = conn
 	go func() {
 		defer close(p.in)
 		for {
-			raw, err := p.conn.Recv()
+			raw, err := conn.Recv()
 			if err != nil {
 				if err != io.EOF {
 					p.in <- nil // anything but frames on stdout fails the test
@@ -159,7 +162,7 @@ func (p *proc) next(typ wire.Type) (*wire.Frame, wire.Message) {
 			if f == nil {
 				p.t.Fatal("stdout carried something other than frames")
 			}
-			if f.Type == wire.TypePing && typ != wire.TypePing {
+			if f.Type == wire.TypePing && typ != wire.TypePing || p.skipHellos && f.Type == wire.TypeHello && typ != wire.TypeHello {
 				continue
 			}
 			msg, err := f.Message()
@@ -244,15 +247,22 @@ func (p *proc) collect(id uint64, build string) *result {
 // nextAny returns the agent's next frame other than a Ping.
 func (p *proc) nextAny() (*wire.Frame, wire.Message) {
 	p.t.Helper()
+	return p.nextFrame(func(f *wire.Frame) bool { return f.Type != wire.TypePing })
+}
+
+// nextFrame returns the agent's next frame that satisfies match, skipping
+// the others.
+func (p *proc) nextFrame(match func(*wire.Frame) bool) (*wire.Frame, wire.Message) {
+	p.t.Helper()
 	timeout := time.NewTimer(waitTimeout)
 	defer timeout.Stop()
 	for {
 		select {
 		case f, ok := <-p.in:
 			if !ok || f == nil {
-				p.t.Fatal("stdout ended or carried something other than frames")
+				p.t.Fatal("the connection ended or carried something other than frames")
 			}
-			if f.Type == wire.TypePing {
+			if !match(f) {
 				continue
 			}
 			msg, err := f.Message()
