@@ -147,6 +147,12 @@ Flags:
 		return nil, errors.New("give -secret or -secret-file, not both")
 	case o.heartbeat <= 0 || o.heartbeatTimeout <= o.heartbeat:
 		return nil, errors.New("-heartbeat must be positive and below -heartbeat-timeout")
+	case o.saslPassword != "" && o.saslPassFile != "":
+		return nil, errors.New("give -sasl-password or -sasl-password-file, not both")
+	case o.saslMechanism == "" && (o.saslUser != "" || o.saslPassword != "" || o.saslPassFile != ""):
+		return nil, errors.New("-sasl-user and -sasl-password(-file) need -sasl-mechanism")
+	case o.tlsCert != "" && o.tlsKey == "", o.tlsKey != "" && o.tlsCert == "":
+		return nil, errors.New("give -tls-cert and -tls-key together")
 	case o.drainTimeout <= 0:
 		return nil, errors.New("-drain-timeout must be positive")
 	case hclog.LevelFromString(o.logLevel) == hclog.NoLevel:

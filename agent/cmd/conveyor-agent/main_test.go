@@ -22,7 +22,7 @@ func TestParse(t *testing.T) {
 			want: func(o *options) bool {
 				return o.transport == "kafka" && o.brokers == "b:9092" && o.heartbeat == 5*time.Second
 			}},
-		{name: "env", env: map[string]string{"CONVEYOR_AGENT_NAME": "n", "CONVEYOR_AGENT_SECRET": "ab", "CONVEYOR_AGENT_BROKERS": "b", "CONVEYOR_AGENT_WORKDIR": "w", "CONVEYOR_AGENT_SASL_USER": "u", "CONVEYOR_AGENT_HEARTBEAT": "2s"},
+		{name: "env", env: map[string]string{"CONVEYOR_AGENT_NAME": "n", "CONVEYOR_AGENT_SECRET": "ab", "CONVEYOR_AGENT_BROKERS": "b", "CONVEYOR_AGENT_WORKDIR": "w", "CONVEYOR_AGENT_SASL_USER": "u", "CONVEYOR_AGENT_SASL_MECHANISM": "PLAIN", "CONVEYOR_AGENT_HEARTBEAT": "2s"},
 			want: func(o *options) bool { return o.name == "n" && o.saslUser == "u" && o.heartbeat == 2*time.Second }},
 		{name: "flag beats env", args: []string{"-name", "flag"}, env: map[string]string{"CONVEYOR_AGENT_NAME": "env", "CONVEYOR_AGENT_TRANSPORT": "stdio", "CONVEYOR_AGENT_WORKDIR": "w"},
 			want: func(o *options) bool { return o.name == "flag" && o.transport == "stdio" }},
@@ -36,8 +36,11 @@ func TestParse(t *testing.T) {
 			want: func(o *options) bool {
 				return o.topicPrefix == "ci." && o.tlsCA == "ca.pem" && o.tlsInsecure && o.saslMechanism == "SCRAM-SHA-512" && o.heartbeatTimeout == 10*time.Second && o.drainTimeout == time.Minute && o.logLevel == "debug"
 			}},
-		{name: "bool from env", args: []string{"-name", "n", "-secret", "ab", "-brokers", "b", "-workdir", "w"}, env: map[string]string{"CONVEYOR_AGENT_TLS_INSECURE_SKIP_VERIFY": "true", "CONVEYOR_AGENT_SASL_PASSWORD_FILE": "pw"},
+		{name: "bool from env", args: []string{"-name", "n", "-secret", "ab", "-brokers", "b", "-workdir", "w"}, env: map[string]string{"CONVEYOR_AGENT_TLS_INSECURE_SKIP_VERIFY": "true", "CONVEYOR_AGENT_SASL_PASSWORD_FILE": "pw", "CONVEYOR_AGENT_SASL_MECHANISM": "PLAIN"},
 			want: func(o *options) bool { return o.tlsInsecure && o.saslPassFile == "pw" }},
+		{name: "sasl without mechanism", args: []string{"-transport", "stdio", "-workdir", "w", "-sasl-user", "u"}, err: "need -sasl-mechanism"},
+		{name: "both sasl passwords", args: []string{"-transport", "stdio", "-workdir", "w", "-sasl-mechanism", "PLAIN", "-sasl-password", "p", "-sasl-password-file", "f"}, err: "not both"},
+		{name: "cert without key", args: []string{"-transport", "stdio", "-workdir", "w", "-tls-cert", "c.pem"}, err: "-tls-key together"},
 		{name: "bad log level", args: []string{"-transport", "stdio", "-workdir", "w", "-log-level", "loud"}, err: "-log-level"},
 		{name: "negative drain timeout", args: []string{"-transport", "stdio", "-workdir", "w", "-drain-timeout", "-1s"}, err: "-drain-timeout"},
 		{name: "no brokers", args: []string{"-name", "n", "-workdir", "w", "-secret", "ab"}, err: "-brokers is required"},
