@@ -114,6 +114,9 @@ type Counters struct {
 	Malformed uint64 `json:"malformed"`
 	// Unexpected frames made no sense in the session's state.
 	Unexpected uint64 `json:"unexpected"`
+	// Replayed frames repeated a step or cancel of the current session
+	// (their Seq was not above the highest seen); they were not executed.
+	Replayed uint64 `json:"replayed"`
 }
 
 // Agent runs the agent's sessions, one at a time, and their steps.
@@ -125,7 +128,7 @@ type Agent struct {
 	drainCh  chan struct{}
 	drainMu  sync.Once
 
-	stale, malformed, unexpected atomic.Uint64
+	stale, malformed, unexpected, replayed atomic.Uint64
 
 	mu    sync.Mutex
 	steps map[string]*step // by build id
@@ -160,7 +163,7 @@ func New(cfg Config) *Agent {
 
 // Counters reports the frames dropped so far.
 func (a *Agent) Counters() Counters {
-	return Counters{Stale: a.stale.Load(), Malformed: a.malformed.Load(), Unexpected: a.unexpected.Load()}
+	return Counters{Stale: a.stale.Load(), Malformed: a.malformed.Load(), Unexpected: a.unexpected.Load(), Replayed: a.replayed.Load()}
 }
 
 // Drain stops the agent taking new steps (they are answered with Exit -1
@@ -477,6 +480,20 @@ func (a *Agent) session(ctx context.Context, l *link, in <-chan inFrame) (*sess,
 				continue
 			}
 			lastSeen = time.Now()
+			// The master numbers a session's frames upwards: a step or
+			// cancel at or below the highest Seq seen is a copy of an
+			// earlier frame (a replay into a Kafka topic, say) and never
+			// runs again. Close and Ping stay exempt: a restarted master
+			// numbers its Close for an unknown session from 1, and both
+			// execute nothing.
+			switch f.Type {
+			case wire.TypeRunStep, wire.TypeCancel:
+				if f.Seq <= l.ack.Load() {
+					n := a.replayed.Add(1)
+					a.log.Warn("dropped a replayed frame", "type", f.Type, "seq", f.Seq, "highest", l.ack.Load(), "replayed", n)
+					continue
+				}
+			}
 			if f.Seq > l.ack.Load() {
 				l.ack.Store(f.Seq)
 			}

@@ -84,8 +84,14 @@ func start(t *testing.T, cfg Config) (*master, *Agent, <-chan error) {
 func (m *master) send(msg wire.Message, session uint64) {
 	m.t.Helper()
 	m.seq++
+	m.sendSeq(msg, session, m.seq)
+}
+
+// sendSeq sends msg with the given Seq.
+func (m *master) sendSeq(msg wire.Message, session, seq uint64) {
+	m.t.Helper()
 	f := wire.NewFrame(msg)
-	f.Session, f.Seq = session, m.seq
+	f.Session, f.Seq = session, seq
 	b, err := f.Encode()
 	if err != nil {
 		m.t.Fatal(err)
@@ -361,4 +367,26 @@ func TestEOF(t *testing.T) {
 	if a.Running() != 0 {
 		t.Fatal("a step still runs")
 	}
+}
+
+// TestReplayedStepNotRun: a step or cancel whose Seq is not above the
+// highest seen in the session is a replay and does not run; Close still
+// ends the session whatever its Seq.
+func TestReplayedStepNotRun(t *testing.T) {
+	m, a, _ := start(t, Config{Node: "n1", Secret: secret})
+	id := m.handshake(secret)
+	step := &wire.RunStep{BuildID: "m#1", Command: "echo ran >> marks"}
+	m.send(step, id)
+	replaySeq := m.seq
+	m.next(wire.TypeExit)
+	m.sendSeq(step, id, replaySeq)
+	m.sendSeq(&wire.RunStep{BuildID: "m#2", Command: "echo ran >> marks"}, id, replaySeq-1)
+	if out, _ := m.runStep(id, &wire.RunStep{BuildID: "c#1", Command: "cat marks"}); out != "ran\n" {
+		t.Fatalf("marks %q: a replayed step ran", out)
+	}
+	if c := a.Counters(); c.Replayed != 2 {
+		t.Fatalf("counters %+v, want 2 replayed", c)
+	}
+	m.sendSeq(&wire.Close{Reason: "unknown session"}, id, 1)
+	m.next(wire.TypeHello)
 }

@@ -324,7 +324,7 @@ func stepEnv(environ []string) []string {
 // exitCode logs how the agent ended and maps it to an exit status.
 func exitCode(log hclog.Logger, agent *session.Agent, err error) int {
 	c := agent.Counters()
-	log = log.With("stale_frames", c.Stale, "malformed_frames", c.Malformed, "unexpected_frames", c.Unexpected)
+	log = log.With("stale_frames", c.Stale, "malformed_frames", c.Malformed, "unexpected_frames", c.Unexpected, "replayed_frames", c.Replayed)
 	switch {
 	case errors.Is(err, session.ErrDrained):
 		log.Info("drained; exiting")

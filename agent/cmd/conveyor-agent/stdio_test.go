@@ -361,6 +361,23 @@ func TestStdioForgedChallengeAndStaleFrames(t *testing.T) {
 	if r.stdout.String() != "" || r.exit.Code != 0 {
 		t.Fatalf("stale steps ran: ls shows %q, exit %+v", r.stdout.String(), r.exit)
 	}
+	// A genuine step replayed byte for byte (as anyone able to write to a
+	// Kafka topic could) does not run again.
+	p.seq++
+	genuine := wire.NewFrame(&wire.RunStep{BuildID: "m#1", Command: "echo ran >> marks"})
+	genuine.Session, genuine.Seq = 0x777, p.seq
+	raw := genuine.Append(nil)
+	if err := p.conn.Send(raw); err != nil {
+		t.Fatal(err)
+	}
+	p.collect(0x777, "m#1")
+	if err := p.conn.Send(raw); err != nil {
+		t.Fatal(err)
+	}
+	r = p.run(0x777, &wire.RunStep{BuildID: "b#2", Command: "cat marks"})
+	if r.stdout.String() != "ran\n" {
+		t.Fatalf("marks %q: the replayed step ran", r.stdout.String())
+	}
 	p.stdin.Close()
 	if code := p.wait(); code != 0 {
 		t.Fatalf("exit status %d", code)
@@ -369,8 +386,8 @@ func TestStdioForgedChallengeAndStaleFrames(t *testing.T) {
 	if !strings.Contains(log, "the master's proof does not verify") || !strings.Contains(log, "dropped a frame of another session") {
 		t.Fatalf("log does not mention the dropped frames:\n%s", log)
 	}
-	if !strings.Contains(log, "stale_frames=4") {
-		t.Fatalf("log does not count 4 stale frames (forged challenge, 3 steps):\n%s", log)
+	if !strings.Contains(log, "stale_frames=4") || !strings.Contains(log, "replayed_frames=1") {
+		t.Fatalf("log does not count 4 stale frames (forged challenge, 3 steps) and 1 replayed:\n%s", log)
 	}
 }
 
