@@ -60,6 +60,21 @@ func chunks(frame []byte, id uint64) [][]byte {
 	return out
 }
 
+// Records returns the Kafka record values that carry frame, in order: what
+// a Conn writes. id tells a sender's frames apart; tools and tests that
+// write frames with their own Kafka client use it.
+func Records(frame []byte, id uint64) [][]byte { return chunks(frame, id) }
+
+// RecordFrame returns the frame carried whole by one record value (a frame
+// of at most ChunkSize bytes), or false for anything else.
+func RecordFrame(v []byte) ([]byte, bool) {
+	if len(v) < chunkHeaderSize || v[0] != chunkVersion || v[1]&chunkLast == 0 ||
+		binary.BigEndian.Uint32(v[4:8]) != 0 || int(binary.BigEndian.Uint32(v[8:12])) != len(v)-chunkHeaderSize {
+		return nil, false
+	}
+	return v[chunkHeaderSize:], true
+}
+
 // reassembler rebuilds frames from chunks received in order. Anything that
 // does not fit the expected sequence (a sender that died mid-frame, a
 // foreign or corrupt record, an oversized frame) is dropped, counted and

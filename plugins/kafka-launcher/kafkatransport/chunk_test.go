@@ -97,3 +97,27 @@ func TestReassemblerMalformed(t *testing.T) {
 		t.Fatal("buffer exceeds its frame length")
 	}
 }
+
+func TestRecordsRoundTrip(t *testing.T) {
+	small := []byte("a frame")
+	recs := Records(small, 7)
+	if len(recs) != 1 {
+		t.Fatalf("%d records for a small frame", len(recs))
+	}
+	if got, ok := RecordFrame(recs[0]); !ok || string(got) != string(small) {
+		t.Fatalf("RecordFrame = %q, %v", got, ok)
+	}
+	big := make([]byte, ChunkSize+1)
+	recs = Records(big, 8)
+	if len(recs) != 2 {
+		t.Fatalf("%d records for a frame of ChunkSize+1 bytes", len(recs))
+	}
+	for i, r := range recs {
+		if _, ok := RecordFrame(r); ok {
+			t.Errorf("record %d of a split frame taken for a whole frame", i)
+		}
+	}
+	if _, ok := RecordFrame([]byte("garbage")); ok {
+		t.Error("garbage taken for a frame")
+	}
+}
