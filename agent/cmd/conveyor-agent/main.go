@@ -247,6 +247,14 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		Logger: log.Named("session"),
 	})
 
+	// A master that closed its end of stdout must fail the write (EPIPE),
+	// so that the agent stops its steps, rather than kill the agent with
+	// SIGPIPE and leave them running. (Notify, unlike Ignore, is not
+	// inherited by the steps.)
+	sigpipe := make(chan os.Signal, 1)
+	signal.Notify(sigpipe, syscall.SIGPIPE)
+	defer signal.Stop(sigpipe)
+
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	sigs := make(chan os.Signal, 2)

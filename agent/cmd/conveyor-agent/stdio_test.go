@@ -56,6 +56,7 @@ type proc struct {
 	cmd     *exec.Cmd
 	conn    interface{ Send([]byte) error }
 	stdin   io.WriteCloser
+	stdout  io.ReadCloser
 	workdir string
 	in      chan *wire.Frame
 	seq     uint64
@@ -102,7 +103,7 @@ func startAgent(t *testing.T, env []string, args ...string) *proc {
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p.stdin = stdin
+	p.stdin, p.stdout = stdin, stdout
 	conn := launcher.NewStreamConn(stdout, stdin, stdin.Close, "test")
 	p.conn = conn
 	go func() {
@@ -541,6 +542,28 @@ func TestStdioEOFCancelsSteps(t *testing.T) {
 	p.stdin.Close()
 	if code := p.wait(); code != 0 {
 		t.Fatalf("exit status %d", code)
+	}
+	waitGone(t, pid)
+}
+
+// TestStdioStdoutClosed: when the master stops reading (its end of stdout
+// closed), the agent stops its steps and exits instead of dying of SIGPIPE
+// and leaving them behind.
+func TestStdioStdoutClosed(t *testing.T) {
+	p := startAgent(t, nil, "-heartbeat", "100ms", "-heartbeat-timeout", "10s")
+	p.handshake(nil, 5)
+	p.send(&wire.RunStep{BuildID: "e#1", Command: "trap '' PIPE; sleep 1000 & echo $!; wait"}, 5)
+	_, msg := p.next(wire.TypeOutput)
+	pid, err := strconv.Atoi(strings.TrimSpace(string(msg.(*wire.Output).Data)))
+	if err != nil {
+		t.Fatalf("pid from %q", msg.(*wire.Output).Data)
+	}
+	p.stdout.Close()
+	if code := p.wait(); code != 1 {
+		t.Fatalf("exit status %d, want 1", code)
+	}
+	if log := p.logText(); !strings.Contains(log, "broken pipe") {
+		t.Fatalf("log does not say why:\n%s", log)
 	}
 	waitGone(t, pid)
 }
