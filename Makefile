@@ -32,6 +32,7 @@ test: lint
 # Short fuzz runs; the committed seeds under testdata/fuzz run with every `go test`.
 fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) ./sdk/wire
+	$(GO) test -run='^$$' -fuzz='^FuzzLoad$$' -fuzztime=$(FUZZTIME) ./core/config
 
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem $(PKGS)

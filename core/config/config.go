@@ -58,9 +58,26 @@ type Server struct {
 	LogLevel string
 	// LogJSON selects JSON log output.
 	LogJSON bool
+	// API holds the HTTP API's access settings (the api block).
+	API API
 	// DefRange is the range of the block header, or the zero range when the
 	// configuration has no server block.
 	DefRange hcl.Range
+}
+
+// MinAPITokenLength is the shortest API token the configuration accepts.
+const MinAPITokenLength = 16
+
+// API is the api block of the server block: who may use the HTTP API.
+type API struct {
+	// Token is the bearer token every API request but GET /healthz must
+	// carry. Empty means the server uses the token in data_dir/api-token,
+	// generating it at first start.
+	Token string
+	// PublicRead lets requests without the token use the read-only
+	// endpoints (nodes, jobs, builds, logs, plugins). Triggering,
+	// cancelling, deleting nodes and reading node secrets always need it.
+	PublicRead bool
 }
 
 // Launcher is a launcher block: a plugin named conveyor-launcher-NAME.

@@ -44,8 +44,15 @@ type serverBlock struct {
 	LogLevel      *string   `hcl:"log_level,optional"`
 	LogLevelRange hcl.Range `hcl:"log_level,attr_value_range"`
 	LogJSON       *bool     `hcl:"log_json,optional"`
+	API           *apiBlock `hcl:"api,block"`
 	DefRange      hcl.Range `hcl:",def_range"`
 	dir           string    // directory of the file holding the block
+}
+
+type apiBlock struct {
+	Token      *string   `hcl:"token,optional"`
+	TokenRange hcl.Range `hcl:"token,attr_value_range"`
+	PublicRead *bool     `hcl:"public_read,optional"`
 }
 
 type launcherBlock struct {
@@ -334,6 +341,11 @@ func (c *Config) buildServer(blocks []*serverBlock) hcl.Diagnostics {
 		if b.LogJSON != nil {
 			s.LogJSON = *b.LogJSON
 		}
+		if b.API != nil {
+			var d hcl.Diagnostics
+			s.API, d = buildAPI(b.API)
+			diags = append(diags, d...)
+		}
 	}
 	if s.DataDir != "" {
 		s.DataDir = resolveDir(base, s.DataDir)
@@ -343,6 +355,33 @@ func (c *Config) buildServer(blocks []*serverBlock) hcl.Diagnostics {
 	}
 	c.Server = s
 	return diags
+}
+
+// buildAPI checks the api block. The token's value is never quoted in a
+// diagnostic: it is a secret.
+func buildAPI(b *apiBlock) (API, hcl.Diagnostics) {
+	var diags hcl.Diagnostics
+	var a API
+	if b.PublicRead != nil {
+		a.PublicRead = *b.PublicRead
+	}
+	if b.Token == nil || *b.Token == "" {
+		// Unset or empty (env("CONVEYOR_TOKEN", "") with the variable
+		// unset): the server uses data_dir/api-token.
+		return a, diags
+	}
+	tok := *b.Token
+	switch {
+	case len(tok) < MinAPITokenLength:
+		diags = diags.Append(errorAt(b.TokenRange, "Invalid api token",
+			fmt.Sprintf("The API token is %d characters long; it needs at least %d (32 random bytes in hex, say: openssl rand -hex 32). Leave it empty to have the server generate one into data_dir/api-token.", len(tok), MinAPITokenLength)))
+	case strings.IndexFunc(tok, func(r rune) bool { return r <= ' ' || r > '~' }) >= 0:
+		diags = diags.Append(errorAt(b.TokenRange, "Invalid api token",
+			"The API token may only hold printable ASCII characters without spaces: it travels in an HTTP Authorization header."))
+	default:
+		a.Token = tok
+	}
+	return a, diags
 }
 
 func (c *Config) buildLaunchers(blocks []*launcherBlock) hcl.Diagnostics {

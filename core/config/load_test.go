@@ -272,6 +272,11 @@ func TestLoadBad(t *testing.T) {
 		{"two_launcher_blocks.hcl", "6:3", "Duplicate local block"},
 		{"two_servers.hcl", "4:1", "Duplicate server block"},
 		{"bad_http_addr.hcl", "2:15", "Invalid http_addr"},
+		{"api_token_short.hcl", "3:13", "needs at least 16"},
+		{"api_token_space.hcl", "3:13", "printable ASCII characters without spaces"},
+		{"api_public_read_type.hcl", "3:20", "a bool is required"},
+		{"api_unknown_attribute.hcl", "3:5", `An argument named "tokens" is not expected here`},
+		{"api_duplicate_block.hcl", "3:3", "Duplicate api block"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.TrimSuffix(tt.file, ".hcl"), func(t *testing.T) {
@@ -338,5 +343,46 @@ func TestSortDiags(t *testing.T) {
 	}
 	if want := []string{"none", "b5", "b10", "a1", "a20"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("order = %v, want %v", got, want)
+	}
+}
+
+func TestLoadAPI(t *testing.T) {
+	tests := []struct {
+		file string
+		want API
+	}{
+		{"testdata/api.hcl", API{Token: "0123456789abcdef0123456789abcdef", PublicRead: true}},
+		{"testdata/api_empty_token.hcl", API{}},
+		{"testdata/minimal.hcl", API{}},
+	}
+	for _, tt := range tests {
+		t.Run(filepath.Base(tt.file), func(t *testing.T) {
+			c, diags := Load(tt.file)
+			requireNoDiags(t, c.Files, diags)
+			if c.Server.API != tt.want {
+				t.Errorf("API = %+v, want %+v", c.Server.API, tt.want)
+			}
+		})
+	}
+}
+
+// TestLoadAPITokenNotQuoted: a rejected token is a secret all the same; the
+// diagnostic's message must not repeat it.
+func TestLoadAPITokenNotQuoted(t *testing.T) {
+	for _, tt := range []struct{ file, token string }{
+		{"testdata/bad/api_token_short.hcl", "hunter2"},
+		{"testdata/bad/api_token_space.hcl", "correct horse battery staple"},
+	} {
+		t.Run(filepath.Base(tt.file), func(t *testing.T) {
+			_, diags := Load(tt.file)
+			if !diags.HasErrors() {
+				t.Fatal("no error")
+			}
+			for _, d := range diags {
+				if strings.Contains(d.Summary, tt.token) || strings.Contains(d.Detail, tt.token) {
+					t.Errorf("diagnostic %q / %q quotes the token", d.Summary, d.Detail)
+				}
+			}
+		})
 	}
 }

@@ -1,0 +1,10 @@
+server {
+  api {}
+  api {}
+}
+
+launcher "local" {}
+
+node "n1" {
+  launcher = "local"
+}

@@ -1,0 +1,11 @@
+server {
+  api {
+    tokens = ["a", "b"]
+  }
+}
+
+launcher "local" {}
+
+node "n1" {
+  launcher = "local"
+}
