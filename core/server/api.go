@@ -36,17 +36,17 @@ type SecretResponse struct {
 	AgentCommand []string `json:"agent_command"`
 }
 
-func (s *Server) apiRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) {
+func (s *Server) apiRoutes(rt router) {
+	rt.handle("GET /v1/nodes", read, func(w http.ResponseWriter, r *http.Request) {
 		out := []nodes.Status{}
 		for _, n := range s.nodes.Nodes() {
 			out = append(out, n.Status())
 		}
 		writeJSON(w, http.StatusOK, out)
 	})
-	mux.HandleFunc("GET /v1/nodes/{node}/secret", s.handleSecret)
-	mux.HandleFunc("DELETE /v1/nodes/{node}", s.handleDeleteNode)
-	mux.HandleFunc("GET /v1/jobs", func(w http.ResponseWriter, r *http.Request) {
+	rt.handle("GET /v1/nodes/{node}/secret", write, s.handleSecret)
+	rt.handle("DELETE /v1/nodes/{node}", write, s.handleDeleteNode)
+	rt.handle("GET /v1/jobs", read, func(w http.ResponseWriter, r *http.Request) {
 		out := []JobStatus{}
 		for _, j := range s.cfg.Jobs {
 			js := JobStatus{Name: j.Name, Labels: j.Labels, Steps: []string{}}
@@ -63,7 +63,7 @@ func (s *Server) apiRoutes(mux *http.ServeMux) {
 		}
 		writeJSON(w, http.StatusOK, out)
 	})
-	mux.HandleFunc("POST /v1/jobs/{job}/builds", func(w http.ResponseWriter, r *http.Request) {
+	rt.handle("POST /v1/jobs/{job}/builds", write, func(w http.ResponseWriter, r *http.Request) {
 		var req TriggerRequest
 		if r.ContentLength != 0 {
 			if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&req); err != nil {
@@ -78,7 +78,7 @@ func (s *Server) apiRoutes(mux *http.ServeMux) {
 		}
 		writeJSON(w, http.StatusCreated, b)
 	})
-	mux.HandleFunc("GET /v1/jobs/{job}/builds", func(w http.ResponseWriter, r *http.Request) {
+	rt.handle("GET /v1/jobs/{job}/builds", read, func(w http.ResponseWriter, r *http.Request) {
 		limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
 		list, err := s.builds.List(r.PathValue("job"), limit)
 		if err != nil {
@@ -90,7 +90,7 @@ func (s *Server) apiRoutes(mux *http.ServeMux) {
 		}
 		writeJSON(w, http.StatusOK, list)
 	})
-	mux.HandleFunc("GET /v1/jobs/{job}/builds/{n}", s.withBuild(func(w http.ResponseWriter, r *http.Request, job string, n int) {
+	rt.handle("GET /v1/jobs/{job}/builds/{n}", read, s.withBuild(func(w http.ResponseWriter, r *http.Request, job string, n int) {
 		b, err := s.builds.Get(job, n)
 		if err != nil {
 			writeServiceError(w, err)
@@ -98,7 +98,7 @@ func (s *Server) apiRoutes(mux *http.ServeMux) {
 		}
 		writeJSON(w, http.StatusOK, b)
 	}))
-	mux.HandleFunc("POST /v1/jobs/{job}/builds/{n}/cancel", s.withBuild(func(w http.ResponseWriter, r *http.Request, job string, n int) {
+	rt.handle("POST /v1/jobs/{job}/builds/{n}/cancel", write, s.withBuild(func(w http.ResponseWriter, r *http.Request, job string, n int) {
 		reason := r.URL.Query().Get("reason")
 		if reason == "" {
 			reason = "by request through the API"
@@ -114,7 +114,7 @@ func (s *Server) apiRoutes(mux *http.ServeMux) {
 		}
 		writeJSON(w, http.StatusOK, b)
 	}))
-	mux.HandleFunc("GET /v1/jobs/{job}/builds/{n}/log", s.withBuild(s.handleLog))
+	rt.handle("GET /v1/jobs/{job}/builds/{n}/log", read, s.withBuild(s.handleLog))
 }
 
 // withBuild parses the build number of the path.

@@ -39,6 +39,7 @@ type Server struct {
 	builds  *builds.Service
 	http    *http.Server
 	ln      net.Listener
+	auth    *authenticator
 }
 
 // Options tunes a server beyond its configuration.
@@ -63,6 +64,19 @@ func New(ctx context.Context, cfg *config.Config, opts Options, logger hclog.Log
 		s.plugins.Stop()
 		st.Close()
 		return nil, err
+	}
+	token, source, generated, err := apiToken(cfg.Server)
+	if err != nil {
+		return fail(err)
+	}
+	s.auth = newAuthenticator(token, cfg.Server.API.PublicRead)
+	if generated {
+		logger.Info("generated the API token: clients send it as a bearer token (conveyor: CONVEYOR_TOKEN or -token-file)", "file", source)
+	} else {
+		logger.Info("API token loaded", "from", source)
+	}
+	if cfg.Server.API.PublicRead {
+		logger.Warn("read-only API endpoints are public (server.api.public_read): anyone reaching http_addr may read nodes, jobs, builds and logs")
 	}
 	if diags := plugins.Load(ctx, cfg, s.plugins, plugins.LoadOptions{Version: version.Version}); diags.HasErrors() {
 		return fail(&DiagnosticsError{Diagnostics: diags})
@@ -124,16 +138,28 @@ func (s *Server) Serve(ctx context.Context) error {
 	return err
 }
 
+// router registers routes with the access each requires, so that no route
+// can be added without saying who may use it.
+type router struct {
+	mux  *http.ServeMux
+	auth *authenticator
+}
+
+// handle registers h for pattern, guarded as level requires.
+func (rt router) handle(pattern string, level access, h http.HandlerFunc) {
+	rt.mux.HandleFunc(pattern, rt.auth.wrap(level, h))
+}
+
 func (s *Server) routes() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+	rt := router{mux: http.NewServeMux(), auth: s.auth}
+	rt.handle("GET /healthz", open, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
-	mux.HandleFunc("GET /v1/plugins", func(w http.ResponseWriter, r *http.Request) {
+	rt.handle("GET /v1/plugins", read, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.pluginStatus())
 	})
-	s.apiRoutes(mux)
-	return mux
+	s.apiRoutes(rt)
+	return rt.mux
 }
 
 // PluginStatus is one plugin in the API.
