@@ -25,15 +25,32 @@ const DefaultAddr = "http://127.0.0.1:8080"
 // AddrEnv names the environment variable holding the server's address.
 const AddrEnv = "CONVEYOR_ADDR"
 
+// TokenEnv and TokenFileEnv name the environment variables the CLI takes
+// the API token from (the client itself only uses WithToken).
+const (
+	TokenEnv     = "CONVEYOR_TOKEN"
+	TokenFileEnv = "CONVEYOR_TOKEN_FILE"
+)
+
 // Client is an API client.
 type Client struct {
-	base string
-	http *http.Client
+	base  string
+	http  *http.Client
+	token string
+}
+
+// Option configures a Client.
+type Option func(*Client)
+
+// WithToken makes the client send token as "Authorization: Bearer TOKEN"
+// with every request; empty sends none.
+func WithToken(token string) Option {
+	return func(c *Client) { c.token = token }
 }
 
 // New returns a client for addr ("host:port" or a URL); empty means
 // $CONVEYOR_ADDR, else DefaultAddr.
-func New(addr string) *Client {
+func New(addr string, opts ...Option) *Client {
 	if addr == "" {
 		addr = os.Getenv(AddrEnv)
 	}
@@ -43,7 +60,37 @@ func New(addr string) *Client {
 	if !strings.Contains(addr, "://") {
 		addr = "http://" + addr
 	}
-	return &Client{base: strings.TrimRight(addr, "/"), http: &http.Client{}}
+	c := &Client{base: strings.TrimRight(addr, "/"), http: &http.Client{}}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
+}
+
+// ReadTokenFile returns the token held in a file (the server's
+// data_dir/api-token, say), without surrounding whitespace.
+func ReadTokenFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("read API token: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", fmt.Errorf("read API token: %s is empty", path)
+	}
+	return tok, nil
+}
+
+// newRequest builds a request carrying the token.
+func (c *Client) newRequest(ctx context.Context, method, path string, body io.Reader) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	return req, nil
 }
 
 // APIError is an error answer from the server.
@@ -58,16 +105,20 @@ type APIError struct {
 // Error implements error.
 func (e *APIError) Error() string { return fmt.Sprintf("server answered %d: %s", e.Status, e.Message) }
 
+// Unauthorized reports whether the server refused the request for want of
+// the right API token.
+func (e *APIError) Unauthorized() bool { return e.Status == http.StatusUnauthorized }
+
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
-			return err
+			return fmt.Errorf("%s %s: encode request: %w", method, path, err)
 		}
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	req, err := c.newRequest(ctx, method, path, rd)
 	if err != nil {
 		return err
 	}
@@ -151,7 +202,7 @@ func (c *Client) Secret(ctx context.Context, node string) (*server.SecretRespons
 // broken stream can be resumed.
 func (c *Client) Log(ctx context.Context, job string, n int, offset int64, follow bool, w io.Writer) (int64, error) {
 	q := url.Values{"offset": {strconv.FormatInt(offset, 10)}, "follow": {strconv.FormatBool(follow)}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+buildPath(job, n)+"/log?"+q.Encode(), nil)
+	req, err := c.newRequest(ctx, http.MethodGet, buildPath(job, n)+"/log?"+q.Encode(), nil)
 	if err != nil {
 		return offset, err
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/hcl/v2"
 
+	"github.com/conveyor-ci/conveyor/core/client"
 	"github.com/conveyor-ci/conveyor/core/config"
 	"github.com/conveyor-ci/conveyor/core/plugins"
 	"github.com/conveyor-ci/conveyor/core/server"
@@ -38,7 +39,10 @@ Commands:
   version                 print the version
 
 Commands that talk to a server take -address (default $CONVEYOR_ADDR,
-else http://127.0.0.1:8080).
+else http://127.0.0.1:8080) and the API token: -token-file FILE (default
+$CONVEYOR_TOKEN_FILE) or -token TOKEN (default $CONVEYOR_TOKEN). Unless
+server.api.token is set, the server generates the token into
+DATA_DIR/api-token at first start.
 `
 
 func main() {
@@ -115,6 +119,12 @@ func cmdServer(ctx context.Context, args []string, stderr io.Writer) int {
 	cfg, ok := loadConfig(stderr, *path)
 	if !ok {
 		return 1
+	}
+	// The configuration may have taken the API token from the environment
+	// (env("CONVEYOR_TOKEN")): plugins, the agents they start and their
+	// build steps inherit the environment, and must not get it.
+	for _, name := range []string{client.TokenEnv, client.TokenFileEnv} {
+		_ = os.Unsetenv(name)
 	}
 	logger := newLogger(cfg, stderr, hclog.Trace)
 	srv, err := server.New(ctx, cfg, server.Options{}, logger)

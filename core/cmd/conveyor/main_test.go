@@ -119,7 +119,8 @@ func setSubreaper() error {
 func conveyorEnv() []string {
 	var env []string
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "PATH=") {
+		// The developer's own API token must not change the tests.
+		if !strings.HasPrefix(kv, "PATH=") && !strings.HasPrefix(kv, "CONVEYOR_TOKEN") {
 			env = append(env, kv)
 		}
 	}
@@ -138,11 +139,17 @@ type result struct {
 // output; it fails the test when conveyor does not exit by itself.
 func runConveyor(t *testing.T, dir string, args ...string) result {
 	t.Helper()
+	return runConveyorEnv(t, dir, nil, args...)
+}
+
+// runConveyorEnv is runConveyor with extra environment variables.
+func runConveyorEnv(t *testing.T, dir string, env []string, args ...string) result {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, conveyorBin, args...)
 	cmd.Dir = dir
-	cmd.Env = conveyorEnv()
+	cmd.Env = append(conveyorEnv(), env...)
 	cmd.WaitDelay = 5 * time.Second
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -381,6 +388,9 @@ type serverProc struct {
 	log  *logBuf
 	url  string // http://127.0.0.1:PORT
 	http *http.Client
+	// tokenFile is the API token the server generated, in the data_dir
+	// the configurations of testdata set (@DATA_DIR@, under dir).
+	tokenFile string
 
 	done    chan struct{} // closed when the process has exited and been reaped
 	waitErr error         // cmd.Wait's result, set before done closes
@@ -398,9 +408,10 @@ var startedRE = regexp.MustCompile(`conveyor server started: .*\bhttp=(http://12
 func startServer(t *testing.T, dir, cfg string) *serverProc {
 	t.Helper()
 	s := &serverProc{
-		log:     newLogBuf(),
-		done:    make(chan struct{}),
-		plugins: map[int]bool{},
+		tokenFile: filepath.Join(dir, "data", "api-token"),
+		log:       newLogBuf(),
+		done:      make(chan struct{}),
+		plugins:   map[int]bool{},
 		http: &http.Client{
 			Timeout:   5 * time.Second,
 			Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true},
@@ -454,10 +465,21 @@ func startServer(t *testing.T, dir, cfg string) *serverProc {
 	return s
 }
 
-// get fetches path from the API and decodes its JSON body into v; anything
-// but 200 is an error.
+// get fetches path from the API with the server's token and decodes its
+// JSON body into v; anything but 200 is an error.
 func (s *serverProc) get(path string, v any) error {
-	resp, err := s.http.Get(s.url + path)
+	req, err := http.NewRequest(http.MethodGet, s.url+path, nil)
+	if err != nil {
+		return err
+	}
+	if path != "/healthz" {
+		tok, err := os.ReadFile(s.tokenFile)
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	}
+	resp, err := s.http.Do(req)
 	if err != nil {
 		return err
 	}
@@ -862,7 +884,7 @@ func TestNodeDelete(t *testing.T) {
 	dir := t.TempDir()
 	cfg := render(t, dir, "good.hcl")
 	s := startServer(t, dir, cfg)
-	r := runConveyor(t, dir, "node", "delete", "n1", "-address", s.url, "--purge")
+	r := runConveyor(t, dir, "node", "delete", "n1", "-address", s.url, "-token-file", s.tokenFile, "--purge")
 	if r.code != 1 || !strings.Contains(r.stderr, `node "n1" is in the configuration: remove its block`) {
 		t.Fatalf("deleting a configured node: exit %d, stderr %q", r.code, r.stderr)
 	}
@@ -890,9 +912,59 @@ func TestNodeDelete(t *testing.T) {
 		{[]string{"node", "remove", "n1"}, 2, "Usage: conveyor node delete"},
 		{[]string{"node", "delete"}, 2, "Usage: conveyor node delete"},
 	} {
-		r := runConveyor(t, dir, append(tc.args, "-address", s.url)...)
+		r := runConveyor(t, dir, append(tc.args, "-address", s.url, "-token-file", s.tokenFile)...)
 		if r.code != tc.code || !strings.Contains(r.stdout+r.stderr, tc.want) {
 			t.Errorf("conveyor %s: exit %d, output %q; want exit %d and %q", strings.Join(tc.args, " "), r.code, r.stdout+r.stderr, tc.code, tc.want)
 		}
+	}
+}
+
+// TestAPIToken: the CLI takes the token from -token, -token-file,
+// CONVEYOR_TOKEN or CONVEYOR_TOKEN_FILE, and explains a refusal; the
+// server logs where its token is, never the token.
+func TestAPIToken(t *testing.T) {
+	checkNoLeftovers(t)
+	dir := t.TempDir()
+	s := startServer(t, dir, render(t, dir, "good.hcl"))
+	b, err := os.ReadFile(s.tokenFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := strings.TrimSpace(string(b))
+	if st, err := os.Stat(s.tokenFile); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("token file: %v, %v; want mode 0600", st, err)
+	}
+	const hint = "set CONVEYOR_TOKEN or -token-file DATA_DIR/api-token"
+	tests := []struct {
+		name string
+		env  []string
+		args []string
+		code int
+		want string
+	}{
+		{"no token", nil, []string{"nodes"}, 1, hint},
+		{"wrong token", nil, []string{"nodes", "-token", "not-the-token-at-all"}, 1, hint},
+		{"wrong token env", []string{"CONVEYOR_TOKEN=not-the-token-at-all"}, []string{"build", "hello"}, 1, hint},
+		{"-token", nil, []string{"nodes", "-token", token}, 0, "n1"},
+		{"-token-file", nil, []string{"nodes", "-token-file", s.tokenFile}, 0, "n1"},
+		{"CONVEYOR_TOKEN", []string{"CONVEYOR_TOKEN=" + token}, []string{"nodes"}, 0, "n1"},
+		{"CONVEYOR_TOKEN_FILE", []string{"CONVEYOR_TOKEN_FILE=" + s.tokenFile}, []string{"nodes"}, 0, "n1"},
+		{"flag over env", []string{"CONVEYOR_TOKEN=not-the-token-at-all"}, []string{"nodes", "-token-file", s.tokenFile}, 0, "n1"},
+		{"secret needs the token", nil, []string{"secret", "n1"}, 1, hint},
+		{"secret with the token", nil, []string{"secret", "n1", "-token-file", s.tokenFile}, 1, "has no secret manager"},
+		{"delete needs the token", nil, []string{"node", "delete", "n1"}, 1, hint},
+		{"both flags", nil, []string{"nodes", "-token", token, "-token-file", s.tokenFile}, 2, "exclusive"},
+		{"missing file", nil, []string{"nodes", "-token-file", filepath.Join(dir, "nope")}, 2, "no such file"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := runConveyorEnv(t, dir, tt.env, append(tt.args, "-address", s.url)...)
+			if r.code != tt.code || !strings.Contains(r.stdout+r.stderr, tt.want) {
+				t.Errorf("conveyor %s: exit %d, output %q; want exit %d and %q", strings.Join(tt.args, " "), r.code, r.stdout+r.stderr, tt.code, tt.want)
+			}
+		})
+	}
+	if log := s.log.String(); strings.Contains(log, token) || !strings.Contains(log, s.tokenFile) {
+		t.Errorf("the server log must name %s and never hold the token:\n%s", s.tokenFile, log)
 	}
 }

@@ -6,11 +6,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/conveyor-ci/conveyor/core/client"
+	"github.com/conveyor-ci/conveyor/core/server"
 	"github.com/conveyor-ci/conveyor/core/store"
 )
 
@@ -28,9 +30,60 @@ func (p paramsFlag) Set(v string) error {
 	return nil
 }
 
-// remoteFlags adds -address to fs.
-func remoteFlags(fs *flag.FlagSet) *string {
-	return fs.String("address", "", "server address (default $"+client.AddrEnv+", else "+client.DefaultAddr+")")
+// tokenHint is printed under an error when the server refused the token.
+const tokenHint = "hint: the API needs its token: set " + client.TokenEnv + " or -token-file DATA_DIR/" + server.TokenFileName +
+	" (the server writes it there at first start unless server.api.token is set)"
+
+// remote holds the flags of commands that talk to a server.
+type remote struct {
+	address, token, tokenFile *string
+}
+
+// remoteFlags adds -address, -token and -token-file to fs.
+func remoteFlags(fs *flag.FlagSet) remote {
+	return remote{
+		address:   fs.String("address", "", "server address (default $"+client.AddrEnv+", else "+client.DefaultAddr+")"),
+		token:     fs.String("token", "", "API token (default $"+client.TokenEnv+"; prefer -token-file: a command line is visible to other users)"),
+		tokenFile: fs.String("token-file", "", "file holding the API token, e.g. DATA_DIR/"+server.TokenFileName+" (default $"+client.TokenFileEnv+")"),
+	}
+}
+
+// client returns an API client for the flags, the token taken from -token,
+// else -token-file, else $CONVEYOR_TOKEN, else $CONVEYOR_TOKEN_FILE.
+func (r remote) client() (*client.Client, error) {
+	tok, err := resolveToken(*r.token, *r.tokenFile, os.Getenv(client.TokenEnv), os.Getenv(client.TokenFileEnv))
+	if err != nil {
+		return nil, err
+	}
+	return client.New(*r.address, client.WithToken(tok)), nil
+}
+
+// resolveToken picks the API token from the flags, else the environment;
+// a file is read. No source at all is no token.
+func resolveToken(flagToken, flagFile, envToken, envFile string) (string, error) {
+	switch {
+	case flagToken != "" && flagFile != "":
+		return "", errors.New("-token and -token-file are exclusive")
+	case flagToken != "":
+		return flagToken, nil
+	case flagFile != "":
+		return client.ReadTokenFile(flagFile)
+	case envToken != "":
+		return envToken, nil
+	case envFile != "":
+		return client.ReadTokenFile(envFile)
+	}
+	return "", nil
+}
+
+// remoteError prints a failed remote command's error, msg, with the hint
+// when the server refused the token.
+func remoteError(stderr io.Writer, cmd, msg string, err error) {
+	fmt.Fprintf(stderr, "conveyor %s: %s\n", cmd, msg)
+	var apiErr *client.APIError
+	if errors.As(err, &apiErr) && apiErr.Unauthorized() {
+		fmt.Fprintln(stderr, tokenHint)
+	}
 }
 
 // parseArgs parses flags wherever they appear among the positional
@@ -62,7 +115,7 @@ func cmdNode(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	fs := flag.NewFlagSet("node delete", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	addr := remoteFlags(fs)
+	rf := remoteFlags(fs)
 	purge := fs.Bool("purge", false, "also delete what the node's launcher keeps for it (Kafka: its topics, with any frames left in them)")
 	pos, err := parseArgs(fs, args[1:])
 	if err != nil {
@@ -72,9 +125,14 @@ func cmdNode(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, nodeUsage)
 		return 2
 	}
-	r, err := client.New(*addr).DeleteNode(ctx, pos[0], *purge)
+	c, err := rf.client()
 	if err != nil {
-		fmt.Fprintf(stderr, "conveyor node delete: %s\n", apiMessage(err))
+		fmt.Fprintf(stderr, "conveyor node delete: %v\n", err)
+		return 2
+	}
+	r, err := c.DeleteNode(ctx, pos[0], *purge)
+	if err != nil {
+		remoteError(stderr, "node delete", apiMessage(err), err)
 		return 1
 	}
 	fmt.Fprintf(stdout, "%s: %s\n", r.Node, r.Message)
@@ -95,7 +153,7 @@ func apiMessage(err error) string {
 func cmdBuild(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("build", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	addr := remoteFlags(fs)
+	rf := remoteFlags(fs)
 	follow := fs.Bool("follow", false, "print the log live and exit with the build's result")
 	params := paramsFlag{}
 	fs.Var(params, "p", "build parameter KEY=VALUE, passed to the steps as an environment variable (repeatable)")
@@ -108,10 +166,14 @@ func cmdBuild(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 2
 	}
 	job := pos[0]
-	c := client.New(*addr)
-	b, err := c.Trigger(ctx, job, params)
+	c, err := rf.client()
 	if err != nil {
 		fmt.Fprintf(stderr, "conveyor build: %v\n", err)
+		return 2
+	}
+	b, err := c.Trigger(ctx, job, params)
+	if err != nil {
+		remoteError(stderr, "build", err.Error(), err)
 		return 1
 	}
 	fmt.Fprintf(stderr, "Build %s#%d queued\n", b.Job, b.Number)
@@ -128,6 +190,11 @@ func cmdBuild(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		got, gerr := c.Build(ctx, job, b.Number)
 		if gerr == nil && store.Finished(got.Status) && err == nil {
 			return report(stderr, got)
+		}
+		var apiErr *client.APIError
+		if errors.As(gerr, &apiErr) && apiErr.Unauthorized() { // retrying cannot help
+			remoteError(stderr, "build", gerr.Error(), gerr)
+			return 1
 		}
 		// The stream broke (server restart, network): resume where it stopped.
 		select {
@@ -155,13 +222,18 @@ func report(stderr io.Writer, b *store.Build) int {
 func cmdNodes(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("nodes", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	addr := remoteFlags(fs)
+	rf := remoteFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	list, err := client.New(*addr).Nodes(ctx)
+	c, err := rf.client()
 	if err != nil {
 		fmt.Fprintf(stderr, "conveyor nodes: %v\n", err)
+		return 2
+	}
+	list, err := c.Nodes(ctx)
+	if err != nil {
+		remoteError(stderr, "nodes", err.Error(), err)
 		return 1
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
@@ -180,7 +252,7 @@ func cmdNodes(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 func cmdSecret(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("secret", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	addr := remoteFlags(fs)
+	rf := remoteFlags(fs)
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return 2
@@ -189,9 +261,14 @@ func cmdSecret(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fmt.Fprintln(stderr, "Usage: conveyor secret NODE")
 		return 2
 	}
-	s, err := client.New(*addr).Secret(ctx, pos[0])
+	c, err := rf.client()
 	if err != nil {
-		fmt.Fprintf(stderr, "conveyor secret: %s\n", apiMessage(err))
+		fmt.Fprintf(stderr, "conveyor secret: %v\n", err)
+		return 2
+	}
+	s, err := c.Secret(ctx, pos[0])
+	if err != nil {
+		remoteError(stderr, "secret", apiMessage(err), err)
 		return 1
 	}
 	fmt.Fprintf(stdout, "%s\n\nStart the agent of node %s with the secret in a file only it can read:\n\n  umask 077; echo %s > secret\n  %s\n",
