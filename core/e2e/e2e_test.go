@@ -8,6 +8,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -290,5 +292,65 @@ node "builder" {
 	}
 	if got := c.Node("builder").Launcher; got != "local" {
 		t.Fatalf("launcher %s", got)
+	}
+}
+
+// TestAPIToken: a stranger reaching the API can neither change anything,
+// read a node's secret nor (by default) read at all; the token and the
+// node secrets never reach the server's log.
+func TestAPIToken(t *testing.T) {
+	c := start(t, `
+node "kafka-1" {
+  launcher = "kafka"
+  labels   = ["linux"]
+  kafka {}
+}`, `
+job "hello" {
+  labels = ["linux"]
+  step "greet" { run = "echo hello" }
+}`)
+	secret := c.Secret("kafka-1")
+	c.StartAgent("kafka-1", secret)
+	c.WaitOnline("kafka-1")
+	if b, _ := c.Run("hello", nil); b.Status != store.StatusSuccess {
+		t.Fatalf("build with the token: %s (%s)", b.Status, b.Reason)
+	}
+	for _, r := range []struct{ method, path string }{
+		{"POST", "/v1/jobs/hello/builds"},
+		{"POST", "/v1/jobs/hello/builds/1/cancel"},
+		{"GET", "/v1/nodes/kafka-1/secret"},
+		{"DELETE", "/v1/nodes/kafka-1"},
+		{"GET", "/v1/nodes"},
+		{"GET", "/v1/jobs"},
+		{"GET", "/v1/jobs/hello/builds/1/log"},
+		{"GET", "/v1/plugins"},
+	} {
+		for _, tok := range []string{"", "wrong-" + c.Token} {
+			req, err := http.NewRequest(r.method, "http://"+c.HTTPAddr+r.path, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tok != "" {
+				req.Header.Set("Authorization", "Bearer "+tok)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusUnauthorized || !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), "Bearer") {
+				t.Errorf("%s %s (token sent: %v): %d %s, want 401 with a Bearer challenge", r.method, r.path, tok != "", resp.StatusCode, body)
+			}
+		}
+	}
+	if b, err := c.API.Build(context.Background(), "hello", 1); err != nil || b.Status != store.StatusSuccess {
+		t.Fatalf("build 1 after the refused cancel: %+v, %v", b, err)
+	}
+	log := c.ServerLog()
+	for what, s := range map[string]string{"API token": c.Token, "node secret": secret} {
+		if strings.Contains(log, s) {
+			t.Errorf("the server log holds the %s", what)
+		}
 	}
 }

@@ -83,8 +83,11 @@ type Options struct {
 
 // Cluster is a running master with its data and agents.
 type Cluster struct {
-	// API talks to the master.
+	// API talks to the master, with its API token.
 	API *client.Client
+	// Token is the master's API token, which it generated into
+	// data/api-token at its first start.
+	Token string
 	// Dir holds the configuration, data and agents' directories.
 	Dir string
 	// HTTPAddr and KafkaAddr are the API's and the embedded broker's
@@ -106,7 +109,6 @@ type Cluster struct {
 func Start(t testing.TB, opts Options) *Cluster {
 	t.Helper()
 	c := &Cluster{t: t, opts: opts, Dir: t.TempDir(), HTTPAddr: FreeAddr(t), KafkaAddr: FreeAddr(t)}
-	c.API = client.New(c.HTTPAddr)
 	c.WriteConfig(opts.Nodes, opts.Jobs)
 	c.StartServer()
 	t.Cleanup(c.stop)
@@ -161,6 +163,13 @@ func (c *Cluster) StartServer() {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
+	// The server wrote its token before it started listening.
+	tok, err := client.ReadTokenFile(filepath.Join(c.Dir, "data", "api-token"))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.Token = tok
+	c.API = client.New(c.HTTPAddr, client.WithToken(tok))
 }
 
 // StopServer stops the master with SIGTERM (SIGKILL after 30s).
