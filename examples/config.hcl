@@ -9,6 +9,20 @@ server {
   plugin_dir = "../bin"                                     # else: next to the conveyor binary, then $PATH
   log_level  = env("CONVEYOR_LOG_LEVEL", "info")            # trace, debug, info, warn, error
   log_json   = false
+
+  # Who may use the HTTP API. Every endpoint but GET /healthz needs
+  # "Authorization: Bearer TOKEN" (conveyor: CONVEYOR_TOKEN, or -token-file).
+  api {
+    # Empty or unset: the server generates a token at first start into
+    # data_dir/api-token (mode 0600) and uses it from then on. A token set
+    # here must be at least 16 printable characters; keep it out of the
+    # file with env(). The server removes CONVEYOR_TOKEN from the
+    # environment its plugins and agents inherit.
+    token = env("CONVEYOR_TOKEN", "")
+    # true: reading (nodes, jobs, builds, logs, plugins) needs no token.
+    # Triggering, cancelling, deleting nodes and node secrets always do.
+    public_read = false
+  }
 }
 
 # A launcher block loads the plugin binary conveyor-launcher-NAME.

@@ -28,10 +28,17 @@ for _ in $(seq 1 150); do
   sleep 0.2
 done
 
+# The server generated its API token at first start (examples/config.hcl
+# sets none); this script's own conveyor calls need it. It is passed to
+# those calls only, not exported: the agents (and their build steps) must
+# not inherit it.
+if [ ! -s "$data/api-token" ]; then echo "the server wrote no $data/api-token" >&2; exit 1; fi
+token=$(cat "$data/api-token")
+
 for node in kafka-1 kafka-2; do
   dir=$data/agents/$node
   mkdir -p "$dir/work"
-  (umask 077; "$bin/conveyor" secret "$node" | head -n 1 > "$dir/secret")
+  (umask 077; CONVEYOR_TOKEN=$token "$bin/conveyor" secret "$node" | head -n 1 > "$dir/secret")
   "$bin/conveyor-agent" -name "$node" -secret-file "$dir/secret" \
     -brokers "${CONVEYOR_KAFKA_ADDR:-127.0.0.1:9092}" -workdir "$dir/work" 2> "$dir/agent.log" &
   pids+=("$!")
@@ -43,12 +50,13 @@ Conveyor is running on $CONVEYOR_ADDR with an embedded Kafka broker and two agen
 (logs in data/agents/*/agent.log). In another terminal:
 
   export CONVEYOR_ADDR=$CONVEYOR_ADDR
+  export CONVEYOR_TOKEN=\$(cat $data/api-token)
   ./bin/conveyor nodes
   ./bin/conveyor build -follow hello
   ./bin/conveyor build -follow multi-step
   ./bin/conveyor build -follow failing       # exits 1
   ./bin/conveyor build -follow long          # Ctrl-C stops following; cancel with:
-  curl -X POST $CONVEYOR_ADDR/v1/jobs/long/builds/1/cancel
+  curl -X POST -H "Authorization: Bearer \$CONVEYOR_TOKEN" $CONVEYOR_ADDR/v1/jobs/long/builds/1/cancel
   ./bin/conveyor build -follow big-output | tail -n 3
   ./bin/conveyor secret kafka-1
 
