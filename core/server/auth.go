@@ -138,27 +138,36 @@ func readTokenFile(path string) (string, error) {
 	return tok, nil
 }
 
-// generateTokenFile writes a new random token to path, which must not exist.
+// generateTokenFile writes a new random token to path, which must not
+// exist. It writes aside and links into place: a crash never leaves a
+// partial token, and a token created meanwhile by someone else wins
+// (fs.ErrExist).
 func generateTokenFile(path string) (string, error) {
 	var raw [32]byte
 	if _, err := rand.Read(raw[:]); err != nil {
 		return "", fmt.Errorf("API token: %w", err)
 	}
 	tok := hex.EncodeToString(raw[:])
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".api-token-*")
 	if err != nil {
-		return "", fmt.Errorf("API token: create %s: %w", path, err)
+		return "", fmt.Errorf("API token: %w", err)
 	}
-	_, err = f.WriteString(tok + "\n")
+	defer os.Remove(tmp.Name())
+	err = tmp.Chmod(0o600)
 	if err == nil {
-		err = f.Sync()
+		_, err = tmp.WriteString(tok + "\n")
 	}
-	if cerr := f.Close(); err == nil {
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		_ = os.Remove(path)
-		return "", fmt.Errorf("API token: write %s: %w", path, err)
+		return "", fmt.Errorf("API token: write %s: %w", tmp.Name(), err)
+	}
+	if err := os.Link(tmp.Name(), path); err != nil {
+		return "", fmt.Errorf("API token: create %s: %w", path, err)
 	}
 	return tok, nil
 }
