@@ -114,9 +114,12 @@ type Counters struct {
 	Malformed uint64 `json:"malformed"`
 	// Unexpected frames made no sense in the session's state.
 	Unexpected uint64 `json:"unexpected"`
-	// Replayed frames repeated a step or cancel of the current session
+	// Replayed frames repeated or reordered a frame of the current session
 	// (their Seq was not above the highest seen); they were not executed.
 	Replayed uint64 `json:"replayed"`
+	// Forged frames of the current session carried no valid MAC under the
+	// session key; they were not executed.
+	Forged uint64 `json:"forged"`
 }
 
 // Agent runs the agent's sessions, one at a time, and their steps.
@@ -128,7 +131,7 @@ type Agent struct {
 	drainCh  chan struct{}
 	drainMu  sync.Once
 
-	stale, malformed, unexpected, replayed atomic.Uint64
+	stale, malformed, unexpected, replayed, forged atomic.Uint64
 
 	mu    sync.Mutex
 	steps map[string]*step // by build id
@@ -163,7 +166,8 @@ func New(cfg Config) *Agent {
 
 // Counters reports the frames dropped so far.
 func (a *Agent) Counters() Counters {
-	return Counters{Stale: a.stale.Load(), Malformed: a.malformed.Load(), Unexpected: a.unexpected.Load(), Replayed: a.replayed.Load()}
+	return Counters{Stale: a.stale.Load(), Malformed: a.malformed.Load(), Unexpected: a.unexpected.Load(),
+		Replayed: a.replayed.Load(), Forged: a.forged.Load()}
 }
 
 // Drain stops the agent taking new steps (they are answered with Exit -1
@@ -192,7 +196,16 @@ type link struct {
 	c      Conn
 	sendMu sync.Mutex
 	seq    uint64        // frames sent in this session; guarded by sendMu
+	key    []byte        // the session's key; guarded by sendMu
+	keyID  uint64        // the session the key belongs to; guarded by sendMu
 	ack    atomic.Uint64 // highest seq received in this session
+}
+
+// established makes key sign every frame of session id from now on.
+func (l *link) established(id uint64, key []byte) {
+	l.sendMu.Lock()
+	l.key, l.keyID = key, id
+	l.sendMu.Unlock()
 }
 
 func (l *link) send(m wire.Message, session uint64) error {
@@ -201,6 +214,9 @@ func (l *link) send(m wire.Message, session uint64) error {
 	f := wire.NewFrame(m)
 	l.seq++
 	f.Session, f.Seq, f.Ack = session, l.seq, l.ack.Load()
+	if l.key != nil && session == l.keyID {
+		wire.Sign(l.key, f)
+	}
 	b, err := f.Encode()
 	if err != nil {
 		return fmt.Errorf("encode %v: %w", f.Type, err)
@@ -215,7 +231,7 @@ func (l *link) send(m wire.Message, session uint64) error {
 // Hello about to be sent.
 func (l *link) restart() {
 	l.sendMu.Lock()
-	l.seq = 0
+	l.seq, l.key, l.keyID = 0, nil, 0
 	l.sendMu.Unlock()
 	l.ack.Store(0)
 }
@@ -362,10 +378,11 @@ func (a *Agent) endSession(s *sess, err error) {
 
 // handshake is one handshake attempt's state.
 type handshake struct {
-	nonces   [][]byte        // of the latest Hellos, newest last
-	answered map[uint64]bool // challenges answered, genuine or not
-	genuine  map[uint64]bool // challenges whose master proved the secret
-	authBy   time.Time       // when a genuine challenge's AuthResult is due
+	nonces   [][]byte          // of the latest Hellos, newest last
+	answered map[uint64]bool   // challenges answered, genuine or not
+	genuine  map[uint64]bool   // challenges whose master proved the secret
+	keys     map[uint64][]byte // session keys of the genuine challenges
+	authBy   time.Time         // when a genuine challenge's AuthResult is due
 }
 
 // session runs one handshake and, when it succeeds, the session that
@@ -375,7 +392,7 @@ func (a *Agent) session(ctx context.Context, l *link, in <-chan inFrame) (*sess,
 	var hs handshake
 	sendHello := func(fresh bool) error {
 		if fresh {
-			hs = handshake{answered: map[uint64]bool{}, genuine: map[uint64]bool{}}
+			hs = handshake{answered: map[uint64]bool{}, genuine: map[uint64]bool{}, keys: map[uint64][]byte{}}
 		}
 		nonce := make([]byte, wire.NonceSize)
 		_, _ = rand.Read(nonce)
@@ -396,7 +413,12 @@ func (a *Agent) session(ctx context.Context, l *link, in <-chan inFrame) (*sess,
 	helloTick := time.NewTicker(a.cfg.HelloInterval)
 	defer helloTick.Stop()
 
-	var s *sess // the session once established
+	var s *sess    // the session once established
+	var key []byte // its key: every frame of the session carries a MAC
+	// suspectBy: an unauthenticated Close claimed the session is over (a
+	// restarted master does not know its key); unless a genuine frame
+	// arrives by then, the session is treated as lost.
+	var suspectBy time.Time
 	var beat <-chan time.Time
 	var lastSeen time.Time
 	var pingNonce uint64
@@ -426,6 +448,9 @@ func (a *Agent) session(ctx context.Context, l *link, in <-chan inFrame) (*sess,
 		case <-beat:
 			if silent := time.Since(lastSeen); silent > a.cfg.HeartbeatTimeout {
 				return s, fmt.Errorf("%w: nothing received for %s", ErrMasterLost, silent.Round(time.Millisecond))
+			}
+			if !suspectBy.IsZero() && time.Now().After(suspectBy) {
+				return s, fmt.Errorf("%w: the master said it does not know the session and answered no ping", ErrMasterClosed)
 			}
 			pingNonce++
 			if err := l.send(&wire.Ping{Nonce: pingNonce, UnixNano: time.Now().UnixNano()}, s.id); err != nil {
@@ -465,6 +490,8 @@ func (a *Agent) session(ctx context.Context, l *link, in <-chan inFrame) (*sess,
 				}
 				if est != 0 {
 					s = &sess{l: l, id: est}
+					key = hs.keys[est]
+					l.established(est, key)
 					l.ack.Store(f.Seq)
 					lastSeen = time.Now()
 					t := time.NewTicker(a.cfg.Heartbeat)
@@ -479,24 +506,39 @@ func (a *Agent) session(ctx context.Context, l *link, in <-chan inFrame) (*sess,
 				a.log.Debug("dropped a frame of another session", "type", f.Type, "session", fmt.Sprintf("%016x", f.Session), "stale", n)
 				continue
 			}
-			lastSeen = time.Now()
-			// The master numbers a session's frames upwards: a step or
-			// cancel at or below the highest Seq seen is a copy of an
-			// earlier frame (a replay into a Kafka topic, say) and never
-			// runs again. Close and Ping stay exempt: a restarted master
-			// numbers its Close for an unknown session from 1, and both
-			// execute nothing.
-			switch f.Type {
-			case wire.TypeRunStep, wire.TypeCancel:
-				if f.Seq <= l.ack.Load() {
-					n := a.replayed.Add(1)
-					a.log.Warn("dropped a replayed frame", "type", f.Type, "seq", f.Seq, "highest", l.ack.Load(), "replayed", n)
+			// Every frame of the session carries a MAC under the session key:
+			// a frame injected into the transport without it, or altered, is
+			// dropped and never executed.
+			if !wire.Verify(key, f) {
+				if m, ok := msg.(*wire.Close); ok {
+					// A restarted master cannot sign: its Close for a session
+					// it does not know is only a hint. Ask; a live master
+					// answers the ping, signed.
+					if suspectBy.IsZero() {
+						a.log.Info("unauthenticated close: checking whether the master still knows the session", "reason", m.Reason)
+						suspectBy = time.Now().Add(2 * a.cfg.Heartbeat)
+						pingNonce++
+						if err := l.send(&wire.Ping{Nonce: pingNonce, UnixNano: time.Now().UnixNano()}, s.id); err != nil {
+							return s, err
+						}
+					}
 					continue
 				}
+				n := a.forged.Add(1)
+				a.log.Warn("dropped a frame with a bad MAC", "type", f.Type, "seq", f.Seq, "forged", n)
+				continue
 			}
-			if f.Seq > l.ack.Load() {
-				l.ack.Store(f.Seq)
+			// The master numbers a session's frames upwards: a frame at or
+			// below the highest Seq seen is a copy of an earlier one (a
+			// replay into a Kafka topic, say) and never runs again.
+			if f.Seq <= l.ack.Load() {
+				n := a.replayed.Add(1)
+				a.log.Warn("dropped a replayed frame", "type", f.Type, "seq", f.Seq, "highest", l.ack.Load(), "replayed", n)
+				continue
 			}
+			l.ack.Store(f.Seq)
+			lastSeen = time.Now()
+			suspectBy = time.Time{}
 			switch m := msg.(type) {
 			case *wire.Ping:
 				if err := l.send(&wire.Pong{Nonce: m.Nonce, UnixNano: m.UnixNano}, s.id); err != nil {
@@ -535,6 +577,7 @@ func (a *Agent) handshakeFrame(l *link, hs *handshake, f *wire.Frame, msg wire.M
 		for _, nonceA := range hs.nonces {
 			if wire.ProofEqual(m.Proof, wire.MasterProof(a.cfg.Secret, nonceA, m.Nonce)) {
 				hs.answered[f.Session], hs.genuine[f.Session] = true, true
+				hs.keys[f.Session] = wire.SessionKey(a.cfg.Secret, nonceA, m.Nonce, f.Session)
 				hs.authBy = time.Now().Add(a.cfg.HeartbeatTimeout)
 				a.log.Debug("the master proved the secret: answering its challenge", "session", fmt.Sprintf("%016x", f.Session))
 				return 0, l.send(&wire.Auth{Proof: wire.AgentProof(a.cfg.Secret, m.Nonce, nonceA)}, f.Session)
@@ -561,6 +604,9 @@ func (a *Agent) handshakeFrame(l *link, hs *handshake, f *wire.Frame, msg wire.M
 		case !hs.genuine[f.Session] || m.Session != f.Session:
 			a.stale.Add(1) // accepted without our proof: not our master
 			a.log.Warn("ignored an acceptance of a challenge that did not prove the secret", "session", fmt.Sprintf("%016x", f.Session))
+		case !wire.Verify(hs.keys[f.Session], f):
+			n := a.forged.Add(1)
+			a.log.Warn("dropped a frame with a bad MAC", "type", f.Type, "forged", n)
 		default:
 			return f.Session, nil
 		}

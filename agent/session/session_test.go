@@ -25,6 +25,9 @@ type master struct {
 	in   chan *wire.Frame
 	// skipHellos skips repeated Hellos while waiting for other frames.
 	skipHellos bool
+	// key signs the frames of session keyID, as the master does.
+	key   []byte
+	keyID uint64
 }
 
 // start runs an agent against a test master; it returns the master and a
@@ -92,6 +95,9 @@ func (m *master) sendSeq(msg wire.Message, session, seq uint64) {
 	m.t.Helper()
 	f := wire.NewFrame(msg)
 	f.Session, f.Seq = session, seq
+	if m.key != nil && session == m.keyID {
+		wire.Sign(m.key, f)
+	}
 	b, err := f.Encode()
 	if err != nil {
 		m.t.Fatal(err)
@@ -145,6 +151,7 @@ func (m *master) accept(secret []byte, hello *wire.Hello, id uint64) uint64 {
 	if f.Session != id || !wire.ProofEqual(msg.(*wire.Auth).Proof, wire.AgentProof(secret, nonceM, hello.Nonce)) {
 		m.t.Fatalf("bad auth on session %x", f.Session)
 	}
+	m.key, m.keyID = wire.SessionKey(secret, hello.Nonce, nonceM, id), id
 	m.send(&wire.AuthResult{OK: true, Session: id}, id)
 	return id
 }
@@ -373,7 +380,7 @@ func TestEOF(t *testing.T) {
 // highest seen in the session is a replay and does not run; Close still
 // ends the session whatever its Seq.
 func TestReplayedStepNotRun(t *testing.T) {
-	m, a, _ := start(t, Config{Node: "n1", Secret: secret})
+	m, a, _ := start(t, Config{Node: "n1", Secret: secret, Heartbeat: 50 * time.Millisecond})
 	id := m.handshake(secret)
 	step := &wire.RunStep{BuildID: "m#1", Command: "echo ran >> marks"}
 	m.send(step, id)
@@ -387,6 +394,44 @@ func TestReplayedStepNotRun(t *testing.T) {
 	if c := a.Counters(); c.Replayed != 2 {
 		t.Fatalf("counters %+v, want 2 replayed", c)
 	}
+	// A restarted master cannot sign its Close for a session it does not
+	// know: the agent checks with a ping, gets no signed answer, and says
+	// hello again.
+	m.key = nil
 	m.sendSeq(&wire.Close{Reason: "unknown session"}, id, 1)
 	m.next(wire.TypeHello)
+	if c := a.Counters(); c.Forged != 0 {
+		t.Fatalf("counters %+v: the unsigned close is a hint, not a forgery", c)
+	}
+}
+
+// TestForgedFramesNotRun: frames of the live session without a valid MAC
+// (none, another key, altered) are dropped, counted and never run.
+func TestForgedFramesNotRun(t *testing.T) {
+	m, a, _ := start(t, Config{Node: "n1", Secret: secret})
+	id := m.handshake(secret)
+	key := m.key
+	m.key = nil
+	m.send(&wire.RunStep{BuildID: "f#1", Command: "echo ran >> marks"}, id)
+	m.key = wire.SessionKey([]byte("other"), nil, nil, id)
+	m.send(&wire.RunStep{BuildID: "f#2", Command: "echo ran >> marks"}, id)
+	m.key = key
+	m.seq++
+	f := wire.NewFrame(&wire.RunStep{BuildID: "f#3", Command: "true"})
+	f.Session, f.Seq = id, m.seq
+	wire.Sign(key, f)
+	f.Payload = wire.NewFrame(&wire.RunStep{BuildID: "f#3", Command: "echo ran >> marks"}).Payload
+	b, err := f.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.conn.Send(b); err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := m.runStep(id, &wire.RunStep{BuildID: "c#1", Command: "cat marks 2>/dev/null; true"}); out != "" {
+		t.Fatalf("marks %q: a forged step ran", out)
+	}
+	if c := a.Counters(); c.Forged != 3 {
+		t.Fatalf("counters %+v, want 3 forged", c)
+	}
 }

@@ -58,9 +58,16 @@ type Agent struct {
 
 // Counters of dropped frames.
 type Counters struct {
-	Stale     uint64 `json:"stale"`
+	// Stale frames belonged to another session.
+	Stale uint64 `json:"stale"`
+	// Malformed frames did not decode.
 	Malformed uint64 `json:"malformed"`
-	Unexpect  uint64 `json:"unexpected"`
+	// Unexpect frames made no sense in the session's state.
+	Unexpect uint64 `json:"unexpected"`
+	// Forged frames carried no valid MAC under the session key.
+	Forged uint64 `json:"forged"`
+	// Replayed frames repeated or reordered an earlier Seq.
+	Replayed uint64 `json:"replayed"`
 }
 
 // Session is the master's end of one agent connection.
@@ -84,7 +91,10 @@ type Session struct {
 	steps map[stepKey]*step
 	ended error
 
-	stale, malformed, unexpected atomic.Uint64
+	key    []byte // the session key once authenticated; guarded by sendMu
+	lastIn uint64 // highest Seq accepted in the session (serve only)
+
+	stale, malformed, unexpected, forged, replayed atomic.Uint64
 }
 
 type stepKey struct {
@@ -143,9 +153,6 @@ func (s *Session) next(ctx context.Context, timeout <-chan time.Time) (*wire.Fra
 		if !ok {
 			return nil, fmt.Errorf("%w: %v", ErrClosed, s.readErr)
 		}
-		if f.Seq > s.ack.Load() {
-			s.ack.Store(f.Seq)
-		}
 		return f, nil
 	case <-timeout:
 		return nil, ErrAgentLost
@@ -161,6 +168,9 @@ func (s *Session) send(m wire.Message, session uint64) error {
 	f := wire.NewFrame(m)
 	s.seq++
 	f.Session, f.Seq, f.Ack = session, s.seq, s.ack.Load()
+	if s.key != nil && session == s.id.Load() {
+		wire.Sign(s.key, f)
+	}
 	b, err := f.Encode()
 	if err != nil {
 		return err
@@ -170,7 +180,8 @@ func (s *Session) send(m wire.Message, session uint64) error {
 
 // Counters reports the frames dropped so far.
 func (s *Session) Counters() Counters {
-	return Counters{Stale: s.stale.Load(), Malformed: s.malformed.Load(), Unexpect: s.unexpected.Load()}
+	return Counters{Stale: s.stale.Load(), Malformed: s.malformed.Load(), Unexpect: s.unexpected.Load(),
+		Forged: s.forged.Load(), Replayed: s.replayed.Load()}
 }
 
 // Handshake waits for an agent's Hello and runs the mutual
@@ -280,7 +291,14 @@ func (s *Session) authenticate(ctx context.Context, hello *wire.Hello) (*Agent, 
 				s.log.Warn("agent failed authentication", "node", s.opts.Node)
 				return nil, ErrAuth
 			}
+			s.sendMu.Lock()
+			s.key = wire.SessionKey(s.opts.Secret, hello.Nonce, nonceM, id)
 			s.id.Store(id)
+			s.sendMu.Unlock()
+			s.mu.Lock()
+			s.ended = nil // a new session: steps may run again
+			s.mu.Unlock()
+			s.lastIn = f.Seq
 			if err := s.send(&wire.AuthResult{OK: true, Session: id}, id); err != nil {
 				return nil, err
 			}
@@ -339,9 +357,6 @@ func (s *Session) serve(ctx context.Context) error {
 			if !ok {
 				return fmt.Errorf("%w: %v", ErrClosed, s.readErr)
 			}
-			if f.Seq > s.ack.Load() {
-				s.ack.Store(f.Seq)
-			}
 			if err := s.handle(f, &lastSeen); err != nil {
 				return err
 			}
@@ -351,8 +366,16 @@ func (s *Session) serve(ctx context.Context) error {
 
 func (s *Session) handle(f *wire.Frame, lastSeen *time.Time) error {
 	if f.Type == wire.TypeHello && f.Session == 0 {
-		s.pending = f
-		return ErrRehello
+		// Only a plausible Hello of this node restarts the handshake; the
+		// next Handshake checks it again.
+		if m, err := f.Message(); err == nil {
+			if h := m.(*wire.Hello); len(h.Nonce) == wire.NonceSize && (h.Node == "" || h.Node == s.opts.Node) {
+				s.pending = f
+				return ErrRehello
+			}
+		}
+		s.stale.Add(1)
+		return nil
 	}
 	if f.Session != s.id.Load() {
 		if f.Session != 0 {
@@ -361,6 +384,26 @@ func (s *Session) handle(f *wire.Frame, lastSeen *time.Time) error {
 			s.stale.Add(1)
 		}
 		return nil
+	}
+	// Every frame of the session carries a MAC under the session key and a
+	// Seq above the last one: a forged, altered, replayed or reordered frame
+	// injected into the transport is dropped, counted and never executed.
+	s.sendMu.Lock()
+	key := s.key
+	s.sendMu.Unlock()
+	if !wire.Verify(key, f) {
+		s.forged.Add(1)
+		s.log.Warn("dropped a frame with a bad MAC", "type", f.Type, "seq", f.Seq)
+		return nil
+	}
+	if f.Seq <= s.lastIn {
+		s.replayed.Add(1)
+		s.log.Warn("dropped a replayed or reordered frame", "type", f.Type, "seq", f.Seq, "last", s.lastIn)
+		return nil
+	}
+	s.lastIn = f.Seq
+	if f.Seq > s.ack.Load() {
+		s.ack.Store(f.Seq)
 	}
 	*lastSeen = time.Now()
 	msg, err := f.Message()
@@ -422,9 +465,9 @@ func (s *Session) RunStep(ctx context.Context, req *wire.RunStep, out io.Writer)
 	k := stepKey{req.BuildID, req.StepIndex}
 	st := &step{out: out, exit: make(chan *wire.Exit, 1)}
 	s.mu.Lock()
-	if s.ended != nil {
+	if ended := s.ended; ended != nil {
 		s.mu.Unlock()
-		return nil, s.ended
+		return nil, ended
 	}
 	s.steps[k] = st
 	s.mu.Unlock()

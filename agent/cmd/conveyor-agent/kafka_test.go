@@ -121,7 +121,7 @@ func TestKafka(t *testing.T) {
 	}
 	master, in = kafkaMaster(t, ctx, cfg, "k1")
 	defer master.Close()
-	p.conn, p.in, p.seq = master, in, 0
+	p.conn, p.in, p.seq, p.key = master, in, 0, nil // a restarted master has no key
 	f, _ := p.nextFrame(func(f *wire.Frame) bool { return f.Session == 0xa1 })
 	p.send(&wire.Close{Reason: "unknown session: the master restarted; say hello again"}, f.Session)
 	_, msg = p.next(wire.TypeHello)

@@ -62,6 +62,9 @@ type proc struct {
 	seq     uint64
 	// skipHellos skips repeated Hellos while waiting for other frames.
 	skipHellos bool
+	// key signs the frames of session keyID, as the master does.
+	key   []byte
+	keyID uint64
 
 	logMu sync.Mutex
 	log   bytes.Buffer
@@ -143,6 +146,9 @@ func (p *proc) send(msg wire.Message, session uint64) {
 	p.seq++
 	f := wire.NewFrame(msg)
 	f.Session, f.Seq = session, p.seq
+	if p.key != nil && session == p.keyID {
+		wire.Sign(p.key, f)
+	}
 	if err := p.conn.Send(f.Append(nil)); err != nil {
 		p.t.Fatalf("send %v: %v", f.Type, err)
 	}
@@ -200,6 +206,7 @@ func (p *proc) accept(secret []byte, hello *wire.Hello, id uint64) {
 	if f.Session != id || !wire.ProofEqual(msg.(*wire.Auth).Proof, wire.AgentProof(secret, nonceM, hello.Nonce)) {
 		p.t.Fatalf("bad auth %+v on session %x", msg, f.Session)
 	}
+	p.key, p.keyID = wire.SessionKey(secret, hello.Nonce, nonceM, id), id
 	p.send(&wire.AuthResult{OK: true, Session: id}, id)
 }
 
@@ -367,6 +374,7 @@ func TestStdioForgedChallengeAndStaleFrames(t *testing.T) {
 	p.seq++
 	genuine := wire.NewFrame(&wire.RunStep{BuildID: "m#1", Command: "echo ran >> marks"})
 	genuine.Session, genuine.Seq = 0x777, p.seq
+	wire.Sign(p.key, genuine)
 	raw := genuine.Append(nil)
 	if err := p.conn.Send(raw); err != nil {
 		t.Fatal(err)
