@@ -40,9 +40,7 @@ func FuzzLoad(f *testing.F) {
 			t.Fatalf("server %+v lacks defaults", c.Server)
 		}
 		for _, n := range c.Nodes {
-			// Known gap, left to the config's owners: `launcher = ""` is
-			// accepted without a launcher block (seed node_empty_launcher).
-			if (n.Launcher != "" && c.Launcher(n.Launcher) == nil) || n.Executors < 1 || n.Body == nil {
+			if c.Launcher(n.Launcher) == nil || n.Executors < 1 || n.Body == nil {
 				t.Fatalf("node %+v is inconsistent", n)
 			}
 		}

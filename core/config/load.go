@@ -431,6 +431,10 @@ func (c *Config) buildNodes(blocks []*nodeBlock) hcl.Diagnostics {
 		// missing (already reported), tolerate every declared launcher's
 		// block so as not to pile up errors.
 		schema := &hcl.BodySchema{}
+		if b.Launcher == "" && b.LauncherRange.Filename != "" {
+			diags = diags.Append(errorAt(b.LauncherRange, "Empty launcher",
+				fmt.Sprintf("The node %q needs the name of a declared launcher, not an empty string.", b.Name)))
+		}
 		switch {
 		case b.Launcher != "":
 			schema.Blocks = []hcl.BlockHeaderSchema{{Type: b.Launcher}}

@@ -250,6 +250,7 @@ func TestLoadBad(t *testing.T) {
 		{"missing_launcher_attr.hcl", "3:11", `The argument "launcher" is required`},
 		{"missing_run.hcl", "8:12", `The argument "run" is required`},
 		{"undeclared_launcher.hcl", "4:14", "Undeclared launcher"},
+		{"empty_launcher.hcl", "4:14", "Empty launcher"},
 		{"duplicate_node.hcl", "7:1", "already declared at testdata/bad/duplicate_node.hcl:3"},
 		{"duplicate_job.hcl", "11:1", "already declared at testdata/bad/duplicate_job.hcl:7"},
 		{"duplicate_launcher.hcl", "2:1", "already declared at testdata/bad/duplicate_launcher.hcl:1"},
