@@ -59,6 +59,21 @@ func Build() (string, error) {
 	return dir, nil
 }
 
+// Main is an end-to-end package's TestMain: it builds the binaries into a
+// temporary directory, stores its path in *bin, runs the tests, removes the
+// directory and exits with the tests' status.
+func Main(m *testing.M, bin *string) {
+	dir, err := Build()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	*bin = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
 // FreeAddr returns a loopback address nobody listens on right now.
 func FreeAddr(t testing.TB) string {
 	t.Helper()

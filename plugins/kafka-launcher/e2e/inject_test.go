@@ -5,7 +5,6 @@ package e2e
 
 import (
 	"bytes"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,17 +21,7 @@ import (
 
 var bin string
 
-func TestMain(m *testing.M) {
-	dir, err := cluster.Build()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	bin = dir
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { cluster.Main(m, &bin) }
 
 // records reads every record value of topic from the start.
 func records(t *testing.T, client sarama.Client, topic string) [][]byte {
