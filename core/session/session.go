@@ -91,8 +91,8 @@ type Session struct {
 	steps map[stepKey]*step
 	ended error
 
-	key    []byte // the session key once authenticated; guarded by sendMu
-	lastIn uint64 // highest Seq accepted in the session (serve only)
+	key    atomic.Pointer[[]byte] // the session key once authenticated
+	lastIn uint64                 // highest Seq accepted in the session (serve only)
 
 	stale, malformed, unexpected, forged, replayed atomic.Uint64
 }
@@ -168,8 +168,8 @@ func (s *Session) send(m wire.Message, session uint64) error {
 	f := wire.NewFrame(m)
 	s.seq++
 	f.Session, f.Seq, f.Ack = session, s.seq, s.ack.Load()
-	if s.key != nil && session == s.id.Load() {
-		wire.Sign(s.key, f)
+	if key := s.key.Load(); key != nil && session == s.id.Load() {
+		wire.Sign(*key, f)
 	}
 	b, err := f.Encode()
 	if err != nil {
@@ -291,10 +291,9 @@ func (s *Session) authenticate(ctx context.Context, hello *wire.Hello) (*Agent, 
 				s.log.Warn("agent failed authentication", "node", s.opts.Node)
 				return nil, ErrAuth
 			}
-			s.sendMu.Lock()
-			s.key = wire.SessionKey(s.opts.Secret, hello.Nonce, nonceM, id)
+			key := wire.SessionKey(s.opts.Secret, hello.Nonce, nonceM, id)
+			s.key.Store(&key) // before the id: a frame of session id is always signed
 			s.id.Store(id)
-			s.sendMu.Unlock()
 			s.mu.Lock()
 			s.ended = nil // a new session: steps may run again
 			s.mu.Unlock()
@@ -388,10 +387,7 @@ func (s *Session) handle(f *wire.Frame, lastSeen *time.Time) error {
 	// Every frame of the session carries a MAC under the session key and a
 	// Seq above the last one: a forged, altered, replayed or reordered frame
 	// injected into the transport is dropped, counted and never executed.
-	s.sendMu.Lock()
-	key := s.key
-	s.sendMu.Unlock()
-	if !wire.Verify(key, f) {
+	if key := s.key.Load(); key == nil || !wire.Verify(*key, f) {
 		s.forged.Add(1)
 		s.log.Warn("dropped a frame with a bad MAC", "type", f.Type, "seq", f.Seq)
 		return nil
