@@ -12,13 +12,20 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/conveyor-ci/conveyor/sdk/launcher"
+	"github.com/conveyor-ci/conveyor/sdk/reliable"
 	"github.com/conveyor-ci/conveyor/sdk/wire"
 )
 
 // guard bounds every wait of these tests. It only turns a hang into a
 // failure: no test relies on it for synchronisation.
 const guard = 10 * time.Second
+
+// never is a timeout no test reaches: the heartbeat and session timeouts of
+// the tests that are not about them.
+const never = time.Hour
 
 // testNode is the node name the sessions of these tests serve.
 const testNode = "builder-1"
@@ -31,10 +38,11 @@ var testSecret = []byte("the node's secret")
 // memQueue is one direction of an in-memory connection. It is unbounded, so
 // a sender never blocks (like a Kafka topic), and it has one reader.
 type memQueue struct {
-	mu     sync.Mutex
-	frames [][]byte
-	closed bool
-	notify chan struct{} // poked on every push and on close
+	mu      sync.Mutex
+	frames  [][]byte
+	closed  bool
+	discard bool          // frames pushed are lost in flight
+	notify  chan struct{} // poked on every push and on close
 }
 
 func newMemQueue() *memQueue { return &memQueue{notify: make(chan struct{}, 1)} }
@@ -52,16 +60,30 @@ func (q *memQueue) push(b []byte) error {
 	if q.closed {
 		return io.ErrClosedPipe
 	}
+	if q.discard {
+		return nil // the sender cannot tell
+	}
 	q.frames = append(q.frames, bytes.Clone(b))
 	q.poke()
 	return nil
 }
 
-func (q *memQueue) close() {
+// close ends the queue; drop loses the frames still queued (in flight).
+func (q *memQueue) close(drop bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.closed = true
+	if drop {
+		q.frames = nil
+	}
 	q.poke()
+}
+
+// blackhole makes every frame pushed from now on vanish in flight.
+func (q *memQueue) blackhole() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.discard = true
 }
 
 // tryPop returns the next frame if one is queued; ok false if none is.
@@ -97,9 +119,15 @@ func (q *memQueue) pop(timeout <-chan time.Time) ([]byte, error) {
 	}
 }
 
-// memConn is one end of an in-memory connection.
+// memConn is one end of an in-memory connection. It records what it sent
+// (for the tests that replay frames) and may rewrite the next frame it
+// sends (for the tests that alter one).
 type memConn struct {
 	in, out *memQueue
+
+	mu      sync.Mutex
+	sent    [][]byte
+	rewrite func(f *wire.Frame)
 }
 
 var _ launcher.Conn = (*memConn)(nil)
@@ -110,45 +138,94 @@ func memPipe() (master, agent *memConn) {
 	return &memConn{in: toMaster, out: toAgent}, &memConn{in: toAgent, out: toMaster}
 }
 
-func (c *memConn) Send(frame []byte) error { return c.out.push(frame) }
-func (c *memConn) Recv() ([]byte, error)   { return c.in.pop(nil) }
+func (c *memConn) Send(b []byte) error {
+	c.mu.Lock()
+	rewrite := c.rewrite
+	c.rewrite = nil
+	c.mu.Unlock()
+	if rewrite != nil {
+		f, err := wire.Decode(bytes.Clone(b), wire.MaxFrameSize)
+		if err != nil {
+			return err
+		}
+		rewrite(f)
+		if b, err = f.Encode(); err != nil {
+			return err
+		}
+	}
+	c.mu.Lock()
+	c.sent = append(c.sent, bytes.Clone(b))
+	c.mu.Unlock()
+	return c.out.push(b)
+}
 
-// Close ends both directions, as closing a socket does.
+func (c *memConn) Recv() ([]byte, error) { return c.in.pop(nil) }
+
+// Close ends both directions, as closing a socket does; frames already sent
+// still arrive.
 func (c *memConn) Close() error {
-	c.in.close()
-	c.out.close()
+	c.in.close(false)
+	c.out.close(false)
 	return nil
 }
 
+// cut breaks the connection as a network failure does: both ends see it
+// closed and the frames in flight are lost.
+func (c *memConn) cut() {
+	c.in.close(true)
+	c.out.close(true)
+}
+
+// rewriteNext makes f alter the next frame sent.
+func (c *memConn) rewriteNext(f func(*wire.Frame)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.rewrite = f
+}
+
+// lastSent is the last frame sent, as encoded.
+func (c *memConn) lastSent() []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.sent[len(c.sent)-1]
+}
+
+// sentOf returns the encoded frames of type typ sent so far.
+func (c *memConn) sentOf(t *testing.T, typ wire.Type) [][]byte {
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out [][]byte
+	for _, b := range c.sent {
+		f, err := wire.Decode(bytes.Clone(b), wire.MaxFrameSize)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.Type == typ {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
 // ---------------------------------------------------------------------------
-// A test agent speaking the protocol with sdk/wire. It runs in the test's
-// goroutine, so it may fail the test.
+// A test agent speaking the protocol as the real agent does: a
+// reliable.Endpoint numbers, signs, keeps and resends its frames and checks
+// the master's. It runs in the test's goroutine, so it may fail the test.
+// The tests that play an attacker or a faulty transport craft raw frames.
 
 type testAgent struct {
 	t       *testing.T
-	conn    *memConn
+	conn    *memConn // the agent's end of the current connection
 	node    string
 	secret  []byte
-	nonce   []byte // nonceA of the last Hello
-	seq     uint64
-	ack     uint64
-	session uint64 // once authenticated
-	key     []byte // once authenticated
+	nonce   []byte             // nonceA of the last Hello
+	ep      *reliable.Endpoint // the agent's session; nil before the first
+	session uint64             // once authenticated
+	key     []byte             // the current epoch's key
 }
 
 func newNonce(b byte) []byte { return bytes.Repeat([]byte{b}, wire.NonceSize) }
-
-// frame returns m in a frame of session with the agent's next Seq, signed
-// if key is not nil.
-func (a *testAgent) frame(m wire.Message, session uint64, key []byte) *wire.Frame {
-	f := wire.NewFrame(m)
-	a.seq++
-	f.Session, f.Seq, f.Ack = session, a.seq, a.ack
-	if key != nil {
-		wire.Sign(key, f)
-	}
-	return f
-}
 
 func (a *testAgent) sendFrame(f *wire.Frame) {
 	a.t.Helper()
@@ -161,23 +238,69 @@ func (a *testAgent) sendFrame(f *wire.Frame) {
 	}
 }
 
-// send sends m in session, signed with key if not nil.
-func (a *testAgent) send(m wire.Message, session uint64, key []byte) {
-	a.t.Helper()
-	a.sendFrame(a.frame(m, session, key))
+// craft returns m in a hand-made frame of session with seq, signed under
+// key if not nil.
+func (a *testAgent) craft(m wire.Message, session, seq uint64, key []byte) *wire.Frame {
+	f := wire.NewFrame(m)
+	f.Session, f.Seq = session, seq
+	if a.ep != nil {
+		f.Ack = a.ep.Acked()
+	}
+	if key != nil {
+		wire.Sign(key, f)
+	}
+	return f
 }
 
-// sendInSession sends m in the established session, signed.
-func (a *testAgent) sendInSession(m wire.Message) {
+// sendRaw sends m in a hand-made frame (see craft).
+func (a *testAgent) sendRaw(m wire.Message, session, seq uint64, key []byte) {
 	a.t.Helper()
-	a.send(m, a.session, a.key)
+	a.sendFrame(a.craft(m, session, seq, key))
 }
 
-// hello sends a Hello for node with a fresh nonce.
+// replay sends an encoded frame again, as an attacker or a transport
+// delivering a record twice does.
+func (a *testAgent) replay(b []byte) {
+	a.t.Helper()
+	if err := a.conn.Send(b); err != nil {
+		a.t.Fatalf("agent replay: %v", err)
+	}
+}
+
+// nextSeq is the number the agent's next numbered frame gets.
+func (a *testAgent) nextSeq() uint64 { return a.ep.Pending().Last + 1 }
+
+// send sends m in the established session: numbered (kept until the master
+// acknowledges it) or under the epoch's counter.
+func (a *testAgent) send(m wire.Message) {
+	a.t.Helper()
+	var err error
+	if reliable.Sequenced(m.Type()) {
+		ctx, cancel := context.WithTimeout(context.Background(), guard)
+		err = a.ep.Send(ctx, m)
+		cancel()
+	} else {
+		err = a.ep.SendControl(m, a.session)
+	}
+	if err != nil {
+		a.t.Fatalf("agent send %v: %v", m.Type(), err)
+	}
+}
+
+// hello sends a fresh Hello (a new session) with a new nonce.
 func (a *testAgent) hello(nonceByte byte) {
 	a.t.Helper()
 	a.nonce = newNonce(nonceByte)
-	a.send(&wire.Hello{Node: a.node, AgentVersion: "1.2.3", OS: "linux", Arch: "amd64", Nonce: a.nonce}, 0, nil)
+	a.sendRaw(&wire.Hello{Node: a.node, AgentVersion: "1.2.3", OS: "linux", Arch: "amd64", Nonce: a.nonce}, 0, 0, nil)
+}
+
+// helloResume sends a Hello asking to resume session, whose master frames
+// the agent handled up to lastSeq.
+func (a *testAgent) helloResume(nonceByte byte, session, lastSeq uint64) {
+	a.t.Helper()
+	a.nonce = newNonce(nonceByte)
+	a.sendRaw(&wire.Hello{Node: a.node, AgentVersion: "1.2.3", OS: "linux", Arch: "amd64", Nonce: a.nonce,
+		Resume: true, LastSeq: lastSeq}, session, 0, nil)
 }
 
 // recv returns the next frame from the master and its message.
@@ -187,6 +310,11 @@ func (a *testAgent) recv() (*wire.Frame, wire.Message) {
 	if err != nil {
 		a.t.Fatalf("agent: waiting for a frame from the master: %v", err)
 	}
+	return a.decode(raw)
+}
+
+func (a *testAgent) decode(raw []byte) (*wire.Frame, wire.Message) {
+	a.t.Helper()
 	f, err := wire.Decode(raw, wire.MaxFrameSize)
 	if err != nil {
 		a.t.Fatalf("agent: master sent a malformed frame: %v", err)
@@ -194,9 +322,6 @@ func (a *testAgent) recv() (*wire.Frame, wire.Message) {
 	m, err := f.Message()
 	if err != nil {
 		a.t.Fatalf("agent: master sent a bad %v: %v", f.Type, err)
-	}
-	if f.Seq > a.ack {
-		a.ack = f.Seq
 	}
 	return f, m
 }
@@ -208,14 +333,7 @@ func (a *testAgent) tryRecv() (*wire.Frame, wire.Message, bool) {
 	if !ok {
 		return nil, nil, false
 	}
-	f, err := wire.Decode(raw, wire.MaxFrameSize)
-	if err != nil {
-		a.t.Fatalf("agent: master sent a malformed frame: %v", err)
-	}
-	m, err := f.Message()
-	if err != nil {
-		a.t.Fatalf("agent: master sent a bad %v: %v", f.Type, err)
-	}
+	f, m := a.decode(raw)
 	return f, m, true
 }
 
@@ -231,18 +349,34 @@ func expect[T wire.Message](a *testAgent) (*wire.Frame, T) {
 	return f, want
 }
 
-// expectInSession receives the next frame, requires a T in the agent's
-// session carrying a valid MAC.
+// expectInSession receives the next frame of the agent's session that is
+// not a heartbeat (Pings and Acks are checked and skipped), requires a T
+// that the agent's endpoint accepts (a valid MAC, in order) and handles it.
 func expectInSession[T wire.Message](a *testAgent) (*wire.Frame, T) {
 	a.t.Helper()
-	f, m := expect[T](a)
-	if f.Session != a.session {
-		a.t.Fatalf("agent: %v in session %x, want %x", f.Type, f.Session, a.session)
+	for {
+		f, m := a.recv()
+		if f.Session != a.session {
+			a.t.Fatalf("agent: %v %+v in session %x, want %x", f.Type, m, f.Session, a.session)
+		}
+		if v := a.ep.Receive(f); v != reliable.Deliver {
+			a.t.Fatalf("agent: %v %+v (seq %d) from the master: %v, want deliver", f.Type, m, f.Seq, v)
+		}
+		if reliable.Sequenced(f.Type) {
+			if err := a.ep.Handled(); err != nil {
+				a.t.Fatalf("agent: acknowledge: %v", err)
+			}
+		}
+		if want, ok := m.(T); ok {
+			return f, want
+		}
+		switch m.(type) {
+		case *wire.Ping, *wire.Ack:
+			continue
+		}
+		var zero T
+		a.t.Fatalf("agent: got %v %+v, want %T", f.Type, m, zero)
 	}
-	if !wire.Verify(a.key, f) {
-		a.t.Fatalf("agent: %v from the master carries no valid MAC", f.Type)
-	}
-	return f, m
 }
 
 // challenge receives the master's Challenge and checks its proof of the
@@ -262,11 +396,20 @@ func (a *testAgent) challenge(wantProofOK bool) (uint64, []byte) {
 	return f.Session, bytes.Clone(ch.Nonce)
 }
 
-// authenticate answers a challenge with the genuine proof and checks the
-// master's acceptance; the agent's session is then established.
-func (a *testAgent) authenticate(session uint64, nonceM []byte) {
+// authenticate answers a challenge for session with the genuine proof, as
+// the real agent does: a new endpoint unless it resumes its session, a new
+// epoch on the connection, Auth with the epoch's counter 1. It checks the
+// master's acceptance and returns the AuthResult frame (its Ack tells what
+// to resend).
+func (a *testAgent) authenticate(session uint64, nonceM []byte) *wire.Frame {
 	a.t.Helper()
-	a.send(&wire.Auth{Proof: wire.AgentProof(a.secret, nonceM, a.nonce)}, session, nil)
+	if a.ep == nil || session != a.session {
+		a.ep = reliable.NewEndpoint(DefaultOutboxBytes)
+	}
+	a.ep.Begin(a.conn)
+	if err := a.ep.SendControl(&wire.Auth{Proof: wire.AgentProof(a.secret, nonceM, a.nonce)}, session); err != nil {
+		a.t.Fatalf("agent send Auth: %v", err)
+	}
 	f, res := expect[*wire.AuthResult](a)
 	if !res.OK || res.Session != session || f.Session != session {
 		a.t.Fatalf("AuthResult %+v in session %x, want ok for session %x", res, f.Session, session)
@@ -275,51 +418,158 @@ func (a *testAgent) authenticate(session uint64, nonceM []byte) {
 	if !wire.Verify(key, f) {
 		a.t.Fatalf("AuthResult carries no valid MAC under the session key")
 	}
+	a.ep.Established(session, key, f.Seq)
 	a.session, a.key = session, key
+	return f
 }
 
-// handshake runs the agent's whole handshake.
+// handshake runs the agent's whole handshake for a new session.
 func (a *testAgent) handshake(nonceByte byte) {
 	a.t.Helper()
 	a.hello(nonceByte)
 	a.authenticate(a.challenge(true))
 }
 
+// resume runs the agent's handshake resuming its session and returns the
+// AuthResult frame; the caller resends (a.ep.Resend) after its Ack.
+func (a *testAgent) resume(nonceByte byte) *wire.Frame {
+	a.t.Helper()
+	a.helloResume(nonceByte, a.session, a.ep.Acked())
+	id, nonceM := a.challenge(true)
+	if id != a.session {
+		a.t.Fatalf("challenge for session %x, want the resumed session %x", id, a.session)
+	}
+	return a.authenticate(id, nonceM)
+}
+
+// resendAfter resends the agent's numbered frames after ack.
+func (a *testAgent) resendAfter(ack uint64) {
+	a.t.Helper()
+	if err := a.ep.Resend(ack); err != nil {
+		a.t.Fatalf("agent resend: %v", err)
+	}
+}
+
 // ---------------------------------------------------------------------------
 // The master's side, run in background goroutines.
+
+// syncBuffer collects the session's log; it is printed when a test fails.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+type reachEvent struct {
+	reachable bool
+	why       error
+}
 
 type harness struct {
 	t      *testing.T
 	s      *Session
-	conn   *memConn // the master's end
+	secret []byte // the master's secret for the node
 	agent  *testAgent
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	link *Link    // the current connection's
+	conn *memConn // the master's end of the current connection
+
+	ended chan error      // OnEnd calls
+	reach chan reachEvent // OnReachable calls of every link
+	logs  syncBuffer
+
+	mu    sync.Mutex
+	conns []*memConn
+	links []*Link
 }
 
+// newHarness returns a node's session, not connected yet. Timeouts the test
+// does not set are never reached; the master and the agent share
+// testSecret.
 func newHarness(t *testing.T, opts Options) *harness {
 	t.Helper()
 	if opts.Node == "" {
 		opts.Node = testNode
 	}
 	if opts.Heartbeat == 0 {
-		opts.Heartbeat = time.Hour // no pings unless a test asks for them
+		opts.Heartbeat = never // no pings unless a test asks for them
 	}
 	if opts.HeartbeatTimeout == 0 {
-		opts.HeartbeatTimeout = time.Hour
+		opts.HeartbeatTimeout = never
 	}
-	mc, ac := memPipe()
+	if opts.SessionTimeout == 0 {
+		opts.SessionTimeout = never
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	h := &harness{t: t, conn: mc, ctx: ctx, cancel: cancel,
-		agent: &testAgent{t: t, conn: ac, node: opts.Node, secret: opts.Secret}}
-	h.s = New(mc, opts)
+	h := &harness{t: t, secret: testSecret, ctx: ctx, cancel: cancel,
+		agent: &testAgent{t: t, node: opts.Node, secret: testSecret},
+		ended: make(chan error, 16), reach: make(chan reachEvent, 256)}
+	// Both callbacks may run after the test (a session timeout of a held
+	// session): they must not block nor touch t.
+	opts.OnEnd = func(err error) {
+		select {
+		case h.ended <- err:
+		default:
+		}
+	}
+	opts.Logger = hclog.New(&hclog.LoggerOptions{Name: "session", Level: hclog.Debug, Output: &h.logs})
+	h.s = New(opts)
 	t.Cleanup(func() {
 		cancel()
-		_ = mc.Close()
-		h.wg.Wait()
+		h.mu.Lock()
+		for _, c := range h.conns {
+			_ = c.Close()
+		}
+		for _, l := range h.links {
+			l.Close()
+		}
+		h.mu.Unlock()
+		done := make(chan struct{})
+		go func() {
+			h.wg.Wait()
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-time.After(guard):
+			t.Errorf("Handshake, Serve or RunStep still running %v after the test", guard)
+		}
+		if t.Failed() {
+			t.Logf("session log:\n%s", h.logs.String())
+		}
 	})
 	return h
+}
+
+// connect gives the session a new connection (a launch of the node).
+func (h *harness) connect(resumable bool) {
+	mc, ac := memPipe()
+	l := h.s.Attach(mc, h.secret, resumable)
+	l.OnReachable = func(reachable bool, why error) {
+		select {
+		case h.reach <- reachEvent{reachable, why}:
+		default:
+		}
+	}
+	h.mu.Lock()
+	h.conns = append(h.conns, mc)
+	h.links = append(h.links, l)
+	h.mu.Unlock()
+	h.link, h.conn, h.agent.conn = l, mc, ac
 }
 
 func (h *harness) goroutine(f func()) {
@@ -331,24 +581,27 @@ func (h *harness) goroutine(f func()) {
 }
 
 type handshakeResult struct {
-	agent *Agent
-	err   error
+	agent   *Agent
+	resumed bool
+	err     error
 }
 
-// startHandshake runs Handshake in the background.
+// startHandshake runs Handshake on the current link in the background.
 func (h *harness) startHandshake() <-chan handshakeResult {
 	c := make(chan handshakeResult, 1)
+	l := h.link
 	h.goroutine(func() {
-		a, err := h.s.Handshake(h.ctx)
-		c <- handshakeResult{a, err}
+		a, resumed, err := l.Handshake(h.ctx)
+		c <- handshakeResult{a, resumed, err}
 	})
 	return c
 }
 
-// startServe runs Serve in the background.
+// startServe runs Serve on the current link in the background.
 func (h *harness) startServe() <-chan error {
 	c := make(chan error, 1)
-	h.goroutine(func() { c <- h.s.Serve(h.ctx) })
+	l := h.link
+	h.goroutine(func() { c <- l.Serve(h.ctx) })
 	return c
 }
 
@@ -379,19 +632,104 @@ func wait[T any](t *testing.T, c <-chan T, what string) T {
 	}
 }
 
-// established returns a harness whose session is authenticated and served.
-func established(t *testing.T, opts Options) (*harness, <-chan error) {
+// notYet fails the test if c already delivered: what must still be
+// running.
+func notYet[T any](t *testing.T, c <-chan T, what string) {
 	t.Helper()
-	if opts.Secret == nil {
-		opts.Secret = testSecret
+	select {
+	case v := <-c:
+		t.Fatalf("%s ended too early: %+v", what, v)
+	default:
 	}
+}
+
+// eventually waits until cond holds, failing the test after the guard.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(guard)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// handshakeOK waits for a Handshake and requires it to succeed.
+func handshakeOK(t *testing.T, hs <-chan handshakeResult, wantResumed bool) *Agent {
+	t.Helper()
+	r := wait(t, hs, "Handshake")
+	if r.err != nil || r.resumed != wantResumed {
+		t.Fatalf("Handshake = %+v, resumed %v, %v; want resumed %v", r.agent, r.resumed, r.err, wantResumed)
+	}
+	return r.agent
+}
+
+// established returns a harness whose session is authenticated and served
+// on a connection.
+func established(t *testing.T, opts Options, resumable bool) (*harness, <-chan error) {
+	t.Helper()
 	h := newHarness(t, opts)
+	h.connect(resumable)
 	hs := h.startHandshake()
 	h.agent.handshake(1)
-	if r := wait(t, hs, "Handshake"); r.err != nil {
-		t.Fatalf("Handshake: %v", r.err)
-	}
+	handshakeOK(t, hs, false)
 	return h, h.startServe()
+}
+
+// running starts a step and waits until the agent got it.
+func (h *harness) running(ctx context.Context, req *wire.RunStep, out io.Writer) <-chan stepResult {
+	h.t.Helper()
+	step := h.startStep(ctx, req, out)
+	if _, got := expectInSession[*wire.RunStep](h.agent); got.BuildID != req.BuildID || got.StepIndex != req.StepIndex {
+		h.t.Fatalf("agent got step %s/%d, want %s/%d", got.BuildID, got.StepIndex, req.BuildID, req.StepIndex)
+	}
+	return step
+}
+
+// sync makes sure the master handled every frame the agent sent so far:
+// it answers a Ping after them.
+func (a *testAgent) sync(nonce uint64) {
+	a.t.Helper()
+	a.send(&wire.Ping{Nonce: nonce})
+	if _, p := expectInSession[*wire.Pong](a); p.Nonce != nonce {
+		a.t.Fatalf("Pong nonce %d, want %d", p.Nonce, nonce)
+	}
+}
+
+// linkLost cuts the current connection (frames in flight are lost), waits
+// for serve to end with ErrClosed and checks that the session is held.
+func (h *harness) linkLost(serve <-chan error) {
+	h.t.Helper()
+	h.cutLink(serve)
+	held, until := h.s.Held()
+	if !held || !h.s.Live() {
+		h.t.Fatalf("after the link was lost: Held() = %v, Live() = %v; want a held, live session", held, h.s.Live())
+	}
+	if !until.After(time.Now()) {
+		h.t.Errorf("Held() until %v: already past", until)
+	}
+}
+
+// cutLink cuts the current connection and waits for serve to end with
+// ErrClosed. Unlike linkLost it checks nothing about the session, which a
+// short session timeout may already have ended.
+func (h *harness) cutLink(serve <-chan error) {
+	h.t.Helper()
+	h.conn.cut()
+	if err := wait(h.t, serve, "Serve"); !errors.Is(err, ErrClosed) {
+		h.t.Fatalf("Serve = %v, want ErrClosed", err)
+	}
+}
+
+// noEnd fails the test if OnEnd was called.
+func (h *harness) noEnd() {
+	h.t.Helper()
+	select {
+	case err := <-h.ended:
+		h.t.Errorf("OnEnd(%v) called", err)
+	default:
+	}
 }
 
 // chunkWriter records every Write.
@@ -425,6 +763,26 @@ func (w *chunkWriter) nonEmpty() [][]byte {
 	return out
 }
 
+func stdout(build string, index uint32, data string) *wire.Output {
+	return &wire.Output{BuildID: build, StepIndex: index, Stream: wire.StreamStdout, Data: []byte(data)}
+}
+
+// ---------------------------------------------------------------------------
+// Before any session.
+
+func TestNoSessionYet(t *testing.T) {
+	s := New(Options{Node: testNode})
+	if _, err := s.RunStep(context.Background(), &wire.RunStep{BuildID: "j#1"}, io.Discard); err == nil {
+		t.Errorf("RunStep without a session succeeded")
+	}
+	if held, _ := s.Held(); s.ID() != 0 || s.Live() || held {
+		t.Errorf("ID() = %x, Live() = %v, Held() = %v; want 0, false, false", s.ID(), s.Live(), held)
+	}
+	if s.Pending() != (reliable.Pending{}) || s.Counters() != (Counters{}) {
+		t.Errorf("Pending() = %+v, Counters() = %+v; want zero", s.Pending(), s.Counters())
+	}
+}
+
 // ---------------------------------------------------------------------------
 // Handshake.
 
@@ -444,30 +802,30 @@ func TestHandshakeSucceeds(t *testing.T) {
 		{
 			name: "hello for another node ignored", secret: testSecret,
 			before: func(a *testAgent) {
-				a.send(&wire.Hello{Node: "builder-2", Nonce: newNonce(9)}, 0, nil)
+				a.sendRaw(&wire.Hello{Node: "builder-2", Nonce: newNonce(9)}, 0, 0, nil)
 			},
 			wantStale: 1,
 		},
 		{
 			name: "hello with a short nonce ignored", secret: testSecret,
 			before: func(a *testAgent) {
-				a.send(&wire.Hello{Node: testNode, Nonce: []byte("short")}, 0, nil)
+				a.sendRaw(&wire.Hello{Node: testNode, Nonce: []byte("short")}, 0, 0, nil)
 			},
 			wantStale: 1,
 		},
 		{
-			name: "hello in a non-zero session ignored", secret: testSecret,
+			name: "hello in a non-zero session without resume ignored", secret: testSecret,
 			before: func(a *testAgent) {
-				a.send(&wire.Hello{Node: testNode, Nonce: newNonce(9)}, 42, nil)
+				a.sendRaw(&wire.Hello{Node: testNode, Nonce: newNonce(9)}, 42, 0, nil)
 			},
 			wantStale: 1,
 		},
 		{
-			name: "frame of an unknown session dropped and told to end", secret: testSecret,
+			name: "frame of an unknown session dropped and told to end once", secret: testSecret,
 			before: func(a *testAgent) {
-				a.send(&wire.Output{BuildID: "old#1", Stream: wire.StreamStdout, Data: []byte("stale")}, 77, nil)
-				a.send(&wire.Exit{BuildID: "old#1", Code: 0}, 77, nil)
-				f, cl := expect[*wire.Close](a)
+				a.sendRaw(stdout("old#1", 0, "stale"), 77, 1, nil)
+				a.sendRaw(&wire.Exit{BuildID: "old#1", Code: 0}, 77, 2, nil)
+				f, cl := expect[*wire.Close](a) // the next frame is the Challenge
 				if f.Session != 77 || !strings.Contains(cl.Reason, "unknown session") {
 					a.t.Fatalf("got Close %+v in session %d, want one for session 77 saying unknown session", cl, f.Session)
 				}
@@ -477,15 +835,15 @@ func TestHandshakeSucceeds(t *testing.T) {
 		{
 			name: "frames before any hello dropped", secret: testSecret,
 			before: func(a *testAgent) {
-				a.send(&wire.Auth{Proof: []byte("x")}, 0, nil)
-				a.send(&wire.Exit{BuildID: "b#1"}, 0, nil)
+				a.sendRaw(&wire.Auth{Proof: []byte("x")}, 0, 1, nil)
+				a.sendRaw(&wire.Exit{BuildID: "b#1"}, 0, 1, nil)
 			},
 			wantStale: 2,
 		},
 		{
 			name: "ping before hello answered", secret: testSecret,
 			before: func(a *testAgent) {
-				a.send(&wire.Ping{Nonce: 7, UnixNano: 99}, 0, nil)
+				a.sendRaw(&wire.Ping{Nonce: 7, UnixNano: 99}, 0, 0, nil)
 				f, p := expect[*wire.Pong](a)
 				if f.Session != 0 || p.Nonce != 7 || p.UnixNano != 99 {
 					a.t.Fatalf("got Pong %+v in session %d, want nonce 7 in session 0", p, f.Session)
@@ -495,7 +853,7 @@ func TestHandshakeSucceeds(t *testing.T) {
 		{
 			name: "ping during the handshake answered", secret: testSecret,
 			beforeAuth: func(a *testAgent, session uint64, _ []byte) {
-				a.send(&wire.Ping{Nonce: 8}, session, nil)
+				a.sendRaw(&wire.Ping{Nonce: 8}, session, 0, nil)
 				f, p := expect[*wire.Pong](a)
 				if f.Session != session || p.Nonce != 8 {
 					a.t.Fatalf("got Pong %+v in session %x, want nonce 8 in session %x", p, f.Session, session)
@@ -503,11 +861,18 @@ func TestHandshakeSucceeds(t *testing.T) {
 			},
 		},
 		{
+			name: "output of the negotiated session before auth dropped", secret: testSecret,
+			beforeAuth: func(a *testAgent, session uint64, _ []byte) {
+				a.sendRaw(stdout("b#1", 0, "early"), session, 1, nil)
+			},
+			wantStale: 1,
+		},
+		{
 			name: "auth for a session not negotiated ignored", secret: testSecret,
 			beforeAuth: func(a *testAgent, session uint64, nonceM []byte) {
 				proof := wire.AgentProof(a.secret, nonceM, a.nonce)
-				a.send(&wire.Auth{Proof: proof}, 0, nil)
-				a.send(&wire.Auth{Proof: proof}, session+1, nil)
+				a.sendRaw(&wire.Auth{Proof: proof}, 0, 1, nil)
+				a.sendRaw(&wire.Auth{Proof: proof}, session+1, 1, nil)
 				f, cl := expect[*wire.Close](a)
 				if f.Session != session+1 || !strings.Contains(cl.Reason, "unknown session") {
 					a.t.Fatalf("got Close %+v in session %x, want one for session %x", cl, f.Session, session+1)
@@ -518,7 +883,9 @@ func TestHandshakeSucceeds(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h := newHarness(t, Options{Secret: tt.secret})
+			h := newHarness(t, Options{})
+			h.secret, h.agent.secret = tt.secret, tt.secret
+			h.connect(false)
 			a := h.agent
 			hs := h.startHandshake()
 			if tt.before != nil {
@@ -530,19 +897,19 @@ func TestHandshakeSucceeds(t *testing.T) {
 				tt.beforeAuth(a, session, nonceM)
 			}
 			a.authenticate(session, nonceM)
-			r := wait(t, hs, "Handshake")
-			if r.err != nil {
-				t.Fatalf("Handshake: %v", r.err)
-			}
+			got := handshakeOK(t, hs, false)
 			want := &Agent{Node: testNode, Version: "1.2.3", OS: "linux", Arch: "amd64"}
-			if !reflect.DeepEqual(r.agent, want) {
-				t.Errorf("Handshake agent = %+v, want %+v", r.agent, want)
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("Handshake agent = %+v, want %+v", got, want)
 			}
-			if got := h.s.ID(); got != session {
-				t.Errorf("ID() = %x, want the negotiated session %x", got, session)
+			if id := h.s.ID(); id != session {
+				t.Errorf("ID() = %x, want the negotiated session %x", id, session)
 			}
-			if got := h.s.Counters().Stale; got != tt.wantStale {
-				t.Errorf("Counters().Stale = %d, want %d", got, tt.wantStale)
+			if held, _ := h.s.Held(); !h.s.Live() || held {
+				t.Errorf("Live() = %v, Held() = %v; want a live session, not held", h.s.Live(), held)
+			}
+			if got := h.s.Counters(); got != (Counters{Stale: tt.wantStale}) {
+				t.Errorf("Counters() = %+v, want %d stale", got, tt.wantStale)
 			}
 		})
 	}
@@ -583,7 +950,8 @@ func TestHandshakeWrongProof(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h := newHarness(t, Options{Secret: testSecret})
+			h := newHarness(t, Options{})
+			h.connect(false)
 			a := h.agent
 			a.secret = tt.agentSecret
 			hs := h.startHandshake()
@@ -594,7 +962,7 @@ func TestHandshakeWrongProof(t *testing.T) {
 			if ok := wire.ProofEqual(ch.Proof, wire.MasterProof(a.secret, a.nonce, ch.Nonce)); ok != sameSecret {
 				t.Fatalf("master proof verifies under the agent's secret: %v, want %v", ok, sameSecret)
 			}
-			a.send(&wire.Auth{Proof: tt.proof(a, ch.Nonce, ch.Proof)}, f.Session, nil)
+			a.sendRaw(&wire.Auth{Proof: tt.proof(a, ch.Nonce, ch.Proof)}, f.Session, 1, nil)
 
 			rf, res := expect[*wire.AuthResult](a)
 			want := wire.AuthResult{OK: false, Reason: "authentication failed: wrong secret"}
@@ -602,11 +970,11 @@ func TestHandshakeWrongProof(t *testing.T) {
 				t.Errorf("agent got AuthResult %+v in session %x, want %+v in session %x", *res, rf.Session, want, f.Session)
 			}
 			r := wait(t, hs, "Handshake")
-			if !errors.Is(r.err, ErrAuth) || r.agent != nil {
-				t.Fatalf("Handshake = %v, %v; want nil, ErrAuth", r.agent, r.err)
+			if !errors.Is(r.err, ErrAuth) || r.agent != nil || r.resumed {
+				t.Fatalf("Handshake = %v, %v, %v; want nil, false, ErrAuth", r.agent, r.resumed, r.err)
 			}
-			if got := h.s.ID(); got != 0 {
-				t.Errorf("ID() = %x after a failed handshake, want 0", got)
+			if h.s.ID() != 0 || h.s.Live() {
+				t.Errorf("ID() = %x, Live() = %v after a failed handshake, want 0, false", h.s.ID(), h.s.Live())
 			}
 
 			// The agent, restarted with the right secret, tries again on
@@ -614,9 +982,7 @@ func TestHandshakeWrongProof(t *testing.T) {
 			a.secret = testSecret
 			hs = h.startHandshake()
 			a.handshake(2)
-			if r := wait(t, hs, "second Handshake"); r.err != nil {
-				t.Fatalf("second Handshake: %v", r.err)
-			}
+			handshakeOK(t, hs, false)
 			if h.s.ID() != a.session || a.session == f.Session {
 				t.Errorf("ID() = %x, agent session %x, refused session %x: want a fresh session", h.s.ID(), a.session, f.Session)
 			}
@@ -632,6 +998,7 @@ func TestHandshakeEnds(t *testing.T) {
 	}{
 		{name: "connection EOF", end: func(h *harness) { _ = h.agent.conn.Close() }, wantErr: ErrClosed},
 		{name: "master closes the connection", end: func(h *harness) { _ = h.conn.Close() }, wantErr: ErrClosed},
+		{name: "connection cut", end: func(h *harness) { h.conn.cut() }, wantErr: ErrClosed},
 		{name: "context cancelled", end: func(h *harness) { h.cancel() }, wantErr: context.Canceled},
 		{
 			name: "EOF while negotiating",
@@ -645,12 +1012,16 @@ func TestHandshakeEnds(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h := newHarness(t, Options{Secret: testSecret})
+			h := newHarness(t, Options{})
+			h.connect(false)
 			hs := h.startHandshake()
 			tt.end(h)
 			r := wait(t, hs, "Handshake")
 			if !errors.Is(r.err, tt.wantErr) {
 				t.Errorf("Handshake error = %v, want %v", r.err, tt.wantErr)
+			}
+			if h.s.Live() {
+				t.Errorf("Live() after a failed handshake")
 			}
 		})
 	}
@@ -659,7 +1030,8 @@ func TestHandshakeEnds(t *testing.T) {
 // A new Hello while a challenge is pending restarts the handshake for that
 // Hello.
 func TestHandshakeHelloDuringNegotiation(t *testing.T) {
-	h := newHarness(t, Options{Secret: testSecret})
+	h := newHarness(t, Options{})
+	h.connect(false)
 	a := h.agent
 	hs := h.startHandshake()
 	a.hello(1)
@@ -670,8 +1042,9 @@ func TestHandshakeHelloDuringNegotiation(t *testing.T) {
 		t.Fatalf("second challenge reuses session %x", second)
 	}
 	a.authenticate(second, nonceM)
-	if r := wait(t, hs, "Handshake"); r.err != nil || h.s.ID() != second {
-		t.Fatalf("Handshake = %v, ID %x; want success in session %x", r.err, h.s.ID(), second)
+	handshakeOK(t, hs, false)
+	if h.s.ID() != second {
+		t.Fatalf("ID %x; want session %x", h.s.ID(), second)
 	}
 }
 
@@ -679,32 +1052,43 @@ func TestHandshakeHelloDuringNegotiation(t *testing.T) {
 // loses it: its genuine Auth for that session is no longer accepted, and a
 // later Hello is served.
 func TestHandshakeUnansweredChallenge(t *testing.T) {
-	h := newHarness(t, Options{Secret: testSecret, HeartbeatTimeout: 50 * time.Millisecond})
+	h := newHarness(t, Options{HeartbeatTimeout: 50 * time.Millisecond})
+	h.connect(false)
 	a := h.agent
 	hs := h.startHandshake()
 	a.hello(1)
 	first, nonceM := a.challenge(true)
-	// While the master negotiates session first, it answers pings of that
-	// session; once it gave up, that session is unknown and told to end.
+	// While the master negotiates session first, it drops an Ack of that
+	// session quietly; once it gave up, that session is unknown and told to
+	// end. Pings are answered either way.
 	for i := uint64(1); ; i++ {
-		a.send(&wire.Ping{Nonce: i}, first, nil)
+		a.sendRaw(&wire.Ack{}, first, 0, nil)
+		a.sendRaw(&wire.Ping{Nonce: i}, first, 0, nil)
 		f, m := a.recv()
-		if _, ok := m.(*wire.Close); ok && f.Session == first {
+		if cl, ok := m.(*wire.Close); ok {
+			if f.Session != first || !strings.Contains(cl.Reason, "unknown session") {
+				t.Fatalf("got Close %+v in session %x, want one for session %x", cl, f.Session, first)
+			}
+			if f, p := expect[*wire.Pong](a); p.Nonce != i || f.Session != first {
+				t.Fatalf("got Pong %+v in session %x, want %d in session %x", p, f.Session, i, first)
+			}
 			break
 		}
 		if p, ok := m.(*wire.Pong); !ok || p.Nonce != i || f.Session != first {
 			t.Fatalf("got %v %+v in session %x, want Pong %d or Close for session %x", f.Type, m, f.Session, i, first)
 		}
+		time.Sleep(5 * time.Millisecond) // pacing only
 	}
-	a.send(&wire.Auth{Proof: wire.AgentProof(a.secret, nonceM, a.nonce)}, first, nil) // too late: dropped
+	a.sendRaw(&wire.Auth{Proof: wire.AgentProof(a.secret, nonceM, a.nonce)}, first, 1, nil) // too late: dropped
 	a.hello(2)
 	second, nonceM2 := a.challenge(true) // not an AuthResult for first
 	if second == first {
 		t.Fatalf("second challenge reuses session %x", second)
 	}
 	a.authenticate(second, nonceM2)
-	if r := wait(t, hs, "Handshake"); r.err != nil || h.s.ID() != second {
-		t.Fatalf("Handshake = %v, ID %x; want success in session %x", r.err, h.s.ID(), second)
+	handshakeOK(t, hs, false)
+	if h.s.ID() != second {
+		t.Fatalf("ID %x; want session %x", h.s.ID(), second)
 	}
 }
 
@@ -723,55 +1107,61 @@ func TestPingAnsweredInSession(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h, serve := established(t, Options{})
+			h, serve := established(t, Options{}, false)
 			a := h.agent
-			a.sendInSession(&wire.Ping{Nonce: tt.nonce, UnixNano: tt.clock})
-			_, p := expectInSession[*wire.Pong](a)
+			a.send(&wire.Ping{Nonce: tt.nonce, UnixNano: tt.clock})
+			f, p := expectInSession[*wire.Pong](a) // signed, counter rising
 			if p.Nonce != tt.nonce || p.UnixNano != tt.clock {
 				t.Errorf("Pong = %+v, want nonce %d clock %d", p, tt.nonce, tt.clock)
 			}
-			select {
-			case err := <-serve:
-				t.Fatalf("Serve ended: %v", err)
-			default:
+			if f.Flags&wire.FlagControl == 0 {
+				t.Errorf("Pong flags %v: not a control frame", f.Flags)
 			}
+			notYet(t, serve, "Serve")
 		})
 	}
 }
 
-// The master pings an agent and declares it lost after the heartbeat timeout
-// when nothing genuine arrived: frames it drops do not count as signs of
-// life.
+// On a link that cannot resume, the master pings an agent and declares it
+// lost after the heartbeat timeout when nothing genuine arrived: frames it
+// drops do not count as signs of life.
 func TestServeAgentLost(t *testing.T) {
+	type genuine struct{ pong, output []byte } // encoded frames the agent sent
 	tests := []struct {
 		name string
 		// answer is what the agent sends for each of the master's pings.
-		answer func(a *testAgent, ping *wire.Ping, replay *wire.Frame)
+		answer func(a *testAgent, ping *wire.Ping, g genuine)
 	}{
 		{name: "silent"},
-		{name: "only frames of another session", answer: func(a *testAgent, p *wire.Ping, _ *wire.Frame) {
-			a.send(&wire.Pong{Nonce: p.Nonce}, a.session+1, a.key)
+		{name: "only frames of another session", answer: func(a *testAgent, p *wire.Ping, _ genuine) {
+			a.sendRaw(&wire.Pong{Nonce: p.Nonce}, a.session+1, 1<<40+p.Nonce, a.key)
 		}},
-		{name: "only frames of session zero", answer: func(a *testAgent, p *wire.Ping, _ *wire.Frame) {
-			a.send(&wire.Pong{Nonce: p.Nonce}, 0, nil)
+		{name: "only frames of session zero", answer: func(a *testAgent, p *wire.Ping, _ genuine) {
+			a.sendRaw(&wire.Pong{Nonce: p.Nonce}, 0, 0, nil)
 		}},
-		{name: "only frames without a valid MAC", answer: func(a *testAgent, p *wire.Ping, _ *wire.Frame) {
-			a.send(&wire.Pong{Nonce: p.Nonce}, a.session, nil)
+		{name: "only frames without a valid MAC", answer: func(a *testAgent, p *wire.Ping, _ genuine) {
+			a.sendRaw(&wire.Pong{Nonce: p.Nonce}, a.session, 1<<40+p.Nonce, nil)
 		}},
-		{name: "only replayed frames", answer: func(a *testAgent, _ *wire.Ping, replay *wire.Frame) {
-			a.sendFrame(replay)
+		{name: "only replayed control frames", answer: func(a *testAgent, _ *wire.Ping, g genuine) {
+			a.replay(g.pong)
 		}},
-		{name: "only malformed frames", answer: func(a *testAgent, _ *wire.Ping, _ *wire.Frame) {
+		{name: "only duplicate numbered frames", answer: func(a *testAgent, _ *wire.Ping, g genuine) {
+			a.replay(g.output)
+		}},
+		{name: "only malformed frames", answer: func(a *testAgent, _ *wire.Ping, _ genuine) {
 			_ = a.conn.Send([]byte{0, 0, 0, 1, 0})
 		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h, serve := established(t, Options{Heartbeat: 20 * time.Millisecond, HeartbeatTimeout: 150 * time.Millisecond})
+			h, serve := established(t, Options{Heartbeat: 20 * time.Millisecond, HeartbeatTimeout: 150 * time.Millisecond}, false)
 			a := h.agent
-			// One genuine frame, which the replay case sends again.
-			replay := a.frame(&wire.Pong{Nonce: 1 << 40}, a.session, a.key)
-			a.sendFrame(replay)
+			// Genuine frames, which the replay cases send again.
+			var g genuine
+			a.send(&wire.Pong{Nonce: 1 << 40})
+			g.pong = a.conn.lastSent()
+			a.send(stdout("nobody#1", 0, "x"))
+			g.output = a.conn.lastSent()
 			var last uint64
 			deadline := time.After(guard)
 			for {
@@ -783,10 +1173,14 @@ func TestServeAgentLost(t *testing.T) {
 					if last < 2 {
 						t.Errorf("the master sent %d pings before giving up, want several", last)
 					}
+					if h.s.Live() {
+						t.Errorf("Live() after the agent was lost on a link that cannot resume")
+					}
 					// A step asked for after the end fails with that error.
 					if _, err := h.s.RunStep(context.Background(), &wire.RunStep{BuildID: "j#1"}, io.Discard); !errors.Is(err, ErrAgentLost) {
 						t.Errorf("RunStep after the session ended = %v, want ErrAgentLost", err)
 					}
+					h.noEnd()
 					return
 				case <-deadline:
 					t.Fatalf("Serve still runs after %v; the master sent %d pings", guard, last)
@@ -798,24 +1192,23 @@ func TestServeAgentLost(t *testing.T) {
 				if err != nil {
 					continue
 				}
-				f, err := wire.Decode(raw, wire.MaxFrameSize)
-				if err != nil {
-					t.Fatal(err)
-				}
-				m, _ := f.Message()
+				f, m := a.decode(raw)
 				if _, isClose := m.(*wire.Close); isClose && f.Session == a.session+1 {
 					continue // the other session is told to end
 				}
 				p, ok := m.(*wire.Ping)
-				if !ok || f.Session != a.session || !wire.Verify(a.key, f) {
-					t.Fatalf("agent got %v %+v in session %x, want a signed Ping", f.Type, m, f.Session)
+				if !ok || f.Session != a.session {
+					t.Fatalf("agent got %v %+v in session %x, want a Ping", f.Type, m, f.Session)
+				}
+				if v := a.ep.Receive(f); v != reliable.Deliver {
+					t.Fatalf("master's Ping: %v, want deliver", v)
 				}
 				if p.Nonce <= last {
 					t.Errorf("ping nonce %d after %d", p.Nonce, last)
 				}
 				last = p.Nonce
 				if tt.answer != nil {
-					tt.answer(a, p, replay)
+					tt.answer(a, p, g)
 				}
 			}
 		})
@@ -825,8 +1218,8 @@ func TestServeAgentLost(t *testing.T) {
 // An agent answering the master's pings stays connected well beyond the
 // heartbeat timeout; once it falls silent it is lost.
 func TestServeHeartbeatKeepsSessionAlive(t *testing.T) {
-	const timeout = 300 * time.Millisecond
-	h, serve := established(t, Options{Heartbeat: 25 * time.Millisecond, HeartbeatTimeout: timeout})
+	const timeout = 500 * time.Millisecond
+	h, serve := established(t, Options{Heartbeat: 25 * time.Millisecond, HeartbeatTimeout: timeout}, false)
 	a := h.agent
 	start := time.Now()
 	var maxGap time.Duration
@@ -845,18 +1238,14 @@ func TestServeHeartbeatKeepsSessionAlive(t *testing.T) {
 		if err != nil {
 			break
 		}
-		f, err := wire.Decode(raw, wire.MaxFrameSize)
-		if err != nil {
-			t.Fatal(err)
-		}
-		m, err := f.Message()
+		f, m := a.decode(raw)
 		p, ok := m.(*wire.Ping)
-		if err != nil || !ok || f.Session != a.session || !wire.Verify(a.key, f) {
-			t.Fatalf("agent got %v %+v (%v) in session %x, want a signed Ping", f.Type, m, err, f.Session)
+		if !ok || f.Session != a.session || a.ep.Receive(f) != reliable.Deliver {
+			t.Fatalf("agent got %v %+v in session %x, want a genuine Ping", f.Type, m, f.Session)
 		}
 		now := time.Now()
 		maxGap = max(maxGap, now.Sub(lastSent))
-		a.sendInSession(&wire.Pong{Nonce: p.Nonce, UnixNano: p.UnixNano})
+		a.send(&wire.Pong{Nonce: p.Nonce, UnixNano: p.UnixNano})
 		lastSent = now
 		select {
 		case err := <-serve:
@@ -880,90 +1269,83 @@ func TestServeHeartbeatKeepsSessionAlive(t *testing.T) {
 
 func TestServeEnds(t *testing.T) {
 	tests := []struct {
-		name    string
-		end     func(h *harness)
-		wantErr error
+		name      string
+		resumable bool
+		end       func(h *harness)
+		wantErr   error
+		// held: the session outlives the link (the step keeps running);
+		// otherwise it ends and the step fails with wantErr.
+		held bool
 	}{
 		{name: "connection EOF", end: func(h *harness) { _ = h.agent.conn.Close() }, wantErr: ErrClosed},
+		{name: "connection cut", end: func(h *harness) { h.conn.cut() }, wantErr: ErrClosed},
 		{name: "master closes the connection", end: func(h *harness) { _ = h.conn.Close() }, wantErr: ErrClosed},
-		{name: "agent says close", end: func(h *harness) { h.agent.sendInSession(&wire.Close{Reason: "agent shutting down"}) }, wantErr: ErrClosed},
+		{name: "agent says close", end: func(h *harness) { h.agent.send(&wire.Close{Reason: "agent shutting down"}) }, wantErr: ErrClosed},
 		{name: "second hello", end: func(h *harness) { h.agent.hello(2) }, wantErr: ErrRehello},
 		{name: "context cancelled", end: func(h *harness) { h.cancel() }, wantErr: context.Canceled},
+
+		{name: "resumable: connection EOF", resumable: true, end: func(h *harness) { _ = h.agent.conn.Close() }, wantErr: ErrClosed, held: true},
+		{name: "resumable: connection cut", resumable: true, end: func(h *harness) { h.conn.cut() }, wantErr: ErrClosed, held: true},
+		{name: "resumable: second hello", resumable: true, end: func(h *harness) { h.agent.hello(2) }, wantErr: ErrRehello, held: true},
+		{name: "resumable: agent says close", resumable: true, end: func(h *harness) { h.agent.send(&wire.Close{Reason: "agent shutting down"}) }, wantErr: ErrClosed},
+		{name: "resumable: context cancelled", resumable: true, end: func(h *harness) { h.cancel() }, wantErr: context.Canceled},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h, serve := established(t, Options{})
+			h, serve := established(t, Options{}, tt.resumable)
 			a := h.agent
-			// A step is running when the session ends.
-			req := &wire.RunStep{BuildID: "job#1", StepIndex: 0, Command: "sleep 100"}
-			step := h.startStep(context.Background(), req, io.Discard)
-			expectInSession[*wire.RunStep](a)
+			// A step is running when the link ends.
+			step := h.running(context.Background(), &wire.RunStep{BuildID: "job#1", StepIndex: 0, Command: "sleep 100"}, io.Discard)
 
 			tt.end(h)
 			err := wait(t, serve, "Serve")
 			if !errors.Is(err, tt.wantErr) {
 				t.Fatalf("Serve = %v, want %v", err, tt.wantErr)
 			}
-			r := wait(t, step, "RunStep")
-			if !errors.Is(r.err, tt.wantErr) || r.res != nil {
-				t.Errorf("running RunStep = %+v, %v; want nil, %v", r.res, r.err, tt.wantErr)
+			held, _ := h.s.Held()
+			if !tt.held {
+				r := wait(t, step, "RunStep")
+				if !errors.Is(r.err, tt.wantErr) || r.res != nil {
+					t.Errorf("running RunStep = %+v, %v; want nil, %v", r.res, r.err, tt.wantErr)
+				}
+				if h.s.Live() || held {
+					t.Errorf("Live() = %v, Held() = %v after the session ended", h.s.Live(), held)
+				}
+				h.noEnd()
+				return
+			}
+			if !h.s.Live() || !held {
+				t.Fatalf("Live() = %v, Held() = %v; want the session held for the agent", h.s.Live(), held)
+			}
+			notYet(t, step, "RunStep in a held session")
+			// The agent, restarted, starts a new session: the step fails.
+			h.connect(true)
+			hs := h.startHandshake()
+			a.handshake(3)
+			handshakeOK(t, hs, false)
+			if r := wait(t, step, "RunStep"); !errors.Is(r.err, ErrAgentLost) {
+				t.Errorf("RunStep = %+v, %v; want ErrAgentLost", r.res, r.err)
 			}
 		})
 	}
 }
 
 func TestServeCloseReason(t *testing.T) {
-	h, serve := established(t, Options{})
-	h.agent.sendInSession(&wire.Close{Reason: "agent shutting down"})
+	h, serve := established(t, Options{}, false)
+	h.agent.send(&wire.Close{Reason: "agent shutting down"})
 	err := wait(t, serve, "Serve")
 	if !errors.Is(err, ErrClosed) || !strings.Contains(err.Error(), "agent shutting down") {
 		t.Errorf("Serve = %v, want ErrClosed with the agent's reason", err)
 	}
 }
 
-// After a second Hello ends a session, the next Handshake answers that
-// Hello (the agent does not have to repeat it) and starts a new session in
-// which frames of the old one are stale.
-func TestRehelloStartsNewSession(t *testing.T) {
-	h, serve := rehello(t)
-	a := h.agent
-	old := a.session
-	hs := h.startHandshake()
-	session, nonceM := a.challenge(true) // answers the pending Hello
-	if session == old {
-		t.Fatalf("new session reuses id %x", old)
-	}
-	a.authenticate(session, nonceM)
-	if r := wait(t, hs, "Handshake"); r.err != nil {
-		t.Fatalf("Handshake: %v", r.err)
-	}
-	if err := <-serve; !errors.Is(err, ErrRehello) {
-		t.Fatalf("first Serve = %v", err)
-	}
-	serve = h.startServe()
-	a.send(&wire.Ping{Nonce: 1}, old, a.key)
-	a.sendInSession(&wire.Ping{Nonce: 2})
-	if f, cl := expect[*wire.Close](a); f.Session != old {
-		t.Errorf("got Close %+v for session %x, want one for the old session %x", cl, f.Session, old)
-	}
-	if _, p := expectInSession[*wire.Pong](a); p.Nonce != 2 {
-		t.Errorf("Pong nonce %d, want 2 (the old session's ping is not answered)", p.Nonce)
-	}
-	select {
-	case err := <-serve:
-		t.Fatalf("Serve ended: %v", err)
-	default:
-	}
-}
-
-// rehello establishes a session, ends it with a second Hello (the agent
-// restarted) and returns the first Serve's result, already delivered.
+// rehello establishes a session on a link that cannot resume, ends it with
+// a second Hello (the agent restarted) and returns the first Serve's
+// result, already delivered.
 func rehello(t *testing.T) (*harness, <-chan error) {
 	t.Helper()
-	h, serve := established(t, Options{})
-	a := h.agent
-	a.seq = 0 // a restarted agent counts from 1 again
-	a.hello(2)
+	h, serve := established(t, Options{}, false)
+	h.agent.hello(2)
 	err := wait(t, serve, "Serve")
 	if !errors.Is(err, ErrRehello) {
 		t.Fatalf("Serve = %v, want ErrRehello", err)
@@ -973,21 +1355,48 @@ func rehello(t *testing.T) (*harness, <-chan error) {
 	return h, c
 }
 
-// Steps run in a session that followed a re-hello on the same Session.
+// After a second Hello ends a session, the next Handshake answers that
+// Hello (the agent does not have to repeat it) and starts a new session in
+// which frames of the old one are stale.
+func TestRehelloStartsNewSession(t *testing.T) {
+	h, serve := rehello(t)
+	a := h.agent
+	old, oldKey := a.session, a.key
+	hs := h.startHandshake()
+	session, nonceM := a.challenge(true) // answers the pending Hello
+	if session == old {
+		t.Fatalf("new session reuses id %x", old)
+	}
+	a.authenticate(session, nonceM)
+	handshakeOK(t, hs, false)
+	if err := <-serve; !errors.Is(err, ErrRehello) {
+		t.Fatalf("first Serve = %v", err)
+	}
+	serve = h.startServe()
+	a.sendRaw(&wire.Ping{Nonce: 1}, old, 1<<20, oldKey)
+	a.sendRaw(&wire.Ping{Nonce: 1}, old, 1<<20+1, oldKey) // told once only
+	a.send(&wire.Ping{Nonce: 2})
+	if f, cl := expect[*wire.Close](a); f.Session != old {
+		t.Errorf("got Close %+v for session %x, want one for the old session %x", cl, f.Session, old)
+	}
+	if _, p := expectInSession[*wire.Pong](a); p.Nonce != 2 {
+		t.Errorf("Pong nonce %d, want 2 (the old session's ping is not answered)", p.Nonce)
+	}
+	notYet(t, serve, "Serve")
+}
+
+// Steps run in a session that followed a re-hello on the same link.
 func TestRunStepAfterRehello(t *testing.T) {
 	h, _ := rehello(t)
 	a := h.agent
 	hs := h.startHandshake()
 	a.authenticate(a.challenge(true))
-	if r := wait(t, hs, "Handshake"); r.err != nil {
-		t.Fatalf("Handshake: %v", r.err)
-	}
+	handshakeOK(t, hs, false)
 	h.startServe()
 	var out chunkWriter
-	step := h.startStep(context.Background(), &wire.RunStep{BuildID: "job#2", Command: "true"}, &out)
-	expectInSession[*wire.RunStep](a)
-	a.sendInSession(&wire.Output{BuildID: "job#2", Stream: wire.StreamStdout, Data: []byte("new session")})
-	a.sendInSession(&wire.Exit{BuildID: "job#2", Code: 0})
+	step := h.running(context.Background(), &wire.RunStep{BuildID: "job#2", Command: "true"}, &out)
+	a.send(stdout("job#2", 0, "new session"))
+	a.send(&wire.Exit{BuildID: "job#2", Code: 0})
 	r := wait(t, step, "RunStep")
 	if r.err != nil || r.res.Code != 0 {
 		t.Fatalf("RunStep = %+v, %v; want code 0", r.res, r.err)
@@ -997,23 +1406,25 @@ func TestRunStepAfterRehello(t *testing.T) {
 	}
 }
 
-// A Hello naming another node must not end a healthy session: Options.Node
-// says such a Hello is ignored, and Handshake ignores it.
-func TestServeIgnoresHelloForAnotherNode(t *testing.T) {
-	h, serve := established(t, Options{})
-	a := h.agent
-	a.send(&wire.Hello{Node: "builder-2", Nonce: newNonce(9)}, 0, nil)
-	a.sendInSession(&wire.Ping{Nonce: 5})
-	if _, p := expectInSession[*wire.Pong](a); p.Nonce != 5 {
-		t.Fatalf("Pong nonce %d, want 5", p.Nonce)
-	}
-	select {
-	case err := <-serve:
-		t.Fatalf("Serve ended on a Hello for another node: %v", err)
-	default:
-	}
-	if got := h.s.Counters().Stale; got != 1 {
-		t.Errorf("Counters().Stale = %d, want 1", got)
+// A Hello that could not start a handshake here (another node, no valid
+// nonce) must not end a healthy session.
+func TestServeIgnoresImplausibleHello(t *testing.T) {
+	for _, resumable := range []bool{false, true} {
+		t.Run(fmt.Sprintf("resumable=%v", resumable), func(t *testing.T) {
+			h, serve := established(t, Options{}, resumable)
+			a := h.agent
+			a.sendRaw(&wire.Hello{Node: "builder-2", Nonce: newNonce(9)}, 0, 0, nil)
+			a.sendRaw(&wire.Hello{Node: "builder-2", Nonce: newNonce(9), Resume: true}, a.session, 0, nil)
+			a.sendRaw(&wire.Hello{Node: testNode, Nonce: []byte("short")}, 0, 0, nil)
+			a.sync(5)
+			notYet(t, serve, "Serve")
+			if got := h.s.Counters(); got != (Counters{Stale: 3}) {
+				t.Errorf("Counters() = %+v, want 3 stale", got)
+			}
+			if held, _ := h.s.Held(); held {
+				t.Errorf("session held after an implausible hello")
+			}
+		})
 	}
 }
 
@@ -1077,28 +1488,31 @@ func TestRunStep(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h, _ := established(t, Options{})
+			h, _ := established(t, Options{}, false)
 			a := h.agent
 			req := &wire.RunStep{BuildID: "job#7", StepIndex: 3, StepName: "compile", Command: "make all",
 				Env: []wire.EnvVar{{Name: "CI", Value: "true"}, {Name: "EMPTY", Value: ""}}, Workdir: "job/7", TimeoutMillis: 60000}
 			var out chunkWriter
 			step := h.startStep(context.Background(), req, &out)
 
-			_, got := expectInSession[*wire.RunStep](a)
+			f, got := expectInSession[*wire.RunStep](a)
 			if !reflect.DeepEqual(got, req) {
 				t.Fatalf("agent got %+v, want %+v", got, req)
+			}
+			if f.Seq != 1 {
+				t.Errorf("the session's first numbered frame has seq %d, want 1", f.Seq)
 			}
 			var want [][]byte
 			for _, o := range tt.outputs {
 				o.BuildID, o.StepIndex = req.BuildID, req.StepIndex
-				a.sendInSession(o)
+				a.send(o)
 				if len(o.Data) > 0 {
 					want = append(want, o.Data)
 				}
 			}
 			e := tt.exit
 			e.BuildID, e.StepIndex = req.BuildID, req.StepIndex
-			a.sendInSession(&e)
+			a.send(&e)
 
 			r := wait(t, step, "RunStep")
 			if r.err != nil {
@@ -1113,6 +1527,10 @@ func TestRunStep(t *testing.T) {
 			if c := h.s.Counters(); c != (Counters{}) {
 				t.Errorf("Counters() = %+v, want none dropped", c)
 			}
+			// The agent's frames acknowledged the step request.
+			if p := h.s.Pending(); p.Frames != 0 || p.Last != 1 || p.Acked != 1 {
+				t.Errorf("Pending() = %+v, want the step request sent and acknowledged", p)
+			}
 		})
 	}
 }
@@ -1120,7 +1538,7 @@ func TestRunStep(t *testing.T) {
 // Concurrent steps (one per executor) each get their own output and exit,
 // whatever the order the agent interleaves them in.
 func TestRunStepConcurrent(t *testing.T) {
-	h, _ := established(t, Options{})
+	h, _ := established(t, Options{}, false)
 	a := h.agent
 	const n = 4
 	outs := make([]chunkWriter, n)
@@ -1138,12 +1556,11 @@ func TestRunStepConcurrent(t *testing.T) {
 	}
 	for round := range 3 {
 		for i := n - 1; i >= 0; i-- {
-			a.sendInSession(&wire.Output{BuildID: fmt.Sprintf("job#%d", i), StepIndex: uint32(i), Stream: wire.StreamStdout,
-				Data: fmt.Appendf(nil, "%d.%d;", i, round)})
+			a.send(stdout(fmt.Sprintf("job#%d", i), uint32(i), fmt.Sprintf("%d.%d;", i, round)))
 		}
 	}
 	for i := range n {
-		a.sendInSession(&wire.Exit{BuildID: fmt.Sprintf("job#%d", i), StepIndex: uint32(i), Code: int32(i)})
+		a.send(&wire.Exit{BuildID: fmt.Sprintf("job#%d", i), StepIndex: uint32(i), Code: int32(i)})
 	}
 	for i := range n {
 		r := wait(t, steps[i], "RunStep")
@@ -1158,91 +1575,155 @@ func TestRunStepConcurrent(t *testing.T) {
 			t.Errorf("step %d output = %q, want %q", i, got, want)
 		}
 	}
+	if p := h.s.Pending(); p.Frames != 0 {
+		t.Errorf("Pending() = %+v after every step ended, want nothing waiting", p)
+	}
+}
+
+// The master acknowledges a long output with explicit Acks, so that the
+// agent's outbox drains while the master has nothing else to send.
+func TestServeAcknowledgesBulkOutput(t *testing.T) {
+	h, _ := established(t, Options{}, false)
+	a := h.agent
+	var out chunkWriter
+	step := h.running(context.Background(), &wire.RunStep{BuildID: "job#1"}, &out)
+	const n = 2*reliable.AckEvery + 5
+	var want strings.Builder
+	for i := range n {
+		line := fmt.Sprintf("line %d\n", i)
+		want.WriteString(line)
+		a.send(stdout("job#1", 0, line))
+	}
+	for _, seq := range []uint64{reliable.AckEvery, 2 * reliable.AckEvery} {
+		if _, ack := expectInSession[*wire.Ack](a); ack.Seq != seq {
+			t.Fatalf("Ack %d, want %d", ack.Seq, seq)
+		}
+	}
+	if p := a.ep.Pending(); p.Frames != n-2*reliable.AckEvery {
+		t.Errorf("agent's outbox after the master's Acks: %+v, want %d frames", p, n-2*reliable.AckEvery)
+	}
+	a.send(&wire.Exit{BuildID: "job#1"})
+	if r := wait(t, step, "RunStep"); r.err != nil || r.res.Code != 0 {
+		t.Fatalf("RunStep = %+v, %v", r.res, r.err)
+	}
+	if got := string(out.joined()); got != want.String() {
+		t.Errorf("output = %q, want %q", got, want.String())
+	}
 }
 
 // Frames that do not belong to the session or the step are dropped,
 // counted, never delivered as a step's output, and do not end it.
 func TestDroppedFrames(t *testing.T) {
+	output := func(data string) *wire.Output { return stdout("job#1", 0, data) }
 	tests := []struct {
 		name string
 		// inject sends the frames to drop while the step runs.
 		inject func(a *testAgent)
 		want   Counters
-		// wantClose is the unknown session told to end, if any.
+		// wantOut is what the step writes between the genuine "a" and "b".
+		wantOut string
+		// wantClose is the unknown session told to end, if any, relative to
+		// the agent's session.
 		wantClose uint64
 	}{
 		{
 			name: "wrong session",
 			inject: func(a *testAgent) {
-				a.send(&wire.Output{BuildID: "job#1", Stream: wire.StreamStdout, Data: []byte("STALE")}, a.session+1, a.key)
-				a.send(&wire.Output{BuildID: "job#1", Stream: wire.StreamStdout, Data: []byte("STALE")}, a.session+1, nil)
-				a.send(&wire.Exit{BuildID: "job#1", Code: 99}, a.session+1, nil)
+				a.sendRaw(output("STALE"), a.session+1, a.nextSeq(), a.key)
+				a.sendRaw(output("STALE"), a.session+1, a.nextSeq(), nil)
+				a.sendRaw(&wire.Exit{BuildID: "job#1", Code: 99}, a.session+1, a.nextSeq(), nil)
 			},
 			want:      Counters{Stale: 3},
-			wantClose: 1, // relative to the agent's session: session+1
+			wantClose: 1,
 		},
 		{
 			name: "session zero",
 			inject: func(a *testAgent) {
-				a.send(&wire.Output{BuildID: "job#1", Stream: wire.StreamStdout, Data: []byte("STALE")}, 0, nil)
-				a.send(&wire.Exit{BuildID: "job#1", Code: 99}, 0, nil)
+				a.sendRaw(output("STALE"), 0, a.nextSeq(), nil)
+				a.sendRaw(&wire.Exit{BuildID: "job#1", Code: 99}, 0, a.nextSeq(), nil)
 			},
 			want: Counters{Stale: 2},
 		},
 		{
 			name: "no MAC",
 			inject: func(a *testAgent) {
-				a.send(&wire.Output{BuildID: "job#1", Stream: wire.StreamStdout, Data: []byte("FORGED")}, a.session, nil)
-				a.send(&wire.Exit{BuildID: "job#1", Code: 99}, a.session, nil)
+				a.sendRaw(output("FORGED"), a.session, a.nextSeq(), nil)
+				a.sendRaw(&wire.Exit{BuildID: "job#1", Code: 99}, a.session, a.nextSeq(), nil)
+				a.sendRaw(&wire.Ping{Nonce: 1}, a.session, 1<<40, nil)
 			},
-			want: Counters{Forged: 2},
+			want: Counters{Forged: 3},
 		},
 		{
 			name: "MAC under another key",
 			inject: func(a *testAgent) {
-				a.send(&wire.Output{BuildID: "job#1", Stream: wire.StreamStdout, Data: []byte("FORGED")}, a.session,
-					wire.SessionKey([]byte("other"), a.nonce, a.nonce, a.session))
+				a.sendRaw(output("FORGED"), a.session, a.nextSeq(), wire.SessionKey([]byte("other"), a.nonce, a.nonce, a.session))
 			},
 			want: Counters{Forged: 1},
 		},
 		{
 			name: "altered payload",
 			inject: func(a *testAgent) {
-				f := a.frame(&wire.Output{BuildID: "job#1", Stream: wire.StreamStdout, Data: []byte("genuine")}, a.session, a.key)
-				f.Payload = wire.NewFrame(&wire.Output{BuildID: "job#1", Stream: wire.StreamStdout, Data: []byte("ALTERED")}).Payload
+				f := a.craft(output("genuine"), a.session, a.nextSeq(), a.key)
+				f.Payload = wire.NewFrame(output("ALTERED")).Payload
 				a.sendFrame(f)
 			},
 			want: Counters{Forged: 1},
 		},
 		{
-			name: "replayed seq",
+			name: "altered sequence number",
 			inject: func(a *testAgent) {
-				f := a.frame(&wire.Output{BuildID: "job#1", Stream: wire.StreamStdout, Data: []byte("x")}, a.session, a.key)
+				f := a.craft(output("genuine"), a.session, a.nextSeq()+1, a.key)
+				f.Seq--
 				a.sendFrame(f)
-				a.sendFrame(f) // the same frame again
-				old := wire.NewFrame(&wire.Exit{BuildID: "job#1", Code: 99})
-				old.Session, old.Seq = a.session, f.Seq-1 // reordered
-				wire.Sign(a.key, old)
-				a.sendFrame(old)
+			},
+			want: Counters{Forged: 1},
+		},
+		{
+			name: "duplicate numbered frame",
+			inject: func(a *testAgent) {
+				a.send(output("x"))
+				a.replay(a.conn.lastSent()) // delivered twice by the transport
+				a.replay(a.conn.lastSent())
+			},
+			want:    Counters{Duplicate: 2},
+			wantOut: "x", // once
+		},
+		{
+			name: "numbered frame after a gap",
+			inject: func(a *testAgent) {
+				a.sendRaw(output("EARLY"), a.session, a.nextSeq()+1, a.key)
+			},
+			want: Counters{Early: 1},
+		},
+		{
+			name: "replayed or reordered control frame",
+			inject: func(a *testAgent) {
+				a.send(&wire.Pong{Nonce: 1})
+				first := a.conn.lastSent()
+				a.replay(first) // the same frame again
+				a.send(&wire.Pong{Nonce: 2})
+				f, _ := wire.Decode(bytes.Clone(first), wire.MaxFrameSize)
+				a.sendRaw(&wire.Pong{Nonce: 3}, a.session, f.Seq, a.key) // a lower counter than the last
 			},
 			want: Counters{Replayed: 2},
 		},
 		{
 			name: "another step",
 			inject: func(a *testAgent) {
-				a.sendInSession(&wire.Output{BuildID: "job#2", Stream: wire.StreamStdout, Data: []byte("OTHER")})
-				a.sendInSession(&wire.Output{BuildID: "job#1", StepIndex: 1, Stream: wire.StreamStdout, Data: []byte("OTHER")})
-				a.sendInSession(&wire.Exit{BuildID: "job#1", StepIndex: 1, Code: 99})
+				a.send(stdout("job#2", 0, "OTHER"))
+				a.send(stdout("job#1", 1, "OTHER"))
+				a.send(&wire.Exit{BuildID: "job#1", StepIndex: 1, Code: 99})
 			},
 			want: Counters{Unexpect: 3},
 		},
 		{
 			name: "messages only the master sends",
 			inject: func(a *testAgent) {
-				a.sendInSession(&wire.RunStep{BuildID: "job#1", Command: "rm -rf /"})
-				a.sendInSession(&wire.Cancel{BuildID: "job#1"})
+				a.send(&wire.RunStep{BuildID: "job#1", Command: "rm -rf /"})
+				a.send(&wire.Cancel{BuildID: "job#1"})
+				a.send(&wire.Auth{Proof: []byte("x")})
 			},
-			want: Counters{Unexpect: 2},
+			want: Counters{Unexpect: 3},
 		},
 		{
 			name: "malformed bytes",
@@ -1253,30 +1734,35 @@ func TestDroppedFrames(t *testing.T) {
 			},
 			want: Counters{Malformed: 1},
 		},
+		{
+			name: "authentic numbered frame with a malformed body",
+			inject: func(a *testAgent) {
+				a.conn.rewriteNext(func(f *wire.Frame) {
+					f.Payload = []byte{0xff} // a truncated length
+					wire.Sign(a.key, f)
+				})
+				a.send(output("MANGLED")) // its number is used up: what follows is delivered
+			},
+			want: Counters{Malformed: 1},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h, serve := established(t, Options{})
+			h, serve := established(t, Options{}, false)
 			a := h.agent
 			var out chunkWriter
-			step := h.startStep(context.Background(), &wire.RunStep{BuildID: "job#1", StepIndex: 0, Command: "true"}, &out)
-			expectInSession[*wire.RunStep](a)
+			step := h.running(context.Background(), &wire.RunStep{BuildID: "job#1", StepIndex: 0, Command: "true"}, &out)
 
-			a.sendInSession(&wire.Output{BuildID: "job#1", Stream: wire.StreamStdout, Data: []byte("a")})
+			a.send(output("a"))
 			tt.inject(a)
-			a.sendInSession(&wire.Output{BuildID: "job#1", Stream: wire.StreamStdout, Data: []byte("b")})
-			a.sendInSession(&wire.Exit{BuildID: "job#1", Code: 0})
+			a.send(output("b"))
+			a.send(&wire.Exit{BuildID: "job#1", Code: 0})
 
 			r := wait(t, step, "RunStep")
 			if r.err != nil || r.res.Code != 0 {
 				t.Fatalf("RunStep = %+v, %v; want code 0 from the genuine exit", r.res, r.err)
 			}
-			want := "a"
-			if tt.name == "replayed seq" {
-				want += "x" // the original, once
-			}
-			want += "b"
-			if got := string(out.joined()); got != want {
+			if got, want := string(out.joined()), "a"+tt.wantOut+"b"; got != want {
 				t.Errorf("step output = %q, want %q", got, want)
 			}
 			if got := h.s.Counters(); got != tt.want {
@@ -1306,11 +1792,7 @@ func TestDroppedFrames(t *testing.T) {
 			if !reflect.DeepEqual(closes, wantCloses) {
 				t.Errorf("Close sent to sessions %x, want %x", closes, wantCloses)
 			}
-			select {
-			case err := <-serve:
-				t.Fatalf("Serve ended: %v", err)
-			default:
-			}
+			notYet(t, serve, "Serve")
 		})
 	}
 }
@@ -1344,22 +1826,24 @@ func TestRunStepCancel(t *testing.T) {
 				cancelGrace = 50 * time.Millisecond
 				t.Cleanup(func() { cancelGrace = saved }) // runs after the harness waited for RunStep
 			}
-			h, serve := established(t, Options{})
+			h, serve := established(t, Options{}, false)
 			a := h.agent
 			ctx, cancel := context.WithCancelCause(context.Background())
 			defer cancel(nil)
 			var out chunkWriter
-			step := h.startStep(ctx, &wire.RunStep{BuildID: "job#1", Command: "sleep 1000"}, &out)
-			expectInSession[*wire.RunStep](a)
-			a.sendInSession(&wire.Output{BuildID: "job#1", Stream: wire.StreamStdout, Data: []byte("started\n")})
+			step := h.running(ctx, &wire.RunStep{BuildID: "job#1", Command: "sleep 1000"}, &out)
+			a.send(stdout("job#1", 0, "started\n"))
 
 			cancel(errors.New("aborted by alice"))
-			_, c := expectInSession[*wire.Cancel](a)
+			f, c := expectInSession[*wire.Cancel](a)
 			if want := (wire.Cancel{BuildID: "job#1", Reason: "aborted by alice"}); *c != want {
 				t.Errorf("agent got Cancel %+v, want %+v", *c, want)
 			}
+			if f.Seq != 2 || f.Flags&wire.FlagControl == 0 {
+				t.Errorf("Cancel seq %d flags %v, want the second numbered frame, a control frame", f.Seq, f.Flags)
+			}
 			if tt.confirm != nil {
-				a.sendInSession(tt.confirm)
+				a.send(tt.confirm)
 			}
 			r := wait(t, step, "RunStep")
 			if r.err != nil {
@@ -1373,18 +1857,646 @@ func TestRunStepCancel(t *testing.T) {
 			}
 			if tt.confirm == nil {
 				// A late confirmation is dropped as unexpected.
-				a.sendInSession(&wire.Exit{BuildID: "job#1", Code: -1})
-				a.sendInSession(&wire.Ping{Nonce: 1})
-				expectInSession[*wire.Pong](a)
+				a.send(&wire.Exit{BuildID: "job#1", Code: -1})
+				a.sync(1)
 				if got := h.s.Counters().Unexpect; got != 1 {
 					t.Errorf("Counters().Unexpect = %d after a late exit, want 1", got)
 				}
 			}
-			select {
-			case err := <-serve:
-				t.Fatalf("Serve ended: %v", err)
-			default:
+			notYet(t, serve, "Serve")
+		})
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Resumable sessions.
+
+// A resumable link breaks while a step prints (frames in flight both ways
+// are lost, more steps are asked for meanwhile); the agent resumes on a new
+// connection; every Output is written once, in order, and the Exit ends
+// the step. How the agent and the transport resend must not matter.
+func TestResumeExactlyOnce(t *testing.T) {
+	tests := []struct {
+		name string
+		// resend resends the agent's frames after the resume; ar is the
+		// AuthResult, old the agent's end of the lost connection.
+		resend func(a *testAgent, ar *wire.Frame, old *memConn) int
+		// want is what the master drops, given what resend returned.
+		want func(n int) Counters
+	}{
+		{
+			name:   "the agent resends after the master's ack",
+			resend: func(a *testAgent, ar *wire.Frame, _ *memConn) int { a.resendAfter(ar.Ack); return 0 },
+			want:   func(int) Counters { return Counters{} },
+		},
+		{
+			name: "the agent resends all it keeps",
+			// The agent's outbox still holds "line 4", which the master
+			// handled without telling the agent before the link broke.
+			resend: func(a *testAgent, _ *wire.Frame, _ *memConn) int { a.resendAfter(0); return 0 },
+			want:   func(int) Counters { return Counters{Duplicate: 1} },
+		},
+		{
+			name: "the transport delivers the resent frames twice",
+			resend: func(a *testAgent, ar *wire.Frame, _ *memConn) int {
+				a.resendAfter(ar.Ack)
+				again := a.conn.sentOf(a.t, wire.TypeOutput)
+				for _, b := range again {
+					a.replay(b)
+				}
+				return len(again)
+			},
+			want: func(n int) Counters { return Counters{Duplicate: uint64(n)} },
+		},
+		{
+			name: "frames of the lost connection replayed on the new one",
+			resend: func(a *testAgent, ar *wire.Frame, old *memConn) int {
+				a.resendAfter(ar.Ack)
+				stale := old.sentOf(a.t, wire.TypeOutput) // signed under the old epoch's key
+				for _, b := range stale {
+					a.replay(b)
+				}
+				return len(stale)
+			},
+			want: func(n int) Counters { return Counters{Forged: uint64(n)} },
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h, serve := established(t, Options{}, true)
+			a := h.agent
+			id := h.s.ID()
+			var out1, out2, out3 chunkWriter
+			step1 := h.running(context.Background(), &wire.RunStep{BuildID: "job#1", Command: "make"}, &out1)
+			var want [][]byte
+			line := func(i int) {
+				t.Helper()
+				b := fmt.Appendf(nil, "line %d\n", i)
+				want = append(want, b)
+				a.send(stdout("job#1", 0, string(b)))
+			}
+			// Lines 1-3 acknowledged by the master's Pong; line 4 handled,
+			// its acknowledgement never reaches the agent.
+			for i := 1; i <= 3; i++ {
+				line(i)
+			}
+			a.sync(1)
+			if p := a.ep.Pending(); p.Frames != 0 {
+				t.Fatalf("agent's outbox after the master's Pong: %+v, want empty", p)
+			}
+			line(4)
+			eventually(t, "line 4 is written", func() bool { return len(out1.nonEmpty()) == 4 })
+
+			// The link breaks: lines 5 and 6 and the request of step 2 are
+			// lost in flight; line 7 is printed while disconnected; step 3
+			// is asked for while the session is held.
+			a.conn.out.blackhole()
+			h.conn.out.blackhole()
+			line(5)
+			line(6)
+			step2 := h.startStep(context.Background(), &wire.RunStep{BuildID: "job#2"}, &out2)
+			eventually(t, "step 2 is sent", func() bool { return h.s.Pending().Last == 2 })
+			old := a.conn
+			h.linkLost(serve)
+			line(7)
+			step3 := h.startStep(context.Background(), &wire.RunStep{BuildID: "job#3"}, &out3)
+			eventually(t, "step 3 waits in the outbox", func() bool { return h.s.Pending().Last == 3 })
+			notYet(t, step1, "RunStep of step 1")
+			if c := h.s.Counters(); c != (Counters{}) {
+				t.Errorf("Counters() before the resume = %+v, want none", c)
+			}
+
+			// The agent resumes on a new connection.
+			h.connect(true)
+			hs := h.startHandshake()
+			ar := a.resume(2)
+			if ar.Ack != 4 {
+				t.Errorf("AuthResult acknowledges %d, want 4 (line 4 was handled)", ar.Ack)
+			}
+			n := tt.resend(a, ar, old) // at once, before it reads the master's frames
+			handshakeOK(t, hs, true)
+			if h.s.ID() != id {
+				t.Errorf("ID() = %x after the resume, want %x", h.s.ID(), id)
+			}
+			if held, _ := h.s.Held(); held || !h.s.Live() {
+				t.Errorf("Held() = %v, Live() = %v after the resume; want live, not held", held, h.s.Live())
+			}
+			// The master resends what the agent lacks, in order.
+			for _, build := range []string{"job#2", "job#3"} {
+				if _, rs := expectInSession[*wire.RunStep](a); rs.BuildID != build {
+					t.Fatalf("agent got step %s after the resume, want %s", rs.BuildID, build)
+				}
+			}
+			h.startServe()
+			line(8)
+			a.send(&wire.Exit{BuildID: "job#1", Code: 3})
+			a.send(stdout("job#2", 0, "two"))
+			a.send(&wire.Exit{BuildID: "job#2", Code: 0})
+			a.send(stdout("job#3", 0, "three"))
+			a.send(&wire.Exit{BuildID: "job#3", Code: 0})
+
+			r := wait(t, step1, "RunStep of step 1")
+			if r.err != nil || r.res.Code != 3 {
+				t.Fatalf("RunStep = %+v, %v; want code 3", r.res, r.err)
+			}
+			if got := out1.nonEmpty(); !reflect.DeepEqual(got, want) {
+				t.Errorf("step 1 writes = %q, want each line once, in order: %q", got, want)
+			}
+			for i, c := range []struct {
+				step <-chan stepResult
+				out  *chunkWriter
+				want string
+			}{{step2, &out2, "two"}, {step3, &out3, "three"}} {
+				r := wait(t, c.step, "RunStep")
+				if r.err != nil || r.res.Code != 0 || string(c.out.joined()) != c.want {
+					t.Errorf("step %d: RunStep = %+v, %v, output %q; want code 0, %q", i+2, r.res, r.err, c.out.joined(), c.want)
+				}
+			}
+			if got, want := h.s.Counters(), tt.want(n); got != want {
+				t.Errorf("Counters() = %+v, want %+v", got, want)
+			}
+			if p := h.s.Pending(); p.Frames != 0 || p.Last != 3 {
+				t.Errorf("Pending() = %+v, want the 3 step requests acknowledged", p)
+			}
+			h.noEnd()
+		})
+	}
+}
+
+// A step cancelled while its session is held: the Cancel waits in the
+// outbox and reaches the agent when it resumes.
+func TestCancelWhileHeld(t *testing.T) {
+	h, serve := established(t, Options{}, true)
+	a := h.agent
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	var out chunkWriter
+	step := h.running(ctx, &wire.RunStep{BuildID: "job#1", Command: "sleep 1000"}, &out)
+	a.send(stdout("job#1", 0, "started\n"))
+	a.sync(1)
+	h.linkLost(serve)
+
+	cancel(errors.New("aborted by alice"))
+	eventually(t, "the Cancel waits in the outbox", func() bool { return h.s.Pending().Last == 2 })
+	h.connect(true)
+	hs := h.startHandshake()
+	a.resendAfter(a.resume(2).Ack)
+	handshakeOK(t, hs, true)
+	if _, c := expectInSession[*wire.Cancel](a); c.BuildID != "job#1" || c.Reason != "aborted by alice" {
+		t.Errorf("agent got Cancel %+v", c)
+	}
+	h.startServe()
+	a.send(&wire.Exit{BuildID: "job#1", Code: -1, Error: "cancelled"})
+	r := wait(t, step, "RunStep")
+	if r.err != nil || *r.res != (StepResult{Code: -1, Error: "cancelled"}) {
+		t.Errorf("RunStep = %+v, %v; want the agent's confirmation", r.res, r.err)
+	}
+}
+
+// A resume must prove the secret like a new session; a failed attempt
+// leaves the session held for the genuine agent.
+func TestResumeWrongProof(t *testing.T) {
+	h, serve := established(t, Options{}, true)
+	a := h.agent
+	var out chunkWriter
+	step := h.running(context.Background(), &wire.RunStep{BuildID: "job#1"}, &out)
+	a.send(stdout("job#1", 0, "one "))
+	h.linkLost(serve)
+	id := h.s.ID()
+
+	h.connect(true)
+	hs := h.startHandshake()
+	a.helloResume(2, id, a.ep.Acked())
+	f, ch := expect[*wire.Challenge](a)
+	if f.Session != id {
+		t.Fatalf("challenge for session %x, want %x", f.Session, id)
+	}
+	a.sendRaw(&wire.Auth{Proof: wire.AgentProof([]byte("guessed"), ch.Nonce, a.nonce)}, id, 1, nil)
+	if _, res := expect[*wire.AuthResult](a); res.OK {
+		t.Fatalf("AuthResult %+v for a wrong proof", res)
+	}
+	if r := wait(t, hs, "Handshake"); !errors.Is(r.err, ErrAuth) || r.resumed {
+		t.Fatalf("Handshake = %+v, %v, %v; want ErrAuth", r.agent, r.resumed, r.err)
+	}
+	if held, _ := h.s.Held(); !held || !h.s.Live() || h.s.ID() != id {
+		t.Fatalf("after a failed resume: Held() = %v, Live() = %v, ID() = %x; want session %x still held", held, h.s.Live(), h.s.ID(), id)
+	}
+	notYet(t, step, "RunStep")
+
+	hs = h.startHandshake()
+	a.resendAfter(a.resume(3).Ack)
+	handshakeOK(t, hs, true)
+	h.startServe()
+	a.send(stdout("job#1", 0, "two"))
+	a.send(&wire.Exit{BuildID: "job#1"})
+	if r := wait(t, step, "RunStep"); r.err != nil || r.res.Code != 0 {
+		t.Fatalf("RunStep = %+v, %v", r.res, r.err)
+	}
+	if got := string(out.joined()); got != "one two" {
+		t.Errorf("output = %q, want %q", got, "one two")
+	}
+}
+
+// The agent may also resume on the same connection (its own end of the
+// transport broke and came back): a resuming Hello ends Serve with
+// ErrRehello, and Handshake resumes.
+func TestResumeOnSameLink(t *testing.T) {
+	h, serve := established(t, Options{}, true)
+	a := h.agent
+	id := h.s.ID()
+	var out chunkWriter
+	step := h.running(context.Background(), &wire.RunStep{BuildID: "job#1"}, &out)
+	a.send(stdout("job#1", 0, "one "))
+	a.sync(1)
+	a.helloResume(2, id, a.ep.Acked())
+	if err := wait(t, serve, "Serve"); !errors.Is(err, ErrRehello) {
+		t.Fatalf("Serve = %v, want ErrRehello", err)
+	}
+	if held, _ := h.s.Held(); !held || !h.s.Live() {
+		t.Fatalf("Held() = %v, Live() = %v; want held", held, h.s.Live())
+	}
+	hs := h.startHandshake()
+	sid, nonceM := a.challenge(true) // answers the pending Hello
+	if sid != id {
+		t.Fatalf("challenge for session %x, want %x", sid, id)
+	}
+	a.resendAfter(a.authenticate(sid, nonceM).Ack)
+	handshakeOK(t, hs, true)
+	h.startServe()
+	a.send(stdout("job#1", 0, "two"))
+	a.send(&wire.Exit{BuildID: "job#1", Code: 1})
+	if r := wait(t, step, "RunStep"); r.err != nil || r.res.Code != 1 {
+		t.Fatalf("RunStep = %+v, %v", r.res, r.err)
+	}
+	if got := string(out.joined()); got != "one two" {
+		t.Errorf("output = %q", got)
+	}
+}
+
+// A link that cannot resume ends the session when it breaks: its steps
+// fail at once, and a later resume gets a new session.
+func TestLinkLostWithoutResume(t *testing.T) {
+	h, serve := established(t, Options{}, false)
+	a := h.agent
+	old := h.s.ID()
+	var out chunkWriter
+	step := h.running(context.Background(), &wire.RunStep{BuildID: "job#1"}, &out)
+	a.send(stdout("job#1", 0, "one "))
+	a.conn.out.blackhole()
+	a.send(stdout("job#1", 0, "lost"))
+	h.conn.cut()
+	if err := wait(t, serve, "Serve"); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Serve = %v, want ErrClosed", err)
+	}
+	r := wait(t, step, "RunStep")
+	if !errors.Is(r.err, ErrClosed) || r.res != nil {
+		t.Errorf("RunStep = %+v, %v; want ErrClosed", r.res, r.err)
+	}
+	if held, _ := h.s.Held(); held || h.s.Live() {
+		t.Errorf("Held() = %v, Live() = %v; want the session ended", held, h.s.Live())
+	}
+	if _, err := h.s.RunStep(context.Background(), &wire.RunStep{BuildID: "job#2"}, io.Discard); !errors.Is(err, ErrClosed) {
+		t.Errorf("RunStep after the end = %v, want ErrClosed", err)
+	}
+	h.noEnd()
+
+	h.connect(false)
+	hs := h.startHandshake()
+	a.helloResume(2, old, a.ep.Acked())
+	id, nonceM := a.challenge(true)
+	if id == old {
+		t.Fatalf("the ended session %x was resumed", old)
+	}
+	a.authenticate(id, nonceM)
+	handshakeOK(t, hs, false)
+}
+
+// A session not resumed within the session timeout ends: its steps fail
+// with ErrAgentLost and OnEnd is called. The agent's next resume gets a new
+// session.
+func TestSessionTimeout(t *testing.T) {
+	tests := []struct {
+		name string
+		opts Options
+		// lose makes the agent unreachable; serve is the link's Serve.
+		lose func(h *harness, serve <-chan error)
+	}{
+		{
+			name: "link lost",
+			opts: Options{SessionTimeout: 300 * time.Millisecond},
+			lose: func(h *harness, serve <-chan error) { h.cutLink(serve) },
+		},
+		{
+			name: "agent silent on the link",
+			opts: Options{Heartbeat: 20 * time.Millisecond, HeartbeatTimeout: 100 * time.Millisecond, SessionTimeout: 300 * time.Millisecond},
+			lose: func(h *harness, serve <-chan error) {
+				ev := wait(h.t, h.reach, "OnReachable")
+				if ev.reachable || !errors.Is(ev.why, ErrAgentLost) {
+					h.t.Fatalf("OnReachable(%v, %v), want false, ErrAgentLost", ev.reachable, ev.why)
+				}
+				err := wait(h.t, serve, "Serve")
+				if !errors.Is(err, ErrAgentLost) {
+					h.t.Errorf("Serve = %v, want ErrAgentLost", err)
+				}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h, serve := established(t, tt.opts, true)
+			a := h.agent
+			old := h.s.ID()
+			step := h.running(context.Background(), &wire.RunStep{BuildID: "job#1"}, io.Discard)
+			tt.lose(h, serve)
+			r := wait(t, step, "RunStep")
+			if !errors.Is(r.err, ErrAgentLost) || !strings.Contains(r.err.Error(), "session_timeout") || r.res != nil {
+				t.Errorf("RunStep = %+v, %v; want ErrAgentLost after the session timeout", r.res, r.err)
+			}
+			if err := wait(t, h.ended, "OnEnd"); !errors.Is(err, ErrAgentLost) {
+				t.Errorf("OnEnd(%v), want ErrAgentLost", err)
+			}
+			if held, _ := h.s.Held(); held || h.s.Live() {
+				t.Errorf("Held() = %v, Live() = %v after the session timeout", held, h.s.Live())
+			}
+			if _, err := h.s.RunStep(context.Background(), &wire.RunStep{BuildID: "job#2"}, io.Discard); !errors.Is(err, ErrAgentLost) {
+				t.Errorf("RunStep after the session timeout = %v, want ErrAgentLost", err)
+			}
+
+			h.connect(true)
+			hs := h.startHandshake()
+			a.helloResume(2, old, a.ep.Acked())
+			id, nonceM := a.challenge(true)
+			if id == old {
+				t.Fatalf("the timed out session %x was resumed", old)
+			}
+			a.authenticate(id, nonceM)
+			handshakeOK(t, hs, false)
+			if !h.s.Live() || h.s.ID() != id {
+				t.Errorf("Live() = %v, ID() = %x; want the new session %x", h.s.Live(), h.s.ID(), id)
 			}
 		})
 	}
+}
+
+// An agent that restarted says a fresh Hello: once it proved the secret,
+// the steps of its old session (held or live) fail at once, whatever the
+// session timeout; the new session works.
+func TestAgentRestartEndsOldSession(t *testing.T) {
+	tests := []struct {
+		name string
+		// restart makes the restarted agent say hello.
+		restart func(h *harness, serve <-chan error)
+	}{
+		{
+			name: "held session, hello on a new connection",
+			restart: func(h *harness, serve <-chan error) {
+				h.linkLost(serve)
+				h.connect(true)
+				h.agent.hello(2)
+			},
+		},
+		{
+			name: "live session, hello on its link",
+			restart: func(h *harness, serve <-chan error) {
+				h.agent.hello(2)
+				if err := wait(h.t, serve, "Serve"); !errors.Is(err, ErrRehello) {
+					h.t.Fatalf("Serve = %v, want ErrRehello", err)
+				}
+				if held, _ := h.s.Held(); !held || !h.s.Live() {
+					h.t.Fatalf("Held() = %v, Live() = %v after a hello; want held until the agent proves the secret", held, h.s.Live())
+				}
+			},
+		},
+		{
+			name: "held session, hello on a link that cannot resume",
+			restart: func(h *harness, serve <-chan error) {
+				h.linkLost(serve)
+				h.connect(false)
+				h.agent.hello(2)
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h, serve := established(t, Options{}, true)
+			a := h.agent
+			old, oldKey := h.s.ID(), a.key
+			step := h.running(context.Background(), &wire.RunStep{BuildID: "job#1"}, io.Discard)
+			a.send(stdout("job#1", 0, "x"))
+			a.replay(a.conn.lastSent())
+			a.sync(1)
+			if got := h.s.Counters().Duplicate; got != 1 {
+				t.Fatalf("Counters().Duplicate = %d, want 1", got)
+			}
+
+			tt.restart(h, serve)
+			hs := h.startHandshake()
+			id, nonceM := a.challenge(true)
+			if id == old {
+				t.Fatalf("a fresh hello got the old session %x", old)
+			}
+			notYet(t, step, "RunStep before the restarted agent proved the secret")
+			a.authenticate(id, nonceM)
+			handshakeOK(t, hs, false)
+			r := wait(t, step, "RunStep")
+			if !errors.Is(r.err, ErrAgentLost) || !strings.Contains(r.err.Error(), "restarted") || r.res != nil {
+				t.Errorf("RunStep = %+v, %v; want ErrAgentLost saying the agent restarted", r.res, r.err)
+			}
+			if held, _ := h.s.Held(); held || !h.s.Live() || h.s.ID() != id {
+				t.Errorf("Held() = %v, Live() = %v, ID() = %x; want the new session %x live", held, h.s.Live(), h.s.ID(), id)
+			}
+			if got := h.s.Counters().Duplicate; got != 1 {
+				t.Errorf("Counters().Duplicate = %d after the new session, want the old session's 1 kept", got)
+			}
+			h.noEnd()
+
+			// The new session runs steps; the old one's frames are stale.
+			h.startServe()
+			a.sendRaw(stdout("job#1", 0, "ghost"), old, 9, oldKey)
+			if f, _ := expect[*wire.Close](a); f.Session != old {
+				t.Errorf("Close for session %x, want the old %x", f.Session, old)
+			}
+			var out chunkWriter
+			step = h.running(context.Background(), &wire.RunStep{BuildID: "job#1"}, &out)
+			a.send(stdout("job#1", 0, "again"))
+			a.send(&wire.Exit{BuildID: "job#1"})
+			if r := wait(t, step, "RunStep"); r.err != nil || r.res.Code != 0 || string(out.joined()) != "again" {
+				t.Errorf("RunStep in the new session = %+v, %v, output %q", r.res, r.err, out.joined())
+			}
+		})
+	}
+}
+
+// A resumable link whose agent falls silent for the heartbeat timeout
+// holds the session (the node shows unreachable); the agent's next
+// authentic frame makes it reachable again and the step goes on.
+func TestSilentAgentHeardAgain(t *testing.T) {
+	h, serve := established(t, Options{Heartbeat: 20 * time.Millisecond, HeartbeatTimeout: 150 * time.Millisecond}, true)
+	a := h.agent
+	var out chunkWriter
+	step := h.running(context.Background(), &wire.RunStep{BuildID: "job#1"}, &out)
+	a.send(stdout("job#1", 0, "before "))
+
+	ev := wait(t, h.reach, "OnReachable")
+	if ev.reachable || !errors.Is(ev.why, ErrAgentLost) {
+		t.Fatalf("OnReachable(%v, %v), want false, ErrAgentLost", ev.reachable, ev.why)
+	}
+	if held, _ := h.s.Held(); !held || !h.s.Live() {
+		t.Fatalf("Held() = %v, Live() = %v while the agent is silent; want held", held, h.s.Live())
+	}
+	notYet(t, serve, "Serve")
+	notYet(t, step, "RunStep")
+
+	// A forged frame is no sign of life. The unknown session's frame after
+	// it is answered with a Close: by then the forged one was handled.
+	a.sendRaw(stdout("job#1", 0, "FORGED"), a.session, a.nextSeq(), nil)
+	a.sendRaw(&wire.Ping{}, a.session+1, 1, nil)
+	for {
+		f, m := a.recv()
+		if _, ok := m.(*wire.Close); ok && f.Session == a.session+1 {
+			break
+		}
+		if _, ok := m.(*wire.Ping); !ok {
+			t.Fatalf("agent got %v %+v, want Pings and a Close", f.Type, m)
+		}
+	}
+	select {
+	case ev := <-h.reach:
+		t.Fatalf("OnReachable(%v, %v) after a forged frame", ev.reachable, ev.why)
+	default:
+	}
+
+	a.send(stdout("job#1", 0, "after"))
+	ev = wait(t, h.reach, "OnReachable")
+	if !ev.reachable || ev.why != nil {
+		t.Fatalf("OnReachable(%v, %v), want true, nil", ev.reachable, ev.why)
+	}
+	a.send(&wire.Exit{BuildID: "job#1", Code: 0})
+	if r := wait(t, step, "RunStep"); r.err != nil || r.res.Code != 0 {
+		t.Fatalf("RunStep = %+v, %v", r.res, r.err)
+	}
+	if got := string(out.joined()); got != "before after" {
+		t.Errorf("output = %q", got)
+	}
+	if !h.s.Live() {
+		t.Errorf("session ended")
+	}
+	if got := h.s.Counters().Forged; got != 1 {
+		t.Errorf("Counters().Forged = %d, want 1", got)
+	}
+	notYet(t, serve, "Serve")
+	h.noEnd()
+}
+
+// A resuming Hello that names a session the master does not hold gets a
+// new session (the agent then drops the steps of the one it asked for).
+func TestResumeUnknownSession(t *testing.T) {
+	tests := []struct {
+		name string
+		// setup prepares the master; it returns the session to name and
+		// the step that must fail once the new session is established.
+		setup func(h *harness) (uint64, <-chan stepResult)
+	}{
+		{
+			name:  "no session yet",
+			setup: func(h *harness) (uint64, <-chan stepResult) { h.connect(true); return 0x5e55, nil },
+		},
+		{
+			name: "not the held session",
+			setup: func(h *harness) (uint64, <-chan stepResult) {
+				h.connect(true)
+				hs := h.startHandshake()
+				h.agent.handshake(1)
+				handshakeOK(h.t, hs, false)
+				serve := h.startServe()
+				step := h.running(context.Background(), &wire.RunStep{BuildID: "job#1"}, io.Discard)
+				h.linkLost(serve)
+				h.connect(true)
+				return h.s.ID() + 1, step
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, Options{})
+			named, step := tt.setup(h)
+			before := h.s.ID()
+			a := h.agent
+			hs := h.startHandshake()
+			a.helloResume(2, named, 5)
+			id, nonceM := a.challenge(true)
+			if id == named || id == before {
+				t.Fatalf("challenge for session %x; want a new one (asked %x, held %x)", id, named, before)
+			}
+			a.authenticate(id, nonceM)
+			handshakeOK(t, hs, false)
+			if h.s.ID() != id || !h.s.Live() {
+				t.Errorf("ID() = %x, Live() = %v; want the new session %x", h.s.ID(), h.s.Live(), id)
+			}
+			if step != nil {
+				if r := wait(t, step, "RunStep"); !errors.Is(r.err, ErrAgentLost) {
+					t.Errorf("RunStep of the replaced session = %+v, %v; want ErrAgentLost", r.res, r.err)
+				}
+			}
+		})
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Known bugs (see the t.Skip messages).
+
+// A resume handshake that straddles the session timeout: the session was
+// held when the Hello came, its timeout expired before the Auth. Handshake
+// must not report as resumed a session that ended.
+func TestResumeAfterSessionTimeoutDuringHandshake(t *testing.T) {
+	t.Skip("BUG: session.go established() resumes a session that ended during the handshake: Handshake reports resumed=true while Live() is false")
+	h, serve := established(t, Options{SessionTimeout: time.Second}, true)
+	a := h.agent
+	old := h.s.ID()
+	step := h.running(context.Background(), &wire.RunStep{BuildID: "job#1"}, io.Discard)
+	h.cutLink(serve)
+	h.connect(true)
+	hs := h.startHandshake()
+	a.helloResume(2, old, a.ep.Acked())
+	id, nonceM := a.challenge(true)
+	if id != old {
+		t.Skipf("the session timed out before the Hello was handled: nothing to check")
+	}
+	if err := wait(t, h.ended, "OnEnd"); !errors.Is(err, ErrAgentLost) {
+		t.Fatalf("OnEnd(%v)", err)
+	}
+	if r := wait(t, step, "RunStep"); !errors.Is(r.err, ErrAgentLost) {
+		t.Fatalf("RunStep = %+v, %v; want ErrAgentLost", r.res, r.err)
+	}
+	a.ep.Begin(a.conn)
+	if err := a.ep.SendControl(&wire.Auth{Proof: wire.AgentProof(a.secret, nonceM, a.nonce)}, id); err != nil {
+		t.Fatal(err)
+	}
+	r := wait(t, hs, "Handshake")
+	if r.err == nil && r.resumed && !h.s.Live() {
+		t.Fatalf("Handshake resumed session %x, which had ended: Live() = false", id)
+	}
+}
+
+// LastSeq in a resuming Hello is not authenticated (the Hello is not
+// signed, the proofs cover only the nonces), yet the master drops from its
+// outbox every frame up to it. A transport that alters it makes frames the
+// agent never got vanish: here the request of a step.
+func TestResumeTrustsUnauthenticatedLastSeq(t *testing.T) {
+	t.Skip("BUG: session.go established() acknowledges its outbox up to the unauthenticated Hello.LastSeq (ep.Resend(hello.LastSeq)): an altered LastSeq loses numbered frames for good")
+	h, serve := established(t, Options{}, true)
+	a := h.agent
+	h.linkLost(serve)
+	step := h.startStep(context.Background(), &wire.RunStep{BuildID: "job#1"}, io.Discard)
+	eventually(t, "the step request waits in the outbox", func() bool { return h.s.Pending().Last == 1 })
+	h.connect(true)
+	hs := h.startHandshake()
+	a.helloResume(2, a.session, 1) // the genuine agent said 0: it never got frame 1
+	id, nonceM := a.challenge(true)
+	a.resendAfter(a.authenticate(id, nonceM).Ack)
+	handshakeOK(t, hs, true)
+	h.startServe()
+	expectInSession[*wire.RunStep](a) // never comes: the master forgot it
+	a.send(&wire.Exit{BuildID: "job#1"})
+	wait(t, step, "RunStep")
 }
