@@ -1,9 +1,12 @@
 // Package session is the agent's side of the master/agent protocol
-// (docs/protocol.md) over one connection: the handshake with mutual
+// (docs/protocol.md, docs/sessions.md): the handshake with mutual
 // authentication, heartbeats, stale-frame filtering, running steps and
-// draining. One connection carries one session at a time; when a session
-// ends (the master is lost, closes it or refuses the agent) the agent says
-// Hello again on the same connection.
+// draining. A session outlives connections: when the master falls silent
+// or the connection breaks, the steps keep running, their output waits in
+// a bounded outbox (sdk/reliable) and the agent resumes the session —
+// on the same connection or the next one Serve is given — where the
+// master stopped acknowledging. A session that cannot be resumed within
+// the session timeout ends and its steps are cancelled.
 package session
 
 import (
@@ -22,6 +25,7 @@ import (
 
 	"github.com/conveyor-ci/conveyor/agent/backoff"
 	"github.com/conveyor-ci/conveyor/agent/runner"
+	"github.com/conveyor-ci/conveyor/sdk/reliable"
 	"github.com/conveyor-ci/conveyor/sdk/wire"
 )
 
@@ -58,6 +62,10 @@ const (
 	DefaultDrainTimeout     = 5 * time.Minute
 	DefaultRetryMin         = 500 * time.Millisecond
 	DefaultRetryMax         = 30 * time.Second
+	DefaultSessionTimeout   = 5 * time.Minute
+	// DefaultOutboxBytes bounds the step output kept until the master
+	// acknowledges it; a step printing more waits (its pipe fills).
+	DefaultOutboxBytes = 64 << 20
 )
 
 // Config configures an agent. Zero durations take their defaults.
@@ -77,9 +85,15 @@ type Config struct {
 	// Heartbeat is the ping interval.
 	Heartbeat time.Duration
 	// HeartbeatTimeout is how long the master may stay silent before the
-	// agent drops the session and says Hello again; it also bounds the
+	// agent says Hello again to resume the session; it also bounds the
 	// wait for an AuthResult.
 	HeartbeatTimeout time.Duration
+	// SessionTimeout is how long a session whose master is out of reach
+	// is kept (its steps running, their output buffered) for a resume.
+	SessionTimeout time.Duration
+	// OutboxBytes bounds the output kept until the master acknowledged
+	// it; a step printing more waits until the master catches up.
+	OutboxBytes int
 	// HelloInterval is how often an unanswered Hello is repeated: over
 	// Kafka the master may not be reading yet.
 	HelloInterval time.Duration
@@ -114,9 +128,12 @@ type Counters struct {
 	Malformed uint64 `json:"malformed"`
 	// Unexpected frames made no sense in the session's state.
 	Unexpected uint64 `json:"unexpected"`
-	// Replayed frames repeated or reordered a frame of the current session
-	// (their Seq was not above the highest seen); they were not executed.
+	// Replayed frames repeated or reordered a control frame of the current
+	// session (their counter did not rise); they were not executed.
 	Replayed uint64 `json:"replayed"`
+	// Duplicate numbered frames were delivered already (resent after a
+	// resume, or replayed); they were not executed again.
+	Duplicate uint64 `json:"duplicate"`
 	// Forged frames of the current session carried no valid MAC under the
 	// session key; they were not executed.
 	Forged uint64 `json:"forged"`
@@ -136,6 +153,8 @@ type Agent struct {
 	mu    sync.Mutex
 	steps map[string]*step // by build id
 	wg    sync.WaitGroup   // running steps
+	cur   *sess            // the session to resume; nil when none
+	dups  atomic.Uint64    // duplicates of ended sessions
 }
 
 type step struct {
@@ -155,6 +174,10 @@ func New(cfg Config) *Agent {
 	def(&cfg.DrainTimeout, DefaultDrainTimeout)
 	def(&cfg.RetryMin, DefaultRetryMin)
 	def(&cfg.RetryMax, DefaultRetryMax)
+	def(&cfg.SessionTimeout, DefaultSessionTimeout)
+	if cfg.OutboxBytes <= 0 {
+		cfg.OutboxBytes = DefaultOutboxBytes
+	}
 	if cfg.Env == nil {
 		cfg.Env = os.Environ()
 	}
@@ -166,8 +189,16 @@ func New(cfg Config) *Agent {
 
 // Counters reports the frames dropped so far.
 func (a *Agent) Counters() Counters {
-	return Counters{Stale: a.stale.Load(), Malformed: a.malformed.Load(), Unexpected: a.unexpected.Load(),
-		Replayed: a.replayed.Load(), Forged: a.forged.Load()}
+	c := Counters{Stale: a.stale.Load(), Malformed: a.malformed.Load(), Unexpected: a.unexpected.Load(),
+		Replayed: a.replayed.Load(), Forged: a.forged.Load(), Duplicate: a.dups.Load()}
+	a.mu.Lock()
+	cur := a.cur
+	a.mu.Unlock()
+	if cur != nil {
+		d, _ := cur.ep.Dropped()
+		c.Duplicate += d
+	}
+	return c
 }
 
 // Drain stops the agent taking new steps (they are answered with Exit -1
@@ -191,93 +222,61 @@ func (a *Agent) Running() int {
 	return len(a.steps)
 }
 
-// link is a connection's sending half, shared by the sessions on it.
-type link struct {
-	c      Conn
-	sendMu sync.Mutex
-	seq    uint64        // frames sent in this session; guarded by sendMu
-	key    []byte        // the session's key; guarded by sendMu
-	keyID  uint64        // the session the key belongs to; guarded by sendMu
-	ack    atomic.Uint64 // highest seq received in this session
+// errSessionEnded is what a step's sends return once its session ended.
+var errSessionEnded = errors.New("session ended")
+
+// sess is one authenticated session; it outlives connections. Its steps
+// report through its endpoint until it ends.
+type sess struct {
+	ep     *reliable.Endpoint
+	id     uint64
+	ctx    context.Context // ends with the session: blocked sends give up
+	cancel context.CancelCauseFunc
+
+	mu   sync.Mutex
+	hold *time.Timer // the session timeout while no master is in reach
 }
 
-// established makes key sign every frame of session id from now on.
-func (l *link) established(id uint64, key []byte) {
-	l.sendMu.Lock()
-	l.key, l.keyID = key, id
-	l.sendMu.Unlock()
-}
-
-func (l *link) send(m wire.Message, session uint64) error {
-	l.sendMu.Lock()
-	defer l.sendMu.Unlock()
+// sendRaw sends an unsigned frame outside any session epoch: a Hello, the
+// empty proof of a challenge that did not verify, a Pong before a session.
+func sendRaw(c Conn, m wire.Message, session uint64) error {
 	f := wire.NewFrame(m)
-	l.seq++
-	f.Session, f.Seq, f.Ack = session, l.seq, l.ack.Load()
-	if l.key != nil && session == l.keyID {
-		wire.Sign(l.key, f)
-	}
+	f.Session = session
 	b, err := f.Encode()
 	if err != nil {
 		return fmt.Errorf("encode %v: %w", f.Type, err)
 	}
-	if err := l.c.Send(b); err != nil {
+	if err := c.Send(b); err != nil {
 		return fmt.Errorf("send %v: %w", f.Type, err)
 	}
 	return nil
 }
 
-// restart starts the counters of a new session, whose first frame is the
-// Hello about to be sent.
-func (l *link) restart() {
-	l.sendMu.Lock()
-	l.seq, l.key, l.keyID = 0, nil, 0
-	l.sendMu.Unlock()
-	l.ack.Store(0)
-}
-
-// errSessionEnded is what a step's sends return once its session ended.
-var errSessionEnded = errors.New("session ended")
-
-// sess is one authenticated session: the steps it started report through
-// it, and stop reporting once it ended.
-type sess struct {
-	l     *link
-	id    uint64
-	ended atomic.Bool
-}
-
-func (s *sess) send(m wire.Message) error {
-	if s.ended.Load() {
-		return errSessionEnded
-	}
-	return s.l.send(m, s.id)
-}
-
-type inFrame struct {
-	f   *wire.Frame
-	err error
-}
-
-// Serve runs sessions over c, one after the other, until the connection
-// fails or ends (ErrDisconnected), ctx ends, or the agent drained
-// (ErrDrained). Between sessions it says Hello again: at once after the
-// master closed the session or went silent, after a backoff when the
-// master refused the agent. Steps still running when a session ends are
-// cancelled: they cannot be reported on the next one.
+// Serve runs the agent's session over c until the connection fails or
+// ends (ErrDisconnected), ctx ends, or the agent drained (ErrDrained). It
+// says Hello again — resuming the current session if there is one — after
+// the master fell silent or said the session is unknown, at once, and
+// after a backoff when the master refused the agent. A session outlives a
+// failed connection: the next Serve resumes it, unless the session timeout
+// expired first (its steps are then cancelled).
 func (a *Agent) Serve(ctx context.Context, c Conn) error {
-	l := &link{c: c}
-	in := make(chan inFrame, 64)
 	readCtx, stopRead := context.WithCancel(ctx)
 	defer stopRead()
-	go a.read(readCtx, c, in)
+	in := reliable.Read(readCtx, c, func(err error) {
+		a.malformed.Add(1)
+		a.log.Warn("dropped malformed frame", "error", err)
+	})
 
 	retry := backoff.New(a.cfg.RetryMin, a.cfg.RetryMax)
 	for {
-		s, err := a.session(ctx, l, in)
+		s, err := a.session(ctx, c, in)
 		if s != nil {
-			a.endSession(s, err)
 			retry.Reset()
+			if !errors.Is(err, ErrDrained) && !errors.Is(err, ErrMasterClosed) {
+				a.holdSession(s, err)
+			} else {
+				a.endSession(s, err)
+			}
 		}
 		switch {
 		case errors.Is(err, ErrDrained):
@@ -288,45 +287,20 @@ func (a *Agent) Serve(ctx context.Context, c Conn) error {
 		case errors.Is(err, ErrRefused):
 			wait := retry.Next()
 			a.log.Error("the master refused the agent; saying hello again later", "error", err, "in", wait.Round(time.Millisecond))
-			if err := a.idle(ctx, l, in, wait); err != nil {
+			if err := a.idle(ctx, c, in, wait); err != nil {
 				return err
 			}
 		case errors.Is(err, ErrMasterLost), errors.Is(err, ErrMasterClosed):
-			a.log.Warn("session ended; saying hello again", "error", err)
+			a.log.Warn("saying hello again", "error", err)
 		default:
 			return err
 		}
 	}
 }
 
-// read delivers the connection's frames to in until it fails.
-func (a *Agent) read(ctx context.Context, c Conn, in chan<- inFrame) {
-	for {
-		raw, err := c.Recv()
-		if err != nil {
-			select {
-			case in <- inFrame{err: err}:
-			case <-ctx.Done():
-			}
-			return
-		}
-		f, err := wire.Decode(raw, wire.MaxFrameSize)
-		if err != nil {
-			a.malformed.Add(1)
-			a.log.Warn("dropped malformed frame", "error", err)
-			continue
-		}
-		select {
-		case in <- inFrame{f: f}:
-		case <-ctx.Done():
-			return
-		}
-	}
-}
-
 // recvErr maps a receive error to the error Serve returns.
 func recvErr(err error) error {
-	if errors.Is(err, io.EOF) {
+	if err == nil || errors.Is(err, io.EOF) {
 		return ErrDisconnected
 	}
 	return fmt.Errorf("receive: %w", err)
@@ -335,7 +309,7 @@ func recvErr(err error) error {
 // idle waits d between sessions: it answers pings and drops everything
 // else, returning early when the connection fails, ctx ends or the agent
 // drains.
-func (a *Agent) idle(ctx context.Context, l *link, in <-chan inFrame, d time.Duration) error {
+func (a *Agent) idle(ctx context.Context, c Conn, in *reliable.Frames, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	for {
@@ -346,13 +320,13 @@ func (a *Agent) idle(ctx context.Context, l *link, in <-chan inFrame, d time.Dur
 			return ErrDrained
 		case <-t.C:
 			return nil
-		case fr := <-in:
-			if fr.err != nil {
-				return recvErr(fr.err)
+		case f, ok := <-in.C:
+			if !ok {
+				return recvErr(in.Err())
 			}
-			if m, err := fr.f.Message(); err == nil {
+			if m, err := f.Message(); err == nil {
 				if p, ok := m.(*wire.Ping); ok {
-					_ = l.send(&wire.Pong{Nonce: p.Nonce, UnixNano: p.UnixNano}, fr.f.Session)
+					_ = sendRaw(c, &wire.Pong{Nonce: p.Nonce, UnixNano: p.UnixNano}, f.Session)
 					continue
 				}
 			}
@@ -361,16 +335,51 @@ func (a *Agent) idle(ctx context.Context, l *link, in <-chan inFrame, d time.Dur
 	}
 }
 
-// endSession stops what the session still runs and waits until it did.
-//
-// Resumable sessions (a later issue) will instead keep the steps running
-// and hand them to the next session of the same agent, which reports
-// their output from the master's last Ack on; this is where they stop
-// being reported.
-func (a *Agent) endSession(s *sess, err error) {
-	s.ended.Store(true)
+// holdSession keeps s for a resume while no master is in reach, for the
+// session timeout; its steps keep running and their output waits.
+func (a *Agent) holdSession(s *sess, why error) {
+	s.ep.Detach()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.hold != nil {
+		return
+	}
+	timeout := a.cfg.SessionTimeout
 	if n := a.Running(); n > 0 {
-		a.log.Warn("cancelling the session's running steps: they cannot be reported to another session", "steps", n)
+		a.log.Warn("master out of reach: steps keep running, their output waits for the resume", "steps", n, "session_timeout", timeout, "error", why)
+	}
+	s.hold = time.AfterFunc(timeout, func() {
+		a.endSession(s, fmt.Errorf("no contact with the master for %s (session timeout): %v", timeout, why))
+	})
+}
+
+// resumed stops the session timeout of s.
+func (s *sess) resumed() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.hold != nil {
+		s.hold.Stop()
+		s.hold = nil
+	}
+}
+
+// endSession ends s: its steps are cancelled (they cannot be reported to
+// another session) and it is waited for.
+func (a *Agent) endSession(s *sess, err error) {
+	s.resumed()
+	a.mu.Lock()
+	if a.cur != s {
+		a.mu.Unlock()
+		return
+	}
+	a.cur = nil
+	a.mu.Unlock()
+	s.cancel(fmt.Errorf("%w: %v", errSessionEnded, err))
+	s.ep.Close(fmt.Errorf("%w: %v", errSessionEnded, err))
+	d, _ := s.ep.Dropped()
+	a.dups.Add(d)
+	if n := a.Running(); n > 0 {
+		a.log.Warn("session ended: cancelling its running steps", "steps", n, "error", err)
 	}
 	a.cancelAll(fmt.Errorf("session ended: %v", err))
 	a.wg.Wait()
@@ -378,21 +387,25 @@ func (a *Agent) endSession(s *sess, err error) {
 
 // handshake is one handshake attempt's state.
 type handshake struct {
-	nonces   [][]byte          // of the latest Hellos, newest last
-	answered map[uint64]bool   // challenges answered, genuine or not
-	genuine  map[uint64]bool   // challenges whose master proved the secret
-	keys     map[uint64][]byte // session keys of the genuine challenges
-	authBy   time.Time         // when a genuine challenge's AuthResult is due
+	nonces   [][]byte                      // of the latest Hellos, newest last
+	answered map[uint64]bool               // challenges answered, genuine or not
+	genuine  map[uint64]*reliable.Endpoint // the endpoint of each challenge whose master proved the secret
+	keys     map[uint64][]byte             // session keys of the genuine challenges
+	authBy   time.Time                     // when a genuine challenge's AuthResult is due
 }
 
-// session runs one handshake and, when it succeeds, the session that
-// follows, until either ends. It returns the session (nil when none was
-// established) and why it ended.
-func (a *Agent) session(ctx context.Context, l *link, in <-chan inFrame) (*sess, error) {
+// session runs one handshake — resuming the current session if any — and,
+// when it succeeds, serves the session on c until the master falls silent
+// or closes it, the connection fails, ctx ends or the agent drained. It
+// returns the session (nil when none was established) and why it stopped.
+func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess, error) {
+	a.mu.Lock()
+	cur := a.cur
+	a.mu.Unlock()
 	var hs handshake
 	sendHello := func(fresh bool) error {
 		if fresh {
-			hs = handshake{answered: map[uint64]bool{}, genuine: map[uint64]bool{}, keys: map[uint64][]byte{}}
+			hs = handshake{answered: map[uint64]bool{}, genuine: map[uint64]*reliable.Endpoint{}, keys: map[uint64][]byte{}}
 		}
 		nonce := make([]byte, wire.NonceSize)
 		_, _ = rand.Read(nonce)
@@ -400,24 +413,27 @@ func (a *Agent) session(ctx context.Context, l *link, in <-chan inFrame) (*sess,
 		if len(hs.nonces) > maxHelloNonces {
 			hs.nonces = hs.nonces[1:]
 		}
-		l.restart()
-		return l.send(&wire.Hello{Node: a.cfg.Node, AgentVersion: a.cfg.Version, OS: runtime.GOOS, Arch: runtime.GOARCH, Nonce: nonce}, 0)
+		hello := &wire.Hello{Node: a.cfg.Node, AgentVersion: a.cfg.Version, OS: runtime.GOOS, Arch: runtime.GOARCH, Nonce: nonce}
+		var session uint64
+		if cur != nil {
+			hello.Resume, hello.LastSeq, session = true, cur.ep.Acked(), cur.id
+		}
+		return sendRaw(c, hello, session)
 	}
-	if a.draining.Load() {
+	if a.draining.Load() && cur == nil {
 		return nil, ErrDrained
 	}
 	if err := sendHello(true); err != nil {
 		return nil, err
 	}
-	a.log.Debug("hello sent", "node", a.cfg.Node)
+	a.log.Debug("hello sent", "node", a.cfg.Node, "resume", cur != nil)
 	helloTick := time.NewTicker(a.cfg.HelloInterval)
 	defer helloTick.Stop()
 
-	var s *sess    // the session once established
-	var key []byte // its key: every frame of the session carries a MAC
+	var s *sess // the session once established
 	// suspectBy: an unauthenticated Close claimed the session is over (a
 	// restarted master does not know its key); unless a genuine frame
-	// arrives by then, the session is treated as lost.
+	// arrives by then, the agent says hello again to find out.
 	var suspectBy time.Time
 	var beat <-chan time.Time
 	var lastSeen time.Time
@@ -450,16 +466,22 @@ func (a *Agent) session(ctx context.Context, l *link, in <-chan inFrame) (*sess,
 				return s, fmt.Errorf("%w: nothing received for %s", ErrMasterLost, silent.Round(time.Millisecond))
 			}
 			if !suspectBy.IsZero() && time.Now().After(suspectBy) {
-				return s, fmt.Errorf("%w: the master said it does not know the session and answered no ping", ErrMasterClosed)
+				return s, fmt.Errorf("%w: the master said it does not know the session and answered no ping", ErrMasterLost)
 			}
 			pingNonce++
-			if err := l.send(&wire.Ping{Nonce: pingNonce, UnixNano: time.Now().UnixNano()}, s.id); err != nil {
+			if err := s.ep.SendControl(&wire.Ping{Nonce: pingNonce, UnixNano: time.Now().UnixNano()}, s.id); err != nil {
+				return s, err
+			}
+			if err := s.ep.FlushAck(); err != nil {
 				return s, err
 			}
 		case <-drainCh:
 			drainCh = nil
 			if s == nil {
-				return nil, ErrDrained
+				if cur == nil {
+					return nil, ErrDrained
+				}
+				continue // drain once the session is resumed
 			}
 			a.log.Info("draining: waiting for running steps", "steps", a.Running(), "timeout", a.cfg.DrainTimeout)
 			drainDone = make(chan struct{})
@@ -468,15 +490,14 @@ func (a *Agent) session(ctx context.Context, l *link, in <-chan inFrame) (*sess,
 				a.waitSteps(a.cfg.DrainTimeout)
 			}()
 		case <-drainDone:
-			if err := l.send(&wire.Close{Reason: "agent shutting down"}, s.id); err != nil {
+			if err := s.ep.Send(ctx, &wire.Close{Reason: "agent shutting down"}); err != nil {
 				a.log.Warn("could not say goodbye", "error", err)
 			}
 			return s, ErrDrained
-		case fr := <-in:
-			if fr.err != nil {
-				return s, recvErr(fr.err)
+		case f, ok := <-in.C:
+			if !ok {
+				return s, recvErr(in.Err())
 			}
-			f := fr.f
 			msg, err := f.Message()
 			if err != nil {
 				a.malformed.Add(1)
@@ -484,20 +505,22 @@ func (a *Agent) session(ctx context.Context, l *link, in <-chan inFrame) (*sess,
 				continue
 			}
 			if s == nil {
-				est, err := a.handshakeFrame(l, &hs, f, msg)
+				ep, authResult, err := a.handshakeFrame(c, cur, &hs, f, msg)
 				if err != nil {
 					return nil, err
 				}
-				if est != 0 {
-					s = &sess{l: l, id: est}
-					key = hs.keys[est]
-					l.established(est, key)
-					l.ack.Store(f.Seq)
-					lastSeen = time.Now()
-					t := time.NewTicker(a.cfg.Heartbeat)
-					defer t.Stop()
-					beat = t.C
-					a.log.Info("session established", "node", a.cfg.Node, "session", fmt.Sprintf("%016x", est))
+				if ep == nil {
+					continue
+				}
+				if s, err = a.established(ep, authResult, cur); err != nil {
+					return s, err
+				}
+				lastSeen = time.Now()
+				t := time.NewTicker(a.cfg.Heartbeat)
+				defer t.Stop()
+				beat = t.C
+				if a.draining.Load() && drainCh == nil && drainDone == nil {
+					drainCh = a.drainCh // drain requested while resuming
 				}
 				continue
 			}
@@ -506,10 +529,12 @@ func (a *Agent) session(ctx context.Context, l *link, in <-chan inFrame) (*sess,
 				a.log.Debug("dropped a frame of another session", "type", f.Type, "session", fmt.Sprintf("%016x", f.Session), "stale", n)
 				continue
 			}
-			// Every frame of the session carries a MAC under the session key:
-			// a frame injected into the transport without it, or altered, is
-			// dropped and never executed.
-			if !wire.Verify(key, f) {
+			// Every frame of the session carries a MAC under the epoch's key,
+			// numbered frames arrive once and in order, the others with a
+			// rising counter: a frame injected into the transport, altered
+			// or replayed is dropped and never executed.
+			switch v := s.ep.Receive(f); v {
+			case reliable.Forged:
 				if m, ok := msg.(*wire.Close); ok {
 					// A restarted master cannot sign: its Close for a session
 					// it does not know is only a hint. Ask; a live master
@@ -518,7 +543,7 @@ func (a *Agent) session(ctx context.Context, l *link, in <-chan inFrame) (*sess,
 						a.log.Info("unauthenticated close: checking whether the master still knows the session", "reason", m.Reason)
 						suspectBy = time.Now().Add(2 * a.cfg.Heartbeat)
 						pingNonce++
-						if err := l.send(&wire.Ping{Nonce: pingNonce, UnixNano: time.Now().UnixNano()}, s.id); err != nil {
+						if err := s.ep.SendControl(&wire.Ping{Nonce: pingNonce, UnixNano: time.Now().UnixNano()}, s.id); err != nil {
 							return s, err
 						}
 					}
@@ -527,21 +552,22 @@ func (a *Agent) session(ctx context.Context, l *link, in <-chan inFrame) (*sess,
 				n := a.forged.Add(1)
 				a.log.Warn("dropped a frame with a bad MAC", "type", f.Type, "seq", f.Seq, "forged", n)
 				continue
-			}
-			// The master numbers a session's frames upwards: a frame at or
-			// below the highest Seq seen is a copy of an earlier one (a
-			// replay into a Kafka topic, say) and never runs again.
-			if f.Seq <= l.ack.Load() {
+			case reliable.Replayed:
 				n := a.replayed.Add(1)
-				a.log.Warn("dropped a replayed frame", "type", f.Type, "seq", f.Seq, "highest", l.ack.Load(), "replayed", n)
+				a.log.Warn("dropped a replayed frame", "type", f.Type, "seq", f.Seq, "replayed", n)
+				continue
+			case reliable.Duplicate:
+				a.log.Info("dropped a duplicate frame (resent after a resume, or replayed)", "type", f.Type, "seq", f.Seq)
+				continue
+			case reliable.Gap:
+				a.log.Debug("dropped a frame after a gap: it comes again", "type", f.Type, "seq", f.Seq)
 				continue
 			}
-			l.ack.Store(f.Seq)
 			lastSeen = time.Now()
 			suspectBy = time.Time{}
 			switch m := msg.(type) {
 			case *wire.Ping:
-				if err := l.send(&wire.Pong{Nonce: m.Nonce, UnixNano: m.UnixNano}, s.id); err != nil {
+				if err := s.ep.SendControl(&wire.Pong{Nonce: m.Nonce, UnixNano: m.UnixNano}, s.id); err != nil {
 					return s, err
 				}
 			case *wire.Pong, *wire.Ack:
@@ -550,37 +576,76 @@ func (a *Agent) session(ctx context.Context, l *link, in <-chan inFrame) (*sess,
 			case *wire.Cancel:
 				a.cancel(m.BuildID, errors.New(m.Reason))
 			case *wire.Close:
+				_ = s.ep.Handled()
 				return s, fmt.Errorf("%w: %s", ErrMasterClosed, m.Reason)
 			default:
 				a.unexpected.Add(1)
 				a.log.Debug("dropped an unexpected frame", "type", f.Type)
 			}
+			if reliable.Sequenced(f.Type) {
+				if err := s.ep.Handled(); err != nil {
+					return s, err
+				}
+			}
 		}
 	}
 }
 
+// established makes the session the master accepted current: the resumed
+// one (its outbox is sent again from the master's Ack on) or a new one
+// (the previous session, which the master no longer knows, ends).
+func (a *Agent) established(ep *reliable.Endpoint, authResult *wire.Frame, cur *sess) (*sess, error) {
+	id := authResult.Session
+	if cur != nil && cur.ep == ep {
+		cur.resumed()
+		p := ep.Pending()
+		if err := ep.Resend(authResult.Ack); err != nil {
+			return cur, err
+		}
+		a.log.Info("session resumed", "node", a.cfg.Node, "session", fmt.Sprintf("%016x", id), "master_has", authResult.Ack, "resent", p.Last-authResult.Ack)
+		return cur, nil
+	}
+	if cur != nil {
+		a.endSession(cur, fmt.Errorf("the master does not know session %016x any more (it restarted, or the session timed out)", cur.id))
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	s := &sess{ep: ep, id: id, ctx: ctx, cancel: cancel}
+	a.mu.Lock()
+	a.cur = s
+	a.mu.Unlock()
+	a.log.Info("session established", "node", a.cfg.Node, "session", fmt.Sprintf("%016x", id))
+	return s, nil
+}
+
 // handshakeFrame handles a frame that arrived before the session was
-// established. It returns the session id once the master accepted the
-// agent's genuine proof.
-func (a *Agent) handshakeFrame(l *link, hs *handshake, f *wire.Frame, msg wire.Message) (uint64, error) {
+// established. Once the master accepted the agent's genuine proof it
+// returns the session's endpoint and the AuthResult frame.
+func (a *Agent) handshakeFrame(c Conn, cur *sess, hs *handshake, f *wire.Frame, msg wire.Message) (*reliable.Endpoint, *wire.Frame, error) {
 	switch m := msg.(type) {
 	case *wire.Ping:
 		// Answered in any state: a ping executes nothing.
-		if err := l.send(&wire.Pong{Nonce: m.Nonce, UnixNano: m.UnixNano}, f.Session); err != nil {
-			return 0, err
+		if err := sendRaw(c, &wire.Pong{Nonce: m.Nonce, UnixNano: m.UnixNano}, f.Session); err != nil {
+			return nil, nil, err
 		}
 	case *wire.Challenge:
 		if f.Session == 0 || hs.answered[f.Session] {
 			a.stale.Add(1)
-			return 0, nil
+			return nil, nil, nil
 		}
 		for _, nonceA := range hs.nonces {
 			if wire.ProofEqual(m.Proof, wire.MasterProof(a.cfg.Secret, nonceA, m.Nonce)) {
-				hs.answered[f.Session], hs.genuine[f.Session] = true, true
+				// The resumed session keeps its endpoint (its outbox); a new
+				// session number means the master started a new session.
+				ep := reliable.NewEndpoint(a.cfg.OutboxBytes)
+				if cur != nil && cur.id == f.Session {
+					ep = cur.ep
+				}
+				ep.Begin(c)
+				hs.answered[f.Session], hs.genuine[f.Session] = true, ep
 				hs.keys[f.Session] = wire.SessionKey(a.cfg.Secret, nonceA, m.Nonce, f.Session)
 				hs.authBy = time.Now().Add(a.cfg.HeartbeatTimeout)
 				a.log.Debug("the master proved the secret: answering its challenge", "session", fmt.Sprintf("%016x", f.Session))
-				return 0, l.send(&wire.Auth{Proof: wire.AgentProof(a.cfg.Secret, m.Nonce, nonceA)}, f.Session)
+				return nil, nil, ep.SendControl(&wire.Auth{Proof: wire.AgentProof(a.cfg.Secret, m.Nonce, nonceA)}, f.Session)
 			}
 		}
 		// A stale challenge (answering an older hello), a forged one, or a
@@ -593,35 +658,37 @@ func (a *Agent) handshakeFrame(l *link, hs *handshake, f *wire.Frame, msg wire.M
 		a.log.Warn("the master's proof does not verify: wrong secret on one side, or a stale challenge", "session", fmt.Sprintf("%016x", f.Session))
 		if len(hs.genuine) == 0 && len(hs.answered) < maxPendingChallenges {
 			hs.answered[f.Session] = true
-			return 0, l.send(&wire.Auth{}, f.Session)
+			return nil, nil, sendRaw(c, &wire.Auth{}, f.Session)
 		}
 	case *wire.AuthResult:
+		ep := hs.genuine[f.Session]
 		switch {
 		case !hs.answered[f.Session]:
 			a.stale.Add(1)
 		case !m.OK:
-			return 0, fmt.Errorf("%w: %s", ErrRefused, m.Reason)
-		case !hs.genuine[f.Session] || m.Session != f.Session:
+			return nil, nil, fmt.Errorf("%w: %s", ErrRefused, m.Reason)
+		case ep == nil || m.Session != f.Session:
 			a.stale.Add(1) // accepted without our proof: not our master
 			a.log.Warn("ignored an acceptance of a challenge that did not prove the secret", "session", fmt.Sprintf("%016x", f.Session))
 		case !wire.Verify(hs.keys[f.Session], f):
 			n := a.forged.Add(1)
 			a.log.Warn("dropped a frame with a bad MAC", "type", f.Type, "forged", n)
 		default:
-			return f.Session, nil
+			ep.Established(f.Session, hs.keys[f.Session], f.Seq)
+			return ep, f, nil
 		}
 	default:
 		a.stale.Add(1) // a frame of an earlier session, or a forged one
 		a.log.Debug("dropped a frame before the handshake completed", "type", f.Type, "session", fmt.Sprintf("%016x", f.Session))
 	}
-	return 0, nil
+	return nil, nil, nil
 }
 
 // start runs a step in the background and reports its output and exit.
 func (a *Agent) start(s *sess, m *wire.RunStep) {
 	log := a.log.With("build", m.BuildID, "step", m.StepName, "index", m.StepIndex)
 	exit := func(code int32, msg string) {
-		if err := s.send(&wire.Exit{BuildID: m.BuildID, StepIndex: m.StepIndex, Code: code, Error: msg}); err != nil {
+		if err := s.ep.Send(s.ctx, &wire.Exit{BuildID: m.BuildID, StepIndex: m.StepIndex, Code: code, Error: msg}); err != nil {
 			log.Warn("could not report the step's exit", "error", err)
 		}
 	}
@@ -671,7 +738,7 @@ func (a *Agent) start(s *sess, m *wire.RunStep) {
 			if st == runner.Stderr {
 				stream = wire.StreamStderr
 			}
-			if err := s.send(&wire.Output{BuildID: m.BuildID, StepIndex: m.StepIndex, Stream: stream, Data: p}); err != nil {
+			if err := s.ep.Send(s.ctx, &wire.Output{BuildID: m.BuildID, StepIndex: m.StepIndex, Stream: stream, Data: p}); err != nil {
 				if failed.CompareAndSwap(false, true) {
 					cancel(fmt.Errorf("output cannot reach the master: %w", err))
 				}

@@ -105,6 +105,14 @@ type Node struct {
 	Labels []string
 	// Executors is the number of jobs the node runs at once (default 1).
 	Executors int
+	// HeartbeatTimeout is how long the agent may stay silent before its
+	// link counts as lost (0: the server's default, 30s).
+	HeartbeatTimeout time.Duration
+	// SessionTimeout is how long a resumable session (launchers with the
+	// resume capability, such as Kafka) waits for the agent to come back
+	// before its running builds fail with "agent lost" (0: the default,
+	// 5m).
+	SessionTimeout time.Duration
 	// Body is the body of the node's block named after its launcher; when
 	// the node has no such block it is an empty body that reports missing
 	// items at DefRange.

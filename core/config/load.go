@@ -73,6 +73,10 @@ type nodeBlock struct {
 	LabelsRange    hcl.Range `hcl:"labels,attr_value_range"`
 	Executors      *int      `hcl:"executors,optional"`
 	ExecutorsRange hcl.Range `hcl:"executors,attr_value_range"`
+	Heartbeat      *string   `hcl:"heartbeat_timeout,optional"`
+	HeartbeatRange hcl.Range `hcl:"heartbeat_timeout,attr_value_range"`
+	Session        *string   `hcl:"session_timeout,optional"`
+	SessionRange   hcl.Range `hcl:"session_timeout,attr_value_range"`
 	Remain         hcl.Body  `hcl:",remain"`
 	DefRange       hcl.Range `hcl:",def_range"`
 }
@@ -418,6 +422,8 @@ func (c *Config) buildNodes(blocks []*nodeBlock) hcl.Diagnostics {
 			BlockRange: b.DefRange,
 			Body:       &emptyBody{rng: b.DefRange, blockType: b.Launcher},
 		}
+		diags = append(diags, duration("heartbeat_timeout", b.Heartbeat, b.HeartbeatRange, &n.HeartbeatTimeout)...)
+		diags = append(diags, duration("session_timeout", b.Session, b.SessionRange, &n.SessionTimeout)...)
 		if b.Executors != nil {
 			n.Executors = *b.Executors
 			if n.Executors < 1 {
@@ -480,19 +486,7 @@ func (c *Config) buildJobs(blocks []*jobBlock) hcl.Diagnostics {
 		diags = append(diags, checkName("job", b.Name, b.NameRange)...)
 		diags = append(diags, checkDuplicate("job", b.Name, b.DefRange, seen)...)
 		j := &Job{Name: b.Name, Labels: b.Labels, Env: b.Env, DefRange: b.DefRange}
-		if b.Timeout != nil {
-			d, err := time.ParseDuration(*b.Timeout)
-			switch {
-			case err != nil:
-				diags = diags.Append(errorAt(b.TimeoutRange, "Invalid timeout",
-					fmt.Sprintf("The timeout %q is not a duration such as \"90s\", \"30m\" or \"1h30m\": %s.", *b.Timeout, err)))
-			case d <= 0:
-				diags = diags.Append(errorAt(b.TimeoutRange, "Invalid timeout",
-					fmt.Sprintf("The timeout must be positive, not %s.", *b.Timeout)))
-			default:
-				j.Timeout = d
-			}
-		}
+		diags = append(diags, duration("timeout", b.Timeout, b.TimeoutRange, &j.Timeout)...)
 		for _, k := range slices.Sorted(maps.Keys(b.Env)) {
 			if k == "" || strings.ContainsAny(k, "=\x00") {
 				diags = diags.Append(errorAt(b.EnvRange, "Invalid environment variable name",
@@ -554,4 +548,22 @@ func hasAll(n *Node, labels []string) bool {
 		}
 	}
 	return true
+}
+
+// duration parses the optional positive duration attribute name into d.
+func duration(name string, v *string, rng hcl.Range, d *time.Duration) hcl.Diagnostics {
+	if v == nil {
+		return nil
+	}
+	parsed, err := time.ParseDuration(*v)
+	switch {
+	case err != nil:
+		return hcl.Diagnostics{errorAt(rng, "Invalid "+name,
+			fmt.Sprintf("The %s %q is not a duration such as \"90s\", \"30m\" or \"1h30m\": %s.", name, *v, err))}
+	case parsed <= 0:
+		return hcl.Diagnostics{errorAt(rng, "Invalid "+name,
+			fmt.Sprintf("The %s must be positive, not %s.", name, *v))}
+	}
+	*d = parsed
+	return nil
 }

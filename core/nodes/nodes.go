@@ -1,7 +1,9 @@
 // Package nodes keeps every configured node connected: it launches the
 // node's agent through its launcher plugin, authenticates it, tracks the
-// node's state (offline → launching → online → offline, with the reason)
-// and its executors, and relaunches with backoff when the connection ends.
+// node's state (offline → launching → online → offline, with the reason;
+// online → unreachable → online when a resumable link breaks and the agent
+// resumes its session) and its executors, and relaunches with backoff when
+// the connection ends.
 package nodes
 
 import (
@@ -25,6 +27,9 @@ const (
 	StateOffline   = "offline"
 	StateLaunching = "launching"
 	StateOnline    = "online"
+	// StateUnreachable: the link to the agent broke, its session is held
+	// for the agent to resume (running builds wait, no new build starts).
+	StateUnreachable = "unreachable"
 )
 
 // Relaunch backoff bounds.
@@ -43,10 +48,9 @@ type Node struct {
 	reason  string
 	since   time.Time
 	busy    int
-	sess    *session.Session
+	sess    *session.Session // lives as long as the manager
 	agent   *session.Agent
 	desc    string
-	dropped session.Counters
 }
 
 // Name is the node's name.
@@ -62,11 +66,10 @@ func (n *Node) Covers(labels []string) bool {
 	return true
 }
 
-// Session is the node's authenticated session, or nil when it is not online.
+// Session is the node's session, or nil when none lives (a held session,
+// waiting for the agent to resume, counts: steps sent to it wait).
 func (n *Node) Session() *session.Session {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.state != StateOnline {
+	if !n.sess.Live() {
 		return nil
 	}
 	return n.sess
@@ -98,11 +101,7 @@ func (n *Node) Status() Status {
 		st.AgentVersion = n.agent.Version
 		st.Platform = n.agent.OS + "/" + n.agent.Arch
 	}
-	c := n.dropped
-	if n.sess != nil {
-		c = n.sess.Counters()
-	}
-	if c != (session.Counters{}) {
+	if c := n.sess.Counters(); c != (session.Counters{}) {
 		st.Dropped = &c
 	}
 	return st
@@ -133,6 +132,17 @@ func NewManager(cfg *config.Config, pm *plugins.Manager, opts Options, logger hc
 		for _, l := range c.Labels {
 			n.labels[l] = true
 		}
+		hbTimeout := opts.HeartbeatTimeout
+		if c.HeartbeatTimeout > 0 {
+			hbTimeout = c.HeartbeatTimeout
+		}
+		n.sess = session.New(session.Options{Node: c.Name, Heartbeat: opts.Heartbeat, HeartbeatTimeout: hbTimeout,
+			SessionTimeout: c.SessionTimeout, Logger: logger.Named(c.Name),
+			OnEnd: func(err error) {
+				if n.Status().State == StateUnreachable {
+					m.set(n, StateOffline, err.Error())
+				}
+			}})
 		m.nodes = append(m.nodes, n)
 	}
 	return m
@@ -223,9 +233,6 @@ func (m *Manager) set(n *Node, state, reason string) {
 		n.since = time.Now()
 	}
 	n.state, n.reason = state, reason
-	if state != StateOnline && n.sess != nil {
-		n.dropped = n.sess.Counters()
-	}
 	n.mu.Unlock()
 	if changed {
 		m.log.Info("node state", "node", n.cfg.Name, "state", state, "reason", reason)
@@ -257,10 +264,21 @@ func (m *Manager) run(ctx context.Context, n *Node) {
 // connect launches the node and serves its sessions until the connection
 // ends; it reports whether the node was online at some point.
 func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger) bool {
-	m.set(n, StateLaunching, "launching")
+	// offline marks the node down, or unreachable while its session is held
+	// for the agent to resume.
+	offline := func(why string) {
+		if held, until := n.sess.Held(); held {
+			m.set(n, StateUnreachable, fmt.Sprintf("%s; running builds wait for the agent until %s", why, until.Format(time.RFC3339)))
+			return
+		}
+		m.set(n, StateOffline, why)
+	}
+	if held, _ := n.sess.Held(); !held {
+		m.set(n, StateLaunching, "launching")
+	}
 	p := m.plugins.Get(n.cfg.Launcher)
 	if p == nil {
-		m.set(n, StateOffline, fmt.Sprintf("launcher %q is not loaded", n.cfg.Launcher))
+		offline(fmt.Sprintf("launcher %q is not loaded", n.cfg.Launcher))
 		return false
 	}
 	proc := p.Process()
@@ -268,7 +286,7 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger) bool {
 	if proc.Secrets != nil {
 		s, err := proc.Secrets.NodeSecret(ctx, n.cfg.Name)
 		if err != nil {
-			m.set(n, StateOffline, fmt.Sprintf("get node secret: %v", err))
+			offline(fmt.Sprintf("get node secret: %v", err))
 			return false
 		}
 		secret = s.Secret
@@ -277,7 +295,7 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger) bool {
 	conn, err := proc.Launcher.Launch(lctx, &launcher.Node{Name: n.cfg.Name, Labels: n.cfg.Labels, Config: n.cfg.Config})
 	cancel()
 	if err != nil {
-		m.set(n, StateOffline, fmt.Sprintf("launch failed: %v", err))
+		offline(fmt.Sprintf("launch failed: %v", err))
 		return false
 	}
 	defer conn.Close()
@@ -288,32 +306,42 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger) bool {
 	if d, ok := conn.(launcher.Describer); ok {
 		desc = d.Description()
 	}
-	sess := session.New(conn, session.Options{Node: n.cfg.Name, Secret: secret,
-		Heartbeat: m.opts.Heartbeat, HeartbeatTimeout: m.opts.HeartbeatTimeout, Logger: log})
+	link := n.sess.Attach(conn, secret, proc.Info.Has(launcher.CapResume))
+	defer link.Close()
+	link.OnReachable = func(reachable bool, why error) {
+		if reachable {
+			m.set(n, StateOnline, "")
+		} else {
+			offline(why.Error())
+		}
+	}
 	n.mu.Lock()
-	n.sess, n.desc, n.agent = sess, desc, nil
+	n.desc = desc
 	n.mu.Unlock()
 	if n.Status().State == StateLaunching {
 		m.set(n, StateLaunching, "waiting for the agent to connect")
 	}
 	wasOnline := false
 	for {
-		agent, err := sess.Handshake(ctx)
+		agent, resumed, err := link.Handshake(ctx)
 		if errors.Is(err, session.ErrAuth) {
-			m.set(n, StateOffline, err.Error())
+			offline(err.Error())
 			continue // the agent may retry with the right secret on this connection
 		}
 		if err != nil {
-			m.set(n, StateOffline, reason(err))
+			offline(reason(err))
 			return wasOnline
 		}
 		n.mu.Lock()
 		n.agent = agent
 		n.mu.Unlock()
 		wasOnline = true
+		if resumed {
+			log.Info("the agent resumed its session", "pending", n.sess.Pending().Frames)
+		}
 		m.set(n, StateOnline, "")
-		err = sess.Serve(ctx)
-		m.set(n, StateOffline, reason(err))
+		err = link.Serve(ctx)
+		offline(reason(err))
 		if !errors.Is(err, session.ErrRehello) {
 			return wasOnline
 		}

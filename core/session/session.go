@@ -1,7 +1,17 @@
 // Package session is the master's side of the agent protocol
-// (docs/protocol.md) over one launcher connection: the handshake with
-// mutual authentication, heartbeats, stale-frame filtering and running
-// steps.
+// (docs/protocol.md, docs/sessions.md): one Session per node, which
+// outlives the node's connections. Each connection (a Link) runs the
+// handshake with mutual authentication — for a new session, or to resume
+// the current one — then serves it: heartbeats, exactly-once in-order
+// delivery of numbered frames (sdk/reliable), step output and results.
+//
+// When a resumable connection breaks (its launcher reports
+// launcher.CapResume: the agent talks to a durable log, not to the
+// connection), the session is held: steps keep running on the agent,
+// frames wait in both outboxes, and the agent's next Hello resumes it. A
+// session not resumed within the session timeout ends, and its steps fail
+// with ErrAgentLost; so do they at once when the agent starts a new
+// session (it restarted).
 package session
 
 import (
@@ -18,32 +28,50 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/conveyor-ci/conveyor/sdk/launcher"
+	"github.com/conveyor-ci/conveyor/sdk/reliable"
 	"github.com/conveyor-ci/conveyor/sdk/wire"
 )
 
-// Errors a session ends with.
+// Errors a session or a link ends with.
 var (
 	// ErrAuth: the agent failed to prove it holds the node's secret.
 	ErrAuth = errors.New("authentication failed: wrong secret")
-	// ErrAgentLost: nothing arrived from the agent for the heartbeat timeout.
+	// ErrAgentLost: the agent is gone: it restarted, or stayed out of
+	// reach for the session timeout (or the heartbeat timeout, on a
+	// connection that cannot resume).
 	ErrAgentLost = errors.New("agent lost")
-	// ErrRehello: the agent started a new handshake (it restarted).
-	ErrRehello = errors.New("agent started a new session")
-	// ErrClosed: the agent or the connection ended the session.
+	// ErrRehello: the agent started a handshake on the connection (it
+	// restarted, or it resumes after losing its own link).
+	ErrRehello = errors.New("agent said hello again")
+	// ErrClosed: the agent or the connection ended.
 	ErrClosed = errors.New("connection closed")
 )
 
-// Options configures a session.
+// Defaults of Options.
+const (
+	DefaultHeartbeat        = 5 * time.Second
+	DefaultHeartbeatTimeout = 30 * time.Second
+	DefaultSessionTimeout   = 5 * time.Minute
+	// DefaultOutboxBytes bounds what the master keeps for the agent until
+	// acknowledged (step requests, cancels: small).
+	DefaultOutboxBytes = 16 << 20
+)
+
+// Options configures a node's session.
 type Options struct {
 	// Node is the node's name; a Hello naming another node is ignored.
 	Node string
-	// Secret is the node's secret; empty for launchers without a secret
-	// manager (the transport authenticates the agent).
-	Secret []byte
-	// Heartbeat is the ping interval (default 5s).
+	// Heartbeat is the ping interval.
 	Heartbeat time.Duration
-	// HeartbeatTimeout is how long the agent may stay silent (default 30s).
+	// HeartbeatTimeout is how long the agent may stay silent on a
+	// connection before the link counts as lost.
 	HeartbeatTimeout time.Duration
+	// SessionTimeout is how long a session is held for the agent to resume
+	// it after its link was lost.
+	SessionTimeout time.Duration
+	// OnEnd, when set, is called (in its own goroutine) when a session
+	// ends while no link serves it: the session timeout expired.
+	OnEnd func(err error)
 	// Logger logs the session's events.
 	Logger hclog.Logger
 }
@@ -66,35 +94,30 @@ type Counters struct {
 	Unexpect uint64 `json:"unexpected"`
 	// Forged frames carried no valid MAC under the session key.
 	Forged uint64 `json:"forged"`
-	// Replayed frames repeated or reordered an earlier Seq.
+	// Replayed frames repeated or reordered an earlier control frame.
 	Replayed uint64 `json:"replayed"`
+	// Duplicate numbered frames were already delivered (resent after a
+	// reconnect, or replayed).
+	Duplicate uint64 `json:"duplicate"`
+	// Early numbered frames came after a missing one; they come again.
+	Early uint64 `json:"early"`
 }
 
-// Session is the master's end of one agent connection.
+// Session is the master's end of a node's agent sessions.
 type Session struct {
-	conn launcher.Conn
 	opts Options
 	log  hclog.Logger
 
-	in      chan *wire.Frame
-	readErr error // set before in is closed
-
-	sendMu sync.Mutex
-	seq    uint64
-	ack    atomic.Uint64
-
-	id      atomic.Uint64
-	pending *wire.Frame     // a Hello that arrived while serving
-	closed  map[uint64]bool // unknown sessions told to end (closeStale)
-
-	mu    sync.Mutex
-	steps map[stepKey]*step
-	ended error
-
-	key    atomic.Pointer[[]byte] // the session key once authenticated
-	lastIn uint64                 // highest Seq accepted in the session (serve only)
+	mu        sync.Mutex
+	ep        *reliable.Endpoint // the current session; nil before the first
+	ended     error              // why the current session ended; nil while it lives
+	held      *time.Timer        // the session timeout, while no link serves it
+	heldSince time.Time
+	steps     map[stepKey]*step
+	closed    map[uint64]bool // unknown sessions told to end (closeStale)
 
 	stale, malformed, unexpected, forged, replayed atomic.Uint64
+	dupDone, earlyDone                             atomic.Uint64 // of sessions replaced
 }
 
 type stepKey struct {
@@ -104,54 +127,182 @@ type stepKey struct {
 
 type step struct {
 	out  io.Writer
-	exit chan *wire.Exit
+	exit chan *wire.Exit // closed without a value when the session ended
+	err  error           // why, set before exit is closed
 }
 
-// New starts reading frames from conn. The caller closes conn to end the
-// session at any time.
-func New(conn launcher.Conn, opts Options) *Session {
+// New returns a node's session holder; Attach serves it on connections.
+func New(opts Options) *Session {
 	if opts.Heartbeat <= 0 {
-		opts.Heartbeat = 5 * time.Second
+		opts.Heartbeat = DefaultHeartbeat
 	}
 	if opts.HeartbeatTimeout <= 0 {
-		opts.HeartbeatTimeout = 30 * time.Second
+		opts.HeartbeatTimeout = DefaultHeartbeatTimeout
+	}
+	if opts.SessionTimeout <= 0 {
+		opts.SessionTimeout = DefaultSessionTimeout
 	}
 	if opts.Logger == nil {
 		opts.Logger = hclog.NewNullLogger()
 	}
-	s := &Session{conn: conn, opts: opts, log: opts.Logger, in: make(chan *wire.Frame, 64), steps: map[stepKey]*step{}, closed: map[uint64]bool{}}
-	go s.read()
-	return s
+	return &Session{opts: opts, log: opts.Logger, steps: map[stepKey]*step{}, closed: map[uint64]bool{}, ended: errors.New("no session yet")}
 }
 
-// read decodes frames into s.in; malformed frames are counted and dropped.
-func (s *Session) read() {
-	defer close(s.in)
-	for {
-		raw, err := s.conn.Recv()
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				err = ErrClosed
-			}
-			s.readErr = err
+// Counters reports the frames dropped so far.
+func (s *Session) Counters() Counters {
+	c := Counters{Stale: s.stale.Load(), Malformed: s.malformed.Load(), Unexpect: s.unexpected.Load(),
+		Forged: s.forged.Load(), Replayed: s.replayed.Load(), Duplicate: s.dupDone.Load(), Early: s.earlyDone.Load()}
+	s.mu.Lock()
+	ep := s.ep
+	s.mu.Unlock()
+	if ep != nil {
+		d, e := ep.Dropped()
+		c.Duplicate += d
+		c.Early += e
+	}
+	return c
+}
+
+// ID is the current session's id, zero before the first handshake.
+func (s *Session) ID() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ep == nil {
+		return 0
+	}
+	return s.ep.Session()
+}
+
+// Live reports whether a session is established and not ended (it may be
+// held, waiting for the agent to resume it).
+func (s *Session) Live() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ep != nil && s.ended == nil
+}
+
+// Held reports whether the session waits for the agent to resume it, and
+// until when.
+func (s *Session) Held() (bool, time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.held == nil {
+		return false, time.Time{}
+	}
+	return true, s.heldSince.Add(s.opts.SessionTimeout)
+}
+
+// Pending reports what the current session's outbox keeps for the agent.
+func (s *Session) Pending() reliable.Pending {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ep == nil {
+		return reliable.Pending{}
+	}
+	return s.ep.Pending()
+}
+
+// end ends the session ep (if it is still the current one) with err: its
+// steps fail with err, its outbox refuses more. It reports whether it did.
+func (s *Session) end(ep *reliable.Endpoint, err error) bool {
+	s.mu.Lock()
+	if s.ep != ep || s.ended != nil {
+		s.mu.Unlock()
+		return false
+	}
+	s.ended = err
+	s.stopHold()
+	steps := s.steps
+	s.steps = map[stepKey]*step{}
+	s.mu.Unlock()
+	ep.Close(err)
+	for _, st := range steps {
+		st.err = err
+		close(st.exit)
+	}
+	if len(steps) > 0 {
+		s.log.Warn("session ended: its running steps fail", "steps", len(steps), "error", err)
+	}
+	return true
+}
+
+// hold keeps the session for the agent to resume it, for the session
+// timeout; s.mu is held.
+func (s *Session) hold(ep *reliable.Endpoint, why error) {
+	if s.held != nil || s.ended != nil || s.ep != ep {
+		return
+	}
+	s.heldSince = time.Now()
+	timeout := s.opts.SessionTimeout
+	s.log.Warn("link to the agent lost: holding the session for it to resume", "error", why, "session_timeout", timeout)
+	var timer *time.Timer
+	timer = time.AfterFunc(timeout, func() {
+		s.mu.Lock()
+		mine := s.held == timer // not resumed meanwhile
+		s.mu.Unlock()
+		if !mine {
 			return
 		}
-		f, err := wire.Decode(raw, wire.MaxFrameSize)
-		if err != nil {
-			s.malformed.Add(1)
-			s.log.Warn("dropped malformed frame", "error", err)
-			continue
+		err := fmt.Errorf("%w: no contact for %s (session_timeout; last: %v)", ErrAgentLost, timeout, why)
+		if s.end(ep, err) && s.opts.OnEnd != nil {
+			s.opts.OnEnd(err)
 		}
-		s.in <- f
+	})
+	s.held = timer
+}
+
+// stopHold stops the session timeout; s.mu is held.
+func (s *Session) stopHold() {
+	if s.held != nil {
+		s.held.Stop()
+		s.held = nil
 	}
 }
 
+// Link is one connection serving a node's session.
+type Link struct {
+	s         *Session
+	conn      launcher.Conn
+	secret    []byte
+	resumable bool
+	frames    *reliable.Frames
+	stopRead  context.CancelFunc
+	pending   *wire.Frame // a Hello that arrived while serving
+
+	// OnReachable, when set, is told when a resumable link's agent falls
+	// silent for the heartbeat timeout (the session is held, Serve goes on
+	// waiting for it) and when it is heard again.
+	OnReachable func(reachable bool, why error)
+}
+
+// Attach starts reading conn for the node's session. secret is the node's
+// secret (empty for launchers without a secret manager: the transport
+// authenticates the agent); resumable says whether the session may
+// outlive conn (launcher.CapResume). The caller closes conn and calls
+// Close on the link when done.
+func (s *Session) Attach(conn launcher.Conn, secret []byte, resumable bool) *Link {
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &Link{s: s, conn: conn, secret: secret, resumable: resumable, stopRead: cancel}
+	l.frames = reliable.Read(ctx, conn, func(err error) {
+		s.malformed.Add(1)
+		s.log.Warn("dropped malformed frame", "error", err)
+	})
+	return l
+}
+
+// Close stops reading the connection.
+func (l *Link) Close() { l.stopRead() }
+
 // next returns the next frame, or the reason there is none.
-func (s *Session) next(ctx context.Context, timeout <-chan time.Time) (*wire.Frame, error) {
+func (l *Link) next(ctx context.Context, timeout <-chan time.Time) (*wire.Frame, error) {
 	select {
-	case f, ok := <-s.in:
+	case f, ok := <-l.frames.C:
 		if !ok {
-			return nil, fmt.Errorf("%w: %v", ErrClosed, s.readErr)
+			err := l.frames.Err()
+			if errors.Is(err, io.EOF) {
+				return nil, ErrClosed
+			}
+			return nil, fmt.Errorf("%w: %v", ErrClosed, err)
 		}
 		return f, nil
 	case <-timeout:
@@ -161,40 +312,32 @@ func (s *Session) next(ctx context.Context, timeout <-chan time.Time) (*wire.Fra
 	}
 }
 
-// send encodes m in the current session and sends it.
-func (s *Session) send(m wire.Message, session uint64) error {
-	s.sendMu.Lock()
-	defer s.sendMu.Unlock()
+// sendRaw sends an unsigned frame outside any session epoch: challenges,
+// refusals, answers to frames of no known session.
+func (l *Link) sendRaw(m wire.Message, session uint64) error {
 	f := wire.NewFrame(m)
-	s.seq++
-	f.Session, f.Seq, f.Ack = session, s.seq, s.ack.Load()
-	if key := s.key.Load(); key != nil && session == s.id.Load() {
-		wire.Sign(*key, f)
-	}
+	f.Session = session
 	b, err := f.Encode()
 	if err != nil {
 		return err
 	}
-	return s.conn.Send(b)
-}
-
-// Counters reports the frames dropped so far.
-func (s *Session) Counters() Counters {
-	return Counters{Stale: s.stale.Load(), Malformed: s.malformed.Load(), Unexpect: s.unexpected.Load(),
-		Forged: s.forged.Load(), Replayed: s.replayed.Load()}
+	return l.conn.Send(b)
 }
 
 // Handshake waits for an agent's Hello and runs the mutual
-// authentication. It returns ErrAuth after telling an agent with a wrong
-// secret so; it may then be called again for the agent's next attempt.
-func (s *Session) Handshake(ctx context.Context) (*Agent, error) {
+// authentication, for a new session or to resume the current one (the
+// agent's Hello names it). It reports whether the session was resumed.
+// It returns ErrAuth after telling an agent with a wrong secret so; it may
+// then be called again for the agent's next attempt.
+func (l *Link) Handshake(ctx context.Context) (*Agent, bool, error) {
+	s := l.s
 	for {
-		f := s.pending
-		s.pending = nil
+		f := l.pending
+		l.pending = nil
 		if f == nil {
 			var err error
-			if f, err = s.next(ctx, nil); err != nil {
-				return nil, err
+			if f, err = l.next(ctx, nil); err != nil {
+				return nil, false, err
 			}
 		}
 		msg, err := f.Message()
@@ -202,110 +345,170 @@ func (s *Session) Handshake(ctx context.Context) (*Agent, error) {
 			s.malformed.Add(1)
 			continue
 		}
-		if f.Session != 0 && f.Type != wire.TypeHello {
-			s.closeStale(f.Session)
-			continue
-		}
 		switch m := msg.(type) {
 		case *wire.Ping:
-			_ = s.send(&wire.Pong{Nonce: m.Nonce, UnixNano: m.UnixNano}, 0)
-			continue
+			_ = l.sendRaw(&wire.Pong{Nonce: m.Nonce, UnixNano: m.UnixNano}, f.Session)
 		case *wire.Hello:
-			if f.Session != 0 || len(m.Nonce) != wire.NonceSize || (m.Node != "" && m.Node != s.opts.Node) {
+			if len(m.Nonce) != wire.NonceSize || (m.Node != "" && m.Node != s.opts.Node) || (f.Session != 0 && !m.Resume) {
 				s.stale.Add(1)
-				s.log.Warn("ignored hello", "node", m.Node, "session", f.Session)
+				s.log.Warn("ignored hello", "node", m.Node, "session", fmt.Sprintf("%016x", f.Session))
 				continue
 			}
-			agent, err := s.authenticate(ctx, m)
+			agent, resumed, err := l.authenticate(ctx, f, m)
 			if errors.Is(err, errRetryHello) {
 				continue
 			}
-			return agent, err
+			return agent, resumed, err
 		default:
-			s.stale.Add(1) // anything before a hello belongs to an older session
+			l.closeStale(f.Session)
 		}
 	}
 }
 
 var errRetryHello = errors.New("handshake restarted")
 
-// closeStale drops a frame of a session this master does not know (its
-// agent still talks to a master that restarted, say) and tells that
-// session, once, to end, so the agent says hello again at once instead of
-// waiting for its heartbeat timeout. Nothing in the frame is executed.
-func (s *Session) closeStale(session uint64) {
+// closeStale drops a frame that arrived outside a handshake or belongs to a
+// session this master does not know (its agent still talks to a master
+// that restarted and lost the session, say) and tells that session, once,
+// to end, so the agent says hello again at once instead of waiting for its
+// heartbeat timeout. Nothing in the frame is executed. Frames of the
+// current session (the agent resends while a handshake runs) are dropped
+// quietly: they come again after the resume.
+func (l *Link) closeStale(session uint64) {
+	s := l.s
 	s.stale.Add(1)
-	if s.closed[session] {
+	if session == 0 || (session == s.ID() && s.Live()) {
 		return
 	}
-	if len(s.closed) >= maxClosedSessions {
-		clear(s.closed)
+	s.mu.Lock()
+	told := s.closed[session]
+	if !told {
+		if len(s.closed) >= maxClosedSessions {
+			clear(s.closed)
+		}
+		s.closed[session] = true
 	}
-	s.closed[session] = true
+	s.mu.Unlock()
+	if told {
+		return
+	}
 	s.log.Info("frame of an unknown session: telling it to end", "session", fmt.Sprintf("%016x", session))
-	_ = s.send(&wire.Close{Reason: "unknown session: the master restarted; say hello again"}, session)
+	_ = l.sendRaw(&wire.Close{Reason: "unknown session: the master does not know it (it restarted, or the session timed out); say hello again"}, session)
 }
 
 // maxClosedSessions bounds the memory of closeStale.
 const maxClosedSessions = 64
 
-func (s *Session) authenticate(ctx context.Context, hello *wire.Hello) (*Agent, error) {
+func (l *Link) authenticate(ctx context.Context, hf *wire.Frame, hello *wire.Hello) (*Agent, bool, error) {
+	s := l.s
+	// Resume the current session if the agent asks for it and it still
+	// lives; otherwise start a new one (the agent then drops the steps of
+	// the session it asked for: nobody can report them).
+	s.mu.Lock()
+	cur, resume := s.ep, false
+	if hello.Resume && cur != nil && s.ended == nil && cur.Session() == hf.Session {
+		resume = true
+	}
+	s.mu.Unlock()
+	ep, id := cur, hf.Session
+	if !resume {
+		ep, id = reliable.NewEndpoint(DefaultOutboxBytes), newSessionID()
+	}
+	// Nothing of the session changes before the agent proved the secret:
+	// the challenge goes outside the session's epoch.
 	nonceM := make([]byte, wire.NonceSize)
 	_, _ = rand.Read(nonceM)
-	id := newSessionID()
-	if err := s.send(&wire.Challenge{Nonce: nonceM, Proof: wire.MasterProof(s.opts.Secret, hello.Nonce, nonceM)}, id); err != nil {
-		return nil, err
+	if err := l.sendRaw(&wire.Challenge{Nonce: nonceM, Proof: wire.MasterProof(l.secret, hello.Nonce, nonceM)}, id); err != nil {
+		return nil, false, err
 	}
 	deadline := time.After(s.opts.HeartbeatTimeout)
 	for {
-		f, err := s.next(ctx, deadline)
+		f, err := l.next(ctx, deadline)
 		if errors.Is(err, ErrAgentLost) {
 			s.log.Warn("agent did not answer the challenge", "timeout", s.opts.HeartbeatTimeout)
-			return nil, errRetryHello
+			return nil, false, errRetryHello
 		}
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		msg, err := f.Message()
 		if err != nil {
 			s.malformed.Add(1)
 			continue
 		}
-		if f.Session != 0 && f.Session != id {
-			s.closeStale(f.Session)
+		if f.Session != id && f.Type != wire.TypeHello {
+			l.closeStale(f.Session)
 			continue
 		}
 		switch m := msg.(type) {
 		case *wire.Ping:
-			_ = s.send(&wire.Pong{Nonce: m.Nonce, UnixNano: m.UnixNano}, f.Session)
+			_ = l.sendRaw(&wire.Pong{Nonce: m.Nonce, UnixNano: m.UnixNano}, f.Session)
 		case *wire.Hello:
-			s.pending = f // the agent gave up on this handshake and started another
-			return nil, errRetryHello
+			l.pending = f // the agent gave up on this handshake and started another
+			return nil, false, errRetryHello
 		case *wire.Auth:
-			if f.Session != id {
-				s.stale.Add(1)
-				continue
-			}
-			if !wire.ProofEqual(m.Proof, wire.AgentProof(s.opts.Secret, nonceM, hello.Nonce)) {
-				_ = s.send(&wire.AuthResult{OK: false, Reason: ErrAuth.Error()}, id)
+			if !wire.ProofEqual(m.Proof, wire.AgentProof(l.secret, nonceM, hello.Nonce)) {
+				_ = l.sendRaw(&wire.AuthResult{OK: false, Reason: ErrAuth.Error()}, id)
 				s.log.Warn("agent failed authentication", "node", s.opts.Node)
-				return nil, ErrAuth
+				return nil, false, ErrAuth
 			}
-			key := wire.SessionKey(s.opts.Secret, hello.Nonce, nonceM, id)
-			s.key.Store(&key) // before the id: a frame of session id is always signed
-			s.id.Store(id)
-			s.mu.Lock()
-			s.ended = nil // a new session: steps may run again
-			s.mu.Unlock()
-			s.lastIn = f.Seq
-			if err := s.send(&wire.AuthResult{OK: true, Session: id}, id); err != nil {
-				return nil, err
-			}
-			return &Agent{Node: hello.Node, Version: hello.AgentVersion, OS: hello.OS, Arch: hello.Arch}, nil
+			return l.established(ep, id, resume, f, hello, nonceM)
 		default:
 			s.stale.Add(1)
 		}
 	}
+}
+
+// established installs the authenticated session (new or resumed) and
+// sends what the agent lacks.
+func (l *Link) established(ep *reliable.Endpoint, id uint64, resume bool, auth *wire.Frame, hello *wire.Hello, nonceM []byte) (*Agent, bool, error) {
+	s := l.s
+	if resume {
+		s.mu.Lock()
+		live := s.ep == ep && s.ended == nil
+		if live {
+			s.stopHold() // under the same lock: the session timeout cannot end it now
+		}
+		s.mu.Unlock()
+		if !live {
+			_ = l.sendRaw(&wire.AuthResult{OK: false, Reason: "the session ended meanwhile; say hello again"}, id)
+			return nil, false, errRetryHello
+		}
+	}
+	ep.Begin(l.conn)
+	ep.Established(id, wire.SessionKey(l.secret, hello.Nonce, nonceM, id), auth.Seq)
+	// The AuthResult goes first: a step sent in the new session before it
+	// would reach an agent without the key.
+	if err := ep.SendControl(&wire.AuthResult{OK: true, Session: id}, id); err != nil {
+		return nil, false, err
+	}
+	if resume {
+		// Everything kept goes again: the Hello's LastSeq is not
+		// authenticated, so only the agent's signed Acks release frames;
+		// its inbox drops what it already has.
+		if err := ep.Resend(0); err != nil {
+			return nil, false, err
+		}
+		s.log.Info("session resumed", "session", fmt.Sprintf("%016x", id), "agent_has", hello.LastSeq, "resent", ep.Pending().Frames)
+	} else {
+		s.mu.Lock()
+		old := s.ep
+		s.mu.Unlock()
+		if old != nil {
+			// The agent started afresh: whatever ran in the old session died
+			// with the agent that ran it.
+			s.end(old, fmt.Errorf("%w: the agent restarted (it started a new session)", ErrAgentLost))
+			d, e := old.Dropped()
+			s.dupDone.Add(d)
+			s.earlyDone.Add(e)
+		}
+		s.mu.Lock()
+		s.stopHold()
+		s.ep, s.ended = ep, nil
+		s.mu.Unlock()
+		s.log.Info("session established", "session", fmt.Sprintf("%016x", id))
+	}
+	return &Agent{Node: hello.Node, Version: hello.AgentVersion, OS: hello.OS, Arch: hello.Arch}, resume, nil
 }
 
 func newSessionID() uint64 {
@@ -318,99 +521,166 @@ func newSessionID() uint64 {
 	}
 }
 
-// Serve runs an authenticated session: it answers and sends heartbeats and
-// delivers step output and results, until the agent is lost, leaves or
-// restarts, the connection fails or ctx ends. Steps still running then
+// Serve serves the authenticated session on the link: it answers and sends
+// heartbeats, acknowledges, and delivers step output and results, until
+// the agent leaves, says hello again (ErrRehello: call Handshake), goes
+// silent for the heartbeat timeout, the connection fails or ctx ends.
+//
+// On a resumable link a lost connection or a silent agent does not end
+// the session: it is held for the agent to resume (Held). Otherwise, and
+// when the agent said goodbye, the session ends and its running steps
 // fail with the returned error.
-func (s *Session) Serve(ctx context.Context) error {
-	err := s.serve(ctx)
+func (l *Link) Serve(ctx context.Context) error {
+	s := l.s
 	s.mu.Lock()
-	s.ended = err
-	for k, st := range s.steps {
-		close(st.exit)
-		delete(s.steps, k)
-	}
+	ep := s.ep
 	s.mu.Unlock()
+	err := l.serve(ctx, ep)
+	var closed *closedError
+	switch {
+	case errors.As(err, &closed), !l.resumable, ctx.Err() != nil:
+		s.end(ep, err)
+	default:
+		ep.Detach()
+		s.mu.Lock()
+		s.hold(ep, err)
+		s.mu.Unlock()
+	}
 	return err
 }
 
-func (s *Session) serve(ctx context.Context) error {
+// closedError: the agent said goodbye.
+type closedError struct{ reason string }
+
+func (e *closedError) Error() string { return "the agent closed the session: " + e.reason }
+func (e *closedError) Unwrap() error { return ErrClosed }
+
+func (l *Link) serve(ctx context.Context, ep *reliable.Endpoint) error {
+	s := l.s
 	tick := time.NewTicker(s.opts.Heartbeat)
 	defer tick.Stop()
 	lastSeen := time.Now()
+	silent := false
 	var pingNonce uint64
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-tick.C:
-			if silent := time.Since(lastSeen); silent > s.opts.HeartbeatTimeout {
-				return fmt.Errorf("%w: nothing received for %s", ErrAgentLost, silent.Round(time.Second))
+			if err := s.endedErr(ep); err != nil {
+				return err // the session timeout expired while the agent was silent
+			}
+			if quiet := time.Since(lastSeen); !silent && quiet > s.opts.HeartbeatTimeout {
+				err := fmt.Errorf("%w: nothing received for %s", ErrAgentLost, quiet.Round(time.Second))
+				if !l.resumable {
+					return err
+				}
+				// The agent may only have lost its own link: hold the session
+				// and keep serving, the agent's frames resume it.
+				silent = true
+				s.mu.Lock()
+				s.hold(ep, err)
+				s.mu.Unlock()
+				if l.OnReachable != nil {
+					l.OnReachable(false, err)
+				}
 			}
 			pingNonce++
-			if err := s.send(&wire.Ping{Nonce: pingNonce, UnixNano: time.Now().UnixNano()}, s.id.Load()); err != nil {
+			if err := ep.SendControl(&wire.Ping{Nonce: pingNonce, UnixNano: time.Now().UnixNano()}, ep.Session()); err != nil {
 				return fmt.Errorf("%w: %v", ErrClosed, err)
 			}
-			continue
-		case f, ok := <-s.in:
-			if !ok {
-				return fmt.Errorf("%w: %v", ErrClosed, s.readErr)
+			if err := ep.FlushAck(); err != nil {
+				return fmt.Errorf("%w: %v", ErrClosed, err)
 			}
-			if err := s.handle(f, &lastSeen); err != nil {
+		case f, ok := <-l.frames.C:
+			if !ok {
+				if err := l.frames.Err(); err != nil && !errors.Is(err, io.EOF) {
+					return fmt.Errorf("%w: %v", ErrClosed, err)
+				}
+				return ErrClosed
+			}
+			live, err := l.handle(ep, f)
+			if err != nil {
 				return err
+			}
+			if !live {
+				continue
+			}
+			lastSeen = time.Now()
+			if silent && s.endedErr(ep) == nil {
+				silent = false
+				s.mu.Lock()
+				s.stopHold()
+				s.mu.Unlock()
+				s.log.Info("the agent is heard again: session goes on")
+				if l.OnReachable != nil {
+					l.OnReachable(true, nil)
+				}
 			}
 		}
 	}
 }
 
-func (s *Session) handle(f *wire.Frame, lastSeen *time.Time) error {
-	if f.Type == wire.TypeHello && f.Session == 0 {
+// endedErr is why ep ended, nil while it is the living session.
+func (s *Session) endedErr(ep *reliable.Endpoint) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ep != ep {
+		return fmt.Errorf("%w: replaced by a new session", ErrAgentLost)
+	}
+	return s.ended
+}
+
+// handle handles one frame of the serving link; it reports whether the
+// frame was an authentic, fresh frame of the agent.
+func (l *Link) handle(ep *reliable.Endpoint, f *wire.Frame) (bool, error) {
+	s := l.s
+	if f.Type == wire.TypeHello {
 		// Only a plausible Hello of this node restarts the handshake; the
-		// next Handshake checks it again.
+		// next Handshake checks it again and changes nothing until the
+		// agent proved the secret.
 		if m, err := f.Message(); err == nil {
 			if h := m.(*wire.Hello); len(h.Nonce) == wire.NonceSize && (h.Node == "" || h.Node == s.opts.Node) {
-				s.pending = f
-				return ErrRehello
+				l.pending = f
+				return false, ErrRehello
 			}
 		}
 		s.stale.Add(1)
-		return nil
+		return false, nil
 	}
-	if f.Session != s.id.Load() {
-		if f.Session != 0 {
-			s.closeStale(f.Session)
-		} else {
-			s.stale.Add(1)
-		}
-		return nil
+	if f.Session != ep.Session() {
+		l.closeStale(f.Session)
+		return false, nil
 	}
-	// Every frame of the session carries a MAC under the session key and a
-	// Seq above the last one: a forged, altered, replayed or reordered frame
+	// Every frame of the session carries a MAC under the epoch's key; a
+	// numbered frame is delivered once and in order, any other frame's
+	// counter rises: a forged, altered, replayed or reordered frame
 	// injected into the transport is dropped, counted and never executed.
-	if key := s.key.Load(); key == nil || !wire.Verify(*key, f) {
+	switch v := ep.Receive(f); v {
+	case reliable.Forged:
 		s.forged.Add(1)
 		s.log.Warn("dropped a frame with a bad MAC", "type", f.Type, "seq", f.Seq)
-		return nil
-	}
-	if f.Seq <= s.lastIn {
+		return false, nil
+	case reliable.Replayed:
 		s.replayed.Add(1)
-		s.log.Warn("dropped a replayed or reordered frame", "type", f.Type, "seq", f.Seq, "last", s.lastIn)
-		return nil
+		s.log.Warn("dropped a replayed or reordered frame", "type", f.Type, "seq", f.Seq)
+		return false, nil
+	case reliable.Duplicate:
+		s.log.Info("dropped a duplicate frame (resent after a resume, or replayed)", "type", f.Type, "seq", f.Seq)
+		return false, nil
+	case reliable.Gap:
+		s.log.Debug("dropped a frame after a gap: it comes again", "type", f.Type, "seq", f.Seq)
+		return false, nil
 	}
-	s.lastIn = f.Seq
-	if f.Seq > s.ack.Load() {
-		s.ack.Store(f.Seq)
-	}
-	*lastSeen = time.Now()
 	msg, err := f.Message()
 	if err != nil {
 		s.malformed.Add(1)
-		return nil
+		return true, ep.Handled()
 	}
 	switch m := msg.(type) {
 	case *wire.Ping:
-		_ = s.send(&wire.Pong{Nonce: m.Nonce, UnixNano: m.UnixNano}, s.id.Load())
-	case *wire.Pong:
+		_ = ep.SendControl(&wire.Pong{Nonce: m.Nonce, UnixNano: m.UnixNano}, ep.Session())
+	case *wire.Pong, *wire.Ack:
 	case *wire.Output:
 		if st := s.step(m.BuildID, m.StepIndex, false); st != nil {
 			if _, err := st.out.Write(m.Data); err != nil {
@@ -426,11 +696,17 @@ func (s *Session) handle(f *wire.Frame, lastSeen *time.Time) error {
 			s.unexpected.Add(1)
 		}
 	case *wire.Close:
-		return fmt.Errorf("%w: agent said %q", ErrClosed, m.Reason)
+		_ = ep.Handled()
+		return true, &closedError{reason: m.Reason}
 	default:
 		s.unexpected.Add(1)
 	}
-	return nil
+	if reliable.Sequenced(f.Type) {
+		if err := ep.Handled(); err != nil {
+			return true, fmt.Errorf("%w: %v", ErrClosed, err)
+		}
+	}
+	return true, nil
 }
 
 func (s *Session) step(build string, index uint32, remove bool) *step {
@@ -457,47 +733,48 @@ var cancelGrace = 15 * time.Second
 // arrives. When ctx ends the step is cancelled on the agent with
 // context.Cause(ctx) as the reason, and RunStep returns once the agent
 // confirmed (or after a grace period). An error means the session ended.
+//
+// A held session keeps the step: its request, cancel and output wait in
+// the outboxes until the agent resumes.
 func (s *Session) RunStep(ctx context.Context, req *wire.RunStep, out io.Writer) (*StepResult, error) {
 	k := stepKey{req.BuildID, req.StepIndex}
 	st := &step{out: out, exit: make(chan *wire.Exit, 1)}
 	s.mu.Lock()
-	if ended := s.ended; ended != nil {
+	if s.ep == nil || s.ended != nil {
+		err := s.ended
 		s.mu.Unlock()
-		return nil, ended
+		return nil, err
 	}
+	ep := s.ep
 	s.steps[k] = st
 	s.mu.Unlock()
-	if err := s.send(req, s.id.Load()); err != nil {
+	if err := ep.Send(ctx, req); err != nil {
 		s.step(req.BuildID, req.StepIndex, true)
 		return nil, fmt.Errorf("send step: %w", err)
 	}
 	select {
 	case e, ok := <-st.exit:
-		return s.result(e, ok)
+		return result(st, e, ok)
 	case <-ctx.Done():
 	}
 	reason := context.Cause(ctx).Error()
-	if err := s.send(&wire.Cancel{BuildID: req.BuildID, Reason: reason}, s.id.Load()); err != nil {
+	sendCtx, cancel := context.WithTimeout(context.Background(), cancelGrace)
+	defer cancel()
+	if err := ep.Send(sendCtx, &wire.Cancel{BuildID: req.BuildID, Reason: reason}); err != nil {
 		return nil, fmt.Errorf("send cancel: %w", err)
 	}
 	select {
 	case e, ok := <-st.exit:
-		return s.result(e, ok)
-	case <-time.After(cancelGrace):
+		return result(st, e, ok)
+	case <-sendCtx.Done():
 		s.step(req.BuildID, req.StepIndex, true)
 		return &StepResult{Code: -1, Error: "cancelled: " + reason + " (the agent did not confirm)"}, nil
 	}
 }
 
-func (s *Session) result(e *wire.Exit, ok bool) (*StepResult, error) {
+func result(st *step, e *wire.Exit, ok bool) (*StepResult, error) {
 	if !ok {
-		s.mu.Lock()
-		err := s.ended
-		s.mu.Unlock()
-		return nil, err
+		return nil, st.err
 	}
 	return &StepResult{Code: int(e.Code), Error: e.Error}, nil
 }
-
-// ID is the session id, zero before the handshake.
-func (s *Session) ID() uint64 { return s.id.Load() }

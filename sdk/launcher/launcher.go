@@ -19,6 +19,13 @@ const (
 	CapSecrets = "secrets"
 	// CapPurge: the plugin implements Purger.
 	CapPurge = "purge"
+	// CapResume: the agent outlives a connection (it talks to a durable
+	// log, not over the connection's own socket), so the master keeps a
+	// node's session when the connection breaks and resumes it on the next
+	// one, for up to the node's session_timeout. Without it a broken
+	// connection ends the session and fails its running steps, as a
+	// broken TCP link does.
+	CapResume = "resume"
 )
 
 // Launcher connects build agents to the master: it launches (or accepts)

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/conveyor-ci/conveyor/sdk/wire"
 )
@@ -60,17 +61,34 @@ func NewOutbox(maxBytes int) *Outbox {
 // while the outbox is full, until ctx ends; the error then wraps the
 // context's cause.
 func (o *Outbox) Add(ctx context.Context, f *wire.Frame) error {
+	if err := o.wait(ctx, len(f.Payload)); err != nil {
+		return err
+	}
+	return o.add(f)
+}
+
+// wait blocks until size more bytes fit (or the outbox is empty), the
+// outbox closed or ctx ended.
+func (o *Outbox) wait(ctx context.Context, size int) error {
 	o.mu.Lock()
-	for o.closed == nil && len(o.frames) > 0 && o.bytes+len(f.Payload) > o.max {
+	defer o.mu.Unlock()
+	for o.closed == nil && len(o.frames) > 0 && o.bytes+size > o.max {
 		wait := o.space
 		o.mu.Unlock()
 		select {
 		case <-wait:
 		case <-ctx.Done():
-			return fmt.Errorf("%d bytes waiting for the peer's acknowledgement (limit %d): %w", o.Pending().Bytes, o.max, context.Cause(ctx))
+			o.mu.Lock()
+			return fmt.Errorf("output buffer full: %d bytes wait for the peer's acknowledgement (limit %d): %w", o.bytes, o.max, context.Cause(ctx))
 		}
 		o.mu.Lock()
 	}
+	return o.closed
+}
+
+// add numbers and keeps f without waiting for space.
+func (o *Outbox) add(f *wire.Frame) error {
+	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.closed != nil {
 		return o.closed
@@ -158,18 +176,24 @@ const (
 	// Gap: a frame is missing before it; drop it, the peer sends both
 	// again after the next resume.
 	Gap
+	// Forged: no valid MAC under the epoch's key (Endpoint); never
+	// execute it.
+	Forged
+	// Replayed: an unnumbered frame whose epoch counter did not rise
+	// (Endpoint).
+	Replayed
 )
 
 // String names the verdict.
 func (v Verdict) String() string {
-	return [...]string{"deliver", "duplicate", "gap"}[v]
+	return [...]string{"deliver", "duplicate", "gap", "forged", "replayed"}[v]
 }
 
 // Inbox accepts each numbered frame once and in order. It is not safe for
-// concurrent use: one goroutine reads a connection.
+// concurrent use (but for Dropped): one goroutine reads a connection.
 type Inbox struct {
 	last             uint64
-	duplicates, gaps uint64
+	duplicates, gaps atomic.Uint64 // read by any goroutine
 }
 
 // NewInbox returns an inbox that has delivered every frame up to last
@@ -182,10 +206,10 @@ func (in *Inbox) Accept(seq uint64) Verdict {
 	case seq == 0:
 		return Deliver
 	case seq <= in.last:
-		in.duplicates++
+		in.duplicates.Add(1)
 		return Duplicate
 	case seq > in.last+1:
-		in.gaps++
+		in.gaps.Add(1)
 		return Gap
 	}
 	in.last = seq
@@ -196,4 +220,4 @@ func (in *Inbox) Accept(seq uint64) Verdict {
 func (in *Inbox) Last() uint64 { return in.last }
 
 // Dropped counts the duplicates and gaps dropped so far.
-func (in *Inbox) Dropped() (duplicates, gaps uint64) { return in.duplicates, in.gaps }
+func (in *Inbox) Dropped() (duplicates, gaps uint64) { return in.duplicates.Load(), in.gaps.Load() }

@@ -167,7 +167,7 @@ job "mark" {
 		t.Fatalf("marks file holds %d runs, want 2 (an injected frame was executed): %q", got, data)
 	}
 	agentLog, _ := os.ReadFile(filepath.Join(c.Dir, "agents", "k1", "agent.log"))
-	for _, want := range []string{"bad MAC", "replayed"} {
+	for _, want := range []string{"bad MAC", "duplicate"} {
 		if !bytes.Contains(agentLog, []byte(want)) {
 			t.Errorf("agent log does not report a %s frame", want)
 		}

@@ -88,7 +88,7 @@ func (l *Launcher) Info(context.Context) (*launcher.Info, error) {
 		Name:         Name,
 		Version:      Version,
 		Description:  "agents connect through Kafka topics (an embedded broker when no brokers are configured)",
-		Capabilities: []string{launcher.CapSecrets, launcher.CapPurge},
+		Capabilities: []string{launcher.CapSecrets, launcher.CapPurge, launcher.CapResume},
 	}, nil
 }
 
