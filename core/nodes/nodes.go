@@ -43,14 +43,14 @@ type Node struct {
 	cfg    *config.Node
 	labels map[string]bool
 
-	mu      sync.Mutex
-	state   string
-	reason  string
-	since   time.Time
-	busy    int
-	sess    *session.Session // lives as long as the manager
-	agent   *session.Agent
-	desc    string
+	mu     sync.Mutex
+	state  string
+	reason string
+	since  time.Time
+	busy   int
+	sess   *session.Session // lives as long as the manager
+	agent  *session.Agent
+	desc   string
 }
 
 // Name is the node's name.
