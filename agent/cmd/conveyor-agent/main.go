@@ -47,7 +47,8 @@ type options struct {
 	saslPassword, saslPassFile   string
 	workdir, transport, logLevel string
 	heartbeat, heartbeatTimeout  time.Duration
-	drainTimeout                 time.Duration
+	drainTimeout, sessionTimeout time.Duration
+	bufferMiB                    int
 	showVersion                  bool
 }
 
@@ -95,6 +96,8 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	dur(&o.heartbeat, "heartbeat", 5*time.Second, "ping interval")
 	dur(&o.heartbeatTimeout, "heartbeat-timeout", 30*time.Second, "how long the master may stay silent before the agent reconnects")
 	dur(&o.drainTimeout, "drain-timeout", 5*time.Minute, "on SIGTERM, how long running steps may take before they are cancelled")
+	dur(&o.sessionTimeout, "session-timeout", session.DefaultSessionTimeout, "how long steps keep running, their output buffered, while the master is out of reach")
+	fs.IntVar(&o.bufferMiB, "buffer-mib", session.DefaultOutboxBytes>>20, "MiB of step output kept until the master acknowledges it; a step printing more waits ($"+envName("buffer-mib")+")")
 	str(&o.logLevel, "log-level", "info", "trace, debug, info, warn or error")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
 	fs.Usage = func() {
@@ -128,6 +131,9 @@ Flags:
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if o.bufferMiB < 1 {
+		return nil, fmt.Errorf("-buffer-mib %d: want at least 1", o.bufferMiB)
 	}
 	if o.showVersion {
 		return o, nil
@@ -244,6 +250,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		Node: o.name, Secret: secret, Version: version, Workdir: o.workdir,
 		Env:       stepEnv(os.Environ()),
 		Heartbeat: o.heartbeat, HeartbeatTimeout: o.heartbeatTimeout, DrainTimeout: o.drainTimeout,
+		SessionTimeout: o.sessionTimeout, OutboxBytes: o.bufferMiB << 20,
 		Logger: log.Named("session"),
 	})
 
