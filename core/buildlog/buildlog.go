@@ -34,6 +34,35 @@ func Create(path string) (*Log, error) {
 	return &Log{f: f, changed: make(chan struct{})}, nil
 }
 
+// Reopen opens the log file at path of a build that was running when the
+// master stopped, cut back to size (the last durable checkpoint: what
+// follows is sent again), to append to it.
+func Reopen(path string, size int64) (*Log, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("reopen log: %w", err)
+	}
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("reopen log: %w", err)
+	}
+	if _, err := f.Seek(size, io.SeekStart); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("reopen log: %w", err)
+	}
+	return &Log{f: f, size: size, changed: make(chan struct{})}, nil
+}
+
+// Sync makes what was written durable and returns its size.
+func (l *Log) Sync() (int64, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return l.size, nil
+	}
+	return l.size, l.f.Sync()
+}
+
 // Write appends p to the log and wakes followers.
 func (l *Log) Write(p []byte) (int, error) {
 	l.mu.Lock()

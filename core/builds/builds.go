@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -20,6 +21,7 @@ import (
 	"github.com/conveyor-ci/conveyor/core/config"
 	"github.com/conveyor-ci/conveyor/core/nodes"
 	"github.com/conveyor-ci/conveyor/core/scheduler"
+	"github.com/conveyor-ci/conveyor/core/session"
 	"github.com/conveyor-ci/conveyor/core/store"
 	"github.com/conveyor-ci/conveyor/sdk/wire"
 )
@@ -59,8 +61,11 @@ func New(cfg *config.Config, st *store.Store, nm *nodes.Manager, logger hclog.Lo
 // Key names a build: "job#12".
 func Key(job string, n int) string { return job + "#" + strconv.Itoa(n) }
 
-// Recover marks builds that were queued or running when the server last
-// stopped as failed, so history never shows a build that can't progress.
+// Recover deals with the builds that were queued or running when the
+// server last stopped: a running build whose node's agent session was
+// persisted (a resumable launcher) re-attaches to its running step and
+// goes on once the agent resumes the session; the others are marked failed,
+// so history never shows a build that can't progress.
 func (s *Service) Recover() error {
 	unfinished, err := s.store.Unfinished()
 	if err != nil {
@@ -68,6 +73,15 @@ func (s *Service) Recover() error {
 	}
 	now := time.Now()
 	for _, b := range unfinished {
+		if b.Status == store.StatusRunning {
+			ok, err := s.reattach(b)
+			if ok {
+				continue
+			}
+			if err != nil {
+				s.log.Warn("cannot re-attach to the running build", "build", Key(b.Job, b.Number), "error", err)
+			}
+		}
 		b.Status, b.Reason, b.FinishedAt = store.StatusFailure, "the server stopped while the build was "+b.Status, &now
 		if err := s.store.Save(b); err != nil {
 			return fmt.Errorf("recover build %s: %w", Key(b.Job, b.Number), err)
@@ -75,6 +89,58 @@ func (s *Service) Recover() error {
 		s.log.Warn("build interrupted by a server stop", "build", Key(b.Job, b.Number))
 	}
 	return nil
+}
+
+// reattach resumes build b, which was running when the server stopped, if
+// its node's session was restored and knows its running step.
+func (s *Service) reattach(b *store.Build) (bool, error) {
+	j, n := s.cfg.Job(b.Job), s.nodes.Get(b.Node)
+	if j == nil || n == nil || len(b.Steps) == 0 || len(b.Steps) > len(j.Steps) {
+		return false, nil
+	}
+	sess := n.Session()
+	if sess == nil {
+		return false, nil
+	}
+	key := Key(b.Job, b.Number)
+	idx := len(b.Steps) - 1
+	if b.Steps[idx].Status != store.StatusRunning {
+		return false, nil
+	}
+	size, exit, ok := sess.Reattach(key, uint32(idx))
+	if !ok {
+		return false, errors.New("the agent session does not know its running step")
+	}
+	path := s.store.LogPath(b.Job, b.Number)
+	if exit != nil {
+		fi, err := os.Stat(path)
+		if err != nil {
+			return false, err
+		}
+		size = fi.Size()
+	}
+	logf, err := buildlog.Reopen(path, size)
+	if err != nil {
+		return false, err
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	a := &active{build: b, cancel: cancel, ctx: ctx, log: logf, done: make(chan struct{})}
+	s.mu.Lock()
+	s.active[key] = a
+	s.mu.Unlock()
+	s.nodes.Claim(n)
+	first := func(ctx context.Context) (*session.StepResult, error) {
+		if exit != nil {
+			return exit, nil
+		}
+		return sess.Wait(ctx, key, uint32(idx), logf)
+	}
+	s.log.Info("re-attached to the running build: it goes on when the agent resumes its session", "build", key, "node", n.Name(), "step", b.Steps[idx].Name, "log_checkpoint", size)
+	go func() {
+		defer s.nodes.Release(n)
+		s.run(a, j, n, logf, idx, first)
+	}()
+	return true, nil
 }
 
 // Run schedules builds until ctx ends; running builds are cancelled then.
@@ -236,7 +302,6 @@ func (s *Service) finish(a *active, status, reason string, logSize *int64) {
 
 // execute runs a build's steps on node n.
 func (s *Service) execute(a *active, job *config.Job, n *nodes.Node) {
-	key := Key(job.Name, a.build.Number)
 	if a.ctx.Err() != nil {
 		s.finish(a, store.StatusCancelled, context.Cause(a.ctx).Error(), nil)
 		return
@@ -251,17 +316,28 @@ func (s *Service) execute(a *active, job *config.Job, n *nodes.Node) {
 	a.log = logf
 	s.mu.Unlock()
 	s.update(a, func(b *store.Build) { b.Status, b.Node, b.StartedAt = store.StatusRunning, n.Name(), &now })
-	s.log.Info("build started", "build", key, "node", n.Name())
+	s.log.Info("build started", "build", Key(job.Name, a.build.Number), "node", n.Name())
+	s.run(a, job, n, logf, 0, nil)
+}
 
+// run runs the build's steps from step from on and finishes the build.
+// With resumed set, step from is already running (re-attached after a
+// server restart): resumed waits for its end instead of starting it.
+func (s *Service) run(a *active, job *config.Job, n *nodes.Node, logf *buildlog.Log, from int, resumed func(context.Context) (*session.StepResult, error)) {
+	key := Key(job.Name, a.build.Number)
 	ctx := a.ctx
 	var timeoutErr error
 	if job.Timeout > 0 {
 		timeoutErr = fmt.Errorf("timed out after %s", job.Timeout)
+		deadline := time.Now().Add(job.Timeout)
+		if a.build.StartedAt != nil {
+			deadline = a.build.StartedAt.Add(job.Timeout)
+		}
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeoutCause(ctx, job.Timeout, timeoutErr)
+		ctx, cancel = context.WithDeadlineCause(ctx, deadline, timeoutErr)
 		defer cancel()
 	}
-	status, reason := s.runSteps(ctx, a, job, n, logf, key)
+	status, reason := s.runSteps(ctx, a, job, n, logf, key, from, resumed)
 	if cause := context.Cause(ctx); ctx.Err() != nil && status != store.StatusSuccess {
 		status, reason = store.StatusCancelled, cause.Error()
 		if cause == timeoutErr {
@@ -276,23 +352,30 @@ func (s *Service) execute(a *active, job *config.Job, n *nodes.Node) {
 }
 
 // runSteps runs the steps in order; the first failing one ends the build.
-func (s *Service) runSteps(ctx context.Context, a *active, job *config.Job, n *nodes.Node, logf *buildlog.Log, key string) (string, string) {
+func (s *Service) runSteps(ctx context.Context, a *active, job *config.Job, n *nodes.Node, logf *buildlog.Log, key string, from int, resumed func(context.Context) (*session.StepResult, error)) (string, string) {
 	env := s.env(job, a.build, n)
-	for i, st := range job.Steps {
+	for i := from; i < len(job.Steps); i++ {
+		st := job.Steps[i]
 		sess := n.Session()
 		if sess == nil {
 			return store.StatusFailure, fmt.Sprintf("node %s went offline: %s", n.Name(), n.Status().Reason)
 		}
-		started := time.Now().UTC()
-		s.update(a, func(b *store.Build) {
-			b.Steps = append(b.Steps, store.Step{Name: st.Name, Status: store.StatusRunning, StartedAt: started, LogOffset: logf.Size()})
-		})
-		req := &wire.RunStep{BuildID: key, StepIndex: uint32(i), StepName: st.Name, Command: st.Run, Env: env,
-			Workdir: job.Name + "/" + strconv.Itoa(a.build.Number)}
-		if dl, ok := ctx.Deadline(); ok {
-			req.TimeoutMillis = uint64(max(time.Until(dl).Milliseconds(), 1))
+		var res *session.StepResult
+		var err error
+		if i == from && resumed != nil {
+			res, err = resumed(ctx)
+		} else {
+			started := time.Now().UTC()
+			s.update(a, func(b *store.Build) {
+				b.Steps = append(b.Steps, store.Step{Name: st.Name, Status: store.StatusRunning, StartedAt: started, LogOffset: logf.Size()})
+			})
+			req := &wire.RunStep{BuildID: key, StepIndex: uint32(i), StepName: st.Name, Command: st.Run, Env: env,
+				Workdir: job.Name + "/" + strconv.Itoa(a.build.Number)}
+			if dl, ok := ctx.Deadline(); ok {
+				req.TimeoutMillis = uint64(max(time.Until(dl).Milliseconds(), 1))
+			}
+			res, err = sess.RunStep(ctx, req, logf)
 		}
-		res, err := sess.RunStep(ctx, req, logf)
 		finished := time.Now().UTC()
 		status, reason := store.StatusSuccess, ""
 		switch {
@@ -316,6 +399,9 @@ func (s *Service) runSteps(ctx context.Context, a *active, job *config.Job, n *n
 				rec.Error = reason
 			}
 		})
+		if res != nil {
+			sess.Recorded(key, uint32(i))
+		}
 		if status != store.StatusSuccess {
 			return status, reason
 		}

@@ -8,6 +8,7 @@ package nodes
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -122,6 +123,15 @@ type Manager struct {
 type Options struct {
 	Heartbeat        time.Duration
 	HeartbeatTimeout time.Duration
+	// Store, when set, persists the sessions of resumable links, so that a
+	// restarted master resumes them.
+	Store SessionStore
+}
+
+// SessionStore persists the nodes' agent sessions (core/store does).
+type SessionStore interface {
+	SaveSession(node string, rec []byte) error
+	Session(node string) ([]byte, error)
 }
 
 // NewManager prepares the configured nodes; Run connects them.
@@ -136,16 +146,52 @@ func NewManager(cfg *config.Config, pm *plugins.Manager, opts Options, logger hc
 		if c.HeartbeatTimeout > 0 {
 			hbTimeout = c.HeartbeatTimeout
 		}
-		n.sess = session.New(session.Options{Node: c.Name, Heartbeat: opts.Heartbeat, HeartbeatTimeout: hbTimeout,
+		so := session.Options{Node: c.Name, Heartbeat: opts.Heartbeat, HeartbeatTimeout: hbTimeout,
 			SessionTimeout: c.SessionTimeout, Logger: logger.Named(c.Name),
 			OnEnd: func(err error) {
 				if n.Status().State == StateUnreachable {
 					m.set(n, StateOffline, err.Error())
 				}
-			}})
+			}}
+		if opts.Store != nil {
+			so.Persist = func(rec *session.Record) error {
+				if rec == nil {
+					return opts.Store.SaveSession(c.Name, nil)
+				}
+				b, err := json.Marshal(rec)
+				if err != nil {
+					return err
+				}
+				return opts.Store.SaveSession(c.Name, b)
+			}
+		}
+		n.sess = session.New(so)
+		if opts.Store != nil {
+			m.restore(n, opts.Store)
+		}
 		m.nodes = append(m.nodes, n)
 	}
 	return m
+}
+
+// restore resumes the session a node had when the master stopped: it is
+// held for the agent to resume it, and its builds can re-attach.
+func (m *Manager) restore(n *Node, st SessionStore) {
+	b, err := st.Session(n.cfg.Name)
+	if err != nil || b == nil {
+		return
+	}
+	var rec session.Record
+	if err := json.Unmarshal(b, &rec); err == nil {
+		err = n.sess.Restore(&rec)
+	}
+	if err != nil {
+		m.log.Error("cannot restore the node's session", "node", n.cfg.Name, "error", err)
+		_ = st.SaveSession(n.cfg.Name, nil)
+		return
+	}
+	_, until := n.sess.Held()
+	n.state, n.reason = StateUnreachable, fmt.Sprintf("the master restarted: running builds wait for the agent to resume its session until %s", until.Format(time.RFC3339))
 }
 
 // Nodes returns every node in configuration order.
@@ -205,7 +251,15 @@ func (m *Manager) Acquire(labels []string) (*Node, bool) {
 	return best, true
 }
 
-// Release gives back an executor taken with Acquire.
+// Claim takes an executor of n whatever its state: for a build that was
+// running on n when the server stopped and re-attached to it.
+func (m *Manager) Claim(n *Node) {
+	n.mu.Lock()
+	n.busy++
+	n.mu.Unlock()
+}
+
+// Release gives back an executor taken with Acquire or Claim.
 func (m *Manager) Release(n *Node) {
 	n.mu.Lock()
 	n.busy--

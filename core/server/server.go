@@ -88,7 +88,9 @@ func New(ctx context.Context, cfg *config.Config, opts Options, logger hclog.Log
 	if err := st.RecordNodes(recs, time.Now()); err != nil {
 		return fail(err)
 	}
-	s.nodes = nodes.NewManager(cfg, s.plugins, opts.Nodes, logger.Named("node"))
+	nopts := opts.Nodes
+	nopts.Store = st
+	s.nodes = nodes.NewManager(cfg, s.plugins, nopts, logger.Named("node"))
 	s.builds = builds.New(cfg, st, s.nodes, logger.Named("build"))
 	if err := s.builds.Recover(); err != nil {
 		return fail(err)

@@ -72,6 +72,12 @@ type Options struct {
 	// OnEnd, when set, is called (in its own goroutine) when a session
 	// ends while no link serves it: the session timeout expired.
 	OnEnd func(err error)
+	// Persist, when set, stores the state of a session established on a
+	// resumable link (nil: the session ended, forget it), so that a
+	// restarted master resumes it (Restore). The master then acknowledges
+	// the agent's frames only once their output is durable: it syncs each
+	// step's writer (a Syncer) and persists before acknowledging.
+	Persist func(rec *Record) error
 	// Logger logs the session's events.
 	Logger hclog.Logger
 }
@@ -118,6 +124,54 @@ type Session struct {
 
 	stale, malformed, unexpected, forged, replayed atomic.Uint64
 	dupDone, earlyDone                             atomic.Uint64 // of sessions replaced
+
+	// The last checkpoint of a persisted session (guarded by mu; written
+	// out under persistMu, which is taken before mu).
+	persisting bool
+	persistMu  sync.Mutex
+	ck         Record
+	restored   map[stepKey]int64 // steps of a restored session not yet re-attached: their log size
+}
+
+// Record is the persisted state of a session: what a restarted master
+// needs to resume it.
+type Record struct {
+	// ID is the session id.
+	ID uint64 `json:"id"`
+	// Acked is the highest agent frame handled and durable: the agent
+	// sends the frames after it again.
+	Acked uint64 `json:"acked"`
+	// Last is the highest number the master gave out; Outbox holds its
+	// frames the agent has not acknowledged (encoded, unsigned).
+	Last   uint64   `json:"last"`
+	Outbox [][]byte `json:"outbox,omitempty"`
+	// Steps are the running steps and the durable size of their logs at
+	// Acked.
+	Steps []StepRecord `json:"steps,omitempty"`
+	// Exits are steps that ended whose result the build service has not
+	// recorded yet.
+	Exits []ExitRecord `json:"exits,omitempty"`
+}
+
+// StepRecord is a running step of a persisted session.
+type StepRecord struct {
+	Build   string `json:"build"`
+	Index   uint32 `json:"index"`
+	LogSize int64  `json:"log_size"`
+}
+
+// ExitRecord is how a step of a persisted session ended.
+type ExitRecord struct {
+	Build string `json:"build"`
+	Index uint32 `json:"index"`
+	Code  int    `json:"code"`
+	Error string `json:"error,omitempty"`
+}
+
+// Syncer is a step's output writer that can make what was written durable
+// and tell its size then (a build log).
+type Syncer interface {
+	Sync() (int64, error)
 }
 
 type stepKey struct {
@@ -127,6 +181,7 @@ type stepKey struct {
 
 type step struct {
 	out  io.Writer
+	size int64 // durable size of out at the last checkpoint
 	exit chan *wire.Exit // closed without a value when the session ended
 	err  error           // why, set before exit is closed
 }
@@ -166,11 +221,12 @@ func (s *Session) Counters() Counters {
 // ID is the current session's id, zero before the first handshake.
 func (s *Session) ID() uint64 {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.ep == nil {
+	ep := s.ep
+	s.mu.Unlock()
+	if ep == nil {
 		return 0
 	}
-	return s.ep.Session()
+	return ep.Session() // outside s.mu: lock order is endpoint, then session
 }
 
 // Live reports whether a session is established and not ended (it may be
@@ -214,6 +270,7 @@ func (s *Session) end(ep *reliable.Endpoint, err error) bool {
 	s.stopHold()
 	steps := s.steps
 	s.steps = map[stepKey]*step{}
+	s.restored = nil
 	s.mu.Unlock()
 	ep.Close(err)
 	for _, st := range steps {
@@ -223,6 +280,7 @@ func (s *Session) end(ep *reliable.Endpoint, err error) bool {
 	if len(steps) > 0 {
 		s.log.Warn("session ended: its running steps fail", "steps", len(steps), "error", err)
 	}
+	s.forget()
 	return true
 }
 
@@ -268,6 +326,7 @@ type Link struct {
 	frames    *reliable.Frames
 	stopRead  context.CancelFunc
 	pending   *wire.Frame // a Hello that arrived while serving
+	hinted    bool        // the agent was asked to resume the held session
 
 	// OnReachable, when set, is told when a resumable link's agent falls
 	// silent for the heartbeat timeout (the session is held, Serve goes on
@@ -377,7 +436,18 @@ var errRetryHello = errors.New("handshake restarted")
 func (l *Link) closeStale(session uint64) {
 	s := l.s
 	s.stale.Add(1)
-	if session == 0 || (session == s.ID() && s.Live()) {
+	if session == 0 {
+		return
+	}
+	if session == s.ID() && s.Live() {
+		// The current session, held while this link has no key for it (the
+		// master restarted, or the agent's frames arrive before its
+		// resume): hint once that it should resume.
+		if held, _ := s.Held(); held && !l.hinted {
+			l.hinted = true
+			s.log.Info("frame of the held session: asking the agent to resume it", "session", fmt.Sprintf("%016x", session))
+			_ = l.sendRaw(&wire.Close{Reason: "the master has no key for this session on this connection: resume it"}, session)
+		}
 		return
 	}
 	s.mu.Lock()
@@ -405,11 +475,9 @@ func (l *Link) authenticate(ctx context.Context, hf *wire.Frame, hello *wire.Hel
 	// lives; otherwise start a new one (the agent then drops the steps of
 	// the session it asked for: nobody can report them).
 	s.mu.Lock()
-	cur, resume := s.ep, false
-	if hello.Resume && cur != nil && s.ended == nil && cur.Session() == hf.Session {
-		resume = true
-	}
+	cur, live := s.ep, s.ended == nil
 	s.mu.Unlock()
+	resume := hello.Resume && cur != nil && live && cur.Session() == hf.Session
 	ep, id := cur, hf.Session
 	if !resume {
 		ep, id = reliable.NewEndpoint(DefaultOutboxBytes), newSessionID()
@@ -506,6 +574,11 @@ func (l *Link) established(ep *reliable.Endpoint, id uint64, resume bool, auth *
 		s.stopHold()
 		s.ep, s.ended = ep, nil
 		s.mu.Unlock()
+		if l.resumable {
+			if err := s.startPersisting(ep); err != nil {
+				s.log.Error("the session cannot be persisted: a master restart will lose it", "error", err)
+			}
+		}
 		s.log.Info("session established", "session", fmt.Sprintf("%016x", id))
 	}
 	return &Agent{Node: hello.Node, Version: hello.AgentVersion, OS: hello.OS, Arch: hello.Arch}, resume, nil
@@ -589,7 +662,13 @@ func (l *Link) serve(ctx context.Context, ep *reliable.Endpoint) error {
 			if err := ep.SendControl(&wire.Ping{Nonce: pingNonce, UnixNano: time.Now().UnixNano()}, ep.Session()); err != nil {
 				return fmt.Errorf("%w: %v", ErrClosed, err)
 			}
-			if err := ep.FlushAck(); err != nil {
+			if s.isPersisting() {
+				if s.checkpointDue(ep, true) {
+					if err := s.checkpoint(ep); err != nil {
+						s.log.Error("checkpoint", "error", err)
+					}
+				}
+			} else if err := ep.FlushAck(); err != nil {
 				return fmt.Errorf("%w: %v", ErrClosed, err)
 			}
 		case f, ok := <-l.frames.C:
@@ -690,21 +769,44 @@ func (l *Link) handle(ep *reliable.Endpoint, f *wire.Frame) (bool, error) {
 			s.unexpected.Add(1)
 		}
 	case *wire.Exit:
-		if st := s.step(m.BuildID, m.StepIndex, true); st != nil {
-			st.exit <- m
-		} else {
+		st := s.step(m.BuildID, m.StepIndex, true)
+		if st == nil {
 			s.unexpected.Add(1)
+			break
 		}
+		if s.isPersisting() {
+			// The result is durable before anyone acts on it.
+			if _, err := syncOut(st.out); err != nil {
+				s.log.Error("syncing the step's log", "build", m.BuildID, "error", err)
+			}
+			s.mu.Lock()
+			s.ck.Exits = append(s.ck.Exits, ExitRecord{Build: m.BuildID, Index: m.StepIndex, Code: int(m.Code), Error: m.Error})
+			s.mu.Unlock()
+			if err := s.checkpoint(ep); err != nil {
+				s.log.Error("checkpoint", "error", err)
+			}
+		}
+		st.exit <- m
 	case *wire.Close:
 		_ = ep.Handled()
 		return true, &closedError{reason: m.Reason}
 	default:
 		s.unexpected.Add(1)
 	}
-	if reliable.Sequenced(f.Type) {
-		if err := ep.Handled(); err != nil {
-			return true, fmt.Errorf("%w: %v", ErrClosed, err)
+	if !reliable.Sequenced(f.Type) {
+		return true, nil
+	}
+	if s.isPersisting() {
+		// Acknowledged only once durable: at a checkpoint.
+		if s.checkpointDue(ep, false) {
+			if err := s.checkpoint(ep); err != nil {
+				s.log.Error("checkpoint", "error", err)
+			}
 		}
+		return true, nil
+	}
+	if err := ep.Handled(); err != nil {
+		return true, fmt.Errorf("%w: %v", ErrClosed, err)
 	}
 	return true, nil
 }
@@ -737,21 +839,53 @@ var cancelGrace = 15 * time.Second
 // A held session keeps the step: its request, cancel and output wait in
 // the outboxes until the agent resumes.
 func (s *Session) RunStep(ctx context.Context, req *wire.RunStep, out io.Writer) (*StepResult, error) {
-	k := stepKey{req.BuildID, req.StepIndex}
-	st := &step{out: out, exit: make(chan *wire.Exit, 1)}
-	s.mu.Lock()
-	if s.ep == nil || s.ended != nil {
-		err := s.ended
-		s.mu.Unlock()
+	ep, st, err := s.register(req.BuildID, req.StepIndex, out, false)
+	if err != nil {
 		return nil, err
 	}
-	ep := s.ep
-	s.steps[k] = st
-	s.mu.Unlock()
 	if err := ep.Send(ctx, req); err != nil {
 		s.step(req.BuildID, req.StepIndex, true)
 		return nil, fmt.Errorf("send step: %w", err)
 	}
+	return s.wait(ctx, ep, st, req.BuildID, req.StepIndex)
+}
+
+// Wait re-attaches to a step of a restored session (see Reattach): the
+// agent's output goes to out from the checkpoint on, and Wait returns as
+// RunStep does.
+func (s *Session) Wait(ctx context.Context, build string, index uint32, out io.Writer) (*StepResult, error) {
+	ep, st, err := s.register(build, index, out, true)
+	if err != nil {
+		return nil, err
+	}
+	return s.wait(ctx, ep, st, build, index)
+}
+
+// register makes out receive the output of a step of the current session.
+func (s *Session) register(build string, index uint32, out io.Writer, restored bool) (*reliable.Endpoint, *step, error) {
+	size, err := syncOut(out)
+	if err != nil {
+		return nil, nil, err
+	}
+	k := stepKey{build, index}
+	st := &step{out: out, size: size, exit: make(chan *wire.Exit, 1)}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ep == nil || s.ended != nil {
+		return nil, nil, s.ended
+	}
+	if restored {
+		if _, ok := s.restored[k]; !ok {
+			return nil, nil, fmt.Errorf("step %d of %s is not part of the restored session", index, build)
+		}
+		delete(s.restored, k)
+	}
+	s.steps[k] = st
+	return s.ep, st, nil
+}
+
+// wait waits for the step's end, cancelling it on the agent when ctx ends.
+func (s *Session) wait(ctx context.Context, ep *reliable.Endpoint, st *step, build string, index uint32) (*StepResult, error) {
 	select {
 	case e, ok := <-st.exit:
 		return result(st, e, ok)
@@ -760,14 +894,14 @@ func (s *Session) RunStep(ctx context.Context, req *wire.RunStep, out io.Writer)
 	reason := context.Cause(ctx).Error()
 	sendCtx, cancel := context.WithTimeout(context.Background(), cancelGrace)
 	defer cancel()
-	if err := ep.Send(sendCtx, &wire.Cancel{BuildID: req.BuildID, Reason: reason}); err != nil {
+	if err := ep.Send(sendCtx, &wire.Cancel{BuildID: build, Reason: reason}); err != nil {
 		return nil, fmt.Errorf("send cancel: %w", err)
 	}
 	select {
 	case e, ok := <-st.exit:
 		return result(st, e, ok)
 	case <-sendCtx.Done():
-		s.step(req.BuildID, req.StepIndex, true)
+		s.step(build, index, true)
 		return &StepResult{Code: -1, Error: "cancelled: " + reason + " (the agent did not confirm)"}, nil
 	}
 }

@@ -69,6 +69,7 @@ var (
 	bucketBuilds   = []byte("builds")
 	bucketCounters = []byte("counters")
 	bucketNodes    = []byte("nodes")
+	bucketSessions = []byte("sessions")
 )
 
 // Store is the build database and log directory.
@@ -87,7 +88,7 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketBuilds, bucketCounters, bucketNodes} {
+		for _, b := range [][]byte{bucketBuilds, bucketCounters, bucketNodes, bucketSessions} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}

@@ -41,6 +41,8 @@ type Endpoint struct {
 	peerCtl uint64 // highest epoch counter received
 	acked   uint64 // highest peer number handled: the Ack to send
 	ackSent uint64 // the Ack last sent
+
+	onAdd func(session, last uint64, kept []*wire.Frame) error // see OnAdd
 }
 
 // NewEndpoint returns the endpoint of a new session whose outbox holds at
@@ -48,6 +50,36 @@ type Endpoint struct {
 func NewEndpoint(maxBytes int) *Endpoint {
 	return &Endpoint{out: NewOutbox(maxBytes), in: NewInbox(0)}
 }
+
+// RestoreEndpoint returns the endpoint of a persisted session: its id,
+// the outbox as Outbox.Snapshot left it, and the highest peer number it
+// had handled (frames after it come again on the resume).
+func RestoreEndpoint(maxBytes int, session, last uint64, kept []*wire.Frame, handled uint64) *Endpoint {
+	return &Endpoint{out: RestoreOutbox(maxBytes, last, kept), in: NewInbox(handled), session: session, acked: handled, ackSent: handled}
+}
+
+// OnAdd sets a function called with the endpoint's snapshot (see
+// Snapshot) after a frame was numbered and kept, before it is sent:
+// persisting the outbox there means a number is never given out twice,
+// even across a crash. When it fails, Send fails and the frame is not sent
+// now (it stays kept). It runs under the endpoint's lock: it must not call
+// the endpoint.
+func (e *Endpoint) OnAdd(fn func(session, last uint64, kept []*wire.Frame) error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.onAdd = fn
+}
+
+// Snapshot returns the session id, the highest number given out and the
+// kept frames, to persist them (see RestoreEndpoint).
+func (e *Endpoint) Snapshot() (session, last uint64, kept []*wire.Frame) {
+	last, kept = e.out.Snapshot()
+	return e.Session(), last, kept
+}
+
+// Delivered is the highest peer number delivered (handled or not yet).
+// Only the receiving goroutine calls it.
+func (e *Endpoint) Delivered() uint64 { return e.in.Last() }
 
 // Begin starts an epoch on conn: the handshake that follows sends through
 // it, unsigned until Established.
@@ -127,6 +159,12 @@ func (e *Endpoint) Send(ctx context.Context, m wire.Message) error {
 	defer e.mu.Unlock()
 	if err := e.out.add(f); err != nil {
 		return err
+	}
+	if e.onAdd != nil {
+		last, kept := e.out.Snapshot()
+		if err := e.onAdd(e.session, last, kept); err != nil {
+			return fmt.Errorf("keep %v: %w", f.Type, err)
+		}
 	}
 	if e.conn != nil && e.key != nil {
 		_ = e.transmit(f)

@@ -139,6 +139,37 @@ func (o *Outbox) Since(seq uint64) []*wire.Frame {
 	return out
 }
 
+// Snapshot returns the highest number given out and copies of the kept
+// frames, to persist them.
+func (o *Outbox) Snapshot() (last uint64, frames []*wire.Frame) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	frames = make([]*wire.Frame, len(o.frames))
+	for i, f := range o.frames {
+		c := *f
+		frames[i] = &c
+	}
+	return o.last, frames
+}
+
+// RestoreOutbox returns an outbox that gave out numbers up to last and
+// keeps frames (numbered, in order) for acknowledgement: the outbox of a
+// persisted session.
+func RestoreOutbox(maxBytes int, last uint64, frames []*wire.Frame) *Outbox {
+	o := NewOutbox(maxBytes)
+	o.last = last
+	if len(frames) > 0 {
+		o.acked = frames[0].Seq - 1
+	} else {
+		o.acked = last
+	}
+	for _, f := range frames {
+		o.frames = append(o.frames, f)
+		o.bytes += len(f.Payload)
+	}
+	return o
+}
+
 // Pending describes what waits for acknowledgement.
 type Pending struct {
 	Frames, Bytes int
