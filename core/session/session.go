@@ -181,7 +181,7 @@ type stepKey struct {
 
 type step struct {
 	out  io.Writer
-	size int64 // durable size of out at the last checkpoint
+	size int64           // durable size of out at the last checkpoint
 	exit chan *wire.Exit // closed without a value when the session ended
 	err  error           // why, set before exit is closed
 }
