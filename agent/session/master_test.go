@@ -190,7 +190,9 @@ func start(t *testing.T, cfg Config) (*master, *Agent, <-chan error) {
 				a.endSession(cur, errors.New("test over"))
 			}
 			a.cancelAll(errors.New("test over"))
-			a.wg.Wait()
+			for a.Running() > 0 { // steps of sessions that ended already
+				time.Sleep(10 * time.Millisecond)
+			}
 		}()
 		select {
 		case <-ended:

@@ -152,7 +152,6 @@ type Agent struct {
 
 	mu    sync.Mutex
 	steps map[string]*step // by build id
-	wg    sync.WaitGroup   // running steps
 	cur   *sess            // the session to resume; nil when none
 	dups  atomic.Uint64    // duplicates of ended sessions
 }
@@ -233,8 +232,11 @@ type sess struct {
 	ctx    context.Context // ends with the session: blocked sends give up
 	cancel context.CancelCauseFunc
 
-	mu   sync.Mutex
-	hold *time.Timer // the session timeout while no master is in reach
+	wg sync.WaitGroup // its running steps
+
+	mu    sync.Mutex
+	hold  *time.Timer // the session timeout while no master is in reach
+	ended bool
 }
 
 // sendRaw sends an unsigned frame outside any session epoch: a Hello, the
@@ -353,26 +355,43 @@ func (a *Agent) holdSession(s *sess, why error) {
 	})
 }
 
-// resumed stops the session timeout of s.
-func (s *sess) resumed() {
+// resumed stops the session timeout of s; false if s ended meanwhile.
+func (s *sess) resumed() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.hold != nil {
-		s.hold.Stop()
+		if !s.hold.Stop() {
+			s.ended = true // the timeout fired: endSession runs
+		}
 		s.hold = nil
 	}
+	return !s.ended
+}
+
+// current is the session to resume, nil when none.
+func (a *Agent) current() *sess {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cur
 }
 
 // endSession ends s: its steps are cancelled (they cannot be reported to
 // another session) and it is waited for.
 func (a *Agent) endSession(s *sess, err error) {
-	s.resumed()
-	a.mu.Lock()
-	if a.cur != s {
-		a.mu.Unlock()
-		return
+	if s.ctx.Err() != nil {
+		return // ended already
 	}
-	a.cur = nil
+	s.mu.Lock()
+	s.ended = true
+	if s.hold != nil {
+		s.hold.Stop()
+		s.hold = nil
+	}
+	s.mu.Unlock()
+	a.mu.Lock()
+	if a.cur == s {
+		a.cur = nil
+	}
 	a.mu.Unlock()
 	s.cancel(fmt.Errorf("%w: %v", errSessionEnded, err))
 	s.ep.Close(fmt.Errorf("%w: %v", errSessionEnded, err))
@@ -382,7 +401,7 @@ func (a *Agent) endSession(s *sess, err error) {
 		a.log.Warn("session ended: cancelling its running steps", "steps", n, "error", err)
 	}
 	a.cancelAll(fmt.Errorf("session ended: %v", err))
-	a.wg.Wait()
+	s.wg.Wait()
 }
 
 // handshake is one handshake attempt's state.
@@ -415,6 +434,7 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 		}
 		hello := &wire.Hello{Node: a.cfg.Node, AgentVersion: a.cfg.Version, OS: runtime.GOOS, Arch: runtime.GOARCH, Nonce: nonce}
 		var session uint64
+		cur = a.current() // the session timeout may have ended it
 		if cur != nil {
 			hello.Resume, hello.LastSeq, session = true, cur.ep.Acked(), cur.id
 		}
@@ -440,6 +460,7 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 	var pingNonce uint64
 	drainCh := a.drainCh
 	var drainDone chan struct{}
+	var goodbye chan struct{} // closed once the Close was sent
 
 	for {
 		select {
@@ -487,12 +508,18 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 			drainDone = make(chan struct{})
 			go func() {
 				defer close(drainDone)
-				a.waitSteps(a.cfg.DrainTimeout)
+				a.waitSteps(s, a.cfg.DrainTimeout)
 			}()
 		case <-drainDone:
-			if err := s.ep.Send(ctx, &wire.Close{Reason: "agent shutting down"}); err != nil {
-				a.log.Warn("could not say goodbye", "error", err)
-			}
+			drainDone = nil
+			goodbye = make(chan struct{})
+			go func() { // not on the reading goroutine: a full outbox waits for its Acks
+				defer close(goodbye)
+				if err := s.ep.Send(ctx, &wire.Close{Reason: "agent shutting down"}); err != nil {
+					a.log.Warn("could not say goodbye", "error", err)
+				}
+			}()
+		case <-goodbye:
 			return s, ErrDrained
 		case f, ok := <-in.C:
 			if !ok {
@@ -535,7 +562,7 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 			// or replayed is dropped and never executed.
 			switch v := s.ep.Receive(f); v {
 			case reliable.Forged:
-				if m, ok := msg.(*wire.Close); ok {
+				if m, ok := msg.(*wire.Close); ok && len(f.MAC) == 0 {
 					// A restarted master cannot sign: its Close for a session
 					// it does not know is only a hint. Ask; a live master
 					// answers the ping, signed.
@@ -597,7 +624,11 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 func (a *Agent) established(ep *reliable.Endpoint, authResult *wire.Frame, cur *sess) (*sess, error) {
 	id := authResult.Session
 	if cur != nil && cur.ep == ep {
-		cur.resumed()
+		if !cur.resumed() {
+			// The session timeout ended it during the handshake: nothing to
+			// resume; the next hello starts afresh.
+			return nil, fmt.Errorf("%w: the session timed out while resuming", ErrMasterLost)
+		}
 		p := ep.Pending()
 		if err := ep.Resend(authResult.Ack); err != nil {
 			return cur, err
@@ -605,7 +636,7 @@ func (a *Agent) established(ep *reliable.Endpoint, authResult *wire.Frame, cur *
 		a.log.Info("session resumed", "node", a.cfg.Node, "session", fmt.Sprintf("%016x", id), "master_has", authResult.Ack, "resent", p.Last-authResult.Ack)
 		return cur, nil
 	}
-	if cur != nil {
+	if cur != nil && a.current() == cur {
 		a.endSession(cur, fmt.Errorf("the master does not know session %016x any more (it restarted, or the session timed out)", cur.id))
 	}
 	ctx, cancel := context.WithCancelCause(context.Background())
@@ -632,12 +663,20 @@ func (a *Agent) handshakeFrame(c Conn, cur *sess, hs *handshake, f *wire.Frame, 
 			a.stale.Add(1)
 			return nil, nil, nil
 		}
+		if cur != nil && cur.id == f.Session && a.current() != cur {
+			// An offer to resume the session the agent ended (its session
+			// timeout ran out meanwhile): its steps are gone. The next hello
+			// asks for a new session.
+			a.stale.Add(1)
+			a.log.Info("ignored a challenge to resume the ended session", "session", fmt.Sprintf("%016x", f.Session))
+			return nil, nil, nil
+		}
 		for _, nonceA := range hs.nonces {
 			if wire.ProofEqual(m.Proof, wire.MasterProof(a.cfg.Secret, nonceA, m.Nonce)) {
 				// The resumed session keeps its endpoint (its outbox); a new
 				// session number means the master started a new session.
 				ep := reliable.NewEndpoint(a.cfg.OutboxBytes)
-				if cur != nil && cur.id == f.Session {
+				if cur != nil && cur.id == f.Session && a.current() == cur {
 					ep = cur.ep
 				}
 				ep.Begin(c)
@@ -694,7 +733,7 @@ func (a *Agent) start(s *sess, m *wire.RunStep) {
 	}
 	if a.draining.Load() {
 		log.Info("refused a step: draining")
-		exit(-1, "agent draining")
+		go exit(-1, "agent draining") // not on the reading goroutine: a full outbox waits for its Acks
 		return
 	}
 	ctx, cancel := context.WithCancelCause(context.Background())
@@ -702,11 +741,11 @@ func (a *Agent) start(s *sess, m *wire.RunStep) {
 	if _, busy := a.steps[m.BuildID]; busy {
 		a.mu.Unlock()
 		cancel(nil)
-		exit(-1, "build "+m.BuildID+" already runs a step on this agent")
+		go exit(-1, "build "+m.BuildID+" already runs a step on this agent")
 		return
 	}
 	a.steps[m.BuildID] = &step{cancel: cancel}
-	a.wg.Add(1)
+	s.wg.Add(1)
 	a.mu.Unlock()
 
 	env := append([]string(nil), a.cfg.Env...)
@@ -727,7 +766,7 @@ func (a *Agent) start(s *sess, m *wire.RunStep) {
 			a.mu.Lock()
 			delete(a.steps, m.BuildID)
 			a.mu.Unlock()
-			a.wg.Done()
+			s.wg.Done()
 		}()
 		var failed atomic.Bool
 		res := runner.Run(ctx, spec, func(st runner.Stream, p []byte) {
@@ -771,9 +810,9 @@ func (a *Agent) cancelAll(reason error) {
 
 // waitSteps waits for running steps to finish, cancelling them after
 // timeout.
-func (a *Agent) waitSteps(timeout time.Duration) {
+func (a *Agent) waitSteps(s *sess, timeout time.Duration) {
 	done := make(chan struct{})
-	go func() { a.wg.Wait(); close(done) }()
+	go func() { s.wg.Wait(); close(done) }()
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {

@@ -657,7 +657,6 @@ func TestSessionTimeout(t *testing.T) {
 // TestStepAfterSessionTimeout: a step of the session that follows one
 // ended by the session timeout.
 func TestStepAfterSessionTimeout(t *testing.T) {
-	t.Skip("BUG (go test -race): endSession, called by the session timeout's timer, waits on the agent-wide a.wg, which the next session's steps Add to from zero without synchronisation with that Wait: WaitGroup reuse (session.go holdSession/endSession/start)")
 	work := t.TempDir()
 	m, a, done := start(t, Config{Node: "n1", Secret: secret, Workdir: work, SessionTimeout: 300 * time.Millisecond})
 	m.handshake(0x1234)
@@ -682,7 +681,6 @@ func TestStepAfterSessionTimeout(t *testing.T) {
 // session timeout on the same connection; once the session ended, the
 // agent asks for a new one, not for the resume of the ended one.
 func TestSessionTimeoutWhileSilent(t *testing.T) {
-	t.Skip("BUG: session() captures a.cur once; once the session timeout ended it, the handshake still says Hello{Resume} for it and would resume the ended session (session.go sendHello/handshakeFrame/established)")
 	work := t.TempDir()
 	m, a, _ := start(t, Config{Node: "n1", Secret: secret, Workdir: work,
 		Heartbeat: 50 * time.Millisecond, HeartbeatTimeout: 300 * time.Millisecond, SessionTimeout: 500 * time.Millisecond, HelloInterval: 100 * time.Millisecond})
@@ -717,7 +715,6 @@ func TestSessionTimeoutWhileSilent(t *testing.T) {
 // ended (its session timeout ran out during the handshake) must not get it
 // back: its steps would never be reported.
 func TestResumeOfEndedSession(t *testing.T) {
-	t.Skip("BUG: a challenge resuming a session that ended during the handshake resumes it (session.go handshakeFrame/established): steps then run in a dead session and their Exit never reaches the master")
 	work := t.TempDir()
 	m, a, done := start(t, Config{Node: "n1", Secret: secret, Workdir: work, SessionTimeout: 500 * time.Millisecond, HeartbeatTimeout: 10 * time.Minute})
 	id := m.handshake(0x1234)
@@ -873,7 +870,6 @@ func TestUnsignedCloseChecked(t *testing.T) {
 // TestWronglySignedClose: only an unsigned Close is a hint; one with a MAC
 // that does not verify is forged.
 func TestWronglySignedClose(t *testing.T) {
-	t.Skip("BUG: any Close with a bad MAC is taken for the unsigned hint and not counted as forged (session.go, case reliable.Forged: check len(f.MAC) == 0)")
 	m, a, _ := start(t, Config{Node: "n1", Secret: secret})
 	id := m.handshake(0x1234)
 	m.raw(craft(&wire.Close{Reason: "forged"}, id, m.nextSeq(), wire.SessionKey([]byte("other"), nil, nil, id)))
@@ -954,7 +950,6 @@ func TestOutboxBound(t *testing.T) {
 // agent reading the master's frames: the acknowledgements that free the
 // outbox are among them.
 func TestRefusedStepWhileOutboxFull(t *testing.T) {
-	t.Skip("BUG: start() sends the refusal's Exit with the blocking ep.Send on the receiving goroutine; with the outbox full it waits for an Ack only that goroutine could read: deadlock (session.go start, exit(-1, ...))")
 	work := t.TempDir()
 	m, _, _ := start(t, Config{Node: "n1", Secret: secret, Workdir: work, OutboxBytes: 1})
 	m.handshake(0x1234)
@@ -1003,7 +998,6 @@ func TestRefusedStepWhileOutboxFull(t *testing.T) {
 // waits for the acknowledgement of the last exit, must not stop the agent
 // reading that acknowledgement.
 func TestDrainCloseWhileOutboxFull(t *testing.T) {
-	t.Skip("BUG: the drain sends Close with the blocking ep.Send on the receiving goroutine; with the outbox full it waits for an Ack only that goroutine could read: deadlock (session.go, case <-drainDone)")
 	work := t.TempDir()
 	m, a, done := start(t, Config{Node: "n1", Secret: secret, Workdir: work, OutboxBytes: 1})
 	m.handshake(0x1234)
