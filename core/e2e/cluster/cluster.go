@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -94,6 +95,10 @@ type Options struct {
 	Launchers string
 	// Nodes and Jobs are the node and job blocks.
 	Nodes, Jobs string
+	// KafkaBrokers, when set, point the kafka launcher at these brokers
+	// instead of its embedded broker; KafkaAddr is then the first of them
+	// (the agents' bootstrap address).
+	KafkaBrokers []string
 }
 
 // Cluster is a running master with its data and agents.
@@ -106,7 +111,7 @@ type Cluster struct {
 	// Dir holds the configuration, data and agents' directories.
 	Dir string
 	// HTTPAddr and KafkaAddr are the API's and the embedded broker's
-	// loopback addresses.
+	// loopback addresses (KafkaAddr is Options.KafkaBrokers[0] when set).
 	HTTPAddr, KafkaAddr string
 
 	t      testing.TB
@@ -117,16 +122,22 @@ type Cluster struct {
 	server    *exec.Cmd
 	serverLog *bytes.Buffer
 	agents    []*exec.Cmd
+	agentLogs map[string]int // agents started per node
 }
 
 // Start writes the configuration and starts the master; the test's cleanup
 // stops it and its agents, logging what they printed when the test failed.
 func Start(t testing.TB, opts Options) *Cluster {
 	t.Helper()
-	c := &Cluster{t: t, opts: opts, Dir: t.TempDir(), HTTPAddr: FreeAddr(t), KafkaAddr: FreeAddr(t)}
+	c := &Cluster{t: t, opts: opts, Dir: t.TempDir(), HTTPAddr: FreeAddr(t)}
+	if len(opts.KafkaBrokers) > 0 {
+		c.KafkaAddr = opts.KafkaBrokers[0]
+	} else {
+		c.KafkaAddr = FreeAddr(t)
+	}
 	c.WriteConfig(opts.Nodes, opts.Jobs)
+	t.Cleanup(c.stop) // before StartServer: a server that fails to start is stopped and its log shown
 	c.StartServer()
-	t.Cleanup(c.stop)
 	return c
 }
 
@@ -137,6 +148,14 @@ func (c *Cluster) Bin(name string) string { return filepath.Join(c.opts.Bin, nam
 // job blocks; it takes effect at the next StartServer.
 func (c *Cluster) WriteConfig(nodeBlocks, jobBlocks string) {
 	c.t.Helper()
+	kafka := fmt.Sprintf("embedded_addr = %q", c.KafkaAddr)
+	if len(c.opts.KafkaBrokers) > 0 {
+		quoted := make([]string, len(c.opts.KafkaBrokers))
+		for i, b := range c.opts.KafkaBrokers {
+			quoted[i] = strconv.Quote(b)
+		}
+		kafka = "brokers = [" + strings.Join(quoted, ", ") + "]"
+	}
 	cfg := fmt.Sprintf(`
 server {
   http_addr  = %q
@@ -145,12 +164,12 @@ server {
   log_level  = "debug"
 }
 launcher "kafka" {
-  embedded_addr = %q
+  %s
 }
 launcher "local" {}
 %s
 %s
-%s`, c.HTTPAddr, c.opts.Bin, c.KafkaAddr, c.opts.Launchers, nodeBlocks, jobBlocks)
+%s`, c.HTTPAddr, c.opts.Bin, kafka, c.opts.Launchers, nodeBlocks, jobBlocks)
 	c.config = filepath.Join(c.Dir, "conveyor.hcl")
 	if err := os.WriteFile(c.config, []byte(cfg), 0o600); err != nil {
 		c.t.Fatal(err)
@@ -237,8 +256,10 @@ func (c *Cluster) stop() {
 }
 
 // StartAgent starts a Kafka agent for node with secret (hex), its work
-// directory and log under Dir/agents/NODE.
-func (c *Cluster) StartAgent(node, secret string) *exec.Cmd {
+// directory and log under Dir/agents/NODE (agent.log; agent-2.log and so
+// on for the next agents of the node). args are extra flags, after the
+// harness's own: a flag given again overrides it.
+func (c *Cluster) StartAgent(node, secret string, args ...string) *exec.Cmd {
 	c.t.Helper()
 	dir := filepath.Join(c.Dir, "agents", node)
 	if err := os.MkdirAll(filepath.Join(dir, "work"), 0o700); err != nil {
@@ -248,9 +269,19 @@ func (c *Cluster) StartAgent(node, secret string) *exec.Cmd {
 	if err := os.WriteFile(secretFile, []byte(secret+"\n"), 0o600); err != nil {
 		c.t.Fatal(err)
 	}
-	cmd := exec.Command(c.Bin("conveyor-agent"), "-name", node, "-secret-file", secretFile,
-		"-brokers", c.KafkaAddr, "-workdir", filepath.Join(dir, "work"), "-log-level", "debug")
-	logf, err := os.Create(filepath.Join(dir, "agent.log"))
+	cmd := exec.Command(c.Bin("conveyor-agent"), append([]string{"-name", node, "-secret-file", secretFile,
+		"-brokers", c.KafkaAddr, "-workdir", filepath.Join(dir, "work"), "-log-level", "debug"}, args...)...)
+	c.mu.Lock()
+	if c.agentLogs == nil {
+		c.agentLogs = map[string]int{}
+	}
+	c.agentLogs[node]++
+	logName := "agent.log"
+	if k := c.agentLogs[node]; k > 1 {
+		logName = fmt.Sprintf("agent-%d.log", k)
+	}
+	c.mu.Unlock()
+	logf, err := os.Create(filepath.Join(dir, logName))
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -265,7 +296,7 @@ func (c *Cluster) StartAgent(node, secret string) *exec.Cmd {
 		logf.Close()
 		if c.t.Failed() {
 			b, _ := os.ReadFile(logf.Name())
-			c.t.Logf("agent %s log:\n%s", node, b)
+			c.t.Logf("agent %s log (%s):\n%s", node, logName, b)
 		}
 	})
 	return cmd
@@ -335,6 +366,75 @@ func (c *Cluster) Run(job string, params map[string]string) (*store.Build, []byt
 		c.t.Fatal(err)
 	}
 	return got, log.Bytes()
+}
+
+// Build is build n of job from the API, nil when the API fails.
+func (c *Cluster) Build(job string, n int) *store.Build {
+	b, err := c.API.Build(context.Background(), job, n)
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
+// Log is build n of job's log as stored so far (nil when the API fails).
+func (c *Cluster) Log(job string, n int) []byte {
+	var buf bytes.Buffer
+	if _, err := c.API.Log(context.Background(), job, n, 0, false, &buf); err != nil {
+		return nil
+	}
+	return buf.Bytes()
+}
+
+// WaitBuild waits up to timeout for build n of job to finish and returns
+// it.
+func (c *Cluster) WaitBuild(job string, n int, timeout time.Duration) *store.Build {
+	c.t.Helper()
+	var b *store.Build
+	c.WaitFor(fmt.Sprintf("build %s#%d to finish", job, n), timeout, func() bool {
+		b = c.Build(job, n)
+		return b != nil && b.FinishedAt != nil
+	})
+	return b
+}
+
+// PluginPID is the pid of the master's running child process executing
+// the built binary name (a launcher plugin, "conveyor-launcher-kafka"),
+// 0 when there is none.
+func (c *Cluster) PluginPID(name string) int {
+	c.t.Helper()
+	c.mu.Lock()
+	server := c.server
+	c.mu.Unlock()
+	if server == nil {
+		return 0
+	}
+	want := c.Bin(name)
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		c.t.Fatalf("list processes: %v", err)
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err != nil || exe != want {
+			continue
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces and parentheses.
+		rest := string(stat[bytes.LastIndexByte(stat, ')')+1:])
+		var state string
+		var ppid int
+		if _, err := fmt.Sscan(rest, &state, &ppid); err == nil && ppid == server.Process.Pid && state != "Z" {
+			return pid
+		}
+	}
+	return 0
 }
 
 // lockedWriter serialises writes of the server's stdout and stderr.
