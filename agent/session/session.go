@@ -461,6 +461,7 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 	drainCh := a.drainCh
 	var drainDone chan struct{}
 	var goodbye chan struct{} // closed once the Close was sent
+	var broken <-chan struct{} // closed when a send on this connection failed
 
 	for {
 		select {
@@ -521,6 +522,8 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 			}()
 		case <-goodbye:
 			return s, ErrDrained
+		case <-broken:
+			return s, fmt.Errorf("send to the master failed: %w", ErrDisconnected)
 		case f, ok := <-in.C:
 			if !ok {
 				return s, recvErr(in.Err())
@@ -543,6 +546,7 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 					return s, err
 				}
 				lastSeen = time.Now()
+				broken = s.ep.Broken()
 				t := time.NewTicker(a.cfg.Heartbeat)
 				defer t.Stop()
 				beat = t.C

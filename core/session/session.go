@@ -635,10 +635,13 @@ func (l *Link) serve(ctx context.Context, ep *reliable.Endpoint) error {
 	lastSeen := time.Now()
 	silent := false
 	var pingNonce uint64
+	broken := ep.Broken()
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-broken:
+			return fmt.Errorf("%w: sending to the agent failed", ErrClosed)
 		case <-tick.C:
 			if err := s.endedErr(ep); err != nil {
 				return err // the session timeout expired while the agent was silent

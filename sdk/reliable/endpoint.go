@@ -43,6 +43,8 @@ type Endpoint struct {
 	ackSent uint64 // the Ack last sent
 
 	onAdd func(session, last uint64, kept []*wire.Frame) error // see OnAdd
+
+	broken chan struct{} // closed when a send on the epoch's connection failed
 }
 
 // NewEndpoint returns the endpoint of a new session whose outbox holds at
@@ -87,6 +89,17 @@ func (e *Endpoint) Begin(conn Sender) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.conn, e.key, e.ctl, e.peerCtl = conn, nil, 0, 0
+	e.broken = make(chan struct{})
+}
+
+// Broken is closed when sending a numbered frame on the epoch's
+// connection failed: the frame is kept, but the peer will see a gap and
+// drop what follows until a resume, so the caller should end the epoch
+// (and resume the session on a new one). Nil before Begin.
+func (e *Endpoint) Broken() <-chan struct{} {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.broken
 }
 
 // Detach forgets the connection: numbered frames wait in the outbox until
@@ -167,7 +180,13 @@ func (e *Endpoint) Send(ctx context.Context, m wire.Message) error {
 		}
 	}
 	if e.conn != nil && e.key != nil {
-		_ = e.transmit(f)
+		if err := e.transmit(f); err != nil && e.broken != nil {
+			select {
+			case <-e.broken:
+			default:
+				close(e.broken)
+			}
+		}
 	}
 	return nil
 }

@@ -307,17 +307,22 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		} else if ctx.Err() != nil {
 			return exitCode(log, agent, ctx.Err())
 		}
-		// Sleep the backoff, unless the agent drains meanwhile (nothing
-		// runs while disconnected, so it can leave at once).
+		// Sleep the backoff, unless the agent drains meanwhile: it leaves at
+		// once if no step runs; steps of the held session are reported
+		// after the resume first.
 		wait := retry.Next()
-		log.Warn("disconnected; reconnecting", "error", err, "in", wait.Round(time.Millisecond))
+		log.Warn("disconnected; reconnecting", "error", err, "in", wait.Round(time.Millisecond), "running_steps", agent.Running())
 		t := time.NewTimer(wait)
+		drain := agent.DrainRequested()
+		if agent.Running() > 0 {
+			drain = nil
+		}
 		select {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
 			return exitCode(log, agent, ctx.Err())
-		case <-agent.DrainRequested():
+		case <-drain:
 			t.Stop()
 			return exitCode(log, agent, session.ErrDrained)
 		}
