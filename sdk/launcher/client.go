@@ -12,10 +12,17 @@ import (
 	pb "github.com/conveyor-ci/conveyor/sdk/launcher/proto"
 )
 
-// client is the host's view of a plugin's Launcher over gRPC.
+// client is the host's view of a plugin's Launcher over gRPC. It also
+// implements the optional capabilities carried by the Launcher service;
+// they answer ErrNoPurge and ErrNoCommands when the plugin lacks them.
 type client struct {
 	rpc pb.LauncherClient
 }
+
+var (
+	_ Purger    = (*client)(nil)
+	_ Commander = (*client)(nil)
+)
 
 func (c *client) Info(ctx context.Context) (*Info, error) {
 	r, err := c.rpc.Info(ctx, &pb.InfoRequest{})
@@ -122,6 +129,48 @@ func (c *client) Purge(ctx context.Context, node string) error {
 		return fmt.Errorf("purge node %q: %w", node, statusErr(err))
 	}
 	return nil
+}
+
+// Commands lists the plugin's operator commands. It fails with
+// ErrNoCommands when the plugin has none.
+func (c *client) Commands(ctx context.Context) ([]Command, error) {
+	r, err := c.rpc.Commands(ctx, &pb.CommandsRequest{})
+	if err != nil {
+		if status.Code(err) == codes.Unimplemented {
+			return nil, ErrNoCommands
+		}
+		return nil, fmt.Errorf("commands: %w", statusErr(err))
+	}
+	cmds := make([]Command, len(r.Commands))
+	for i, cmd := range r.Commands {
+		cmds[i] = Command{Name: cmd.Name, Help: cmd.Help}
+	}
+	return cmds, nil
+}
+
+// RunCommand runs one of the plugin's operator commands. It fails with
+// ErrNoCommands when the plugin has none; a command that failed returns
+// its error as the plugin worded it, with the output it had produced.
+func (c *client) RunCommand(ctx context.Context, req *CommandRequest) (string, error) {
+	preq := &pb.RunCommandRequest{Name: req.Name, Args: req.Args}
+	for _, n := range req.Nodes {
+		pn, err := nodeToProto(n)
+		if err != nil {
+			return "", fmt.Errorf("command %s: node %q: %w", req.Name, n.Name, err)
+		}
+		preq.Nodes = append(preq.Nodes, pn)
+	}
+	r, err := c.rpc.RunCommand(ctx, preq)
+	if err != nil {
+		if status.Code(err) == codes.Unimplemented {
+			return "", ErrNoCommands
+		}
+		return "", fmt.Errorf("command %s: %w", req.Name, statusErr(err))
+	}
+	if r.Error != "" {
+		return r.Output, errors.New(r.Error)
+	}
+	return r.Output, nil
 }
 
 // clientConn is the host end of a launched node's frame stream.

@@ -19,6 +19,8 @@ const (
 	CapSecrets = "secrets"
 	// CapPurge: the plugin implements Purger.
 	CapPurge = "purge"
+	// CapCommands: the plugin implements Commander.
+	CapCommands = "commands"
 	// CapResume: the agent outlives a connection (it talks to a durable
 	// log, not over the connection's own socket), so the master keeps a
 	// node's session when the connection breaks and resumes it on the next
@@ -64,6 +66,43 @@ type SecretManager interface {
 // left is no error.
 type Purger interface {
 	Purge(ctx context.Context, node string) error
+}
+
+// Commander is an optional capability: operator commands the plugin adds
+// to the conveyor CLI, run as `conveyor LAUNCHER COMMAND [ARGS...]` (the
+// Kafka launcher's `conveyor kafka acls`, say). The CLI loads the
+// configuration, starts the plugin and configures it in validate-only
+// mode (Host.ValidateOnly), then runs the command once; the plugin has
+// started nothing, so a command does its work itself and returns. It
+// writes nothing to stdout (the plugin's stdout is not the operator's):
+// everything for the operator goes into the returned text.
+type Commander interface {
+	// Commands lists the plugin's commands, shown by `conveyor LAUNCHER`.
+	Commands(ctx context.Context) ([]Command, error)
+	// RunCommand runs one command. It returns the text to show the
+	// operator; on failure the error, and whatever text the command
+	// produced before it failed. An unknown name or bad arguments are
+	// errors whose message says how to call the command.
+	RunCommand(ctx context.Context, req *CommandRequest) (string, error)
+}
+
+// Command describes one operator command.
+type Command struct {
+	// Name is the word after the launcher's name on the command line.
+	Name string
+	// Help says in one line what the command does.
+	Help string
+}
+
+// CommandRequest is one run of an operator command.
+type CommandRequest struct {
+	// Name is the command, one of those Commands lists.
+	Name string
+	// Args are the arguments after the command's name; the host's own
+	// -config flag is not among them.
+	Args []string
+	// Nodes are this launcher's configured nodes, decoded as for Configure.
+	Nodes []*Node
 }
 
 // Conn is a bidirectional stream of opaque frames between the master and

@@ -95,3 +95,7 @@ var ErrNoSecrets = errors.New("launcher has no secret manager")
 
 // ErrNoPurge is returned by Purge when the plugin keeps nothing to purge.
 var ErrNoPurge = errors.New("launcher has no purge capability")
+
+// ErrNoCommands is returned by Commands and RunCommand when the plugin has
+// no operator commands.
+var ErrNoCommands = errors.New("launcher has no commands")

@@ -29,6 +29,9 @@ func (s *server) Info(ctx context.Context, _ *pb.InfoRequest) (*pb.InfoResponse,
 	if _, ok := s.impl.(Purger); ok && !info.Has(CapPurge) {
 		caps = append(caps, CapPurge)
 	}
+	if _, ok := s.impl.(Commander); ok && !info.Has(CapCommands) {
+		caps = append(caps, CapCommands)
+	}
 	return &pb.InfoResponse{Name: info.Name, Version: info.Version, Description: info.Description, Capabilities: caps}, nil
 }
 
@@ -162,6 +165,46 @@ func (s *server) Purge(ctx context.Context, req *pb.PurgeRequest) (*pb.PurgeResp
 		return nil, err
 	}
 	return &pb.PurgeResponse{}, nil
+}
+
+func (s *server) Commands(ctx context.Context, _ *pb.CommandsRequest) (*pb.CommandsResponse, error) {
+	c, ok := s.impl.(Commander)
+	if !ok {
+		return nil, status.Error(codes.Unimplemented, ErrNoCommands.Error())
+	}
+	cmds, err := c.Commands(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp := &pb.CommandsResponse{}
+	for _, cmd := range cmds {
+		resp.Commands = append(resp.Commands, &pb.CommandInfo{Name: cmd.Name, Help: cmd.Help})
+	}
+	return resp, nil
+}
+
+func (s *server) RunCommand(ctx context.Context, req *pb.RunCommandRequest) (*pb.RunCommandResponse, error) {
+	c, ok := s.impl.(Commander)
+	if !ok {
+		return nil, status.Error(codes.Unimplemented, ErrNoCommands.Error())
+	}
+	cr := &CommandRequest{Name: req.Name, Args: req.Args}
+	for _, n := range req.Nodes {
+		node, err := nodeFromProto(n)
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "node %q config: %v", n.Name, err)
+		}
+		cr.Nodes = append(cr.Nodes, node)
+	}
+	out, err := c.RunCommand(ctx, cr)
+	resp := &pb.RunCommandResponse{Output: out}
+	if err != nil {
+		resp.Error = err.Error()
+		if resp.Error == "" {
+			resp.Error = "command failed"
+		}
+	}
+	return resp, nil
 }
 
 // secretsServer exposes a SecretManager over gRPC.

@@ -1026,6 +1026,257 @@ func (*PurgeResponse) Descriptor() ([]byte, []int) {
 	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{18}
 }
 
+type CommandsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommandsRequest) Reset() {
+	*x = CommandsRequest{}
+	mi := &file_launcher_proto_launcher_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommandsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommandsRequest) ProtoMessage() {}
+
+func (x *CommandsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_launcher_proto_launcher_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommandsRequest.ProtoReflect.Descriptor instead.
+func (*CommandsRequest) Descriptor() ([]byte, []int) {
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{19}
+}
+
+// CommandInfo describes one operator command.
+type CommandInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// help is one line saying what the command does.
+	Help          string `protobuf:"bytes,2,opt,name=help,proto3" json:"help,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommandInfo) Reset() {
+	*x = CommandInfo{}
+	mi := &file_launcher_proto_launcher_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommandInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommandInfo) ProtoMessage() {}
+
+func (x *CommandInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_launcher_proto_launcher_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommandInfo.ProtoReflect.Descriptor instead.
+func (*CommandInfo) Descriptor() ([]byte, []int) {
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *CommandInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CommandInfo) GetHelp() string {
+	if x != nil {
+		return x.Help
+	}
+	return ""
+}
+
+type CommandsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Commands      []*CommandInfo         `protobuf:"bytes,1,rep,name=commands,proto3" json:"commands,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommandsResponse) Reset() {
+	*x = CommandsResponse{}
+	mi := &file_launcher_proto_launcher_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommandsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommandsResponse) ProtoMessage() {}
+
+func (x *CommandsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_launcher_proto_launcher_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommandsResponse.ProtoReflect.Descriptor instead.
+func (*CommandsResponse) Descriptor() ([]byte, []int) {
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *CommandsResponse) GetCommands() []*CommandInfo {
+	if x != nil {
+		return x.Commands
+	}
+	return nil
+}
+
+type RunCommandRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// args follow the command's name on the command line.
+	Args []string `protobuf:"bytes,2,rep,name=args,proto3" json:"args,omitempty"`
+	// nodes are the configured nodes of this launcher.
+	Nodes         []*NodeConfig `protobuf:"bytes,3,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunCommandRequest) Reset() {
+	*x = RunCommandRequest{}
+	mi := &file_launcher_proto_launcher_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunCommandRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunCommandRequest) ProtoMessage() {}
+
+func (x *RunCommandRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_launcher_proto_launcher_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunCommandRequest.ProtoReflect.Descriptor instead.
+func (*RunCommandRequest) Descriptor() ([]byte, []int) {
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RunCommandRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RunCommandRequest) GetArgs() []string {
+	if x != nil {
+		return x.Args
+	}
+	return nil
+}
+
+func (x *RunCommandRequest) GetNodes() []*NodeConfig {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+type RunCommandResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// output is the command's text for the operator.
+	Output string `protobuf:"bytes,1,opt,name=output,proto3" json:"output,omitempty"`
+	// error is set when the command failed; output then holds what it
+	// wrote before failing.
+	Error         string `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunCommandResponse) Reset() {
+	*x = RunCommandResponse{}
+	mi := &file_launcher_proto_launcher_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunCommandResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunCommandResponse) ProtoMessage() {}
+
+func (x *RunCommandResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_launcher_proto_launcher_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunCommandResponse.ProtoReflect.Descriptor instead.
+func (*RunCommandResponse) Descriptor() ([]byte, []int) {
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *RunCommandResponse) GetOutput() string {
+	if x != nil {
+		return x.Output
+	}
+	return ""
+}
+
+func (x *RunCommandResponse) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 var File_launcher_proto_launcher_proto protoreflect.FileDescriptor
 
 const file_launcher_proto_launcher_proto_rawDesc = "" +
@@ -1084,14 +1335,30 @@ const file_launcher_proto_launcher_proto_rawDesc = "" +
 	"\ragent_command\x18\x02 \x03(\tR\fagentCommand\"\"\n" +
 	"\fPurgeRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\"\x0f\n" +
-	"\rPurgeResponse2\x9d\x04\n" +
+	"\rPurgeResponse\"\x11\n" +
+	"\x0fCommandsRequest\"5\n" +
+	"\vCommandInfo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04help\x18\x02 \x01(\tR\x04help\"Q\n" +
+	"\x10CommandsResponse\x12=\n" +
+	"\bcommands\x18\x01 \x03(\v2!.conveyor.launcher.v1.CommandInfoR\bcommands\"s\n" +
+	"\x11RunCommandRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04args\x18\x02 \x03(\tR\x04args\x126\n" +
+	"\x05nodes\x18\x03 \x03(\v2 .conveyor.launcher.v1.NodeConfigR\x05nodes\"B\n" +
+	"\x12RunCommandResponse\x12\x16\n" +
+	"\x06output\x18\x01 \x01(\tR\x06output\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error2\xd9\x05\n" +
 	"\bLauncher\x12M\n" +
 	"\x04Info\x12!.conveyor.launcher.v1.InfoRequest\x1a\".conveyor.launcher.v1.InfoResponse\x12S\n" +
 	"\x06Schema\x12#.conveyor.launcher.v1.SchemaRequest\x1a$.conveyor.launcher.v1.SchemaResponse\x12\\\n" +
 	"\tConfigure\x12&.conveyor.launcher.v1.ConfigureRequest\x1a'.conveyor.launcher.v1.ConfigureResponse\x12b\n" +
 	"\x06Launch\x12).conveyor.launcher.v1.LaunchClientMessage\x1a).conveyor.launcher.v1.LaunchServerMessage(\x010\x01\x12Y\n" +
 	"\bTeardown\x12%.conveyor.launcher.v1.TeardownRequest\x1a&.conveyor.launcher.v1.TeardownResponse\x12P\n" +
-	"\x05Purge\x12\".conveyor.launcher.v1.PurgeRequest\x1a#.conveyor.launcher.v1.PurgeResponse2p\n" +
+	"\x05Purge\x12\".conveyor.launcher.v1.PurgeRequest\x1a#.conveyor.launcher.v1.PurgeResponse\x12Y\n" +
+	"\bCommands\x12%.conveyor.launcher.v1.CommandsRequest\x1a&.conveyor.launcher.v1.CommandsResponse\x12_\n" +
+	"\n" +
+	"RunCommand\x12'.conveyor.launcher.v1.RunCommandRequest\x1a(.conveyor.launcher.v1.RunCommandResponse2p\n" +
 	"\rSecretManager\x12_\n" +
 	"\n" +
 	"NodeSecret\x12'.conveyor.launcher.v1.NodeSecretRequest\x1a(.conveyor.launcher.v1.NodeSecretResponseB4Z2github.com/conveyor-ci/conveyor/sdk/launcher/protob\x06proto3"
@@ -1108,7 +1375,7 @@ func file_launcher_proto_launcher_proto_rawDescGZIP() []byte {
 	return file_launcher_proto_launcher_proto_rawDescData
 }
 
-var file_launcher_proto_launcher_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_launcher_proto_launcher_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_launcher_proto_launcher_proto_goTypes = []any{
 	(*InfoRequest)(nil),         // 0: conveyor.launcher.v1.InfoRequest
 	(*InfoResponse)(nil),        // 1: conveyor.launcher.v1.InfoResponse
@@ -1129,11 +1396,16 @@ var file_launcher_proto_launcher_proto_goTypes = []any{
 	(*NodeSecretResponse)(nil),  // 16: conveyor.launcher.v1.NodeSecretResponse
 	(*PurgeRequest)(nil),        // 17: conveyor.launcher.v1.PurgeRequest
 	(*PurgeResponse)(nil),       // 18: conveyor.launcher.v1.PurgeResponse
-	(*hclspec.Spec)(nil),        // 19: conveyor.hclspec.v1.Spec
+	(*CommandsRequest)(nil),     // 19: conveyor.launcher.v1.CommandsRequest
+	(*CommandInfo)(nil),         // 20: conveyor.launcher.v1.CommandInfo
+	(*CommandsResponse)(nil),    // 21: conveyor.launcher.v1.CommandsResponse
+	(*RunCommandRequest)(nil),   // 22: conveyor.launcher.v1.RunCommandRequest
+	(*RunCommandResponse)(nil),  // 23: conveyor.launcher.v1.RunCommandResponse
+	(*hclspec.Spec)(nil),        // 24: conveyor.hclspec.v1.Spec
 }
 var file_launcher_proto_launcher_proto_depIdxs = []int32{
-	19, // 0: conveyor.launcher.v1.SchemaResponse.global:type_name -> conveyor.hclspec.v1.Spec
-	19, // 1: conveyor.launcher.v1.SchemaResponse.node:type_name -> conveyor.hclspec.v1.Spec
+	24, // 0: conveyor.launcher.v1.SchemaResponse.global:type_name -> conveyor.hclspec.v1.Spec
+	24, // 1: conveyor.launcher.v1.SchemaResponse.node:type_name -> conveyor.hclspec.v1.Spec
 	5,  // 2: conveyor.launcher.v1.NodeConfig.config:type_name -> conveyor.launcher.v1.Value
 	4,  // 3: conveyor.launcher.v1.ConfigureRequest.host:type_name -> conveyor.launcher.v1.Host
 	5,  // 4: conveyor.launcher.v1.ConfigureRequest.global:type_name -> conveyor.launcher.v1.Value
@@ -1141,25 +1413,31 @@ var file_launcher_proto_launcher_proto_depIdxs = []int32{
 	8,  // 6: conveyor.launcher.v1.ConfigureResponse.errors:type_name -> conveyor.launcher.v1.ConfigError
 	6,  // 7: conveyor.launcher.v1.LaunchClientMessage.launch:type_name -> conveyor.launcher.v1.NodeConfig
 	11, // 8: conveyor.launcher.v1.LaunchServerMessage.launched:type_name -> conveyor.launcher.v1.Launched
-	0,  // 9: conveyor.launcher.v1.Launcher.Info:input_type -> conveyor.launcher.v1.InfoRequest
-	2,  // 10: conveyor.launcher.v1.Launcher.Schema:input_type -> conveyor.launcher.v1.SchemaRequest
-	7,  // 11: conveyor.launcher.v1.Launcher.Configure:input_type -> conveyor.launcher.v1.ConfigureRequest
-	10, // 12: conveyor.launcher.v1.Launcher.Launch:input_type -> conveyor.launcher.v1.LaunchClientMessage
-	13, // 13: conveyor.launcher.v1.Launcher.Teardown:input_type -> conveyor.launcher.v1.TeardownRequest
-	17, // 14: conveyor.launcher.v1.Launcher.Purge:input_type -> conveyor.launcher.v1.PurgeRequest
-	15, // 15: conveyor.launcher.v1.SecretManager.NodeSecret:input_type -> conveyor.launcher.v1.NodeSecretRequest
-	1,  // 16: conveyor.launcher.v1.Launcher.Info:output_type -> conveyor.launcher.v1.InfoResponse
-	3,  // 17: conveyor.launcher.v1.Launcher.Schema:output_type -> conveyor.launcher.v1.SchemaResponse
-	9,  // 18: conveyor.launcher.v1.Launcher.Configure:output_type -> conveyor.launcher.v1.ConfigureResponse
-	12, // 19: conveyor.launcher.v1.Launcher.Launch:output_type -> conveyor.launcher.v1.LaunchServerMessage
-	14, // 20: conveyor.launcher.v1.Launcher.Teardown:output_type -> conveyor.launcher.v1.TeardownResponse
-	18, // 21: conveyor.launcher.v1.Launcher.Purge:output_type -> conveyor.launcher.v1.PurgeResponse
-	16, // 22: conveyor.launcher.v1.SecretManager.NodeSecret:output_type -> conveyor.launcher.v1.NodeSecretResponse
-	16, // [16:23] is the sub-list for method output_type
-	9,  // [9:16] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	20, // 9: conveyor.launcher.v1.CommandsResponse.commands:type_name -> conveyor.launcher.v1.CommandInfo
+	6,  // 10: conveyor.launcher.v1.RunCommandRequest.nodes:type_name -> conveyor.launcher.v1.NodeConfig
+	0,  // 11: conveyor.launcher.v1.Launcher.Info:input_type -> conveyor.launcher.v1.InfoRequest
+	2,  // 12: conveyor.launcher.v1.Launcher.Schema:input_type -> conveyor.launcher.v1.SchemaRequest
+	7,  // 13: conveyor.launcher.v1.Launcher.Configure:input_type -> conveyor.launcher.v1.ConfigureRequest
+	10, // 14: conveyor.launcher.v1.Launcher.Launch:input_type -> conveyor.launcher.v1.LaunchClientMessage
+	13, // 15: conveyor.launcher.v1.Launcher.Teardown:input_type -> conveyor.launcher.v1.TeardownRequest
+	17, // 16: conveyor.launcher.v1.Launcher.Purge:input_type -> conveyor.launcher.v1.PurgeRequest
+	19, // 17: conveyor.launcher.v1.Launcher.Commands:input_type -> conveyor.launcher.v1.CommandsRequest
+	22, // 18: conveyor.launcher.v1.Launcher.RunCommand:input_type -> conveyor.launcher.v1.RunCommandRequest
+	15, // 19: conveyor.launcher.v1.SecretManager.NodeSecret:input_type -> conveyor.launcher.v1.NodeSecretRequest
+	1,  // 20: conveyor.launcher.v1.Launcher.Info:output_type -> conveyor.launcher.v1.InfoResponse
+	3,  // 21: conveyor.launcher.v1.Launcher.Schema:output_type -> conveyor.launcher.v1.SchemaResponse
+	9,  // 22: conveyor.launcher.v1.Launcher.Configure:output_type -> conveyor.launcher.v1.ConfigureResponse
+	12, // 23: conveyor.launcher.v1.Launcher.Launch:output_type -> conveyor.launcher.v1.LaunchServerMessage
+	14, // 24: conveyor.launcher.v1.Launcher.Teardown:output_type -> conveyor.launcher.v1.TeardownResponse
+	18, // 25: conveyor.launcher.v1.Launcher.Purge:output_type -> conveyor.launcher.v1.PurgeResponse
+	21, // 26: conveyor.launcher.v1.Launcher.Commands:output_type -> conveyor.launcher.v1.CommandsResponse
+	23, // 27: conveyor.launcher.v1.Launcher.RunCommand:output_type -> conveyor.launcher.v1.RunCommandResponse
+	16, // 28: conveyor.launcher.v1.SecretManager.NodeSecret:output_type -> conveyor.launcher.v1.NodeSecretResponse
+	20, // [20:29] is the sub-list for method output_type
+	11, // [11:20] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_launcher_proto_launcher_proto_init() }
@@ -1181,7 +1459,7 @@ func file_launcher_proto_launcher_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_launcher_proto_launcher_proto_rawDesc), len(file_launcher_proto_launcher_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

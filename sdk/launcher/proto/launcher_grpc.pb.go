@@ -22,12 +22,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Launcher_Info_FullMethodName      = "/conveyor.launcher.v1.Launcher/Info"
-	Launcher_Schema_FullMethodName    = "/conveyor.launcher.v1.Launcher/Schema"
-	Launcher_Configure_FullMethodName = "/conveyor.launcher.v1.Launcher/Configure"
-	Launcher_Launch_FullMethodName    = "/conveyor.launcher.v1.Launcher/Launch"
-	Launcher_Teardown_FullMethodName  = "/conveyor.launcher.v1.Launcher/Teardown"
-	Launcher_Purge_FullMethodName     = "/conveyor.launcher.v1.Launcher/Purge"
+	Launcher_Info_FullMethodName       = "/conveyor.launcher.v1.Launcher/Info"
+	Launcher_Schema_FullMethodName     = "/conveyor.launcher.v1.Launcher/Schema"
+	Launcher_Configure_FullMethodName  = "/conveyor.launcher.v1.Launcher/Configure"
+	Launcher_Launch_FullMethodName     = "/conveyor.launcher.v1.Launcher/Launch"
+	Launcher_Teardown_FullMethodName   = "/conveyor.launcher.v1.Launcher/Teardown"
+	Launcher_Purge_FullMethodName      = "/conveyor.launcher.v1.Launcher/Purge"
+	Launcher_Commands_FullMethodName   = "/conveyor.launcher.v1.Launcher/Commands"
+	Launcher_RunCommand_FullMethodName = "/conveyor.launcher.v1.Launcher/RunCommand"
 )
 
 // LauncherClient is the client API for Launcher service.
@@ -52,6 +54,14 @@ type LauncherClient interface {
 	// (Kafka: its topics). Plugins without the "purge" capability answer
 	// Unimplemented.
 	Purge(ctx context.Context, in *PurgeRequest, opts ...grpc.CallOption) (*PurgeResponse, error)
+	// Commands lists the plugin's operator commands (`conveyor LAUNCHER`).
+	// Plugins without the "commands" capability answer Unimplemented.
+	Commands(ctx context.Context, in *CommandsRequest, opts ...grpc.CallOption) (*CommandsResponse, error)
+	// RunCommand runs one operator command (`conveyor LAUNCHER COMMAND
+	// ARGS...`). A command that fails answers with its error in the
+	// response, next to the output it wrote before failing. Plugins without
+	// the "commands" capability answer Unimplemented.
+	RunCommand(ctx context.Context, in *RunCommandRequest, opts ...grpc.CallOption) (*RunCommandResponse, error)
 }
 
 type launcherClient struct {
@@ -125,6 +135,26 @@ func (c *launcherClient) Purge(ctx context.Context, in *PurgeRequest, opts ...gr
 	return out, nil
 }
 
+func (c *launcherClient) Commands(ctx context.Context, in *CommandsRequest, opts ...grpc.CallOption) (*CommandsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CommandsResponse)
+	err := c.cc.Invoke(ctx, Launcher_Commands_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *launcherClient) RunCommand(ctx context.Context, in *RunCommandRequest, opts ...grpc.CallOption) (*RunCommandResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RunCommandResponse)
+	err := c.cc.Invoke(ctx, Launcher_RunCommand_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // LauncherServer is the server API for Launcher service.
 // All implementations must embed UnimplementedLauncherServer
 // for forward compatibility.
@@ -147,6 +177,14 @@ type LauncherServer interface {
 	// (Kafka: its topics). Plugins without the "purge" capability answer
 	// Unimplemented.
 	Purge(context.Context, *PurgeRequest) (*PurgeResponse, error)
+	// Commands lists the plugin's operator commands (`conveyor LAUNCHER`).
+	// Plugins without the "commands" capability answer Unimplemented.
+	Commands(context.Context, *CommandsRequest) (*CommandsResponse, error)
+	// RunCommand runs one operator command (`conveyor LAUNCHER COMMAND
+	// ARGS...`). A command that fails answers with its error in the
+	// response, next to the output it wrote before failing. Plugins without
+	// the "commands" capability answer Unimplemented.
+	RunCommand(context.Context, *RunCommandRequest) (*RunCommandResponse, error)
 	mustEmbedUnimplementedLauncherServer()
 }
 
@@ -174,6 +212,12 @@ func (UnimplementedLauncherServer) Teardown(context.Context, *TeardownRequest) (
 }
 func (UnimplementedLauncherServer) Purge(context.Context, *PurgeRequest) (*PurgeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Purge not implemented")
+}
+func (UnimplementedLauncherServer) Commands(context.Context, *CommandsRequest) (*CommandsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Commands not implemented")
+}
+func (UnimplementedLauncherServer) RunCommand(context.Context, *RunCommandRequest) (*RunCommandResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RunCommand not implemented")
 }
 func (UnimplementedLauncherServer) mustEmbedUnimplementedLauncherServer() {}
 func (UnimplementedLauncherServer) testEmbeddedByValue()                  {}
@@ -293,6 +337,42 @@ func _Launcher_Purge_Handler(srv interface{}, ctx context.Context, dec func(inte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Launcher_Commands_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CommandsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LauncherServer).Commands(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Launcher_Commands_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LauncherServer).Commands(ctx, req.(*CommandsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Launcher_RunCommand_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RunCommandRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LauncherServer).RunCommand(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Launcher_RunCommand_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LauncherServer).RunCommand(ctx, req.(*RunCommandRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Launcher_ServiceDesc is the grpc.ServiceDesc for Launcher service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -319,6 +399,14 @@ var Launcher_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Purge",
 			Handler:    _Launcher_Purge_Handler,
+		},
+		{
+			MethodName: "Commands",
+			Handler:    _Launcher_Commands_Handler,
+		},
+		{
+			MethodName: "RunCommand",
+			Handler:    _Launcher_RunCommand_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
