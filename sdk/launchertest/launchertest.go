@@ -14,7 +14,8 @@
 // The kit loads the plugin exactly the way the host does and checks the
 // handshake, the schema, configuration errors, launch, a frame round trip
 // with the launched agent, teardown, relaunch, purge (for plugins with the
-// purge capability) and kill.
+// purge capability), operator commands (for plugins with the commands
+// capability) and kill.
 package launchertest
 
 import (
@@ -24,8 +25,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 	"time"
+	"unicode"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/hcl/v2/hcldec"
@@ -48,6 +51,11 @@ type Options struct {
 	Node string
 	// BadConfigs must each be rejected, by schema decoding or by Configure.
 	BadConfigs []BadConfig
+	// Command, for a plugin with the commands capability, is a command
+	// name and its arguments that must succeed against the valid
+	// configuration (pick one without side effects). Empty: no command
+	// runs, only the list and an unknown command are checked.
+	Command []string
 	// NodeName names the node launched (default "conformance").
 	NodeName string
 	// DataDir is handed to the plugin as its data directory (default: a
@@ -84,6 +92,7 @@ const (
 	CheckTeardown      = "teardown"
 	CheckRelaunch      = "relaunch"
 	CheckPurge         = "purge"
+	CheckCommands      = "commands"
 	CheckKill          = "kill"
 	pingsPerRoundTrip  = 16
 	defaultNodeName    = "conformance"
@@ -135,6 +144,7 @@ func Check(ctx context.Context, opts Options) []Result {
 		{CheckSchema, k.schema},
 		{CheckConfigure, k.configure},
 		{CheckConfigErrors, k.configErrors},
+		{CheckCommands, k.commands},
 		{CheckLaunch, k.launch},
 		{CheckRoundTrip, k.roundTrip},
 		{CheckTeardown, k.teardown},
@@ -412,6 +422,76 @@ func (k *kit) purge(ctx context.Context) error {
 		if err := p.Purge(ctx, k.opts.NodeName); err != nil {
 			return fmt.Errorf("purge #%d: %w", i+1, err)
 		}
+	}
+	return nil
+}
+
+// unknownCommand is a command name no plugin has.
+const unknownCommand = "conformance-no-such-command"
+
+// commands checks a plugin with the commands capability: it lists at least
+// one command, each named by one word that is no flag, unique, with a
+// one-line help; an unknown command is an error and leaves the plugin
+// working; Options.Command, when set, succeeds. Plugins without the
+// capability must answer launcher.ErrNoCommands.
+func (k *kit) commands(ctx context.Context) error {
+	c, ok := k.proc.Launcher.(launcher.Commander)
+	if !ok {
+		return errors.New("host client does not expose commands")
+	}
+	if !k.proc.Info.Has(launcher.CapCommands) {
+		if _, err := c.Commands(ctx); !errors.Is(err, launcher.ErrNoCommands) {
+			return fmt.Errorf("Commands without the %q capability: %v, want ErrNoCommands", launcher.CapCommands, err)
+		}
+		if len(k.opts.Command) > 0 {
+			return fmt.Errorf("Options.Command is set but the plugin lacks the %q capability", launcher.CapCommands)
+		}
+		return nil
+	}
+	cmds, err := c.Commands(ctx)
+	if err != nil {
+		return fmt.Errorf("list commands: %w", err)
+	}
+	if len(cmds) == 0 {
+		return fmt.Errorf("the plugin declares the %q capability but lists no command", launcher.CapCommands)
+	}
+	seen := map[string]bool{}
+	for _, cmd := range cmds {
+		switch {
+		case cmd.Name == "" || strings.ContainsFunc(cmd.Name, unicode.IsSpace) || strings.HasPrefix(cmd.Name, "-"):
+			return fmt.Errorf("command name %q is not one word (no spaces, no leading '-')", cmd.Name)
+		case seen[cmd.Name]:
+			return fmt.Errorf("command %q is listed twice", cmd.Name)
+		case strings.TrimSpace(cmd.Help) == "" || strings.Contains(cmd.Help, "\n"):
+			return fmt.Errorf("command %q: help %q is not one line", cmd.Name, cmd.Help)
+		}
+		seen[cmd.Name] = true
+	}
+	node, err := k.nodeConfig()
+	if err != nil {
+		return err
+	}
+	nodes := []*launcher.Node{node}
+	_, err = c.RunCommand(ctx, &launcher.CommandRequest{Name: unknownCommand, Nodes: nodes})
+	if err == nil {
+		return fmt.Errorf("unknown command %q succeeded", unknownCommand)
+	}
+	if errors.Is(err, launcher.ErrNoCommands) {
+		return fmt.Errorf("unknown command %q: the plugin answered as if it had no commands", unknownCommand)
+	}
+	if len(k.opts.Command) > 0 {
+		name := k.opts.Command[0]
+		if !seen[name] {
+			return fmt.Errorf("Options.Command %q is not among the listed commands", name)
+		}
+		out, err := c.RunCommand(ctx, &launcher.CommandRequest{Name: name, Args: k.opts.Command[1:], Nodes: nodes})
+		if err != nil {
+			return fmt.Errorf("command %q: %w (output: %q)", strings.Join(k.opts.Command, " "), err, out)
+		}
+	}
+	// The plugin still answers after the failed command.
+	if _, err := c.Commands(ctx); err != nil {
+		return fmt.Errorf("list commands after a failed command: %w", err)
 	}
 	return nil
 }

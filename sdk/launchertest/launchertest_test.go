@@ -22,6 +22,8 @@ func TestMain(m *testing.M) {
 		"conveyor-launcher-local":  "../examples/local-launcher",
 		"pongagent":                "./testdata/pongagent",
 		"conveyor-launcher-broken": "./testdata/broken",
+		// A conformant plugin with operator commands.
+		"conveyor-launcher-commander": "../launcher/testdata/commander",
 	})
 	if code == 0 {
 		code = m.Run()
@@ -60,6 +62,40 @@ func TestLocalLauncherConforms(t *testing.T) {
 	Run(t, localOptions())
 }
 
+func TestCommanderConforms(t *testing.T) {
+	Run(t, Options{
+		Plugin:     filepath.Join(binDir, "conveyor-launcher-commander"),
+		Node:       `greeting = "hi"`,
+		BadConfigs: []BadConfig{{Name: "wrong type", Node: `greeting = ["hi"]`}},
+		Command:    []string{"nodes"},
+		Timeout:    30 * time.Second,
+	})
+}
+
+// TestCommandCheckFails: the commands check fails when Options.Command
+// fails, and for a plugin without commands that is asked to run one.
+func TestCommandCheckFails(t *testing.T) {
+	for name, opts := range map[string]Options{
+		"failing command":  {Plugin: filepath.Join(binDir, "conveyor-launcher-commander"), Command: []string{"fail"}},
+		"unlisted command": {Plugin: filepath.Join(binDir, "conveyor-launcher-commander"), Command: []string{"frobnicate"}},
+		"no commands":      func() Options { o := localOptions(); o.Command = []string{"nodes"}; return o }(),
+	} {
+		t.Run(name, func(t *testing.T) {
+			opts.Timeout = 30 * time.Second
+			for _, r := range Check(context.Background(), opts) {
+				if r.Name == CheckCommands {
+					if r.Err == nil {
+						t.Fatal("commands check passed")
+					}
+					t.Logf("%s: %v", r.Name, r.Err)
+					return
+				}
+			}
+			t.Fatal("commands check did not run")
+		})
+	}
+}
+
 func TestBrokenLauncherFails(t *testing.T) {
 	opts := localOptions()
 	opts.Plugin = filepath.Join(binDir, "conveyor-launcher-broken")
@@ -73,6 +109,7 @@ func TestBrokenLauncherFails(t *testing.T) {
 		CheckSchema:       false,
 		CheckConfigure:    true, // the valid global block has an attribute the plugin does not declare
 		CheckConfigErrors: true,
+		CheckCommands:     true, // declared, not implemented
 		CheckRoundTrip:    true,
 	}
 	got := map[string]error{}
@@ -99,7 +136,7 @@ func TestBrokenLauncherFails(t *testing.T) {
 			if r.Err != nil {
 				t.Errorf("%s should pass: %v", r.Name, r.Err)
 			}
-		case CheckConfigErrors, CheckRoundTrip, CheckTeardown:
+		case CheckConfigErrors, CheckCommands, CheckRoundTrip, CheckTeardown:
 			if r.Err == nil {
 				t.Errorf("%s passed against a broken plugin", r.Name)
 			}

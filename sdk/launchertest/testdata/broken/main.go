@@ -1,6 +1,6 @@
 // Command broken is a deliberately non-conformant launcher plugin: it
-// accepts any configuration and its agent answers pings with the wrong
-// nonce. The conformance kit's own tests expect it to fail.
+// accepts any configuration, its agent answers pings with the wrong nonce
+// and it declares the commands capability without having commands. The conformance kit's own tests expect it to fail.
 package main
 
 import (
@@ -22,7 +22,7 @@ func main() {
 type broken struct{}
 
 func (broken) Info(context.Context) (*launcher.Info, error) {
-	return &launcher.Info{Name: "broken", Version: "0.0.1"}, nil
+	return &launcher.Info{Name: "broken", Version: "0.0.1", Capabilities: []string{launcher.CapCommands}}, nil
 }
 
 func (broken) Schema(context.Context) (*launcher.Schema, error) {
