@@ -37,6 +37,10 @@ Commands:
                           forget a node removed from the configuration;
                           -purge also deletes its launcher data (Kafka topics)
   version                 print the version
+  LAUNCHER [COMMAND] -config FILE
+                          run an operator command of a configured launcher's
+                          plugin (conveyor kafka acls); without COMMAND,
+                          list the plugin's commands
 
 Commands that talk to a server take -address (default $CONVEYOR_ADDR,
 else http://127.0.0.1:8080) and the API token: -token-file FILE (default
@@ -80,8 +84,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, usage)
 		return 0
 	default:
-		fmt.Fprintf(stderr, "conveyor: unknown command %q\n\n%s", cmd, usage)
-		return 2
+		return cmdLauncher(ctx, cmd, rest, stdout, stderr)
 	}
 }
 
@@ -150,6 +153,12 @@ func loadPlugins(ctx context.Context, stderr io.Writer, path string) (*plugins.M
 	if !ok {
 		return nil, false
 	}
+	return startPlugins(ctx, stderr, cfg)
+}
+
+// startPlugins starts and configures the plugins of a loaded configuration
+// in validate-only mode.
+func startPlugins(ctx context.Context, stderr io.Writer, cfg *config.Config) (*plugins.Manager, bool) {
 	m := plugins.NewManager(newLogger(cfg, stderr, hclog.Warn).Named("launcher"))
 	diags := plugins.Load(ctx, cfg, m, plugins.LoadOptions{Version: version.Version, ValidateOnly: true})
 	if len(diags) > 0 {

@@ -1,9 +1,9 @@
 //go:build linux
 
 // End-to-end tests of the conveyor command. TestMain builds conveyor, the
-// example launcher plugin (next to conveyor, where the host looks for
-// plugins) and the pong test agent into one temporary directory; the tests
-// run those binaries as real processes.
+// example launcher plugin and the SDK's commander test plugin (next to
+// conveyor, where the host looks for plugins) and the pong test agent into
+// one temporary directory; the tests run those binaries as real processes.
 //
 // The test process makes itself a child subreaper, so that a plugin whose
 // server dies is reparented to the test process instead of init. The tests
@@ -86,6 +86,7 @@ func testMain(m *testing.M) int {
 		{"-o", conveyorBin, "."},
 		{"-o", pluginBin, "../../../sdk/examples/local-launcher"},
 		{"-o", pongBin, "../../../sdk/launchertest/testdata/pongagent"},
+		{"-o", filepath.Join(binDir, "conveyor-launcher-commander"), "../../../sdk/launcher/testdata/commander"},
 	} {
 		cmd := exec.Command("go", append([]string{"build"}, b...)...)
 		if out, err := cmd.CombinedOutput(); err != nil {
