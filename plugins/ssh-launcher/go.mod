@@ -13,6 +13,11 @@ require (
 
 require (
 	github.com/google/go-cmp v0.7.0 // indirect
+	github.com/klauspost/compress v1.20.3 // indirect
+	github.com/pierrec/lz4/v4 v4.1.33 // indirect
+	github.com/twmb/franz-go v1.22.3 // indirect
+	github.com/twmb/franz-go/pkg/kfake v0.0.0-20260918054303-01f206a7e32c // indirect
+	github.com/twmb/franz-go/pkg/kmsg v1.15.1 // indirect
 	go.etcd.io/bbolt v1.5.0 // indirect
 )
 
@@ -21,6 +26,7 @@ require (
 	github.com/apparentlymart/go-textseg/v15 v15.0.0 // indirect
 	github.com/apparentlymart/go-textseg/v17 v17.0.1 // indirect
 	github.com/conveyor-ci/conveyor/core v0.0.0-00010101000000-000000000000
+	github.com/conveyor-ci/conveyor/plugins/kafka-launcher v0.0.0-00010101000000-000000000000
 	github.com/fatih/color v1.13.0 // indirect
 	github.com/golang/protobuf v1.5.4 // indirect
 	github.com/hashicorp/go-plugin v1.8.0 // indirect
@@ -44,3 +50,5 @@ require (
 replace github.com/conveyor-ci/conveyor/sdk => ../../sdk
 
 replace github.com/conveyor-ci/conveyor/core => ../../core
+
+replace github.com/conveyor-ci/conveyor/plugins/kafka-launcher => ../kafka-launcher
