@@ -630,9 +630,12 @@ func (e *closedError) Unwrap() error { return ErrClosed }
 
 func (l *Link) serve(ctx context.Context, ep *reliable.Endpoint) error {
 	s := l.s
-	tick := time.NewTicker(s.opts.Heartbeat)
+	// Silence is checked four times per heartbeat timeout, so "unreachable"
+	// shows soon after it; pings go every heartbeat.
+	interval := min(s.opts.Heartbeat, s.opts.HeartbeatTimeout/4)
+	tick := time.NewTicker(interval)
 	defer tick.Stop()
-	lastSeen := time.Now()
+	lastSeen, lastPing := time.Now(), time.Now()
 	silent := false
 	var pingNonce uint64
 	broken := ep.Broken()
@@ -661,6 +664,11 @@ func (l *Link) serve(ctx context.Context, ep *reliable.Endpoint) error {
 					l.OnReachable(false, err)
 				}
 			}
+			if time.Since(lastPing) < s.opts.Heartbeat-interval/2 { // ticks jitter
+
+				continue
+			}
+			lastPing = time.Now()
 			pingNonce++
 			if err := ep.SendControl(&wire.Ping{Nonce: pingNonce, UnixNano: time.Now().UnixNano()}, ep.Session()); err != nil {
 				return fmt.Errorf("%w: %v", ErrClosed, err)
