@@ -168,10 +168,11 @@ func checkLog(t *testing.T, c *cluster.Cluster, b *store.Build, want []byte) {
 		got[from:min(len(got), first+40)], want[from:min(len(want), first+40)])
 }
 
-// checkPrefix checks that the stored log of a build whose agent died is
-// byte for byte the start of what its step printed (what the dead agent
-// had not delivered died with it), at least as long as what was stored
-// before the fault. It returns the log's size.
+// checkPrefix checks that the stored log of a build cut short (its agent
+// died, or it was cancelled) is byte for byte the start of what its step
+// printed (what the agent had not delivered is lost), at least atLeast
+// bytes long (what was stored before the fault). It returns the log's
+// size.
 func checkPrefix(t *testing.T, c *cluster.Cluster, b *store.Build, printed []byte, atLeast int) int {
 	t.Helper()
 	got := c.Log(b.Job, b.Number)
@@ -357,9 +358,10 @@ func TestAgentDeath(t *testing.T) {
 }
 
 // TestCancelDuringFlood: a step printing hundreds of MiB as fast as it can
-// is cancelled through the API once its log grows; the cancel overtakes
-// the output queued ahead of it, the build ends cancelled and the step
-// never reaches its end.
+// is cancelled through the API once its log grows; the cancel reaches the
+// agent while the output streams, the agent confirms it, the build ends
+// cancelled with the start of the flood logged exactly, and the step never
+// reaches its end.
 func TestCancelDuringFlood(t *testing.T) {
 	const floodBytes = 400 << 20
 	c := cluster.Start(t, cluster.Options{Bin: bin, Nodes: kafkaNode("k1", "3s", "2m"),
@@ -401,12 +403,14 @@ func TestCancelDuringFlood(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(work, "flood-finished")); err == nil {
 		t.Fatal("the step finished its flood: the cancel did not stop it")
 	}
-	log := c.Build("flood", n)
-	if log == nil || log.LogSize >= floodBytes {
-		t.Fatalf("flood#%d: %+v, want a log shorter than the flood", n, log)
+	fin := c.Build("flood", n)
+	if fin == nil || fin.LogSize >= floodBytes {
+		t.Fatalf("flood#%d: %+v, want a log shorter than the flood", n, fin)
 	}
+	// What was logged is exactly the start of what the step printed.
+	checkPrefix(t, c, fin, bytes.Repeat([]byte("flood\n"), int(fin.LogSize)/6+1), grown)
 	t.Logf("log grew past %d MiB in %s; cancel answered in %s (%s); %d MiB logged of %d MiB", grown>>20, asked.Sub(triggered).Round(time.Millisecond),
-		took.Round(time.Millisecond), b.Reason, log.LogSize>>20, floodBytes>>20)
+		took.Round(time.Millisecond), b.Reason, fin.LogSize>>20, floodBytes>>20)
 
 	// The session survives: the next build runs.
 	next := c.WaitBuild("after", trigger(t, c, "after"), buildGuard)
