@@ -147,8 +147,8 @@ func (s *Session) checkpoint(ep *reliable.Endpoint) error {
 	return ep.FlushAck()
 }
 
-// checkpointDue reports whether AckEvery frames were delivered since the
-// last checkpoint.
+// checkpointDue reports whether reliable.AckEvery frames or AckBytes were
+// delivered since the last checkpoint (any: whether anything was).
 func (s *Session) checkpointDue(ep *reliable.Endpoint, any bool) bool {
 	delivered := ep.Delivered()
 	s.mu.Lock()
@@ -156,7 +156,7 @@ func (s *Session) checkpointDue(ep *reliable.Endpoint, any bool) bool {
 	if any {
 		return delivered > s.ck.Acked
 	}
-	return delivered >= s.ck.Acked+reliable.AckEvery
+	return delivered >= s.ck.Acked+reliable.AckEvery || (delivered > s.ck.Acked && ep.UnackedBytes() >= reliable.AckBytes)
 }
 
 // syncOut syncs a step's writer; -1 when it cannot say its durable size.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/conveyor-ci/conveyor/sdk/wire"
 )
@@ -13,10 +14,14 @@ type Sender interface {
 	Send(frame []byte) error
 }
 
-// AckEvery is how many delivered frames an Endpoint lets pass before it
-// acknowledges them with an explicit Ack frame (every frame it sends
-// carries its Ack as well).
-const AckEvery = 32
+// AckEvery and AckBytes are how many delivered frames, or bytes of their
+// payloads, an Endpoint lets pass before it acknowledges them with an
+// explicit Ack frame (every frame it sends carries its Ack as well). The
+// byte bound keeps a small outbox on the other end flowing.
+const (
+	AckEvery = 32
+	AckBytes = 256 << 10
+)
 
 // Endpoint is one end of a session. It outlives connections: every
 // handshake on a new connection starts an epoch (Begin), with its own
@@ -45,6 +50,8 @@ type Endpoint struct {
 	onAdd func(session, last uint64, kept []*wire.Frame) error // see OnAdd
 
 	broken chan struct{} // closed when a send on the epoch's connection failed
+
+	unacked atomic.Int64 // payload bytes delivered since the last Ack sent
 }
 
 // NewEndpoint returns the endpoint of a new session whose outbox holds at
@@ -78,6 +85,9 @@ func (e *Endpoint) Snapshot() (session, last uint64, kept []*wire.Frame) {
 	last, kept = e.out.Snapshot()
 	return e.Session(), last, kept
 }
+
+// UnackedBytes is the payload delivered since the last Ack was sent.
+func (e *Endpoint) UnackedBytes() int64 { return e.unacked.Load() }
 
 // Delivered is the highest peer number delivered (handled or not yet).
 // Only the receiving goroutine calls it.
@@ -216,6 +226,7 @@ func (e *Endpoint) transmitEpoch(f *wire.Frame) error {
 	}
 	if f.Ack > e.ackSent {
 		e.ackSent = f.Ack
+		e.unacked.Store(0)
 	}
 	return nil
 }
@@ -235,6 +246,7 @@ func (e *Endpoint) Receive(f *wire.Frame) Verdict {
 		if v := e.in.Accept(f.Seq); v != Deliver {
 			return v
 		}
+		e.unacked.Add(int64(len(f.Payload)))
 	} else {
 		e.mu.Lock()
 		fresh := f.Seq > e.peerCtl
@@ -257,7 +269,7 @@ func (e *Endpoint) Handled() error {
 	last := e.in.Last()
 	e.mu.Lock()
 	e.acked = last
-	due := e.acked >= e.ackSent+AckEvery
+	due := e.acked >= e.ackSent+AckEvery || e.unacked.Load() >= AckBytes
 	e.mu.Unlock()
 	if due {
 		return e.FlushAck()
