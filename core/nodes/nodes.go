@@ -395,10 +395,12 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger) bool {
 		}
 		m.set(n, StateOnline, "")
 		err = link.Serve(ctx)
-		offline(reason(err))
 		if !errors.Is(err, session.ErrRehello) {
+			offline(reason(err))
 			return wasOnline
 		}
+		// The agent says hello again on this link (it resumes, or it
+		// restarted): the handshake that follows decides the state.
 	}
 }
 
