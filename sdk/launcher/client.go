@@ -49,12 +49,8 @@ func (c *client) Configure(ctx context.Context, cfg *Config) error {
 		Host:   &pb.Host{ServerName: cfg.Host.ServerName, DataDir: cfg.Host.DataDir, Version: cfg.Host.Version, ValidateOnly: cfg.Host.ValidateOnly},
 		Global: &pb.Value{Json: global},
 	}
-	for _, n := range cfg.Nodes {
-		pn, err := nodeToProto(n)
-		if err != nil {
-			return fmt.Errorf("configure: node %q: %w", n.Name, err)
-		}
-		req.Nodes = append(req.Nodes, pn)
+	if req.Nodes, err = nodesToProto(cfg.Nodes); err != nil {
+		return fmt.Errorf("configure: %w", err)
 	}
 	r, err := c.rpc.Configure(ctx, req)
 	if err != nil {
@@ -152,15 +148,11 @@ func (c *client) Commands(ctx context.Context) ([]Command, error) {
 // ErrNoCommands when the plugin has none; a command that failed returns
 // its error as the plugin worded it, with the output it had produced.
 func (c *client) RunCommand(ctx context.Context, req *CommandRequest) (string, error) {
-	preq := &pb.RunCommandRequest{Name: req.Name, Args: req.Args}
-	for _, n := range req.Nodes {
-		pn, err := nodeToProto(n)
-		if err != nil {
-			return "", fmt.Errorf("command %s: node %q: %w", req.Name, n.Name, err)
-		}
-		preq.Nodes = append(preq.Nodes, pn)
+	nodes, err := nodesToProto(req.Nodes)
+	if err != nil {
+		return "", fmt.Errorf("command %s: %w", req.Name, err)
 	}
-	r, err := c.rpc.RunCommand(ctx, preq)
+	r, err := c.rpc.RunCommand(ctx, &pb.RunCommandRequest{Name: req.Name, Args: req.Args, Nodes: nodes})
 	if err != nil {
 		if status.Code(err) == codes.Unimplemented {
 			return "", ErrNoCommands

@@ -3,6 +3,7 @@ package launcher
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 
 	"google.golang.org/grpc/codes"
@@ -52,12 +53,8 @@ func (s *server) Configure(ctx context.Context, req *pb.ConfigureRequest) (*pb.C
 	if h := req.GetHost(); h != nil {
 		cfg.Host = Host{ServerName: h.ServerName, DataDir: h.DataDir, Version: h.Version, ValidateOnly: h.ValidateOnly}
 	}
-	for _, n := range req.Nodes {
-		node, err := nodeFromProto(n)
-		if err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "node %q config: %v", n.Name, err)
-		}
-		cfg.Nodes = append(cfg.Nodes, node)
+	if cfg.Nodes, err = nodesFromProto(req.Nodes); err != nil {
+		return nil, err
 	}
 	err = s.impl.Configure(ctx, cfg)
 	var ces ConfigErrors
@@ -188,15 +185,11 @@ func (s *server) RunCommand(ctx context.Context, req *pb.RunCommandRequest) (*pb
 	if !ok {
 		return nil, status.Error(codes.Unimplemented, ErrNoCommands.Error())
 	}
-	cr := &CommandRequest{Name: req.Name, Args: req.Args}
-	for _, n := range req.Nodes {
-		node, err := nodeFromProto(n)
-		if err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "node %q config: %v", n.Name, err)
-		}
-		cr.Nodes = append(cr.Nodes, node)
+	nodes, err := nodesFromProto(req.Nodes)
+	if err != nil {
+		return nil, err
 	}
-	out, err := c.RunCommand(ctx, cr)
+	out, err := c.RunCommand(ctx, &CommandRequest{Name: req.Name, Args: req.Args, Nodes: nodes})
 	resp := &pb.RunCommandResponse{Output: out}
 	if err != nil {
 		resp.Error = err.Error()
@@ -230,6 +223,33 @@ func nodeFromProto(n *pb.NodeConfig) (*Node, error) {
 		return nil, err
 	}
 	return &Node{Name: n.Name, Labels: n.Labels, Config: v}, nil
+}
+
+// nodesFromProto decodes the nodes of a request; its error is the gRPC
+// status to answer with.
+func nodesFromProto(ns []*pb.NodeConfig) ([]*Node, error) {
+	var nodes []*Node
+	for _, n := range ns {
+		node, err := nodeFromProto(n)
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "node %q config: %v", n.Name, err)
+		}
+		nodes = append(nodes, node)
+	}
+	return nodes, nil
+}
+
+// nodesToProto encodes nodes for a request.
+func nodesToProto(nodes []*Node) ([]*pb.NodeConfig, error) {
+	var ns []*pb.NodeConfig
+	for _, n := range nodes {
+		pn, err := nodeToProto(n)
+		if err != nil {
+			return nil, fmt.Errorf("node %q: %w", n.Name, err)
+		}
+		ns = append(ns, pn)
+	}
+	return ns, nil
 }
 
 func nodeToProto(n *Node) (*pb.NodeConfig, error) {
