@@ -97,10 +97,10 @@ func TestKafka(t *testing.T) {
 	waitFor(t, func() bool { return strings.Contains(p.logText(), "hello sent") })
 
 	master, in := kafkaMaster(t, ctx, cfg, "k1")
-	p.conn, p.in = master, in
+	p.conn, p.in = &masterEnd{conn: master}, in
 	_, msg := p.next(wire.TypeHello)
 	hello := msg.(*wire.Hello)
-	if hello.Node != "k1" {
+	if hello.Node != "k1" || hello.Resume {
 		t.Fatalf("hello %+v", hello)
 	}
 	p.accept(secret, hello, 0xa1)
@@ -113,25 +113,78 @@ func TestKafka(t *testing.T) {
 		t.Fatalf("pong %+v", msg)
 	}
 
-	// The master restarts: the new one does not know the session and
-	// tells it to end; the agent says hello at once and a new session
-	// works, while frames of the old one are dropped.
+	// The master restarts while a step runs, keeping the session (as a
+	// master persisting it does) but not the epoch's key: it hints that
+	// the agent should resume; the agent resumes the session, the step
+	// goes on and its output arrives exactly once.
+	gate := filepath.Join(t.TempDir(), "gate")
+	if err := syscall.Mkfifo(gate, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.send(&wire.RunStep{BuildID: "k#long", Command: `echo before; read x < "$GATE"; echo after`, Workdir: "k/long",
+		Env: []wire.EnvVar{{Name: "GATE", Value: gate}}}, 0xa1)
+	if _, msg := p.next(wire.TypeOutput); string(msg.(*wire.Output).Data) != "before\n" {
+		t.Fatalf("output %+v", msg)
+	}
+	if err := master.Close(); err != nil {
+		t.Fatal(err)
+	}
+	master, in = kafkaMaster(t, ctx, cfg, "k1")
+	p.conn, p.in = &masterEnd{conn: master}, in
+	p.restart(true)
+	p.nextFrame(func(f *wire.Frame) bool { return f.Session == 0xa1 })
+	p.sendRaw(&wire.Close{Reason: "the master has no key for this session on this connection: resume it"}, 0xa1)
+	f, msg := p.next(wire.TypeHello)
+	hello = msg.(*wire.Hello)
+	if f.Session != 0xa1 || !hello.Resume || hello.LastSeq != p.ep.Pending().Last {
+		t.Fatalf("hello %+v on session %x, want to resume session a1 holding frame %d", hello, f.Session, p.ep.Pending().Last)
+	}
+	if !p.accept(secret, hello, 0xa1) {
+		t.Fatal("not resumed")
+	}
+	if err := os.WriteFile(gate, []byte("go\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = p.collect(0xa1, "k#long")
+	if r.stdout.String() != "after\n" || r.exit.Code != 0 {
+		t.Fatalf("after the resume: stdout %q exit %+v, want only what the master did not have", r.stdout.String(), r.exit)
+	}
+	waitFor(t, func() bool { return strings.Contains(p.logText(), "session resumed") })
+	if log := p.logText(); strings.Contains(log, "cancelling") {
+		t.Fatalf("the resume cancelled steps:\n%s", log)
+	}
+
+	// The master restarts without the session: the new one does not know
+	// it and tells it to end; the agent says hello to resume it, gets a new
+	// session and ends the old one, while frames of the old one (even
+	// genuine ones, signed with its key) are dropped.
 	if err := master.Close(); err != nil {
 		t.Fatal(err)
 	}
 	master, in = kafkaMaster(t, ctx, cfg, "k1")
 	defer master.Close()
-	p.conn, p.in, p.seq, p.key = master, in, 0, nil // a restarted master has no key
-	f, _ := p.nextFrame(func(f *wire.Frame) bool { return f.Session == 0xa1 })
-	p.send(&wire.Close{Reason: "unknown session: the master restarted; say hello again"}, f.Session)
-	_, msg = p.next(wire.TypeHello)
+	p.conn, p.in = &masterEnd{conn: master}, in
+	oldKey, oldNext := p.key, p.ep.Pending().Last+1
+	p.restart(false)
+	f, _ = p.nextFrame(func(f *wire.Frame) bool { return f.Session == 0xa1 })
+	p.sendRaw(&wire.Close{Reason: "unknown session: the master does not know it (it restarted, or the session timed out); say hello again"}, f.Session)
+	f, msg = p.next(wire.TypeHello)
+	if hello := msg.(*wire.Hello); f.Session != 0xa1 || !hello.Resume {
+		t.Fatalf("hello %+v on session %x, want to resume session a1", hello, f.Session)
+	}
 	p.skipHellos = false
-	p.accept(secret, msg.(*wire.Hello), 0xb2)
-	p.send(&wire.RunStep{BuildID: "stale#1", Command: "touch pwned"}, 0xa1)
+	if p.accept(secret, msg.(*wire.Hello), 0xb2) {
+		t.Fatal("resumed an unknown session")
+	}
+	stale := wire.NewFrame(&wire.RunStep{BuildID: "stale#1", Command: "touch pwned"})
+	stale.Session, stale.Seq = 0xa1, oldNext
+	wire.Sign(oldKey, stale)
+	p.sendFrame(stale)
 	r = p.run(0xb2, &wire.RunStep{BuildID: "k#2", Command: "ls", Workdir: "."})
 	if r.stdout.String() != "k\n" || r.exit.Code != 0 {
 		t.Fatalf("stdout %q exit %+v (want no trace of the stale step)", r.stdout.String(), r.exit)
 	}
+	waitFor(t, func() bool { return strings.Contains(p.logText(), "dropped a frame of another session") })
 
 	// SIGTERM: Close, exit 0.
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -142,6 +195,9 @@ func TestKafka(t *testing.T) {
 	}
 	if code := p.wait(); code != 0 {
 		t.Fatalf("exit status %d", code)
+	}
+	if p.dups != 0 {
+		t.Fatalf("the agent sent %d duplicates", p.dups)
 	}
 }
 

@@ -48,6 +48,12 @@ func TestParse(t *testing.T) {
 		{name: "both secrets", args: []string{"-name", "n", "-workdir", "w", "-brokers", "b", "-secret", "ab", "-secret-file", "f"}, err: "not both"},
 		{name: "bad transport", args: []string{"-name", "n", "-workdir", "w", "-transport", "tcp"}, err: `-transport "tcp"`},
 		{name: "bad env", env: map[string]string{"CONVEYOR_AGENT_HEARTBEAT": "soon"}, err: "$CONVEYOR_AGENT_HEARTBEAT"},
+		{name: "session defaults", args: []string{"-transport", "stdio", "-workdir", "w"},
+			want: func(o *options) bool { return o.sessionTimeout == 5*time.Minute && o.bufferMiB == 64 }},
+		{name: "session flags", args: []string{"-transport", "stdio", "-workdir", "w", "-session-timeout", "1h"}, env: map[string]string{"CONVEYOR_AGENT_BUFFER_MIB": "8"},
+			want: func(o *options) bool { return o.sessionTimeout == time.Hour && o.bufferMiB == 8 }},
+		{name: "no buffer", args: []string{"-transport", "stdio", "-workdir", "w", "-buffer-mib", "0"}, err: "-buffer-mib 0: want at least 1"},
+		{name: "bad buffer env", args: []string{"-transport", "stdio", "-workdir", "w"}, env: map[string]string{"CONVEYOR_AGENT_BUFFER_MIB": "lots"}, err: "$CONVEYOR_AGENT_BUFFER_MIB"},
 		{name: "heartbeat above timeout", args: []string{"-name", "n", "-workdir", "w", "-transport", "stdio", "-heartbeat", "1m"}, err: "-heartbeat must be positive"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
