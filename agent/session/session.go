@@ -368,6 +368,15 @@ func (s *sess) resumed() bool {
 	return !s.ended
 }
 
+// End ends the session kept for a resume, if any: its steps are cancelled
+// and waited for. The agent calls it before it exits, so that no step
+// outlives it unreported.
+func (a *Agent) End(reason error) {
+	if s := a.current(); s != nil {
+		a.endSession(s, reason)
+	}
+}
+
 // current is the session to resume, nil when none.
 func (a *Agent) current() *sess {
 	a.mu.Lock()

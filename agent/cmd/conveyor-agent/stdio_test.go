@@ -796,9 +796,6 @@ func TestStdioDrainTimeout(t *testing.T) {
 // TestStdioEOFCancelsSteps: when stdin ends the agent kills running steps
 // and exits.
 func TestStdioEOFCancelsSteps(t *testing.T) {
-	t.Skip("BUG: at EOF Serve holds the session for a resume (agent/session/session.go, Serve: holdSession) " +
-		"and main returns (main.go, stdio: exitCode(log, agent, agent.Serve(ctx, conn))) without ending it: " +
-		"the step's shell dies of Pdeathsig, the rest of its process group runs on, orphaned")
 	p := startAgent(t, nil)
 	p.handshake(nil, 5)
 	p.send(&wire.RunStep{BuildID: "e#1", Command: "sleep 1000 & echo $!; wait"}, 5)
@@ -818,8 +815,6 @@ func TestStdioEOFCancelsSteps(t *testing.T) {
 // closed), the agent stops its steps and exits instead of dying of SIGPIPE
 // and leaving them behind.
 func TestStdioStdoutClosed(t *testing.T) {
-	t.Skip("BUG: a failed send holds the session for a resume (agent/session/session.go, Serve: holdSession) " +
-		"and main exits without ending it (main.go, stdio): the step's process group runs on, orphaned")
 	p := startAgent(t, nil, "-heartbeat", "100ms", "-heartbeat-timeout", "10s")
 	p.handshake(nil, 5)
 	p.send(&wire.RunStep{BuildID: "e#1", Command: "trap '' PIPE; sleep 1000 & echo $!; wait"}, 5)
