@@ -469,7 +469,7 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 	var pingNonce uint64
 	drainCh := a.drainCh
 	var drainDone chan struct{}
-	var goodbye chan struct{} // closed once the Close was sent
+	var goodbye chan struct{}  // closed once the Close was sent
 	var broken <-chan struct{} // closed when a send on this connection failed
 
 	for {
