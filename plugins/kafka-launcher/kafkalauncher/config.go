@@ -19,17 +19,21 @@ const (
 	DefaultEmbeddedAddr      = "127.0.0.1:9092"
 	DefaultPartitions        = 1
 	DefaultReplicationFactor = 1
+	// DefaultAgentMechanism is the SASL mechanism of the embedded broker's
+	// agent users.
+	DefaultAgentMechanism = kafkatransport.MechanismSCRAMSHA512
 )
 
 // globalConfig is the decoded `launcher "kafka" {}` block.
 type globalConfig struct {
-	Brokers           []string    `json:"brokers"`
-	TopicPrefix       string      `json:"topic_prefix"`
-	Partitions        float64     `json:"partitions"`
-	ReplicationFactor float64     `json:"replication_factor"`
-	EmbeddedAddr      string      `json:"embedded_addr"`
-	TLS               *tlsConfig  `json:"tls"`
-	SASL              *saslConfig `json:"sasl"`
+	Brokers           []string        `json:"brokers"`
+	TopicPrefix       string          `json:"topic_prefix"`
+	Partitions        float64         `json:"partitions"`
+	ReplicationFactor float64         `json:"replication_factor"`
+	EmbeddedAddr      string          `json:"embedded_addr"`
+	TLS               *tlsConfig      `json:"tls"`
+	SASL              *saslConfig     `json:"sasl"`
+	Embedded          *embeddedConfig `json:"embedded"`
 }
 
 // tlsConfig is the optional `tls {}` block.
@@ -47,6 +51,30 @@ type saslConfig struct {
 	Password  string `json:"password"`
 }
 
+// embeddedConfig is the optional `embedded {}` block: how the embedded
+// broker secures itself. The launcher's own tls and sasl blocks stay the
+// master's client side.
+type embeddedConfig struct {
+	TLS  *embeddedTLSConfig  `json:"tls"`
+	SASL *embeddedSASLConfig `json:"sasl"`
+	// ACLs is nil when unset: on when SASL has agent users.
+	ACLs *bool `json:"acls"`
+}
+
+// embeddedTLSConfig is the embedded broker's `tls {}` block.
+type embeddedTLSConfig struct {
+	CertFile     string `json:"cert_file"`
+	KeyFile      string `json:"key_file"`
+	ClientCAFile string `json:"client_ca_file"`
+}
+
+// embeddedSASLConfig is the embedded broker's `sasl {}` block: the agents'
+// users, named after their nodes.
+type embeddedSASLConfig struct {
+	Mechanism string            `json:"mechanism"`
+	Users     map[string]string `json:"users"`
+}
+
 // nodeConfig is a node's `kafka {}` block: it takes nothing (yet).
 type nodeConfig struct{}
 
@@ -55,9 +83,11 @@ type settings struct {
 	transport   kafkatransport.Config
 	partitions  int32
 	replication int16
-	// embedded is set when the plugin runs its own broker on embeddedAddr.
+	// embedded is set when the plugin runs its own broker. embeddedAddr
+	// is that broker's spec: its address (all it prints and logs as),
+	// TLS, users and ACLs.
 	embedded     bool
-	embeddedAddr string
+	embeddedAddr embeddedSpec
 }
 
 // globalSpec is the schema of the global block.
@@ -78,6 +108,18 @@ func globalSpec() *hclspec.Spec {
 			"mechanism": hclspec.NewAttr("mechanism", "string", true),
 			"username":  hclspec.NewAttr("username", "string", true),
 			"password":  hclspec.NewAttr("password", "string", false),
+		})),
+		"embedded": hclspec.NewBlock("embedded", false, hclspec.NewObject(map[string]*hclspec.Spec{
+			"tls": hclspec.NewBlock("tls", false, hclspec.NewObject(map[string]*hclspec.Spec{
+				"cert_file":      hclspec.NewAttr("cert_file", "string", true),
+				"key_file":       hclspec.NewAttr("key_file", "string", true),
+				"client_ca_file": hclspec.NewAttr("client_ca_file", "string", false),
+			})),
+			"sasl": hclspec.NewBlock("sasl", false, hclspec.NewObject(map[string]*hclspec.Spec{
+				"mechanism": hclspec.NewDefault(hclspec.NewAttr("mechanism", "string", false), hclspec.NewLiteral(strconv.Quote(DefaultAgentMechanism))),
+				"users":     hclspec.NewAttr("users", "map(string)", true),
+			})),
+			"acls": hclspec.NewAttr("acls", "bool", false),
 		})),
 	})
 }
@@ -126,17 +168,12 @@ func validate(g globalConfig) (*settings, launcher.ConfigErrors) {
 	s.transport = kafkatransport.Config{Brokers: g.Brokers, TopicPrefix: g.TopicPrefix, ClientID: "conveyor-master"}
 	if len(g.Brokers) == 0 {
 		s.embedded = true
-		s.embeddedAddr = g.EmbeddedAddr
-		if msg := checkLoopback(g.EmbeddedAddr); msg != "" {
-			bad(msg, "embedded_addr")
-		}
 		s.transport.Brokers = []string{g.EmbeddedAddr}
 		if g.ReplicationFactor > 1 {
 			bad("the embedded broker is a single broker: replication_factor must be 1", "replication_factor")
 		}
-		if g.TLS != nil {
-			bad("the embedded broker does not speak TLS: configure brokers, or drop the tls block", "tls")
-		}
+	} else if g.Embedded != nil {
+		bad("sets up the embedded broker, which runs only when brokers is empty: drop the block, or the brokers", "embedded")
 	}
 	if t := g.TLS; t != nil {
 		for _, f := range []struct{ name, path string }{{"ca_file", t.CAFile}, {"cert_file", t.CertFile}, {"key_file", t.KeyFile}} {
@@ -170,6 +207,9 @@ func validate(g globalConfig) (*settings, launcher.ConfigErrors) {
 		}
 		s.transport.SASL = &kafkatransport.SASL{Mechanism: mech, Username: a.Username, Password: a.Password}
 	}
+	if s.embedded {
+		s.embeddedAddr = validateEmbedded(g, s.transport, bad)
+	}
 	if len(errs) > 0 {
 		return nil, errs
 	}
@@ -189,23 +229,4 @@ func validate(g globalConfig) (*settings, launcher.ConfigErrors) {
 		return nil, errs
 	}
 	return s, nil
-}
-
-// checkLoopback returns why addr is no loopback host:port, or "".
-func checkLoopback(addr string) string {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Sprintf("%q is not host:port: %v", addr, err)
-	}
-	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
-		return fmt.Sprintf("port %q of %q is not a port number between 1 and 65535", port, addr)
-	}
-	if host == "localhost" {
-		return ""
-	}
-	ip := net.ParseIP(host)
-	if ip == nil || !ip.IsLoopback() {
-		return fmt.Sprintf("the embedded broker only listens on a loopback address (127.0.0.1, ::1, localhost), not %q; set brokers to use an external cluster", host)
-	}
-	return ""
 }

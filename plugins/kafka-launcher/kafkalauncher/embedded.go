@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"maps"
 	"net"
+	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -20,20 +24,83 @@ import (
 // previous plugin process that just died.
 const bindRetry = 10 * time.Second
 
+// authStateFiles are the files in which kfake keeps its SASL users and its
+// ACLs across restarts. The embedded broker's users and ACLs come from the
+// configuration alone: these files are removed before every start (else a
+// restart would keep a removed user, or an old password) and after every
+// stop (they hold password hashes, PLAIN passwords in clear).
+var authStateFiles = []string{"sasl.json", "acls.json"}
+
+// embeddedSpec says how the embedded broker runs. It holds passwords and
+// shows (fmt, and JSON logs) as its address only.
+type embeddedSpec struct {
+	// addr is where the broker listens, and what it tells clients to
+	// connect to.
+	addr string
+	// tls secures the listener; nil: plaintext.
+	tls *brokerTLS
+	// mechanism and users are the agents' SASL users (named after their
+	// nodes) and passwords. The master's user, the broker's superuser, is
+	// client.SASL.
+	mechanism string
+	users     map[string]string
+	// acls turns on authorization: each agent user gets NodeACLs of its
+	// node; the master, a superuser, needs none.
+	acls bool
+	// prefix is the topic prefix the ACLs name.
+	prefix string
+	// client is how the master connects: startEmbedded installs the ACLs
+	// with it.
+	client kafkatransport.Config
+}
+
+// String implements fmt.Stringer: the address, nothing secret.
+func (s embeddedSpec) String() string { return s.addr }
+
+// MarshalText implements encoding.TextMarshaler, which JSON logging uses:
+// the address, nothing secret.
+func (s embeddedSpec) MarshalText() ([]byte, error) { return []byte(s.addr), nil }
+
+// GoString implements fmt.GoStringer (%#v): the address, nothing secret.
+func (s embeddedSpec) GoString() string { return "embeddedSpec(" + s.addr + ")" }
+
+// equal reports whether a broker started as s runs as o says.
+func (s embeddedSpec) equal(o embeddedSpec) bool {
+	if s.addr != o.addr || (s.tls == nil) != (o.tls == nil) || s.mechanism != o.mechanism ||
+		!maps.Equal(s.users, o.users) || s.acls != o.acls || s.prefix != o.prefix {
+		return false
+	}
+	return s.tls == nil || s.tls.sum == o.tls.sum
+}
+
+// nodeACLs returns the ACLs of every agent user: NodeACLs of the node it
+// is named after.
+func (s embeddedSpec) nodeACLs() []ACL {
+	var acls []ACL
+	for _, u := range slices.Sorted(maps.Keys(s.users)) {
+		acls = append(acls, NodeACLs(s.prefix, u, u)...)
+	}
+	return acls
+}
+
 // embeddedBroker is the in-process single broker the plugin runs when no
 // brokers are configured.
 type embeddedBroker struct {
 	cluster *kfake.Cluster
 	addr    string
 	dir     string
+	spec    embeddedSpec
 	sasl    *kafkatransport.SASL
 }
 
-// startEmbedded starts a broker listening on addr (a loopback host:port)
-// that keeps its state in dataDir/broker, so topics, records and committed
-// offsets survive a restart of the plugin.
-func startEmbedded(ctx context.Context, dataDir, addr string, sasl *kafkatransport.SASL, logger hclog.Logger) (*embeddedBroker, error) {
+// startEmbedded starts a broker as spec says, keeping its state in
+// dataDir/broker, so topics, records and committed offsets survive a
+// restart of the plugin. sasl is the master's user: with it, the broker
+// requires SASL and the master is its superuser; spec's users are the
+// agents', and with spec.acls each may do what NodeACLs allows.
+func startEmbedded(ctx context.Context, dataDir string, spec embeddedSpec, sasl *kafkatransport.SASL, logger hclog.Logger) (*embeddedBroker, error) {
 	dir := filepath.Join(dataDir, "broker")
+	addr := spec.addr
 	_, portStr, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("embedded broker address %q: %w", addr, err)
@@ -42,23 +109,59 @@ func startEmbedded(ctx context.Context, dataDir, addr string, sasl *kafkatranspo
 	if err != nil {
 		return nil, fmt.Errorf("embedded broker port %q: %w", portStr, err)
 	}
+	// The directory holds every node's traffic: the master's only.
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("embedded broker data directory: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("embedded broker data directory: %w", err)
+	}
+	if err := removeAuthState(dir); err != nil {
+		return nil, err
+	}
 	opts := []kfake.Opt{
 		kfake.NumBrokers(1),
 		kfake.Ports(port),
-		kfake.ListenFn(func(network, _ string) (net.Listener, error) { return net.Listen(network, addr) }),
+		kfake.ListenFn(func(network, _ string) (net.Listener, error) {
+			ln, err := net.Listen(network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return advertisingListener{ln, addr}, nil
+		}),
 		kfake.DataDir(dir),
 		kfake.ClusterID("conveyor-embedded"),
 		kfake.DefaultNumPartitions(1),
 		kfake.WithLogger(kfakeLogger{logger}),
 	}
+	if spec.tls != nil {
+		opts = append(opts, kfake.TLS(spec.tls.config.Clone()))
+	}
 	if sasl != nil {
 		opts = append(opts, kfake.EnableSASL(), kfake.Superuser(sasl.Mechanism, sasl.Username, sasl.Password))
+		if spec.acls {
+			opts = append(opts, kfake.EnableACLs())
+		}
+		for _, u := range slices.Sorted(maps.Keys(spec.users)) {
+			var acls []kfake.ACL
+			if spec.acls {
+				for _, a := range NodeACLs(spec.prefix, u, u) {
+					k, err := a.Kfake()
+					if err != nil {
+						return nil, fmt.Errorf("embedded broker: %w", err)
+					}
+					acls = append(acls, k)
+				}
+			}
+			opts = append(opts, kfake.User(spec.mechanism, u, spec.users[u], acls...))
+		}
 	}
 	deadline := time.Now().Add(bindRetry)
+	var c *kfake.Cluster
 	for {
-		c, err := kfake.NewCluster(opts...)
+		c, err = kfake.NewCluster(opts...)
 		if err == nil {
-			return &embeddedBroker{cluster: c, addr: addr, dir: dir, sasl: sasl}, nil
+			break
 		}
 		if !errors.Is(err, syscall.EADDRINUSE) || time.Now().After(deadline) {
 			return nil, fmt.Errorf("start embedded kafka broker on %s (data in %s): %w", addr, dir, err)
@@ -70,18 +173,85 @@ func startEmbedded(ctx context.Context, dataDir, addr string, sasl *kafkatranspo
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+	b := &embeddedBroker{cluster: c, addr: addr, dir: dir, spec: spec, sasl: sasl}
+	if sasl != nil && spec.acls {
+		// kfake seeds a user's ACLs only into a new data directory; one it
+		// reloads starts without (removeAuthState): install them as the
+		// master. Creating an existing ACL is no error.
+		if err := ApplyACLs(ctx, spec.client, spec.nodeACLs()); err != nil {
+			b.close()
+			return nil, fmt.Errorf("embedded kafka broker on %s: install the agents' ACLs as the master: %w", addr, err)
+		}
+	}
+	logSecurity(logger, spec, sasl)
+	return b, nil
+}
+
+// logSecurity says how the broker is protected, and warns about what is
+// not.
+func logSecurity(logger hclog.Logger, spec embeddedSpec, sasl *kafkatransport.SASL) {
+	switch {
+	case spec.tls == nil && sasl == nil:
+		logger.Warn("embedded Kafka broker without TLS/SASL: loopback demo only; anyone on this host can read and write every node's topics", "addr", spec.addr)
+		return
+	case spec.tls == nil:
+		logger.Warn("embedded Kafka broker without TLS: loopback only; frames cross it unencrypted", "addr", spec.addr)
+	case sasl == nil && spec.tls.clientCAs == nil:
+		logger.Warn("embedded Kafka broker without SASL or client certificates: any client that reaches it may read and write every node's topics", "addr", spec.addr)
+	}
+	if len(spec.users) > 0 && !spec.acls {
+		logger.Warn("embedded Kafka broker without ACLs (embedded { acls = false }): every agent may read and write every node's topics", "addr", spec.addr)
+	}
+	logger.Info("embedded Kafka broker security", "addr", spec.addr, "tls", spec.tls != nil,
+		"client_certificates", spec.tls != nil && spec.tls.clientCAs != nil,
+		"sasl", sasl != nil, "agent_users", len(spec.users), "acls", spec.acls)
+}
+
+// removeAuthState removes kfake's persisted users and ACLs from dir.
+func removeAuthState(dir string) error {
+	for _, f := range authStateFiles {
+		if err := os.Remove(filepath.Join(dir, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("embedded broker: %w", err)
+		}
+	}
+	return nil
 }
 
 // same reports whether the broker runs as asked.
-func (b *embeddedBroker) same(dataDir, addr string, sasl *kafkatransport.SASL) bool {
-	if b.addr != addr || b.dir != filepath.Join(dataDir, "broker") || (b.sasl == nil) != (sasl == nil) {
+func (b *embeddedBroker) same(dataDir string, spec embeddedSpec, sasl *kafkatransport.SASL) bool {
+	if b.dir != filepath.Join(dataDir, "broker") || !b.spec.equal(spec) || (b.sasl == nil) != (sasl == nil) {
 		return false
 	}
 	return b.sasl == nil || *b.sasl == *sasl
 }
 
-// close stops the broker, flushing its state to disk.
-func (b *embeddedBroker) close() { b.cluster.Close() }
+// close stops the broker, flushing its state to disk, and removes the
+// users and ACLs it saved.
+func (b *embeddedBroker) close() {
+	b.cluster.Close()
+	_ = removeAuthState(b.dir)
+}
+
+// advertisingListener is the broker's listener. kfake tells clients to
+// connect to its listener's address: that is addr as configured (a host
+// name stays a name, which the broker's certificate names), not the
+// address it resolved to.
+type advertisingListener struct {
+	net.Listener
+	addr string
+}
+
+// Addr implements net.Listener.
+func (l advertisingListener) Addr() net.Addr { return advertisedAddr(l.addr) }
+
+// advertisedAddr is a TCP address as configured.
+type advertisedAddr string
+
+// Network implements net.Addr.
+func (advertisedAddr) Network() string { return "tcp" }
+
+// String implements net.Addr.
+func (a advertisedAddr) String() string { return string(a) }
 
 // kfakeLogger forwards the broker's warnings and errors to hclog.
 type kfakeLogger struct{ log hclog.Logger }

@@ -44,7 +44,7 @@ func TestEmbeddedRetriesBusyPort(t *testing.T) {
 	}
 	done := make(chan res, 1)
 	go func() {
-		b, err := startEmbedded(ctxT(t), t.TempDir(), addr, nil, logger)
+		b, err := startEmbedded(ctxT(t), t.TempDir(), embeddedSpec{addr: addr}, nil, logger)
 		done <- res{b, err}
 	}()
 	select {
