@@ -55,12 +55,13 @@ const (
 )
 
 // Launcher is the Kafka launcher. It implements launcher.Launcher,
-// launcher.SecretManager and launcher.Purger.
+// launcher.SecretManager, launcher.Purger and launcher.Commander.
 type Launcher struct {
 	log hclog.Logger
 
 	mu       sync.Mutex
 	set      *settings // nil until configured
+	checked  *settings // the last configuration accepted, also in validate-only mode (operator commands)
 	key      []byte
 	broker   *embeddedBroker
 	conns    map[string]*kafkatransport.Conn
@@ -72,6 +73,7 @@ var (
 	_ launcher.Launcher      = (*Launcher)(nil)
 	_ launcher.SecretManager = (*Launcher)(nil)
 	_ launcher.Purger        = (*Launcher)(nil)
+	_ launcher.Commander     = (*Launcher)(nil)
 )
 
 // New returns an unconfigured launcher logging to logger.
@@ -88,7 +90,7 @@ func (l *Launcher) Info(context.Context) (*launcher.Info, error) {
 		Name:         Name,
 		Version:      Version,
 		Description:  "agents connect through Kafka topics (an embedded broker when no brokers are configured)",
-		Capabilities: []string{launcher.CapSecrets, launcher.CapPurge, launcher.CapResume},
+		Capabilities: []string{launcher.CapSecrets, launcher.CapPurge, launcher.CapResume, launcher.CapCommands},
 	}, nil
 }
 
@@ -118,6 +120,9 @@ func (l *Launcher) Configure(ctx context.Context, cfg *launcher.Config) error {
 	if len(errs) > 0 {
 		return errs
 	}
+	l.mu.Lock()
+	l.checked = set
+	l.mu.Unlock()
 	if cfg.Host.ValidateOnly {
 		return nil
 	}
@@ -213,6 +218,18 @@ func (l *Launcher) settings() (*settings, []byte, error) {
 		return nil, nil, errors.New("kafka launcher is not configured")
 	}
 	return l.set, l.key, nil
+}
+
+// checkedSettings returns the last configuration Configure accepted,
+// validate-only or not: `conveyor kafka COMMAND` configures the plugin
+// only to check it.
+func (l *Launcher) checkedSettings() (*settings, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.checked == nil {
+		return nil, errors.New("kafka launcher is not configured")
+	}
+	return l.checked, nil
 }
 
 // Launch implements launcher.Launcher: it makes sure the node's topics
