@@ -400,7 +400,8 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger) bool {
 			return wasOnline
 		}
 		// The agent says hello again on this link (it resumes, or it
-		// restarted): the handshake that follows decides the state.
+		// restarted): no new build until the handshake decides which.
+		m.set(n, StateLaunching, "the agent said hello again: authenticating it")
 	}
 }
 
