@@ -53,6 +53,21 @@ launcher "kafka" {
   #   username  = "conveyor"
   #   password  = env("KAFKA_PASSWORD")
   # }
+  #
+  # This demo's embedded broker is plaintext on loopback (the plugin logs
+  # so). It can run with TLS, SASL users per node and ACLs instead; the
+  # tls/sasl blocks above are then the master's side:
+  # embedded {
+  #   tls {
+  #     cert_file = "/etc/conveyor/broker.pem"
+  #     key_file  = "/etc/conveyor/broker-key.pem"
+  #   }
+  #   sasl {
+  #     mechanism = "SCRAM-SHA-512"
+  #     users     = { "kafka-1" = env("KAFKA_1_PASSWORD") }
+  #   }
+  #   acls = true   # each agent reads only its commands, writes only its events
+  # }
 }
 
 # The SSH launcher: the traditional transport. It uploads conveyor-agent
@@ -70,6 +85,10 @@ node "kafka-1" {
   launcher  = "kafka"
   labels    = ["linux", "demo"]
   executors = 2
+  # How long a silent agent's builds are held (the node shows unreachable
+  # after heartbeat_timeout) before they fail with "agent lost".
+  heartbeat_timeout = "30s"
+  session_timeout   = "5m"
   kafka {}
 }
 
