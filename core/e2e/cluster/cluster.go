@@ -99,6 +99,9 @@ type Options struct {
 	// instead of its embedded broker; KafkaAddr is then the first of them
 	// (the agents' bootstrap address).
 	KafkaBrokers []string
+	// Kafka is more of the kafka launcher block's body (tls, sasl,
+	// embedded blocks).
+	Kafka string
 }
 
 // Cluster is a running master with its data and agents.
@@ -165,11 +168,12 @@ server {
 }
 launcher "kafka" {
   %s
+  %s
 }
 launcher "local" {}
 %s
 %s
-%s`, c.HTTPAddr, c.opts.Bin, kafka, c.opts.Launchers, nodeBlocks, jobBlocks)
+%s`, c.HTTPAddr, c.opts.Bin, kafka, c.opts.Kafka, c.opts.Launchers, nodeBlocks, jobBlocks)
 	c.config = filepath.Join(c.Dir, "conveyor.hcl")
 	if err := os.WriteFile(c.config, []byte(cfg), 0o600); err != nil {
 		c.t.Fatal(err)
