@@ -49,8 +49,7 @@ cat <<MSG
 Conveyor is running on $CONVEYOR_ADDR with an embedded Kafka broker and two agents
 (logs in data/agents/*/agent.log). This demo's broker is plaintext, without
 SASL, on loopback: fine here, never beyond (see SECURITY.md for its TLS, SASL
-and ACL settings). Kill the server (or the broker's plugin) mid-build and restart it:
-the build goes on (docs/sessions.md). In another terminal:
+and ACL settings). In another terminal:
 
   export CONVEYOR_ADDR=$CONVEYOR_ADDR
   export CONVEYOR_TOKEN=\$(cat $data/api-token)
