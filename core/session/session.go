@@ -123,6 +123,7 @@ type Session struct {
 	closed    map[uint64]bool // unknown sessions told to end (closeStale)
 
 	stale, malformed, unexpected, forged, replayed atomic.Uint64
+	traffic                                        traffic
 	dupDone, earlyDone                             atomic.Uint64 // of sessions replaced
 
 	// The last checkpoint of a persisted session (guarded by mu; written
@@ -341,6 +342,8 @@ type Link struct {
 // Close on the link when done.
 func (s *Session) Attach(conn launcher.Conn, secret []byte, resumable bool) *Link {
 	ctx, cancel := context.WithCancel(context.Background())
+	s.traffic.connections.Add(1)
+	conn = countingConn{Conn: conn, t: &s.traffic}
 	l := &Link{s: s, conn: conn, secret: secret, resumable: resumable, stopRead: cancel}
 	l.frames = reliable.Read(ctx, conn, func(err error) {
 		s.malformed.Add(1)
@@ -557,6 +560,7 @@ func (l *Link) established(ep *reliable.Endpoint, id uint64, resume bool, auth *
 		if err := ep.Resend(0); err != nil {
 			return nil, false, err
 		}
+		s.traffic.resumes.Add(1)
 		s.log.Info("session resumed", "session", fmt.Sprintf("%016x", id), "agent_has", hello.LastSeq, "resent", ep.Pending().Frames)
 	} else {
 		s.mu.Lock()
@@ -697,6 +701,7 @@ func (l *Link) serve(ctx context.Context, ep *reliable.Endpoint) error {
 				continue
 			}
 			lastSeen = time.Now()
+			s.traffic.heard(lastSeen)
 			if silent && s.endedErr(ep) == nil {
 				silent = false
 				s.mu.Lock()
@@ -770,7 +775,9 @@ func (l *Link) handle(ep *reliable.Endpoint, f *wire.Frame) (bool, error) {
 	switch m := msg.(type) {
 	case *wire.Ping:
 		_ = ep.SendControl(&wire.Pong{Nonce: m.Nonce, UnixNano: m.UnixNano}, ep.Session())
-	case *wire.Pong, *wire.Ack:
+	case *wire.Pong:
+		s.traffic.pong(m.UnixNano, time.Now())
+	case *wire.Ack:
 	case *wire.Output:
 		if st := s.step(m.BuildID, m.StepIndex, false); st != nil {
 			if _, err := st.out.Write(m.Data); err != nil {

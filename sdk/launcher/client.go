@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -20,8 +21,9 @@ type client struct {
 }
 
 var (
-	_ Purger    = (*client)(nil)
-	_ Commander = (*client)(nil)
+	_ Purger     = (*client)(nil)
+	_ Commander  = (*client)(nil)
+	_ LinkStater = (*client)(nil)
 )
 
 func (c *client) Info(ctx context.Context) (*Info, error) {
@@ -125,6 +127,26 @@ func (c *client) Purge(ctx context.Context, node string) error {
 		return fmt.Errorf("purge node %q: %w", node, statusErr(err))
 	}
 	return nil
+}
+
+// LinkStats asks the plugin what it knows of a node's link. It fails with
+// ErrNoStats when the plugin has no such capability.
+func (c *client) LinkStats(ctx context.Context, node string) (*LinkStats, error) {
+	r, err := c.rpc.LinkStats(ctx, &pb.LinkStatsRequest{Node: node})
+	if err != nil {
+		if status.Code(err) == codes.Unimplemented {
+			return nil, ErrNoStats
+		}
+		return nil, fmt.Errorf("link stats of node %q: %w", node, statusErr(err))
+	}
+	st := &LinkStats{Connected: r.Connected, Endpoint: r.Endpoint, Reconnects: r.Reconnects}
+	if r.SinceUnixNano != 0 {
+		st.Since = time.Unix(0, r.SinceUnixNano)
+	}
+	for _, t := range r.Topics {
+		st.Topics = append(st.Topics, TopicStats{Name: t.Name, Direction: t.Direction, Group: t.Group, Lag: t.Lag})
+	}
+	return st, nil
 }
 
 // Commands lists the plugin's operator commands. It fails with

@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/conveyor-ci/conveyor/sdk/hclspec"
 	"github.com/zclconf/go-cty/cty"
@@ -28,6 +29,8 @@ const (
 	// connection ends the session and fails its running steps, as a
 	// broken TCP link does.
 	CapResume = "resume"
+	// CapStats: the plugin implements LinkStater.
+	CapStats = "stats"
 )
 
 // Launcher connects build agents to the master: it launches (or accepts)
@@ -84,6 +87,50 @@ type Commander interface {
 	// produced before it failed. An unknown name or bad arguments are
 	// errors whose message says how to call the command.
 	RunCommand(ctx context.Context, req *CommandRequest) (string, error)
+}
+
+// LinkStater is an optional capability: a launcher reports what it knows
+// of each node's link, for the transport page of the UI. The host counts
+// frames, bytes, heartbeats and round trips itself; the plugin adds what
+// only it sees.
+type LinkStater interface {
+	// LinkStats describes the node's link. A node without a connection is
+	// no error: its stats say Connected false.
+	LinkStats(ctx context.Context, node string) (*LinkStats, error)
+}
+
+// LinkStats is what a launcher knows of one node's link.
+type LinkStats struct {
+	// Connected: the launcher holds a connection for the node.
+	Connected bool
+	// Endpoint says where the link goes ("ssh build@10.0.0.7:22",
+	// "kafka 10.0.0.5:9092").
+	Endpoint string
+	// Since is when the current connection was made (zero: none).
+	Since time.Time
+	// Topics are the topics the node's frames travel on (Kafka).
+	Topics []TopicStats
+	// Reconnects counts the connections the launcher made for the node
+	// after its first.
+	Reconnects int64
+}
+
+// Directions of a topic.
+const (
+	ToAgent  = "to_agent"
+	ToMaster = "to_master"
+)
+
+// TopicStats is one topic a node's frames travel on.
+type TopicStats struct {
+	Name string
+	// Direction is ToAgent or ToMaster.
+	Direction string
+	// Group is the consumer group that reads the topic.
+	Group string
+	// Lag is how many records the group has not consumed yet; -1 when
+	// unknown.
+	Lag int64
 }
 
 // Command describes one operator command.

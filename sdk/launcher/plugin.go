@@ -96,6 +96,10 @@ var ErrNoSecrets = errors.New("launcher has no secret manager")
 // ErrNoPurge is returned by Purge when the plugin keeps nothing to purge.
 var ErrNoPurge = errors.New("launcher has no purge capability")
 
+// ErrNoStats is returned by LinkStats when the plugin reports no link
+// stats.
+var ErrNoStats = errors.New("launcher has no link stats")
+
 // ErrNoCommands is returned by Commands and RunCommand when the plugin has
 // no operator commands.
 var ErrNoCommands = errors.New("launcher has no commands")

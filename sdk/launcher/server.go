@@ -33,6 +33,9 @@ func (s *server) Info(ctx context.Context, _ *pb.InfoRequest) (*pb.InfoResponse,
 	if _, ok := s.impl.(Commander); ok && !info.Has(CapCommands) {
 		caps = append(caps, CapCommands)
 	}
+	if _, ok := s.impl.(LinkStater); ok && !info.Has(CapStats) {
+		caps = append(caps, CapStats)
+	}
 	return &pb.InfoResponse{Name: info.Name, Version: info.Version, Description: info.Description, Capabilities: caps}, nil
 }
 
@@ -258,4 +261,23 @@ func nodeToProto(n *Node) (*pb.NodeConfig, error) {
 		return nil, err
 	}
 	return &pb.NodeConfig{Name: n.Name, Labels: n.Labels, Config: &pb.Value{Json: b}}, nil
+}
+
+func (s *server) LinkStats(ctx context.Context, req *pb.LinkStatsRequest) (*pb.LinkStatsResponse, error) {
+	ls, ok := s.impl.(LinkStater)
+	if !ok {
+		return nil, status.Error(codes.Unimplemented, ErrNoStats.Error())
+	}
+	st, err := ls.LinkStats(ctx, req.Node)
+	if err != nil {
+		return nil, err
+	}
+	r := &pb.LinkStatsResponse{Connected: st.Connected, Endpoint: st.Endpoint, Reconnects: st.Reconnects}
+	if !st.Since.IsZero() {
+		r.SinceUnixNano = st.Since.UnixNano()
+	}
+	for _, t := range st.Topics {
+		r.Topics = append(r.Topics, &pb.TopicStats{Name: t.Name, Direction: t.Direction, Group: t.Group, Lag: t.Lag})
+	}
+	return r, nil
 }

@@ -1277,6 +1277,202 @@ func (x *RunCommandResponse) GetError() string {
 	return ""
 }
 
+type LinkStatsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LinkStatsRequest) Reset() {
+	*x = LinkStatsRequest{}
+	mi := &file_launcher_proto_launcher_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LinkStatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LinkStatsRequest) ProtoMessage() {}
+
+func (x *LinkStatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_launcher_proto_launcher_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LinkStatsRequest.ProtoReflect.Descriptor instead.
+func (*LinkStatsRequest) Descriptor() ([]byte, []int) {
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *LinkStatsRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+// TopicStats is one topic a node's frames travel on.
+type TopicStats struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// direction is "to_agent" or "to_master".
+	Direction string `protobuf:"bytes,2,opt,name=direction,proto3" json:"direction,omitempty"`
+	// group is the consumer group that reads the topic.
+	Group string `protobuf:"bytes,3,opt,name=group,proto3" json:"group,omitempty"`
+	// lag is how many records the group has not consumed yet; -1 unknown.
+	Lag           int64 `protobuf:"varint,4,opt,name=lag,proto3" json:"lag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TopicStats) Reset() {
+	*x = TopicStats{}
+	mi := &file_launcher_proto_launcher_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TopicStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TopicStats) ProtoMessage() {}
+
+func (x *TopicStats) ProtoReflect() protoreflect.Message {
+	mi := &file_launcher_proto_launcher_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TopicStats.ProtoReflect.Descriptor instead.
+func (*TopicStats) Descriptor() ([]byte, []int) {
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *TopicStats) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *TopicStats) GetDirection() string {
+	if x != nil {
+		return x.Direction
+	}
+	return ""
+}
+
+func (x *TopicStats) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *TopicStats) GetLag() int64 {
+	if x != nil {
+		return x.Lag
+	}
+	return 0
+}
+
+type LinkStatsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// connected: the plugin holds a connection for the node.
+	Connected bool `protobuf:"varint,1,opt,name=connected,proto3" json:"connected,omitempty"`
+	// endpoint says where the link goes ("ssh build@10.0.0.7:22").
+	Endpoint string `protobuf:"bytes,2,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	// since is when the current connection was made (Unix nanoseconds; 0: none).
+	SinceUnixNano int64         `protobuf:"varint,3,opt,name=since_unix_nano,json=sinceUnixNano,proto3" json:"since_unix_nano,omitempty"`
+	Topics        []*TopicStats `protobuf:"bytes,4,rep,name=topics,proto3" json:"topics,omitempty"`
+	// reconnects counts the connections the plugin made for the node after its first.
+	Reconnects    int64 `protobuf:"varint,5,opt,name=reconnects,proto3" json:"reconnects,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LinkStatsResponse) Reset() {
+	*x = LinkStatsResponse{}
+	mi := &file_launcher_proto_launcher_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LinkStatsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LinkStatsResponse) ProtoMessage() {}
+
+func (x *LinkStatsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_launcher_proto_launcher_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LinkStatsResponse.ProtoReflect.Descriptor instead.
+func (*LinkStatsResponse) Descriptor() ([]byte, []int) {
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *LinkStatsResponse) GetConnected() bool {
+	if x != nil {
+		return x.Connected
+	}
+	return false
+}
+
+func (x *LinkStatsResponse) GetEndpoint() string {
+	if x != nil {
+		return x.Endpoint
+	}
+	return ""
+}
+
+func (x *LinkStatsResponse) GetSinceUnixNano() int64 {
+	if x != nil {
+		return x.SinceUnixNano
+	}
+	return 0
+}
+
+func (x *LinkStatsResponse) GetTopics() []*TopicStats {
+	if x != nil {
+		return x.Topics
+	}
+	return nil
+}
+
+func (x *LinkStatsResponse) GetReconnects() int64 {
+	if x != nil {
+		return x.Reconnects
+	}
+	return 0
+}
+
 var File_launcher_proto_launcher_proto protoreflect.FileDescriptor
 
 const file_launcher_proto_launcher_proto_rawDesc = "" +
@@ -1348,7 +1544,23 @@ const file_launcher_proto_launcher_proto_rawDesc = "" +
 	"\x05nodes\x18\x03 \x03(\v2 .conveyor.launcher.v1.NodeConfigR\x05nodes\"B\n" +
 	"\x12RunCommandResponse\x12\x16\n" +
 	"\x06output\x18\x01 \x01(\tR\x06output\x12\x14\n" +
-	"\x05error\x18\x02 \x01(\tR\x05error2\xd9\x05\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\"&\n" +
+	"\x10LinkStatsRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\"f\n" +
+	"\n" +
+	"TopicStats\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
+	"\tdirection\x18\x02 \x01(\tR\tdirection\x12\x14\n" +
+	"\x05group\x18\x03 \x01(\tR\x05group\x12\x10\n" +
+	"\x03lag\x18\x04 \x01(\x03R\x03lag\"\xcf\x01\n" +
+	"\x11LinkStatsResponse\x12\x1c\n" +
+	"\tconnected\x18\x01 \x01(\bR\tconnected\x12\x1a\n" +
+	"\bendpoint\x18\x02 \x01(\tR\bendpoint\x12&\n" +
+	"\x0fsince_unix_nano\x18\x03 \x01(\x03R\rsinceUnixNano\x128\n" +
+	"\x06topics\x18\x04 \x03(\v2 .conveyor.launcher.v1.TopicStatsR\x06topics\x12\x1e\n" +
+	"\n" +
+	"reconnects\x18\x05 \x01(\x03R\n" +
+	"reconnects2\xb7\x06\n" +
 	"\bLauncher\x12M\n" +
 	"\x04Info\x12!.conveyor.launcher.v1.InfoRequest\x1a\".conveyor.launcher.v1.InfoResponse\x12S\n" +
 	"\x06Schema\x12#.conveyor.launcher.v1.SchemaRequest\x1a$.conveyor.launcher.v1.SchemaResponse\x12\\\n" +
@@ -1358,7 +1570,8 @@ const file_launcher_proto_launcher_proto_rawDesc = "" +
 	"\x05Purge\x12\".conveyor.launcher.v1.PurgeRequest\x1a#.conveyor.launcher.v1.PurgeResponse\x12Y\n" +
 	"\bCommands\x12%.conveyor.launcher.v1.CommandsRequest\x1a&.conveyor.launcher.v1.CommandsResponse\x12_\n" +
 	"\n" +
-	"RunCommand\x12'.conveyor.launcher.v1.RunCommandRequest\x1a(.conveyor.launcher.v1.RunCommandResponse2p\n" +
+	"RunCommand\x12'.conveyor.launcher.v1.RunCommandRequest\x1a(.conveyor.launcher.v1.RunCommandResponse\x12\\\n" +
+	"\tLinkStats\x12&.conveyor.launcher.v1.LinkStatsRequest\x1a'.conveyor.launcher.v1.LinkStatsResponse2p\n" +
 	"\rSecretManager\x12_\n" +
 	"\n" +
 	"NodeSecret\x12'.conveyor.launcher.v1.NodeSecretRequest\x1a(.conveyor.launcher.v1.NodeSecretResponseB4Z2github.com/conveyor-ci/conveyor/sdk/launcher/protob\x06proto3"
@@ -1375,7 +1588,7 @@ func file_launcher_proto_launcher_proto_rawDescGZIP() []byte {
 	return file_launcher_proto_launcher_proto_rawDescData
 }
 
-var file_launcher_proto_launcher_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_launcher_proto_launcher_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_launcher_proto_launcher_proto_goTypes = []any{
 	(*InfoRequest)(nil),         // 0: conveyor.launcher.v1.InfoRequest
 	(*InfoResponse)(nil),        // 1: conveyor.launcher.v1.InfoResponse
@@ -1401,11 +1614,14 @@ var file_launcher_proto_launcher_proto_goTypes = []any{
 	(*CommandsResponse)(nil),    // 21: conveyor.launcher.v1.CommandsResponse
 	(*RunCommandRequest)(nil),   // 22: conveyor.launcher.v1.RunCommandRequest
 	(*RunCommandResponse)(nil),  // 23: conveyor.launcher.v1.RunCommandResponse
-	(*hclspec.Spec)(nil),        // 24: conveyor.hclspec.v1.Spec
+	(*LinkStatsRequest)(nil),    // 24: conveyor.launcher.v1.LinkStatsRequest
+	(*TopicStats)(nil),          // 25: conveyor.launcher.v1.TopicStats
+	(*LinkStatsResponse)(nil),   // 26: conveyor.launcher.v1.LinkStatsResponse
+	(*hclspec.Spec)(nil),        // 27: conveyor.hclspec.v1.Spec
 }
 var file_launcher_proto_launcher_proto_depIdxs = []int32{
-	24, // 0: conveyor.launcher.v1.SchemaResponse.global:type_name -> conveyor.hclspec.v1.Spec
-	24, // 1: conveyor.launcher.v1.SchemaResponse.node:type_name -> conveyor.hclspec.v1.Spec
+	27, // 0: conveyor.launcher.v1.SchemaResponse.global:type_name -> conveyor.hclspec.v1.Spec
+	27, // 1: conveyor.launcher.v1.SchemaResponse.node:type_name -> conveyor.hclspec.v1.Spec
 	5,  // 2: conveyor.launcher.v1.NodeConfig.config:type_name -> conveyor.launcher.v1.Value
 	4,  // 3: conveyor.launcher.v1.ConfigureRequest.host:type_name -> conveyor.launcher.v1.Host
 	5,  // 4: conveyor.launcher.v1.ConfigureRequest.global:type_name -> conveyor.launcher.v1.Value
@@ -1415,29 +1631,32 @@ var file_launcher_proto_launcher_proto_depIdxs = []int32{
 	11, // 8: conveyor.launcher.v1.LaunchServerMessage.launched:type_name -> conveyor.launcher.v1.Launched
 	20, // 9: conveyor.launcher.v1.CommandsResponse.commands:type_name -> conveyor.launcher.v1.CommandInfo
 	6,  // 10: conveyor.launcher.v1.RunCommandRequest.nodes:type_name -> conveyor.launcher.v1.NodeConfig
-	0,  // 11: conveyor.launcher.v1.Launcher.Info:input_type -> conveyor.launcher.v1.InfoRequest
-	2,  // 12: conveyor.launcher.v1.Launcher.Schema:input_type -> conveyor.launcher.v1.SchemaRequest
-	7,  // 13: conveyor.launcher.v1.Launcher.Configure:input_type -> conveyor.launcher.v1.ConfigureRequest
-	10, // 14: conveyor.launcher.v1.Launcher.Launch:input_type -> conveyor.launcher.v1.LaunchClientMessage
-	13, // 15: conveyor.launcher.v1.Launcher.Teardown:input_type -> conveyor.launcher.v1.TeardownRequest
-	17, // 16: conveyor.launcher.v1.Launcher.Purge:input_type -> conveyor.launcher.v1.PurgeRequest
-	19, // 17: conveyor.launcher.v1.Launcher.Commands:input_type -> conveyor.launcher.v1.CommandsRequest
-	22, // 18: conveyor.launcher.v1.Launcher.RunCommand:input_type -> conveyor.launcher.v1.RunCommandRequest
-	15, // 19: conveyor.launcher.v1.SecretManager.NodeSecret:input_type -> conveyor.launcher.v1.NodeSecretRequest
-	1,  // 20: conveyor.launcher.v1.Launcher.Info:output_type -> conveyor.launcher.v1.InfoResponse
-	3,  // 21: conveyor.launcher.v1.Launcher.Schema:output_type -> conveyor.launcher.v1.SchemaResponse
-	9,  // 22: conveyor.launcher.v1.Launcher.Configure:output_type -> conveyor.launcher.v1.ConfigureResponse
-	12, // 23: conveyor.launcher.v1.Launcher.Launch:output_type -> conveyor.launcher.v1.LaunchServerMessage
-	14, // 24: conveyor.launcher.v1.Launcher.Teardown:output_type -> conveyor.launcher.v1.TeardownResponse
-	18, // 25: conveyor.launcher.v1.Launcher.Purge:output_type -> conveyor.launcher.v1.PurgeResponse
-	21, // 26: conveyor.launcher.v1.Launcher.Commands:output_type -> conveyor.launcher.v1.CommandsResponse
-	23, // 27: conveyor.launcher.v1.Launcher.RunCommand:output_type -> conveyor.launcher.v1.RunCommandResponse
-	16, // 28: conveyor.launcher.v1.SecretManager.NodeSecret:output_type -> conveyor.launcher.v1.NodeSecretResponse
-	20, // [20:29] is the sub-list for method output_type
-	11, // [11:20] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	25, // 11: conveyor.launcher.v1.LinkStatsResponse.topics:type_name -> conveyor.launcher.v1.TopicStats
+	0,  // 12: conveyor.launcher.v1.Launcher.Info:input_type -> conveyor.launcher.v1.InfoRequest
+	2,  // 13: conveyor.launcher.v1.Launcher.Schema:input_type -> conveyor.launcher.v1.SchemaRequest
+	7,  // 14: conveyor.launcher.v1.Launcher.Configure:input_type -> conveyor.launcher.v1.ConfigureRequest
+	10, // 15: conveyor.launcher.v1.Launcher.Launch:input_type -> conveyor.launcher.v1.LaunchClientMessage
+	13, // 16: conveyor.launcher.v1.Launcher.Teardown:input_type -> conveyor.launcher.v1.TeardownRequest
+	17, // 17: conveyor.launcher.v1.Launcher.Purge:input_type -> conveyor.launcher.v1.PurgeRequest
+	19, // 18: conveyor.launcher.v1.Launcher.Commands:input_type -> conveyor.launcher.v1.CommandsRequest
+	22, // 19: conveyor.launcher.v1.Launcher.RunCommand:input_type -> conveyor.launcher.v1.RunCommandRequest
+	24, // 20: conveyor.launcher.v1.Launcher.LinkStats:input_type -> conveyor.launcher.v1.LinkStatsRequest
+	15, // 21: conveyor.launcher.v1.SecretManager.NodeSecret:input_type -> conveyor.launcher.v1.NodeSecretRequest
+	1,  // 22: conveyor.launcher.v1.Launcher.Info:output_type -> conveyor.launcher.v1.InfoResponse
+	3,  // 23: conveyor.launcher.v1.Launcher.Schema:output_type -> conveyor.launcher.v1.SchemaResponse
+	9,  // 24: conveyor.launcher.v1.Launcher.Configure:output_type -> conveyor.launcher.v1.ConfigureResponse
+	12, // 25: conveyor.launcher.v1.Launcher.Launch:output_type -> conveyor.launcher.v1.LaunchServerMessage
+	14, // 26: conveyor.launcher.v1.Launcher.Teardown:output_type -> conveyor.launcher.v1.TeardownResponse
+	18, // 27: conveyor.launcher.v1.Launcher.Purge:output_type -> conveyor.launcher.v1.PurgeResponse
+	21, // 28: conveyor.launcher.v1.Launcher.Commands:output_type -> conveyor.launcher.v1.CommandsResponse
+	23, // 29: conveyor.launcher.v1.Launcher.RunCommand:output_type -> conveyor.launcher.v1.RunCommandResponse
+	26, // 30: conveyor.launcher.v1.Launcher.LinkStats:output_type -> conveyor.launcher.v1.LinkStatsResponse
+	16, // 31: conveyor.launcher.v1.SecretManager.NodeSecret:output_type -> conveyor.launcher.v1.NodeSecretResponse
+	22, // [22:32] is the sub-list for method output_type
+	12, // [12:22] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_launcher_proto_launcher_proto_init() }
@@ -1459,7 +1678,7 @@ func file_launcher_proto_launcher_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_launcher_proto_launcher_proto_rawDesc), len(file_launcher_proto_launcher_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -30,6 +30,7 @@ const (
 	Launcher_Purge_FullMethodName      = "/conveyor.launcher.v1.Launcher/Purge"
 	Launcher_Commands_FullMethodName   = "/conveyor.launcher.v1.Launcher/Commands"
 	Launcher_RunCommand_FullMethodName = "/conveyor.launcher.v1.Launcher/RunCommand"
+	Launcher_LinkStats_FullMethodName  = "/conveyor.launcher.v1.Launcher/LinkStats"
 )
 
 // LauncherClient is the client API for Launcher service.
@@ -62,6 +63,10 @@ type LauncherClient interface {
 	// response, next to the output it wrote before failing. Plugins without
 	// the "commands" capability answer Unimplemented.
 	RunCommand(ctx context.Context, in *RunCommandRequest, opts ...grpc.CallOption) (*RunCommandResponse, error)
+	// LinkStats reports what the plugin knows of a node's link (where it
+	// goes, since when, the topics it travels on and their lag). Plugins
+	// without the "stats" capability answer Unimplemented.
+	LinkStats(ctx context.Context, in *LinkStatsRequest, opts ...grpc.CallOption) (*LinkStatsResponse, error)
 }
 
 type launcherClient struct {
@@ -155,6 +160,16 @@ func (c *launcherClient) RunCommand(ctx context.Context, in *RunCommandRequest, 
 	return out, nil
 }
 
+func (c *launcherClient) LinkStats(ctx context.Context, in *LinkStatsRequest, opts ...grpc.CallOption) (*LinkStatsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LinkStatsResponse)
+	err := c.cc.Invoke(ctx, Launcher_LinkStats_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // LauncherServer is the server API for Launcher service.
 // All implementations must embed UnimplementedLauncherServer
 // for forward compatibility.
@@ -185,6 +200,10 @@ type LauncherServer interface {
 	// response, next to the output it wrote before failing. Plugins without
 	// the "commands" capability answer Unimplemented.
 	RunCommand(context.Context, *RunCommandRequest) (*RunCommandResponse, error)
+	// LinkStats reports what the plugin knows of a node's link (where it
+	// goes, since when, the topics it travels on and their lag). Plugins
+	// without the "stats" capability answer Unimplemented.
+	LinkStats(context.Context, *LinkStatsRequest) (*LinkStatsResponse, error)
 	mustEmbedUnimplementedLauncherServer()
 }
 
@@ -218,6 +237,9 @@ func (UnimplementedLauncherServer) Commands(context.Context, *CommandsRequest) (
 }
 func (UnimplementedLauncherServer) RunCommand(context.Context, *RunCommandRequest) (*RunCommandResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RunCommand not implemented")
+}
+func (UnimplementedLauncherServer) LinkStats(context.Context, *LinkStatsRequest) (*LinkStatsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method LinkStats not implemented")
 }
 func (UnimplementedLauncherServer) mustEmbedUnimplementedLauncherServer() {}
 func (UnimplementedLauncherServer) testEmbeddedByValue()                  {}
@@ -373,6 +395,24 @@ func _Launcher_RunCommand_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Launcher_LinkStats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LinkStatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LauncherServer).LinkStats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Launcher_LinkStats_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LauncherServer).LinkStats(ctx, req.(*LinkStatsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Launcher_ServiceDesc is the grpc.ServiceDesc for Launcher service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -407,6 +447,10 @@ var Launcher_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RunCommand",
 			Handler:    _Launcher_RunCommand_Handler,
+		},
+		{
+			MethodName: "LinkStats",
+			Handler:    _Launcher_LinkStats_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -1,0 +1,55 @@
+package nodes
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/conveyor-ci/conveyor/core/session"
+	"github.com/conveyor-ci/conveyor/sdk/launcher"
+)
+
+// Transport is a node's link as the transport page shows it: what the
+// master counted itself and what the node's launcher reports.
+type Transport struct {
+	Node     string `json:"node"`
+	Launcher string `json:"launcher"`
+	State    string `json:"state"`
+	// Description says where the agent runs, as the launcher put it.
+	Description string          `json:"description,omitempty"`
+	Traffic     session.Traffic `json:"traffic"`
+	// Link is what the launcher knows of the link (stats capability);
+	// nil when it reports nothing.
+	Link *launcher.LinkStats `json:"link,omitempty"`
+	// LinkError says why the launcher's report is missing.
+	LinkError string `json:"link_error,omitempty"`
+}
+
+// linkStatsTimeout bounds how long a page waits for a plugin's report.
+const linkStatsTimeout = 2 * time.Second
+
+// Transport reports node n's link.
+func (m *Manager) Transport(ctx context.Context, n *Node) Transport {
+	st := n.Status()
+	t := Transport{Node: st.Name, Launcher: st.Launcher, State: st.State, Description: st.Description, Traffic: n.sess.Traffic()}
+	p := m.plugins.Get(n.cfg.Launcher)
+	if p == nil {
+		t.LinkError = "launcher not loaded"
+		return t
+	}
+	proc := p.Process()
+	ls, ok := proc.Launcher.(launcher.LinkStater)
+	if !ok || !proc.Info.Has(launcher.CapStats) {
+		return t
+	}
+	ctx, cancel := context.WithTimeout(ctx, linkStatsTimeout)
+	defer cancel()
+	switch stats, err := ls.LinkStats(ctx, n.cfg.Name); {
+	case errors.Is(err, launcher.ErrNoStats):
+	case err != nil:
+		t.LinkError = err.Error()
+	default:
+		t.Link = stats
+	}
+	return t
+}
