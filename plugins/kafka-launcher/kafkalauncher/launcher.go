@@ -65,6 +65,7 @@ type Launcher struct {
 	key      []byte
 	broker   *embeddedBroker
 	conns    map[string]*kafkatransport.Conn
+	launches map[string]int64 // connections opened per node
 	startMu  sync.Mutex // serializes starting and stopping the embedded broker
 	shutdown bool
 }
@@ -74,6 +75,7 @@ var (
 	_ launcher.SecretManager = (*Launcher)(nil)
 	_ launcher.Purger        = (*Launcher)(nil)
 	_ launcher.Commander     = (*Launcher)(nil)
+	_ launcher.LinkStater    = (*Launcher)(nil)
 )
 
 // New returns an unconfigured launcher logging to logger.
@@ -81,7 +83,7 @@ func New(logger hclog.Logger) *Launcher {
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
-	return &Launcher{log: logger.Named("kafka-launcher"), conns: map[string]*kafkatransport.Conn{}}
+	return &Launcher{log: logger.Named("kafka-launcher"), conns: map[string]*kafkatransport.Conn{}, launches: map[string]int64{}}
 }
 
 // Info implements launcher.Launcher.
@@ -90,7 +92,7 @@ func (l *Launcher) Info(context.Context) (*launcher.Info, error) {
 		Name:         Name,
 		Version:      Version,
 		Description:  "agents connect through Kafka topics (an embedded broker when no brokers are configured)",
-		Capabilities: []string{launcher.CapSecrets, launcher.CapPurge, launcher.CapResume, launcher.CapCommands},
+		Capabilities: []string{launcher.CapSecrets, launcher.CapPurge, launcher.CapResume, launcher.CapCommands, launcher.CapStats},
 	}, nil
 }
 
@@ -257,12 +259,47 @@ func (l *Launcher) Launch(ctx context.Context, node *launcher.Node) (launcher.Co
 	l.mu.Lock()
 	old := l.conns[node.Name]
 	l.conns[node.Name] = conn
+	l.launches[node.Name]++
 	l.mu.Unlock()
 	if old != nil {
 		_ = old.Close()
 	}
 	l.log.Info("node connected to its topics", "node", node.Name, "commands", t.Commands, "events", t.Events)
 	return conn, nil
+}
+
+// LinkStats implements launcher.LinkStater: the node's connection, its
+// two topics and how far behind each topic's reader is.
+func (l *Launcher) LinkStats(_ context.Context, node string) (*launcher.LinkStats, error) {
+	set, _, err := l.settings()
+	if err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	conn := l.conns[node]
+	launches := l.launches[node]
+	l.mu.Unlock()
+	st := &launcher.LinkStats{Endpoint: "kafka " + strings.Join(set.transport.Brokers, ","), Reconnects: max(launches-1, 0)}
+	t := kafkatransport.TopicsFor(set.transport.TopicPrefix, node)
+	g := kafkatransport.GroupsFor(set.transport.TopicPrefix, node)
+	st.Topics = []launcher.TopicStats{
+		{Name: t.Commands, Direction: launcher.ToAgent, Group: g.Agent, Lag: -1},
+		{Name: t.Events, Direction: launcher.ToMaster, Group: g.Master, Lag: -1},
+	}
+	if conn == nil {
+		return st, nil
+	}
+	st.Connected, st.Since = true, conn.Opened()
+	for i := range st.Topics {
+		ts := &st.Topics[i]
+		lag, err := conn.Lag(ts.Name, ts.Group)
+		if err != nil {
+			l.log.Debug("link stats: lag unknown", "node", node, "topic", ts.Name, "error", err)
+			continue
+		}
+		ts.Lag = lag
+	}
+	return st, nil
 }
 
 // Teardown implements launcher.Launcher: it closes the node's connection

@@ -37,6 +37,7 @@ const MaxFrameSize = wire.MaxFrameSize
 type Conn struct {
 	log     hclog.Logger
 	desc    string
+	opened  time.Time
 	produce string // topic written
 	consume string // topic read
 	group   string
@@ -118,6 +119,7 @@ func open(ctx context.Context, cfg Config, node string, s side, logger hclog.Log
 	c := &Conn{
 		log:           logger.Named("kafka-transport").With("node", node, "role", s.role),
 		desc:          fmt.Sprintf("kafka %s (%s -> %s)", strings.Join(cfg.Brokers, ","), s.produce, s.consume),
+		opened:        time.Now(),
 		produce:       s.produce,
 		consume:       s.consume,
 		group:         s.group,
@@ -274,6 +276,30 @@ func (c *Conn) markHandled() bool {
 
 // Description says where the connection goes.
 func (c *Conn) Description() string { return c.desc }
+
+// Opened is when the connection was opened.
+func (c *Conn) Opened() time.Time { return c.opened }
+
+// Lag reports how many records of topic group has not committed yet: the
+// topic's end offset minus the group's committed offset (before the
+// group's first commit, minus the topic's start). It asks the broker.
+func (c *Conn) Lag(topic, group string) (int64, error) {
+	end, err := c.client.GetOffset(topic, Partition, sarama.OffsetNewest)
+	if err != nil {
+		return 0, fmt.Errorf("end offset of %s: %w", topic, err)
+	}
+	o := &offsetStore{client: c.client, group: group, topic: topic, partition: Partition, retries: 1, backoff: 100 * time.Millisecond}
+	committed, err := o.fetch()
+	if err != nil {
+		return 0, err
+	}
+	if committed < 0 {
+		if committed, err = c.client.GetOffset(topic, Partition, sarama.OffsetOldest); err != nil {
+			return 0, fmt.Errorf("start offset of %s: %w", topic, err)
+		}
+	}
+	return max(end-committed, 0), nil
+}
 
 // Send delivers one frame and returns once the broker acknowledged all of
 // its records (acks from all in-sync replicas).
