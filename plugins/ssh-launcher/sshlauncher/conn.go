@@ -27,6 +27,7 @@ type conn struct {
 	node      string
 	addr      string
 	desc      string
+	since     time.Time // when the agent started on the connection
 	agentPath string
 	workdir   string
 	client    *ssh.Client

@@ -38,13 +38,14 @@ type Launcher struct {
 	agentBinary   string
 	agentPlatform Platform
 	running       map[string]*conn
+	launches      map[string]int64 // agents started per node
 
 	uploads atomic.Int64
 }
 
 // New returns an unconfigured SSH launcher logging to logger.
 func New(logger hclog.Logger) *Launcher {
-	return &Launcher{logger: logger.Named("ssh"), running: map[string]*conn{}}
+	return &Launcher{logger: logger.Named("ssh"), running: map[string]*conn{}, launches: map[string]int64{}}
 }
 
 // Uploads counts the agent uploads this launcher made.
@@ -53,9 +54,10 @@ func (l *Launcher) Uploads() int64 { return l.uploads.Load() }
 // Info implements launcher.Launcher.
 func (l *Launcher) Info(context.Context) (*launcher.Info, error) {
 	return &launcher.Info{
-		Name:        "ssh",
-		Version:     Version,
-		Description: "starts each node's agent on a build machine over SSH and carries frames over the session's stdin/stdout",
+		Name:         "ssh",
+		Version:      Version,
+		Description:  "starts each node's agent on a build machine over SSH and carries frames over the session's stdin/stdout",
+		Capabilities: []string{launcher.CapStats},
 	}, nil
 }
 
@@ -155,8 +157,10 @@ func (l *Launcher) Launch(ctx context.Context, node *launcher.Node) (launcher.Co
 		return nil, err
 	}
 	log.Info("agent started", "agent", c.agentPath, "workdir", c.workdir, "took", time.Since(start).Round(time.Millisecond).String())
+	c.since = time.Now()
 	l.mu.Lock()
 	l.running[node.Name] = c
+	l.launches[node.Name]++
 	l.mu.Unlock()
 	c.onClose = func() {
 		l.mu.Lock()
@@ -166,6 +170,18 @@ func (l *Launcher) Launch(ctx context.Context, node *launcher.Node) (launcher.Co
 		l.mu.Unlock()
 	}
 	return c, nil
+}
+
+// LinkStats implements launcher.LinkStater: the node's SSH connection
+// (user@host:port) and since when its agent runs on it.
+func (l *Launcher) LinkStats(_ context.Context, node string) (*launcher.LinkStats, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st := &launcher.LinkStats{Reconnects: max(l.launches[node]-1, 0)}
+	if c := l.running[node]; c != nil {
+		st.Connected, st.Endpoint, st.Since = true, "ssh "+c.desc, c.since
+	}
+	return st, nil
 }
 
 // Teardown implements launcher.Launcher: it closes the node's session and

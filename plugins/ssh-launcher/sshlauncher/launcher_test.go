@@ -311,6 +311,9 @@ func TestConnectionLostAndRelaunch(t *testing.T) {
 	n := f.mustConfigure("", f.baseNode())
 	c := f.launch(n)
 	pingPong(t, c, 5)
+	if st := f.linkStats(); !st.Connected || !strings.HasSuffix(st.Endpoint, "@"+f.srv.Addr()) || st.Since.IsZero() || st.Reconnects != 0 {
+		t.Fatalf("link stats of a running agent: %+v", st)
+	}
 	f.srv.KillSessions()
 	err := recvErr(t, c)
 	want := "node n1: ssh connection to " + f.srv.Addr() + " lost"
@@ -321,9 +324,15 @@ func TestConnectionLostAndRelaunch(t *testing.T) {
 		t.Error("Send on a lost connection succeeded")
 	}
 	c.Close()
+	if st := f.linkStats(); st.Connected || st.Reconnects != 0 {
+		t.Fatalf("link stats of a closed connection: %+v", st)
+	}
 
 	c = f.launch(n)
 	pingPong(t, c, 5)
+	if st := f.linkStats(); !st.Connected || st.Reconnects != 1 {
+		t.Fatalf("link stats after a relaunch: %+v", st)
+	}
 
 	// The whole server goes away and comes back.
 	f.srv.Stop()
@@ -492,4 +501,14 @@ func writeFile(t *testing.T, file, content string) {
 	if err := os.WriteFile(file, []byte(content), 0o755); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// linkStats is the launcher's report on node n1's link.
+func (f *fixture) linkStats() *launcher.LinkStats {
+	f.t.Helper()
+	st, err := f.l.LinkStats(context.Background(), "n1")
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return st
 }
