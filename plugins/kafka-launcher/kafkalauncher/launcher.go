@@ -66,7 +66,7 @@ type Launcher struct {
 	broker   *embeddedBroker
 	conns    map[string]*kafkatransport.Conn
 	launches map[string]int64 // connections opened per node
-	startMu  sync.Mutex // serializes starting and stopping the embedded broker
+	startMu  sync.Mutex       // serializes starting and stopping the embedded broker
 	shutdown bool
 }
 
