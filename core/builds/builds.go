@@ -38,6 +38,7 @@ type Service struct {
 	store *store.Store
 	nodes *nodes.Manager
 	sched *scheduler.Scheduler
+	obs   Observer
 	log   hclog.Logger
 
 	mu     sync.Mutex
@@ -53,10 +54,22 @@ type active struct {
 	done   chan struct{}
 }
 
-// New returns a service over the store and nodes.
-func New(cfg *config.Config, st *store.Store, nm *nodes.Manager, logger hclog.Logger) *Service {
-	return &Service{cfg: cfg, store: st, nodes: nm, sched: scheduler.New(nm), log: logger, active: map[string]*active{}}
+// Observer is told when builds start and finish (core/metrics is one).
+type Observer interface {
+	// Started: a build of job left the queue after waiting there.
+	Started(job string, waited time.Duration)
+	// Finished: a build of job ended with status.
+	Finished(job, status string)
 }
+
+// New returns a service over the store and nodes; obs, when not nil, is
+// told of every build's start and end.
+func New(cfg *config.Config, st *store.Store, nm *nodes.Manager, obs Observer, logger hclog.Logger) *Service {
+	return &Service{cfg: cfg, store: st, nodes: nm, sched: scheduler.New(nm), obs: obs, log: logger, active: map[string]*active{}}
+}
+
+// Queued is how many builds wait in the queue.
+func (s *Service) Queued() int { return len(s.sched.Queued()) }
 
 // Key names a build: "job#12".
 func Key(job string, n int) string { return job + "#" + strconv.Itoa(n) }
@@ -297,6 +310,9 @@ func (s *Service) finish(a *active, status, reason string, logSize *int64) {
 	s.mu.Unlock()
 	a.cancel(errors.New("finished"))
 	close(a.done)
+	if s.obs != nil {
+		s.obs.Finished(a.build.Job, status)
+	}
 	s.log.Info("build finished", "build", key, "status", status, "reason", reason)
 }
 
@@ -316,6 +332,9 @@ func (s *Service) execute(a *active, job *config.Job, n *nodes.Node) {
 	a.log = logf
 	s.mu.Unlock()
 	s.update(a, func(b *store.Build) { b.Status, b.Node, b.StartedAt = store.StatusRunning, n.Name(), &now })
+	if s.obs != nil {
+		s.obs.Started(job.Name, now.Sub(a.build.QueuedAt))
+	}
 	s.log.Info("build started", "build", Key(job.Name, a.build.Number), "node", n.Name())
 	s.run(a, job, n, logf, 0, nil)
 }

@@ -25,13 +25,16 @@ type Transport struct {
 	LinkError string `json:"link_error,omitempty"`
 }
 
+// Traffic is what crossed the node's links since the server started.
+func (n *Node) Traffic() session.Traffic { return n.sess.Traffic() }
+
 // linkStatsTimeout bounds how long a page waits for a plugin's report.
 const linkStatsTimeout = 2 * time.Second
 
 // Transport reports node n's link.
 func (m *Manager) Transport(ctx context.Context, n *Node) Transport {
 	st := n.Status()
-	t := Transport{Node: st.Name, Launcher: st.Launcher, State: st.State, Description: st.Description, Traffic: n.sess.Traffic()}
+	t := Transport{Node: st.Name, Launcher: st.Launcher, State: st.State, Description: st.Description, Traffic: n.Traffic()}
 	p := m.plugins.Get(n.cfg.Launcher)
 	if p == nil {
 		t.LinkError = "launcher not loaded"

@@ -17,6 +17,7 @@ import (
 
 	"github.com/conveyor-ci/conveyor/core/builds"
 	"github.com/conveyor-ci/conveyor/core/config"
+	"github.com/conveyor-ci/conveyor/core/metrics"
 	"github.com/conveyor-ci/conveyor/core/nodes"
 	"github.com/conveyor-ci/conveyor/core/plugins"
 	"github.com/conveyor-ci/conveyor/core/store"
@@ -37,6 +38,7 @@ type Server struct {
 	store   *store.Store
 	nodes   *nodes.Manager
 	builds  *builds.Service
+	metrics *metrics.Metrics
 	http    *http.Server
 	ln      net.Listener
 	auth    *authenticator
@@ -91,7 +93,8 @@ func New(ctx context.Context, cfg *config.Config, opts Options, logger hclog.Log
 	nopts := opts.Nodes
 	nopts.Store = st
 	s.nodes = nodes.NewManager(cfg, s.plugins, nopts, logger.Named("node"))
-	s.builds = builds.New(cfg, st, s.nodes, logger.Named("build"))
+	s.metrics = metrics.New(metrics.Sources{Nodes: s.metricNodes, Queued: func() int { return s.builds.Queued() }, Plugins: s.metricPlugins})
+	s.builds = builds.New(cfg, st, s.nodes, s.metrics, logger.Named("build"))
 	if err := s.builds.Recover(); err != nil {
 		return fail(err)
 	}
@@ -157,6 +160,7 @@ func (s *Server) routes() http.Handler {
 	rt.handle("GET /healthz", open, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
+	rt.handle("GET /metrics", read, s.metrics.ServeHTTP)
 	rt.handle("GET /v1/plugins", read, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.pluginStatus())
 	})
@@ -187,6 +191,25 @@ func (s *Server) pluginStatus() []PluginStatus {
 			st.LastError = err.Error()
 		}
 		out = append(out, st)
+	}
+	return out
+}
+
+// metricNodes lists the nodes for the metrics.
+func (s *Server) metricNodes() []metrics.Node {
+	all := s.nodes.Nodes()
+	out := make([]metrics.Node, len(all))
+	for i, n := range all {
+		out[i] = n
+	}
+	return out
+}
+
+// metricPlugins lists the plugins for the metrics.
+func (s *Server) metricPlugins() []metrics.Plugin {
+	var out []metrics.Plugin
+	for _, p := range s.plugins.All() {
+		out = append(out, metrics.Plugin{Name: p.Name, Restarts: p.Restarts(), Running: !p.Process().Exited()})
 	}
 	return out
 }
