@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -313,6 +314,7 @@ job "hello" {
 		{"GET", "/v1/jobs"},
 		{"GET", "/v1/jobs/hello/builds/1/log"},
 		{"GET", "/v1/plugins"},
+		{"GET", "/metrics"},
 	} {
 		for _, tok := range []string{"", "wrong-" + c.Token} {
 			req, err := http.NewRequest(r.method, "http://"+c.HTTPAddr+r.path, nil)
@@ -335,6 +337,27 @@ job "hello" {
 	}
 	if b, err := c.API.Build(context.Background(), "hello", 1); err != nil || b.Status != store.StatusSuccess {
 		t.Fatalf("build 1 after the refused cancel: %+v, %v", b, err)
+	}
+	// With the token, /metrics shows the build and the node's traffic.
+	req, _ := http.NewRequest("GET", "http://"+c.HTTPAddr+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+c.Token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, re := range []string{
+		`(?m)^conveyor_builds_finished_total\{job="hello",result="success"\} 1$`,
+		`(?m)^conveyor_node_state\{launcher="kafka",node="kafka-1",state="online"\} 1$`,
+		`(?m)^conveyor_transport_frames_total\{direction="in",launcher="kafka",node="kafka-1"\} [1-9]`,
+		`(?m)^conveyor_transport_bytes_total\{direction="out",launcher="kafka",node="kafka-1"\} [1-9]`,
+		`(?m)^conveyor_plugin_restarts_total\{plugin="kafka"\} 0$`,
+		`(?m)^conveyor_queue_length 0$`,
+	} {
+		if !regexp.MustCompile(re).Match(body) {
+			t.Errorf("/metrics (%d) lacks %s", resp.StatusCode, re)
+		}
 	}
 	log := c.ServerLog()
 	for what, s := range map[string]string{"API token": c.Token, "node secret": secret} {
