@@ -91,6 +91,7 @@ const (
 	CheckRoundTrip     = "frame-round-trip"
 	CheckTeardown      = "teardown"
 	CheckRelaunch      = "relaunch"
+	CheckLinkStats     = "link-stats"
 	CheckPurge         = "purge"
 	CheckCommands      = "commands"
 	CheckKill          = "kill"
@@ -149,6 +150,7 @@ func Check(ctx context.Context, opts Options) []Result {
 		{CheckRoundTrip, k.roundTrip},
 		{CheckTeardown, k.teardown},
 		{CheckRelaunch, k.relaunch},
+		{CheckLinkStats, k.linkStats},
 		{CheckPurge, k.purge},
 		{CheckKill, k.kill},
 	}
@@ -395,6 +397,36 @@ func (k *kit) relaunch(ctx context.Context) error {
 		return fmt.Errorf("launch after teardown: %w", err)
 	}
 	return pingPong(ctx, k.conn, 1)
+}
+
+// linkStats checks a plugin with the stats capability: the relaunched
+// node's link is connected since a moment in the past, its topics name a
+// direction each and their lag is known or -1. Plugins without the
+// capability must answer launcher.ErrNoStats.
+func (k *kit) linkStats(ctx context.Context) error {
+	ls, ok := k.proc.Launcher.(launcher.LinkStater)
+	if !ok {
+		return errors.New("host client does not expose LinkStats")
+	}
+	st, err := ls.LinkStats(ctx, k.opts.NodeName)
+	if !k.proc.Info.Has(launcher.CapStats) {
+		if !errors.Is(err, launcher.ErrNoStats) {
+			return fmt.Errorf("LinkStats without the %q capability: %v, want ErrNoStats", launcher.CapStats, err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("link stats of a launched node: %w", err)
+	}
+	if !st.Connected || st.Since.IsZero() || st.Since.After(time.Now()) || st.Reconnects < 0 {
+		return fmt.Errorf("link stats of a launched node: connected %v since %v, reconnects %d", st.Connected, st.Since, st.Reconnects)
+	}
+	for _, t := range st.Topics {
+		if t.Name == "" || (t.Direction != launcher.ToAgent && t.Direction != launcher.ToMaster) || t.Lag < -1 {
+			return fmt.Errorf("link stats: bad topic %+v", t)
+		}
+	}
+	return nil
 }
 
 // purge checks a plugin with the purge capability: purging a torn-down
