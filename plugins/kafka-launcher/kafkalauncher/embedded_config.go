@@ -108,14 +108,31 @@ func checkEmbeddedAddr(addr string, secured bool) string {
 }
 
 // agentSASL returns the SASL mechanism and user the agent of node
-// connects with: its own user when the embedded broker has agent users,
-// else the launcher's sasl block's; ok is false without SASL.
+// connects with, never the master's: on the embedded broker, the node's
+// own user (agent users are named after their nodes) in the embedded sasl
+// block's mechanism; on an external cluster, agentUser in the mechanism of
+// the launcher's sasl block. ok is false when the brokers take no SASL.
 func (s *settings) agentSASL(node string) (mechanism, user string, ok bool) {
-	if s.embedded && len(s.embeddedAddr.users) > 0 {
-		return s.embeddedAddr.mechanism, node, true
+	master := s.transport.SASL
+	if master == nil {
+		return "", "", false
 	}
-	if a := s.transport.SASL; a != nil {
-		return a.Mechanism, a.Username, true
+	if s.embedded {
+		mechanism = s.embeddedAddr.mechanism
+		if mechanism == "" {
+			mechanism = DefaultAgentMechanism
+		}
+		return mechanism, node, true
 	}
-	return "", "", false
+	return master.Mechanism, agentUser(node), true
+}
+
+// agentNeedsCert reports whether the brokers ask the agents for a client
+// certificate: the embedded broker with embedded.tls.client_ca_file, an
+// external cluster when the master itself presents one (tls.cert_file).
+func (s *settings) agentNeedsCert() bool {
+	if s.embedded {
+		return s.embeddedAddr.tls != nil && s.embeddedAddr.tls.clientCAs != nil
+	}
+	return s.transport.TLS != nil && s.transport.TLS.CertFile != ""
 }

@@ -46,12 +46,15 @@ var Version = "0.1.0"
 // AgentWorkdir is the agent work directory in the command NodeSecret returns.
 const AgentWorkdir = "/var/lib/conveyor-agent"
 
-// Files the agent command refers to, relative to the agent's working
-// directory: the operator writes the node secret and the SASL password
-// there.
+// Files the agent command refers to, relative to the directory the agent
+// starts in: the operator writes there the node secret, the password of
+// the node's own Kafka user and, where the brokers require client
+// certificates, the agent's own certificate and key (never the master's).
 const (
 	AgentSecretFile       = "secret"
 	AgentSASLPasswordFile = "sasl-password"
+	AgentTLSCertFile      = "agent.pem"
+	AgentTLSKeyFile       = "agent-key.pem"
 )
 
 // Launcher is the Kafka launcher. It implements launcher.Launcher,
@@ -344,7 +347,7 @@ func (l *Launcher) Purge(ctx context.Context, node string) error {
 
 // NodeSecret implements launcher.SecretManager: the node's secret is
 // HMAC-SHA256(master key, node name); the command starts conveyor-agent
-// against the configured cluster.
+// against the configured cluster with the node's own Kafka identity.
 func (l *Launcher) NodeSecret(_ context.Context, node string) (*launcher.NodeSecret, error) {
 	if node == "" {
 		return nil, errors.New("node secret: empty node name")
@@ -353,33 +356,52 @@ func (l *Launcher) NodeSecret(_ context.Context, node string) (*launcher.NodeSec
 	if err != nil {
 		return nil, err
 	}
+	if set.embedded && set.transport.SASL != nil {
+		if _, ok := set.embeddedAddr.users[node]; !ok {
+			l.log.Warn("the embedded broker has no Kafka user for this node: its agent cannot connect until embedded.sasl.users names it", "node", node)
+		}
+	}
 	return &launcher.NodeSecret{Secret: nodeSecret(key, node), AgentCommand: agentCommand(set, node)}, nil
 }
 
-// agentCommand is the conveyor-agent command line for node.
+// agentCommand is the conveyor-agent command line for node. It names the
+// node's own Kafka identity, never the master's (on the embedded broker a
+// superuser): the SASL user of agentSASL, its password in
+// AgentSASLPasswordFile, and where the brokers require client
+// certificates the agent's own in AgentTLSCertFile and AgentTLSKeyFile.
+// Of the launcher's tls block only what the agent shares with the master
+// appears: the CA that signed the brokers' certificates.
 func agentCommand(set *settings, node string) []string {
 	cmd := []string{"conveyor-agent", "-name", node, "-secret-file", AgentSecretFile, "-brokers", strings.Join(set.transport.Brokers, ",")}
 	if p := set.transport.TopicPrefix; p != "" && p != kafkatransport.DefaultTopicPrefix {
 		cmd = append(cmd, "-topic-prefix", p)
 	}
 	if t := set.transport.TLS; t != nil {
+		cert := set.agentNeedsCert()
 		if t.CAFile != "" {
 			cmd = append(cmd, "-tls-ca", t.CAFile)
 		}
-		if t.CertFile != "" {
-			cmd = append(cmd, "-tls-cert", t.CertFile, "-tls-key", t.KeyFile)
+		if cert {
+			cmd = append(cmd, "-tls-cert", AgentTLSCertFile, "-tls-key", AgentTLSKeyFile)
 		}
 		if t.InsecureSkipVerify {
 			cmd = append(cmd, "-tls-insecure-skip-verify")
 		}
-		if t.CAFile == "" && t.CertFile == "" && !t.InsecureSkipVerify {
+		if t.CAFile == "" && !cert && !t.InsecureSkipVerify {
 			cmd = append(cmd, "-tls")
 		}
 	}
-	if s := set.transport.SASL; s != nil {
-		cmd = append(cmd, "-sasl-mechanism", s.Mechanism, "-sasl-user", s.Username, "-sasl-password-file", AgentSASLPasswordFile)
+	if mech, user, ok := set.agentSASL(node); ok {
+		cmd = append(cmd, "-sasl-mechanism", mech, "-sasl-user", user, "-sasl-password-file", AgentSASLPasswordFile)
 	}
 	return append(cmd, "-workdir", AgentWorkdir)
+}
+
+// agentUser is the SASL user of node's agent on an external cluster: the
+// user of DefaultAgentPrincipal, the principal `conveyor kafka acls`
+// grants the node's ACLs to by default (conveyor-agent-NODE).
+func agentUser(node string) string {
+	return strings.ReplaceAll(strings.TrimPrefix(DefaultAgentPrincipal, "User:"), nodePlaceholder, node)
 }
 
 // Close closes every connection and stops the embedded broker. The plugin

@@ -116,28 +116,65 @@ func TestMasterKeyAndSecrets(t *testing.T) {
 	}
 }
 
+// TestAgentCommandFlags: the agent command carries the node's own Kafka
+// identity, never the master's: its own SASL user (conveyor-agent-NODE on
+// an external cluster, as `conveyor kafka acls` grants by default; the
+// user named after the node on the embedded broker) and, where the brokers
+// ask for client certificates, its own certificate files; of the master's
+// tls block only the CA.
 func TestAgentCommandFlags(t *testing.T) {
-	set := &settings{transport: kafkatransport.Config{
-		Brokers:     []string{"k1:9093", "k2:9093"},
-		TopicPrefix: "ci.",
-		TLS:         &kafkatransport.TLS{CAFile: "/etc/ca.pem", CertFile: "/etc/c.pem", KeyFile: "/etc/k.pem", InsecureSkipVerify: true},
-		SASL:        &kafkatransport.SASL{Mechanism: "SCRAM-SHA-512", Username: "conveyor", Password: "never-shown"},
-	}}
-	got := agentCommand(set, "n1")
-	want := []string{"conveyor-agent", "-name", "n1", "-secret-file", "secret", "-brokers", "k1:9093,k2:9093",
-		"-topic-prefix", "ci.",
-		"-tls-ca", "/etc/ca.pem", "-tls-cert", "/etc/c.pem", "-tls-key", "/etc/k.pem", "-tls-insecure-skip-verify",
-		"-sasl-mechanism", "SCRAM-SHA-512", "-sasl-user", "conveyor", "-sasl-password-file", "sasl-password",
-		"-workdir", AgentWorkdir}
-	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("got  %q\nwant %q", got, want)
-	}
-	if slices.Contains(got, "never-shown") {
-		t.Fatal("password on the command line")
-	}
-	set.transport.TLS = &kafkatransport.TLS{}
-	if got := agentCommand(set, "n1"); !slices.Contains(got, "-tls") {
-		t.Fatalf("TLS with system roots: %q", got)
+	masterTLS := &kafkatransport.TLS{CAFile: "/etc/ca.pem", CertFile: "/etc/master.pem", KeyFile: "/etc/master-key.pem"}
+	masterSASL := &kafkatransport.SASL{Mechanism: "SCRAM-SHA-256", Username: "conveyor", Password: "never-shown"}
+	withClientCAs := &brokerTLS{clientCAs: x509.NewCertPool()}
+	for _, tc := range []struct {
+		name string
+		set  *settings
+		want []string
+	}{{
+		name: "external cluster with mTLS and SASL",
+		set: &settings{transport: kafkatransport.Config{Brokers: []string{"k1:9093", "k2:9093"}, TopicPrefix: "ci.",
+			TLS: &kafkatransport.TLS{CAFile: "/etc/ca.pem", CertFile: "/etc/master.pem", KeyFile: "/etc/master-key.pem", InsecureSkipVerify: true}, SASL: masterSASL}},
+		want: []string{"conveyor-agent", "-name", "n1", "-secret-file", "secret", "-brokers", "k1:9093,k2:9093",
+			"-topic-prefix", "ci.",
+			"-tls-ca", "/etc/ca.pem", "-tls-cert", "agent.pem", "-tls-key", "agent-key.pem", "-tls-insecure-skip-verify",
+			"-sasl-mechanism", "SCRAM-SHA-256", "-sasl-user", "conveyor-agent-n1", "-sasl-password-file", "sasl-password",
+			"-workdir", AgentWorkdir},
+	}, {
+		name: "external cluster, TLS against the system roots",
+		set:  &settings{transport: kafkatransport.Config{Brokers: []string{"k1:9093"}, TLS: &kafkatransport.TLS{}}},
+		want: []string{"conveyor-agent", "-name", "n1", "-secret-file", "secret", "-brokers", "k1:9093", "-tls", "-workdir", AgentWorkdir},
+	}, {
+		name: "embedded broker with client certificates and agent users",
+		set: &settings{embedded: true, transport: kafkatransport.Config{Brokers: []string{"127.0.0.1:9092"}, TLS: masterTLS, SASL: masterSASL},
+			embeddedAddr: embeddedSpec{tls: withClientCAs, mechanism: "PLAIN", users: map[string]string{"n1": "pw"}, acls: true}},
+		want: []string{"conveyor-agent", "-name", "n1", "-secret-file", "secret", "-brokers", "127.0.0.1:9092",
+			"-tls-ca", "/etc/ca.pem", "-tls-cert", "agent.pem", "-tls-key", "agent-key.pem",
+			"-sasl-mechanism", "PLAIN", "-sasl-user", "n1", "-sasl-password-file", "sasl-password",
+			"-workdir", AgentWorkdir},
+	}, {
+		name: "embedded broker with TLS but no client certificates, master SASL only",
+		set: &settings{embedded: true, transport: kafkatransport.Config{Brokers: []string{"127.0.0.1:9092"}, TLS: masterTLS, SASL: masterSASL},
+			embeddedAddr: embeddedSpec{tls: &brokerTLS{}}},
+		want: []string{"conveyor-agent", "-name", "n1", "-secret-file", "secret", "-brokers", "127.0.0.1:9092",
+			"-tls-ca", "/etc/ca.pem",
+			"-sasl-mechanism", DefaultAgentMechanism, "-sasl-user", "n1", "-sasl-password-file", "sasl-password",
+			"-workdir", AgentWorkdir},
+	}, {
+		name: "embedded broker, plaintext",
+		set:  &settings{embedded: true, transport: kafkatransport.Config{Brokers: []string{"127.0.0.1:9092"}}},
+		want: []string{"conveyor-agent", "-name", "n1", "-secret-file", "secret", "-brokers", "127.0.0.1:9092", "-workdir", AgentWorkdir},
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := agentCommand(tc.set, "n1")
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("got  %q\nwant %q", got, tc.want)
+			}
+			for _, master := range []string{"never-shown", "conveyor", "/etc/master.pem", "/etc/master-key.pem"} {
+				if slices.Contains(got, master) {
+					t.Fatalf("the master's %q on the agent's command line: %q", master, got)
+				}
+			}
+		})
 	}
 }
 
