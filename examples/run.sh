@@ -57,8 +57,9 @@ and ACL settings). In another terminal:
   ./bin/conveyor build -follow hello
   ./bin/conveyor build -follow multi-step
   ./bin/conveyor build -follow failing       # exits 1
-  ./bin/conveyor build -follow long          # Ctrl-C stops following; cancel with:
-  curl -X POST -H "Authorization: Bearer \$CONVEYOR_TOKEN" $CONVEYOR_ADDR/v1/jobs/long/builds/1/cancel
+  ./bin/conveyor build -follow long          # prints "Build long#N queued"; Ctrl-C stops
+                                             # following, and this cancels build N:
+  curl -X POST -H "Authorization: Bearer \$CONVEYOR_TOKEN" $CONVEYOR_ADDR/v1/jobs/long/builds/N/cancel
   ./bin/conveyor build -follow big-output | tail -n 3
   ./bin/conveyor secret kafka-1
 
