@@ -226,28 +226,37 @@ func resumeCase(t *testing.T, opts cluster.Options, fault func(c *cluster.Cluste
 		strings.Count(c.ServerLog(), "the agent resumed its session"))
 }
 
-// TestAgentLinkCut: the agent's Kafka connections are cut (the plugin's
-// are not) for longer than the heartbeat timeout; the node shows
-// unreachable, the build is held, and once the link heals the agent
-// resumes its session and the build ends in success with its whole log.
-func TestAgentLinkCut(t *testing.T) {
-	broker := faultproxy.StartBroker(t, t.TempDir())
-	proxy := broker.Proxy()
-	resumeCase(t, cluster.Options{KafkaBrokers: []string{broker.Addr()}},
-		func(c *cluster.Cluster) {
-			if proxy.Counts(agents).Forwarded == 0 || proxy.Counts(faultproxy.Prefix("conveyor-master")).Forwarded == 0 {
-				t.Fatalf("the agent and the plugin must talk through the proxy: %+v", proxy.Stats())
-			}
-			proxy.Cut(agents)
-			c.WaitFor("node k1 to show unreachable", stateGuard, func() bool { return c.Node("k1").State == nodes.StateUnreachable })
-			if proxy.Counts(agents).Cut == 0 {
-				t.Fatalf("the cut closed no agent connection: %+v", proxy.Stats())
-			}
-		},
-		func(c *cluster.Cluster, since time.Time) {
-			proxy.Heal()
-			waitState(c, "k1", nodes.StateOnline, since)
+// TestLinkCut: one side's Kafka connections are cut (the other side's are
+// not) for longer than the heartbeat timeout: the agent's, or the plugin's
+// on the master's side. The node shows unreachable, the build is held, and
+// once the link heals the session resumes and the build ends in success
+// with its whole log.
+func TestLinkCut(t *testing.T) {
+	master := faultproxy.Prefix("conveyor-master")
+	for _, tc := range []struct {
+		name string
+		cut  faultproxy.Match
+	}{{"agent", agents}, {"master", master}} {
+		t.Run(tc.name, func(t *testing.T) {
+			broker := faultproxy.StartBroker(t, t.TempDir())
+			proxy := broker.Proxy()
+			resumeCase(t, cluster.Options{KafkaBrokers: []string{broker.Addr()}},
+				func(c *cluster.Cluster) {
+					if proxy.Counts(agents).Forwarded == 0 || proxy.Counts(master).Forwarded == 0 {
+						t.Fatalf("the agent and the plugin must talk through the proxy: %+v", proxy.Stats())
+					}
+					proxy.Cut(tc.cut)
+					c.WaitFor("node k1 to show unreachable", stateGuard, func() bool { return c.Node("k1").State == nodes.StateUnreachable })
+					if proxy.Counts(tc.cut).Cut == 0 {
+						t.Fatalf("the cut closed no %s connection: %+v", tc.name, proxy.Stats())
+					}
+				},
+				func(c *cluster.Cluster, since time.Time) {
+					proxy.Heal()
+					waitState(c, "k1", nodes.StateOnline, since)
+				})
 		})
+	}
 }
 
 // TestBrokerRestart: the external broker stops mid-build, stays down until
