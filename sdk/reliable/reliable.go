@@ -26,7 +26,7 @@ import (
 func Sequenced(t wire.Type) bool {
 	switch t {
 	case wire.TypeRunStep, wire.TypeStdin, wire.TypeOutput, wire.TypeExit,
-		wire.TypeCancel, wire.TypeFileChunk, wire.TypeClose:
+		wire.TypeCancel, wire.TypeFileChunk, wire.TypeClose, wire.TypeCollect:
 		return true
 	}
 	return false

@@ -44,6 +44,8 @@ func newMessage(t Type) Message {
 		return new(Ack)
 	case TypeClose:
 		return new(Close)
+	case TypeCollect:
+		return new(Collect)
 	}
 	return nil
 }
@@ -197,7 +199,10 @@ func (m *RunStep) decodeBody(d *decoder) error {
 	return d.finish()
 }
 
-// Stdin carries standard input for a running build.
+// Stdin carries standard input for a build's step. The first Stdin frame
+// of a step comes before its RunStep: it tells the agent to give the step
+// a pipe as standard input instead of /dev/null. The others follow the
+// RunStep; the last one has EOF set, and the agent then closes the pipe.
 type Stdin struct {
 	BuildID string // build identifier
 	Data    []byte // input bytes; empty decodes as nil
@@ -337,7 +342,9 @@ func (m *Pong) decodeBody(d *decoder) error {
 	return d.finish()
 }
 
-// FileChunk carries part of a file.
+// FileChunk carries part of a file: the agent sends the files a Collect
+// asked for as consecutive chunks, each file's from offset 0 up to the one
+// with Final set.
 type FileChunk struct {
 	BuildID string // build identifier
 	Path    string // slash-separated file path
@@ -401,5 +408,48 @@ func (m *Close) appendBody(b []byte) []byte {
 
 func (m *Close) decodeBody(d *decoder) error {
 	m.Reason = d.string("Reason")
+	return d.finish()
+}
+
+// Collect asks the agent to send the files of a build's workspace that
+// match Patterns, each as FileChunk frames, then to report the end with
+// an Exit carrying StepIndex: code 0 when every pattern matched and every
+// matching file was sent, 1 when some pattern matched nothing, 2 when a
+// matching file could not be sent (it leads outside the workspace, or
+// cannot be read); Error then says what, and Output frames on stderr (with
+// StepIndex) say it in the build's log. A Cancel of the build stops it.
+type Collect struct {
+	BuildID   string   // build identifier
+	StepIndex uint32   // index the collection reports under: after the build's steps
+	Workdir   string   // the build's workspace, relative to the agent's workdir (as in RunStep)
+	Patterns  []string // slash-separated glob patterns relative to Workdir; "**" matches any number of directories; empty decodes as nil
+}
+
+// Type returns TypeCollect.
+func (*Collect) Type() Type { return TypeCollect }
+
+func (m *Collect) appendBody(b []byte) []byte {
+	b = appendString(b, m.BuildID)
+	b = appendUvarint(b, uint64(m.StepIndex))
+	b = appendString(b, m.Workdir)
+	b = appendUvarint(b, uint64(len(m.Patterns)))
+	for _, p := range m.Patterns {
+		b = appendString(b, p)
+	}
+	return b
+}
+
+func (m *Collect) decodeBody(d *decoder) error {
+	m.BuildID = d.string("BuildID")
+	m.StepIndex = d.uint32("StepIndex")
+	m.Workdir = d.string("Workdir")
+	m.Patterns = nil
+	// Each pattern takes at least one byte (its length).
+	if n := d.length("Patterns", 1); n > 0 {
+		m.Patterns = make([]string, n)
+		for i := range m.Patterns {
+			m.Patterns[i] = d.string("Patterns")
+		}
+	}
 	return d.finish()
 }

@@ -132,6 +132,10 @@ const (
 	TypeAck
 	// TypeClose announces an orderly end of the session.
 	TypeClose
+	// TypeCollect asks the agent to send a build's files (artifacts) as
+	// FileChunk frames. New in this protocol revision: only sent to agents
+	// that announce FeatureCollect in their Hello.
+	TypeCollect
 )
 
 var typeNames = [...]string{
@@ -149,6 +153,7 @@ var typeNames = [...]string{
 	TypeFileChunk:  "FileChunk",
 	TypeAck:        "Ack",
 	TypeClose:      "Close",
+	TypeCollect:    "Collect",
 }
 
 // String returns the name of the message type, such as "Hello", or
@@ -163,7 +168,7 @@ func (t Type) String() string {
 // Known reports whether t is a message type defined by this protocol
 // version.
 func (t Type) Known() bool {
-	return t >= TypeHello && t <= TypeClose
+	return t >= TypeHello && t <= TypeCollect
 }
 
 // IsControl reports whether frames of type t are priority control frames

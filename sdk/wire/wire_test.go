@@ -87,6 +87,10 @@ func messageCases() []messageCase {
 		{name: "Ack/max", in: &Ack{Seq: math.MaxUint64}},
 		{name: "Close/zero", in: &Close{}},
 		{name: "Close/full", in: &Close{Reason: "shutting down"}},
+		{name: "Collect/zero", in: &Collect{}},
+		{name: "Collect/full", in: &Collect{BuildID: "app#7", StepIndex: 3, Workdir: "app/7",
+			Patterns: []string{"dist/*.tar.gz", "**/report.xml", "", invalidUTF8, long}}},
+		{name: "Collect/empty-patterns", in: &Collect{BuildID: "b", Patterns: []string{}}, want: &Collect{BuildID: "b"}},
 	}
 }
 
@@ -95,7 +99,7 @@ func TestMessageCasesCoverAllTypes(t *testing.T) {
 	for _, c := range messageCases() {
 		seen[c.in.Type()] = true
 	}
-	for typ := TypeHello; typ <= TypeClose; typ++ {
+	for typ := TypeHello; typ <= TypeCollect; typ++ {
 		if !seen[typ] {
 			t.Errorf("no round-trip case for %v", typ)
 		}
@@ -315,7 +319,7 @@ func TestRejects(t *testing.T) {
 		{"bad version 0", patch(valid, 4, 0), ErrVersion},
 		{"bad version 2", patch(valid, 4, 2), ErrVersion},
 		{"unknown type 0", patch(valid, 5, 0), ErrUnknownType},
-		{"unknown type 15", patch(valid, 5, 15), ErrUnknownType},
+		{"unknown type 16", patch(valid, 5, 16), ErrUnknownType},
 		{"unknown type 255", patch(valid, 5, 255), ErrUnknownType},
 		{"reserved flag bit 2", patch(valid, 6, 1<<2), ErrMalformed},
 		{"reserved flag bit 7", patch(valid, 6, 1<<7), ErrMalformed},
@@ -614,7 +618,7 @@ func TestTypeMethods(t *testing.T) {
 	names := map[string]bool{}
 	for i := range 256 {
 		typ := Type(i)
-		known := i >= 1 && i <= 14
+		known := i >= 1 && i <= 15
 		if typ.Known() != known {
 			t.Errorf("%d.Known() = %v", i, typ.Known())
 		}
@@ -634,7 +638,7 @@ func TestTypeMethods(t *testing.T) {
 		}
 	}
 	// The numbers are part of the protocol.
-	if TypeHello != 1 || TypeOutput != 7 || TypeClose != 14 {
+	if TypeHello != 1 || TypeOutput != 7 || TypeClose != 14 || TypeCollect != 15 {
 		t.Errorf("type numbers changed")
 	}
 	if got := TypeFileChunk.String(); got != "FileChunk" {
