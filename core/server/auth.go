@@ -1,6 +1,8 @@
 package server
 
 import (
+	"context"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -10,9 +12,13 @@ import (
 	"io"
 	"io/fs"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/conveyor-ci/conveyor/core/config"
 )
@@ -34,16 +40,34 @@ const (
 	write
 )
 
-// authenticator checks the bearer token of API requests.
+// authenticator checks the bearer token of API requests and the session
+// cookie of the web UI's.
 type authenticator struct {
 	// sum is the SHA-256 of the token: requests are compared against it
 	// in constant time, whatever their length.
 	sum        [sha256.Size]byte
 	publicRead bool
+	// sessionKey signs the UI's session cookies and derives their CSRF
+	// tokens: HMAC-SHA256 of a random key of this server run under the
+	// API token, so a restart or a new token signs every browser out.
+	sessionKey []byte
+	// now is the clock of session expiry (time.Now; tests move it).
+	now func() time.Time
+
+	mu sync.Mutex
+	// revoked holds the sessions signed out before they expire, with
+	// their expiry, after which they are dropped from it.
+	revoked map[string]time.Time
 }
 
 func newAuthenticator(token string, publicRead bool) *authenticator {
-	return &authenticator{sum: sha256.Sum256([]byte(token)), publicRead: publicRead}
+	run := make([]byte, 32)
+	_, _ = rand.Read(run) // crypto/rand.Read never fails
+	mac := hmac.New(sha256.New, []byte(token))
+	mac.Write([]byte("conveyor ui session key\x00"))
+	mac.Write(run)
+	return &authenticator{sum: sha256.Sum256([]byte(token)), publicRead: publicRead,
+		sessionKey: mac.Sum(nil), now: time.Now, revoked: map[string]time.Time{}}
 }
 
 // wrap guards h with the token check that level requires.
@@ -73,6 +97,156 @@ func (a *authenticator) wrap(level access, h http.HandlerFunc) http.HandlerFunc 
 func (a *authenticator) valid(tok string) bool {
 	sum := sha256.Sum256([]byte(tok))
 	return subtle.ConstantTimeCompare(sum[:], a.sum[:]) == 1
+}
+
+// UI sessions: a browser proves once, on the login page, that its user
+// holds the API token and gets a session cookie instead. The cookie holds
+// a random session id, its expiry and an HMAC of both under sessionKey:
+// neither the token nor anything that works as a bearer token.
+const (
+	// sessionCookie is the session cookie's name.
+	sessionCookie = "conveyor_session"
+	// sessionTTL is how long a UI session lasts.
+	sessionTTL = 12 * time.Hour
+	// csrfField is the form field carrying the CSRF token.
+	csrfField = "csrf"
+)
+
+// uiSession is a signed-in browser.
+type uiSession struct {
+	id      string
+	expires time.Time
+}
+
+type sessionCtxKey struct{}
+
+// sessionOf is the UI session of a request that carried a valid one.
+func sessionOf(ctx context.Context) (uiSession, bool) {
+	s, ok := ctx.Value(sessionCtxKey{}).(uiSession)
+	return s, ok
+}
+
+// mac is HMAC-SHA256 under the session key of the parts, each labelled by
+// its use so that no value serves for another.
+func (a *authenticator) mac(use string, parts ...string) []byte {
+	m := hmac.New(sha256.New, a.sessionKey)
+	m.Write([]byte(use))
+	for _, p := range parts {
+		m.Write([]byte{0})
+		m.Write([]byte(p))
+	}
+	return m.Sum(nil)
+}
+
+// newSession starts a UI session and returns it with its cookie value.
+func (a *authenticator) newSession() (uiSession, string) {
+	var raw [16]byte
+	_, _ = rand.Read(raw[:])
+	s := uiSession{id: hex.EncodeToString(raw[:]), expires: a.now().Add(sessionTTL).Truncate(time.Second)}
+	exp := strconv.FormatInt(s.expires.Unix(), 10)
+	return s, s.id + "." + exp + "." + hex.EncodeToString(a.mac("session", s.id, exp))
+}
+
+// session returns the valid, unexpired and not revoked session of r's
+// cookie.
+func (a *authenticator) session(r *http.Request) (uiSession, bool) {
+	c, err := r.Cookie(sessionCookie)
+	if err != nil {
+		return uiSession{}, false
+	}
+	id, rest, _ := strings.Cut(c.Value, ".")
+	exp, sig, _ := strings.Cut(rest, ".")
+	got, err := hex.DecodeString(sig)
+	if err != nil || !hmac.Equal(got, a.mac("session", id, exp)) {
+		return uiSession{}, false
+	}
+	unix, err := strconv.ParseInt(exp, 10, 64)
+	if err != nil {
+		return uiSession{}, false
+	}
+	s := uiSession{id: id, expires: time.Unix(unix, 0)}
+	if !a.now().Before(s.expires) {
+		return uiSession{}, false
+	}
+	a.mu.Lock()
+	_, revoked := a.revoked[id]
+	a.mu.Unlock()
+	return s, !revoked
+}
+
+// revoke signs session s out for good.
+func (a *authenticator) revoke(s uiSession) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := a.now()
+	for id, exp := range a.revoked {
+		if !now.Before(exp) {
+			delete(a.revoked, id)
+		}
+	}
+	a.revoked[s.id] = s.expires
+}
+
+// csrf is session s's CSRF token, which every state-changing UI request
+// carries in its csrfField form field.
+func (a *authenticator) csrf(s uiSession) string {
+	return hex.EncodeToString(a.mac("csrf", s.id))
+}
+
+// validCSRF reports whether r carries s's CSRF token.
+func (a *authenticator) validCSRF(r *http.Request, s uiSession) bool {
+	got, err := hex.DecodeString(r.PostFormValue(csrfField))
+	want := a.mac("csrf", s.id)
+	return err == nil && hmac.Equal(got, want)
+}
+
+// sameOrigin reports whether a state-changing request comes from a page
+// of this server: browsers send Origin with every POST, and one naming
+// another site is refused even with a valid session (a second line of
+// defence behind SameSite=Strict and the CSRF token).
+func sameOrigin(r *http.Request) bool {
+	o := r.Header.Get("Origin")
+	if o == "" {
+		return true // not a browser, or a browser that sends none: the CSRF token decides
+	}
+	u, err := url.Parse(o)
+	return err == nil && u.Host == r.Host
+}
+
+// wrapUI guards a web UI handler. Pages (read) show to a signed-in
+// browser, or to anyone with public_read; the rest (write) needs a
+// session, and its POSTs the session's CSRF token as well. A browser
+// without a session that asks for a page is sent to the login page; a
+// script gets 401.
+func (a *authenticator) wrapUI(level access, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		safe := r.Method == http.MethodGet || r.Method == http.MethodHead
+		if !safe {
+			if !sameOrigin(r) {
+				http.Error(w, "cross-origin request refused", http.StatusForbidden)
+				return
+			}
+			r.Body = http.MaxBytesReader(w, r.Body, 1<<20)
+		}
+		s, signedIn := a.session(r)
+		if signedIn {
+			r = r.WithContext(context.WithValue(r.Context(), sessionCtxKey{}, s))
+		}
+		switch {
+		case level == open, level == read && (signedIn || a.publicRead):
+		case signedIn && (safe || a.validCSRF(r, s)):
+		case signedIn:
+			http.Error(w, "this form is missing its CSRF token or holds a stale one: reload the page and try again", http.StatusForbidden)
+			return
+		case safe && strings.Contains(r.Header.Get("Accept"), "text/html"):
+			http.Redirect(w, r, "/ui/login?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
+			return
+		default:
+			http.Error(w, "sign in first", http.StatusUnauthorized)
+			return
+		}
+		h(w, r)
+	}
 }
 
 // bearer returns the token of the request's Authorization header.

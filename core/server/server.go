@@ -165,6 +165,7 @@ func (s *Server) routes() http.Handler {
 		writeJSON(w, http.StatusOK, s.pluginStatus())
 	})
 	s.apiRoutes(rt)
+	s.uiRoutes(rt)
 	return rt.mux
 }
 
