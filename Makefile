@@ -12,7 +12,7 @@ FUZZ_DECODE ?= 400000x
 FUZZ_LOAD   ?= 20000x
 PROTOC  ?= protoc
 
-.PHONY: all build run test fuzz bench proto lint clean
+.PHONY: all build run test fuzz bench proto lint clean docker-up docker-down
 
 all: build
 
@@ -28,6 +28,24 @@ build:
 # jobs of examples/config.hcl. Ctrl-C stops everything.
 run: build
 	examples/run.sh
+
+# The Docker demo (docker/): a real Kafka broker with SSL and SASL/SCRAM,
+# the master, two Kafka agents and an SSH agent; needs Docker with compose.
+COMPOSE ?= docker compose -f docker/docker-compose.yml
+
+docker-up:
+	$(COMPOSE) up -d --build
+	@echo
+	@echo "Conveyor: http://127.0.0.1:8080   Kafka UI: http://127.0.0.1:9000"
+	@echo "  export CONVEYOR_ADDR=http://127.0.0.1:8080"
+	@echo "  export CONVEYOR_TOKEN=\$$($(COMPOSE) run --rm -T --no-deps --entrypoint cat setup /var/lib/conveyor/api-token)"
+	@echo "  ./bin/conveyor nodes; ./bin/conveyor build -follow over-kafka   # make build first"
+	@echo "or inside the master's container:"
+	@echo "  $(COMPOSE) exec conveyor conveyor nodes -token-file /var/lib/conveyor/api-token -address http://127.0.0.1:8080"
+	@echo "Logs: $(COMPOSE) logs -f conveyor.  Stop: make docker-down (keeps the volumes)."
+
+docker-down:
+	$(COMPOSE) down
 
 test: lint
 	$(GO) test -count=1 -timeout 15m $(PKGS)
