@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := $(CURDIR)/bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/conveyor-ci/conveyor/core/version.Version=$(VERSION)
-MODULES := agent core plugins/kafka-launcher plugins/ssh-launcher sdk
+MODULES := agent bench core plugins/kafka-launcher plugins/ssh-launcher sdk
 PKGS    := $(addprefix ./,$(addsuffix /...,$(MODULES)))
 # Execution counts, not durations: a -fuzztime duration races Go's fuzz
 # coordinator (golang/go#75804, fixed in Go 1.27) and fails with a bare
@@ -56,8 +56,18 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZ_DECODE) ./sdk/wire
 	$(GO) test -run='^$$' -fuzz='^FuzzLoad$$' -fuzztime=$(FUZZ_LOAD) ./core/config
 
-bench:
+# The Go micro-benchmarks, then conveyor-bench: Kafka, SSH and local side by
+# side with kcat and ssh cat, PASS/FAIL per target, written to
+# docs/PERFORMANCE.md. A quick smoke run:
+#   make bench BENCH_FLAGS="-size 16MiB -runs 100 -agents 100"
+BENCH_FLAGS ?=
+bench: build
+	@command -v kcat >/dev/null || apt-get install -y kcat || (apt-get update && apt-get install -y kcat)
+	@{ test -x /usr/sbin/sshd && command -v ssh >/dev/null; } || apt-get install -y openssh-server openssh-client || \
+		(apt-get update && apt-get install -y openssh-server openssh-client)
 	$(GO) test -run='^$$' -bench=. -benchmem $(PKGS)
+	$(GO) build -o $(BIN)/conveyor-bench ./bench/cmd/conveyor-bench
+	$(BIN)/conveyor-bench -bin $(BIN) -out docs/PERFORMANCE.md $(BENCH_FLAGS)
 
 # Regenerates the committed gRPC code (needs protoc from Debian's
 # protobuf-compiler; the Go generators are installed on demand).
