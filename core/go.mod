@@ -3,6 +3,7 @@ module github.com/conveyor-ci/conveyor/core
 go 1.26.8
 
 require (
+	github.com/chromedp/chromedp v0.23.0
 	github.com/conveyor-ci/conveyor/sdk v0.0.0-00010101000000-000000000000
 	github.com/hashicorp/go-hclog v1.6.3
 	github.com/hashicorp/hcl/v2 v2.25.0
@@ -16,7 +17,6 @@ require (
 
 require (
 	github.com/chromedp/cdproto v0.159.0 // indirect
-	github.com/chromedp/chromedp v0.23.0 // indirect
 	github.com/go-json-experiment/json v0.0.0-20260213210345-44df1a37e875 // indirect
 )
 

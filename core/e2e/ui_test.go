@@ -1,0 +1,252 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"image/png"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/conveyor-ci/conveyor/core/e2e/cluster"
+)
+
+// screenshot is where TestWebUI keeps its screenshot of a finished build:
+// written when missing or with CONVEYOR_UPDATE_SCREENSHOT=1 (so that a
+// test run leaves the checkout alone), and always into the test's
+// artifact directory (go test -artifacts).
+const screenshot = "testdata/ui-build.png"
+
+const uiNodes = `
+node "ui-1" {
+  launcher = "kafka"
+  labels   = ["linux"]
+  kafka {}
+}
+`
+
+// uiJob prints its parameter, colours and a line of HTML, then waits for
+// the test's gate file before a burst of output, so the test sees the build
+// running in the page before it lets it finish.
+func uiJob(gate string) string {
+	return `
+job "ui-demo" {
+  labels = ["linux"]
+  step "greet" {
+    run = "echo \"greeting=$GREETING\"; printf '\\033[1;31mred bold\\033[0m plain \\033[38;5;208morange\\033[0m\\n'; echo '<b>bold</b><script>window.pwned=1</script>'"
+  }
+  step "burst" {
+    run = ` + cluster.HCLString("while [ ! -e '"+gate+"' ]; do sleep 0.05; done; seq 1 20000; echo all-done") + `
+  }
+}
+`
+}
+
+// TestWebUI drives the web UI in headless Chromium against a real server
+// with a Kafka agent: sign in with the token, see the node online and its
+// connect command, trigger a build with a parameter from the job's form,
+// follow its live log to the end, and look at the transport page.
+func TestWebUI(t *testing.T) {
+	browser, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Fatalf("the web UI test needs Debian's chromium (apt-get install chromium; .ci/run installs it): %v", err)
+	}
+	gate := filepath.Join(t.TempDir(), "gate")
+	c := start(t, uiNodes, uiJob(gate))
+	secret := c.Secret("ui-1")
+	c.StartAgent("ui-1", secret)
+	c.WaitOnline("ui-1")
+	base := "http://" + c.HTTPAddr
+
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(browser), chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
+		chromedp.NoDefaultBrowserCheck, chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1280, 1000),
+		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-dev-shm-usage", true), chromedp.Flag("disable-extensions", true),
+	}
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancelAlloc()
+	bctx, cancelBrowser := chromedp.NewContext(actx)
+	defer cancelBrowser()
+	// Every script error or console error of the pages fails the test
+	// (a CSP violation is one).
+	var mu sync.Mutex
+	var problems []string
+	messages := chromedp.Console(bctx)
+	go func() {
+		for m, err := range messages {
+			if err != nil {
+				return
+			}
+			if m.IsException() || m.Type == chromedp.ConsoleError {
+				mu.Lock()
+				problems = append(problems, m.String()+" at "+m.URL)
+				mu.Unlock()
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(bctx, 2*time.Minute)
+	defer cancel()
+	do := func(what string, steps ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		if err := chromedp.Do(ctx, steps...); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	eval := func(what, js string) string {
+		t.Helper()
+		v, err := chromedp.Run(ctx, chromedp.Evaluate[string](js))
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		return v
+	}
+
+	// A page sends an anonymous browser to the login page.
+	do("sign in",
+		chromedp.Navigate(base+"/ui/nodes"),
+		chromedp.WaitVisible(chromedp.ID("token")),
+		chromedp.SendKeys(chromedp.ID("token"), c.Token),
+		chromedp.Click(chromedp.ID("login-submit")),
+		chromedp.WaitVisible(chromedp.CSS(`#node-ui-1[data-state="online"]`)),
+	)
+	do("show the connect command",
+		chromedp.Click(chromedp.CSS(`[data-connect="ui-1"]`)),
+		chromedp.Poll[chromedp.Void](`document.getElementById('connect-cmd').textContent.includes('conveyor-agent')`),
+	)
+	if cmd := eval("read the connect command", `document.getElementById('connect-cmd').textContent`); !strings.Contains(cmd, "echo "+secret+" > ") ||
+		!strings.Contains(cmd, "-name ui-1") || !strings.Contains(cmd, c.KafkaAddr) {
+		t.Errorf("connect command %q lacks the secret, the node or the broker", cmd)
+	}
+
+	do("trigger a build with a parameter",
+		chromedp.Navigate(base+"/ui/jobs/ui-demo"),
+		chromedp.WaitVisible(chromedp.CSS(`#trigger-form input[name="key"]`)),
+		chromedp.SendKeys(chromedp.CSS(`#trigger-form input[name="key"]`), "GREETING"),
+		chromedp.SendKeys(chromedp.CSS(`#trigger-form input[name="value"]`), "hello-from-the-browser"),
+		chromedp.Click(chromedp.ID("trigger-submit")),
+		chromedp.WaitVisible(chromedp.ID("log")),
+	)
+	// The first step's output streams in while the build waits for the
+	// gate: the page shows a live log of a running build.
+	do("see the live log",
+		chromedp.Poll[chromedp.Void](`document.getElementById('log').textContent.includes('window.pwned=1')`),
+	)
+	if st := eval("build status", `document.querySelector('[data-build-status]').dataset.buildStatus`); st != "running" {
+		t.Errorf("status %q while the build waits for its gate, want running", st)
+	}
+	if err := os.WriteFile(gate, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	do("follow the log to the end", chromedp.WaitVisible(chromedp.ID("log-end")))
+
+	type logView struct {
+		Text, End, Status, Orange string
+		Bold, Script, Pwned, Red  bool
+	}
+	got, err := chromedp.Run(ctx, chromedp.Evaluate[logView](`(() => {
+		const log = document.getElementById('log');
+		const orange = [...log.querySelectorAll('span')].find(s => s.textContent === 'orange');
+		return {
+			Text: log.textContent,
+			End: document.getElementById('log-end').textContent,
+			Status: document.querySelector('[data-build-status]').dataset.buildStatus,
+			Orange: orange ? orange.style.color : '',
+			Bold: log.querySelector('b') !== null,
+			Script: log.querySelector('script') !== null,
+			Pwned: typeof window.pwned !== 'undefined',
+			Red: [...log.querySelectorAll('span.ansi-fg-1.ansi-bold')].some(s => s.textContent === 'red bold'),
+		};
+	})()`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Status != "success" || got.End != "Build finished: success" {
+		t.Errorf("final status %q, %q; want success", got.Status, got.End)
+	}
+	if !strings.Contains(got.Text, "greeting=hello-from-the-browser\n") {
+		t.Errorf("the log lacks the parameter: %.300q", got.Text)
+	}
+	if !strings.Contains(got.Text, "\n<b>bold</b><script>window.pwned=1</script>\n") || got.Bold || got.Script || got.Pwned {
+		t.Errorf("the HTML line was not shown as text: bold element %v, script element %v, script ran %v", got.Bold, got.Script, got.Pwned)
+	}
+	if !got.Red || got.Orange != "rgb(255, 135, 0)" || strings.Contains(got.Text, "\x1b") || strings.Contains(got.Text, "[0m") {
+		t.Errorf("colours: red bold span %v, orange %q, escapes in the text %v", got.Red, got.Orange, strings.Contains(got.Text, "[0m"))
+	}
+	// The burst arrived whole, in order, once.
+	var seq strings.Builder
+	for i := 1; i <= 20000; i++ {
+		seq.WriteString(strconv.Itoa(i) + "\n")
+	}
+	if !strings.HasSuffix(got.Text, "\n"+seq.String()+"all-done\n") || strings.Count(got.Text, "\n") != 3+20000+1 {
+		t.Errorf("the log's burst is not whole: %d lines, ends %q", strings.Count(got.Text, "\n"), got.Text[max(0, len(got.Text)-80):])
+	}
+	// The colour parser gives the same output for a text however its
+	// chunks split it, escape sequences included.
+	if res := eval("split escapes", `(() => {
+		const s = 'a\x1b[1;31mred\x1b[0m b \x1b[38;2;1;2;3mrgb\x1b[39;48;5;17mbg\x1b[m\x1b]0;title\x07c\x1b[2Kd\n';
+		const parse = chunks => {
+			const p = new window.ConveyorLog.AnsiParser(), out = [];
+			for (const c of chunks) for (const seg of p.push(c)) {
+				const last = out[out.length - 1];
+				if (last && last.k === seg.style.key) last.t += seg.text; else out.push({k: seg.style.key, t: seg.text});
+			}
+			return JSON.stringify(out);
+		};
+		const want = parse([s]);
+		for (let i = 1; i < s.length; i++) {
+			const got = parse([s.slice(0, i), s.slice(i)]);
+			if (got !== want) return 'split at ' + i + ': ' + got + ' != ' + want;
+		}
+		return want;
+	})()`); strings.HasPrefix(res, "split at") || strings.Contains(res, `\u001b`) || !strings.Contains(res, `"t":"red"`) ||
+		!strings.Contains(res, `"t":"rgb"`) || !strings.Contains(res, `"t":"bg"`) || !strings.Contains(res, `"t":"cd\n"`) || strings.Contains(res, "title") {
+		t.Errorf("ANSI parser: %s", res)
+	}
+
+	eval("scroll the log to its top", `(() => { document.getElementById('log-follow').checked = false; document.getElementById('log').scrollTop = 0; return ''; })()`)
+	shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img, err := png.Decode(bytes.NewReader(shot)); err != nil || img.Bounds().Dx() < 1000 {
+		t.Fatalf("screenshot: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(t.ArtifactDir(), "ui-build.png"), shot, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(screenshot); os.IsNotExist(err) || os.Getenv("CONVEYOR_UPDATE_SCREENSHOT") == "1" {
+		if err := os.MkdirAll(filepath.Dir(screenshot), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(screenshot, shot, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	do("see the transport",
+		chromedp.Navigate(base+"/ui/transport"),
+		chromedp.WaitVisible(chromedp.CSS(`#transport-ui-1[data-state="online"]`)),
+	)
+	row := eval("transport row", `document.getElementById('transport-ui-1').textContent + document.getElementById('transport-ui-1').nextElementSibling.textContent`)
+	for _, want := range []string{"kafka " + c.KafkaAddr, "ui-1.commands", "ui-1.events", "master → agent", "agent → master", " ms"} {
+		if !strings.Contains(row, want) {
+			t.Errorf("transport row lacks %q: %s", want, strings.Join(strings.Fields(row), " "))
+		}
+	}
+
+	do("sign out", chromedp.Click(chromedp.ID("logout")), chromedp.WaitVisible(chromedp.ID("token")))
+	mu.Lock()
+	defer mu.Unlock()
+	for _, p := range problems {
+		t.Errorf("browser console: %s", p)
+	}
+}
