@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -62,6 +63,11 @@ type Spec struct {
 	Timeout time.Duration
 	// Grace is the time between SIGTERM and SIGKILL (DefaultGrace when 0).
 	Grace time.Duration
+	// Stdin, when set, is copied to the step's standard input, which is
+	// closed at its end; nil gives the step /dev/null. Run does not wait
+	// for the copy: once the step ended, a Read blocked waiting for more
+	// input is the caller's to end (by closing what Stdin reads from).
+	Stdin io.Reader
 }
 
 // Result is how a step ended.
@@ -142,19 +148,50 @@ func Run(ctx context.Context, spec Spec, out func(Stream, []byte)) Result {
 	cmd := exec.Command("/bin/sh", "-c", spec.Command)
 	cmd.Dir, cmd.Env = dir, append([]string{}, spec.Env...)
 	cmd.Stdin = nil // /dev/null
+	var stdin *os.File // the parent's end of the step's stdin pipe
+	if spec.Stdin != nil {
+		// A pipe of our own rather than exec's: exec's Wait would wait for
+		// the copy, which may wait for input that never comes.
+		r, w, err := os.Pipe()
+		if err != nil {
+			for _, p := range pumps {
+				p.r.Close()
+				p.w.Close()
+			}
+			return Result{Code: -1, Error: fmt.Sprintf("create pipe: %v", err)}
+		}
+		cmd.Stdin, stdin = r, w
+	}
 	cmd.Stdout, cmd.Stderr = pumps[0].w, pumps[1].w
 	cmd.SysProcAttr = sysProcAttr()
 	err = cmd.Start()
 	for _, p := range pumps {
 		p.w.Close()
 	}
+	if stdin != nil {
+		cmd.Stdin.(*os.File).Close() // the step holds its end
+	}
 	if err != nil {
 		for _, p := range pumps {
 			p.r.Close()
 		}
+		if stdin != nil {
+			stdin.Close()
+		}
 		return Result{Code: -1, Error: fmt.Sprintf("start: %v", err)}
 	}
 	pgid := cmd.Process.Pid
+	if stdin != nil {
+		var once sync.Once
+		closeStdin := func() { once.Do(func() { stdin.Close() }) }
+		defer closeStdin()
+		go func() {
+			// A step that stops reading early makes the copy fail (EPIPE):
+			// what it did not read is dropped, as a shell pipe drops it.
+			_, _ = io.Copy(stdin, spec.Stdin)
+			closeStdin()
+		}()
+	}
 
 	var readers sync.WaitGroup
 	for _, p := range pumps {

@@ -93,6 +93,7 @@ func TestRun(t *testing.T) {
 		{name: "escaping workdir inside", cmd: "echo pwned", workdir: "job/../../x", code: -1, errPrefix: "workspace"},
 		{name: "workdir through a symlink out", cmd: "echo pwned", workdir: "link/x", code: -1, errPrefix: "create workspace"},
 		{name: "stdin is empty", cmd: "cat; echo end", stdout: "end\n"},
+		{name: "stdin is /dev/null", cmd: "readlink /proc/self/fd/0", stdout: "/dev/null\n"},
 		{name: "timeout", cmd: "echo started; sleep 60", timeout: 200 * time.Millisecond, code: -1, errPrefix: "timed out after 200ms", stdout: "started\n"},
 		{name: "killed by a signal", cmd: "kill -9 $$", code: -1, errPrefix: "killed by signal"},
 		{name: "command not found", cmd: "no-such-command-xyz", code: 127},
