@@ -147,7 +147,7 @@ func Run(ctx context.Context, spec Spec, out func(Stream, []byte)) Result {
 	}
 	cmd := exec.Command("/bin/sh", "-c", spec.Command)
 	cmd.Dir, cmd.Env = dir, append([]string{}, spec.Env...)
-	cmd.Stdin = nil // /dev/null
+	cmd.Stdin = nil    // /dev/null
 	var stdin *os.File // the parent's end of the step's stdin pipe
 	if spec.Stdin != nil {
 		// A pipe of our own rather than exec's: exec's Wait would wait for
