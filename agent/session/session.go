@@ -119,6 +119,10 @@ const maxPendingChallenges = 16
 // after the agent repeated it.
 const maxHelloNonces = 8
 
+// Features are what the agent announces in its Hello beyond the frames
+// of every agent (wire.FeatureCollect, wire.FeatureStdin).
+var Features = []string{wire.FeatureCollect, wire.FeatureStdin}
+
 // Counters count the frames the agent dropped.
 type Counters struct {
 	// Stale frames belonged to another session (or carried a forged or
@@ -150,14 +154,16 @@ type Agent struct {
 
 	stale, malformed, unexpected, replayed, forged atomic.Uint64
 
-	mu    sync.Mutex
-	steps map[string]*step // by build id
-	cur   *sess            // the session to resume; nil when none
-	dups  atomic.Uint64    // duplicates of ended sessions
+	mu     sync.Mutex
+	steps  map[string]*step      // by build id
+	stdins map[string]*stdinFeed // by build id: announced for its next step, or its running step's
+	cur    *sess                 // the session to resume; nil when none
+	dups   atomic.Uint64         // duplicates of ended sessions
 }
 
 type step struct {
 	cancel context.CancelCauseFunc
+	stdin  *stdinFeed // nil: the step's stdin is /dev/null
 }
 
 // New returns an agent.
@@ -183,7 +189,7 @@ func New(cfg Config) *Agent {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
-	return &Agent{cfg: cfg, log: cfg.Logger, drainCh: make(chan struct{}), steps: map[string]*step{}}
+	return &Agent{cfg: cfg, log: cfg.Logger, drainCh: make(chan struct{}), steps: map[string]*step{}, stdins: map[string]*stdinFeed{}}
 }
 
 // Counters reports the frames dropped so far.
@@ -441,7 +447,8 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 		if len(hs.nonces) > maxHelloNonces {
 			hs.nonces = hs.nonces[1:]
 		}
-		hello := &wire.Hello{Node: a.cfg.Node, AgentVersion: a.cfg.Version, OS: runtime.GOOS, Arch: runtime.GOARCH, Nonce: nonce}
+		hello := &wire.Hello{Node: a.cfg.Node, AgentVersion: wire.VersionWithFeatures(a.cfg.Version, Features...),
+			OS: runtime.GOOS, Arch: runtime.GOARCH, Nonce: nonce}
 		var session uint64
 		cur = a.current() // the session timeout may have ended it
 		if cur != nil {
@@ -613,6 +620,10 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 			case *wire.Pong, *wire.Ack:
 			case *wire.RunStep:
 				a.start(s, m)
+			case *wire.Stdin:
+				a.stdin(m)
+			case *wire.Collect:
+				a.collect(s, m)
 			case *wire.Cancel:
 				a.cancel(m.BuildID, errors.New(m.Reason))
 			case *wire.Close:
@@ -757,7 +768,15 @@ func (a *Agent) start(s *sess, m *wire.RunStep) {
 		go exit(-1, "build "+m.BuildID+" already runs a step on this agent")
 		return
 	}
-	a.steps[m.BuildID] = &step{cancel: cancel}
+	// A Stdin frame before the step announced its standard input (a
+	// closed feed is what an earlier step left unread).
+	st := &step{cancel: cancel}
+	if in := a.stdins[m.BuildID]; in != nil && !in.isClosed() {
+		st.stdin = in
+	} else {
+		delete(a.stdins, m.BuildID)
+	}
+	a.steps[m.BuildID] = st
 	s.wg.Add(1)
 	a.mu.Unlock()
 
@@ -773,11 +792,21 @@ func (a *Agent) start(s *sess, m *wire.RunStep) {
 		Timeout: time.Duration(m.TimeoutMillis) * time.Millisecond,
 		Grace:   a.cfg.Grace,
 	}
-	log.Info("step started", "workspace", m.Workdir)
+	if st.stdin != nil {
+		spec.Stdin = st.stdin
+	}
+	log.Info("step started", "workspace", m.Workdir, "stdin", st.stdin != nil)
 	go func() {
 		defer func() {
 			a.mu.Lock()
 			delete(a.steps, m.BuildID)
+			if st.stdin != nil {
+				// Unless its last frame came, the closed feed stays to drop
+				// the rest of the step's input.
+				if st.stdin.close() && a.stdins[m.BuildID] == st.stdin {
+					delete(a.stdins, m.BuildID)
+				}
+			}
 			a.mu.Unlock()
 			s.wg.Done()
 		}()
@@ -818,6 +847,12 @@ func (a *Agent) cancelAll(reason error) {
 	defer a.mu.Unlock()
 	for _, st := range a.steps {
 		st.cancel(reason)
+	}
+	for b, in := range a.stdins {
+		if a.steps[b] == nil { // announced for a step that now never comes
+			in.close()
+			delete(a.stdins, b)
+		}
 	}
 }
 
