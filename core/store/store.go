@@ -48,6 +48,9 @@ type Build struct {
 	Steps      []Step            `json:"steps"`
 	// LogSize is the log's length in bytes once the build finished.
 	LogSize int64 `json:"log_size"`
+	// Artifacts are the files the build archived (its job's artifacts
+	// patterns), in path order; their content is under ArtifactsDir.
+	Artifacts []Artifact `json:"artifacts,omitempty"`
 }
 
 // Step is the result of one step of a build.

@@ -1,0 +1,116 @@
+package store
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestArtifactWriter(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	w, err := s.NewArtifactWriter("app", 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := make([]byte, 1<<20+5)
+	_, _ = rand.Read(big)
+	for off := 0; off < len(big); off += 300 << 10 {
+		end := min(off+300<<10, len(big))
+		if err := w.Chunk("dist/sub/app.bin", 0o755, int64(off), big[off:end], end == len(big)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Chunk("empty", 0o644, 0, nil, true); err != nil {
+		t.Fatal(err)
+	}
+	list, err := w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(big)
+	empty := sha256.Sum256(nil)
+	want := []Artifact{
+		{Path: "dist/sub/app.bin", Size: int64(len(big)), Mode: 0o755, SHA256: hex.EncodeToString(sum[:])},
+		{Path: "empty", Size: 0, Mode: 0o644, SHA256: hex.EncodeToString(empty[:])},
+	}
+	if len(list) != 2 || list[0] != want[0] || list[1] != want[1] {
+		t.Fatalf("artifacts %+v\nwant %+v", list, want)
+	}
+	if dir := s.ArtifactsDir("app", 3); filepath.Dir(dir) != filepath.Dir(s.LogPath("app", 3)) {
+		t.Errorf("artifacts in %s, not next to the log %s", dir, s.LogPath("app", 3))
+	}
+	f, err := s.OpenArtifact("app", 3, "dist/sub/app.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(f)
+	fi, _ := f.Stat()
+	f.Close()
+	if !bytes.Equal(got, big) || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("stored %d bytes, mode %v", len(got), fi.Mode())
+	}
+	for _, p := range []string{"../3.log", "/etc/passwd", "dist/../../x", "", "a//b", "./empty"} {
+		if f, err := s.OpenArtifact("app", 3, p); err == nil {
+			f.Close()
+			t.Errorf("OpenArtifact(%q) succeeded", p)
+		}
+	}
+}
+
+func TestArtifactWriterRefuses(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	type chunk struct {
+		path  string
+		off   int64
+		data  string
+		final bool
+	}
+	for _, tc := range []struct {
+		name   string
+		chunks []chunk
+		want   string // error of the last chunk, or of Close
+	}{
+		{"escaping", []chunk{{"../../x", 0, "x", true}}, "clean relative path"},
+		{"absolute", []chunk{{"/tmp/x", 0, "x", true}}, "clean relative path"},
+		{"unclean", []chunk{{"a/./b", 0, "x", true}}, "clean relative path"},
+		{"gap", []chunk{{"a", 0, "x", false}, {"a", 2, "y", true}}, "offset 2, want 1"},
+		{"not from 0", []chunk{{"a", 5, "x", true}}, "first chunk at offset 5"},
+		{"twice", []chunk{{"a", 0, "x", true}, {"a", 0, "x", true}}, "sent twice"},
+		{"interleaved", []chunk{{"a", 0, "x", false}, {"b", 0, "y", true}}, "b starts before its last chunk"},
+		{"file under a file", []chunk{{"a", 0, "x", true}, {"a/b", 0, "y", true}}, "artifact a/b: mkdirat a: file exists"},
+		{"incomplete", []chunk{{"a", 0, "x", false}}, "incomplete (1 bytes came)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w, err := s.NewArtifactWriter("j", 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range tc.chunks {
+				err = w.Chunk(c.path, 0o644, c.off, []byte(c.data), c.final)
+			}
+			if _, cerr := w.Close(); err == nil {
+				err = cerr
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want %q", err, tc.want)
+			}
+			if _, err := os.Stat(filepath.Join(filepath.Dir(s.ArtifactsDir("j", 1)), "..", "x")); err == nil {
+				t.Fatal("a file was written outside the artifacts directory")
+			}
+		})
+	}
+}
