@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -48,24 +49,24 @@ type authenticator struct {
 	sum        [sha256.Size]byte
 	publicRead bool
 	// sessionKey signs the UI's session cookies and derives their CSRF
-	// tokens: HMAC-SHA256 of a random key of this server run under the
-	// API token, so a restart or a new token signs every browser out.
+	// tokens: HMAC-SHA256 of a label under the API token. Sessions
+	// survive a restart (a live log page resumes after one), and a new
+	// token signs every browser out.
 	sessionKey []byte
 	// now is the clock of session expiry (time.Now; tests move it).
 	now func() time.Time
 
 	mu sync.Mutex
 	// revoked holds the sessions signed out before they expire, with
-	// their expiry, after which they are dropped from it.
-	revoked map[string]time.Time
+	// their expiry, after which they are dropped from it; revokedPath,
+	// when set, keeps them across restarts.
+	revoked     map[string]time.Time
+	revokedPath string
 }
 
 func newAuthenticator(token string, publicRead bool) *authenticator {
-	run := make([]byte, 32)
-	_, _ = rand.Read(run) // crypto/rand.Read never fails
 	mac := hmac.New(sha256.New, []byte(token))
-	mac.Write([]byte("conveyor ui session key\x00"))
-	mac.Write(run)
+	mac.Write([]byte("conveyor ui session key"))
 	return &authenticator{sum: sha256.Sum256([]byte(token)), publicRead: publicRead,
 		sessionKey: mac.Sum(nil), now: time.Now, revoked: map[string]time.Time{}}
 }
@@ -174,17 +175,80 @@ func (a *authenticator) session(r *http.Request) (uiSession, bool) {
 	return s, !revoked
 }
 
+// keepSignOuts keeps the signed-out sessions in path (mode 0600), so that
+// a cookie signed out stays refused after a restart, and loads those kept
+// there.
+func (a *authenticator) keepSignOuts(path string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.revokedPath = path
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("UI sessions: %w", err)
+	}
+	var kept map[string]int64
+	if err := json.Unmarshal(b, &kept); err != nil {
+		return fmt.Errorf("UI sessions: %s: %w", path, err)
+	}
+	for id, exp := range kept {
+		a.revoked[id] = time.Unix(exp, 0)
+	}
+	return nil
+}
+
 // revoke signs session s out for good.
-func (a *authenticator) revoke(s uiSession) {
+func (a *authenticator) revoke(s uiSession) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	now := a.now()
+	kept := map[string]int64{}
 	for id, exp := range a.revoked {
 		if !now.Before(exp) {
 			delete(a.revoked, id)
+		} else {
+			kept[id] = exp.Unix()
 		}
 	}
 	a.revoked[s.id] = s.expires
+	kept[s.id] = s.expires.Unix()
+	if a.revokedPath == "" {
+		return nil
+	}
+	b, err := json.Marshal(kept)
+	if err != nil {
+		return fmt.Errorf("UI sessions: %w", err)
+	}
+	return writeFileAtomic(a.revokedPath, b)
+}
+
+// writeFileAtomic replaces path with b (mode 0600): written aside, synced
+// and renamed, so a crash leaves the old file or the new one.
+func writeFileAtomic(path string, b []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	err = tmp.Chmod(0o600)
+	if err == nil {
+		_, err = tmp.Write(b)
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
 }
 
 // csrf is session s's CSRF token, which every state-changing UI request

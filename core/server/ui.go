@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"net/http"
 	"net/url"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
@@ -113,8 +114,16 @@ func (rt router) handleUI(pattern string, level access, h http.HandlerFunc) {
 	rt.mux.HandleFunc(pattern, rt.auth.wrapUI(level, h))
 }
 
-// uiRoutes registers the web UI under /ui/.
+// signOutsFile, under data_dir, keeps the UI sessions signed out before
+// they expire.
+const signOutsFile = "ui-signed-out"
+
+// uiRoutes registers the web UI under /ui/, and has the sessions signed
+// out before a restart stay so.
 func (s *Server) uiRoutes(rt router) {
+	if err := rt.auth.keepSignOuts(filepath.Join(s.cfg.Server.DataDir, signOutsFile)); err != nil {
+		s.logger.Warn("UI sessions signed out before this start cannot be told apart: they stay valid until they expire", "error", err)
+	}
 	static, err := fs.Sub(uiFiles, "ui/static")
 	if err != nil {
 		panic(err)
@@ -195,7 +204,9 @@ func (s *Server) uiLogin(w http.ResponseWriter, r *http.Request) {
 // uiLogout ends the browser's session.
 func (s *Server) uiLogout(w http.ResponseWriter, r *http.Request) {
 	if sess, ok := sessionOf(r.Context()); ok {
-		s.auth.revoke(sess)
+		if err := s.auth.revoke(sess); err != nil {
+			s.logger.Error("UI sign-out: the session ends now but would come back after a restart", "error", err)
+		}
 	}
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/", MaxAge: -1, HttpOnly: true,
 		SameSite: http.SameSiteStrictMode, Secure: secureRequest(r)})

@@ -6,6 +6,8 @@ import (
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -307,11 +309,13 @@ func TestSessionCookie(t *testing.T) {
 	sess, value := a.newSession()
 	other, otherValue := a.newSession()
 	revoked, revokedValue := a.newSession()
-	a.revoke(revoked)
+	if err := a.revoke(revoked); err != nil {
+		t.Fatal(err)
+	}
 	id, rest, _ := strings.Cut(value, ".")
 	exp, sig, _ := strings.Cut(rest, ".")
 	otherID, _, _ := strings.Cut(otherValue, ".")
-	_, rerun := newAuthenticator(configuredToken, false).newSession()
+	_, otherToken := newAuthenticator("another-token-0123456789", false).newSession()
 	tests := []struct {
 		name  string
 		value string
@@ -327,7 +331,7 @@ func TestSessionCookie(t *testing.T) {
 		{"garbage", "x", 0, false},
 		{"the token", configuredToken, 0, false},
 		{"revoked", revokedValue, 0, false},
-		{"of another server run", rerun, 0, false},
+		{"under another token", otherToken, 0, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -342,6 +346,45 @@ func TestSessionCookie(t *testing.T) {
 	}
 	if a.csrf(sess) == a.csrf(other) || strings.Contains(value, a.csrf(sess)) {
 		t.Errorf("CSRF tokens must differ per session and from the cookie's signature")
+	}
+}
+
+// TestSignOutsKept: a restarted server (a new authenticator over the same
+// data) keeps its sessions, but not those signed out before.
+func TestSignOutsKept(t *testing.T) {
+	path := filepath.Join(t.TempDir(), signOutsFile)
+	cookie := func(v string) *http.Request {
+		r := httptest.NewRequest("GET", "/ui/nodes", nil)
+		r.AddCookie(&http.Cookie{Name: sessionCookie, Value: v})
+		return r
+	}
+	a := newAuthenticator(configuredToken, false)
+	if err := a.keepSignOuts(path); err != nil {
+		t.Fatal(err)
+	}
+	out, outValue := a.newSession()
+	_, inValue := a.newSession()
+	if err := a.revoke(out); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("sign-outs file: %v, %v; want mode 0600", st, err)
+	}
+	restarted := newAuthenticator(configuredToken, false)
+	if err := restarted.keepSignOuts(path); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := restarted.session(cookie(inValue)); !ok {
+		t.Errorf("a session did not survive the restart")
+	}
+	if _, ok := restarted.session(cookie(outValue)); ok {
+		t.Errorf("a signed-out session came back after the restart")
+	}
+	if err := os.WriteFile(path, []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := newAuthenticator(configuredToken, false).keepSignOuts(path); err == nil || !strings.Contains(err.Error(), path) {
+		t.Errorf("a corrupt sign-outs file: %v", err)
 	}
 }
 

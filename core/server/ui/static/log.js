@@ -344,7 +344,12 @@
         if (!resp.ok) {
           throw new Error('HTTP ' + resp.status);
         }
-        setState(offset ? 'following (resumed at byte ' + offset + ')' : 'following');
+        if (offset) {
+          pre.setAttribute('data-resumes', +(pre.getAttribute('data-resumes') || 0) + 1);
+          setState('following (resumed at byte ' + offset + ')');
+        } else {
+          setState('following');
+        }
         var reader = resp.body.getReader();
         for (;;) {
           var r = await reader.read();
