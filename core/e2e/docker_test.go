@@ -717,9 +717,10 @@ func dockerJobBlocks(t *testing.T) string {
 // the node and job blocks of docker/config.hcl (the nodes' transports
 // pointed at loopback), the embedded broker with TLS and SCRAM-SHA-512
 // users per node and ACLs, using the certificate script's broker
-// certificate and passwords, the two Kafka agents with the flags of their
-// compose services, the SSH node through a real sshd that authorizes the
-// script's SSH key; every demo job passes, each on the node it names.
+// certificate and passwords, setup.sh handing out the node secrets, the
+// two Kafka agents with the settings of their compose services, the SSH
+// node through a real sshd that authorizes the script's SSH key; every
+// demo job passes, each on the node it names.
 func TestDockerTopology(t *testing.T) {
 	pki := genPKI(t)
 	cfg := loadDockerConfig(t, pki)
@@ -804,9 +805,22 @@ func TestDockerTopology(t *testing.T) {
 	launchers := fmt.Sprintf("launcher \"ssh\" {\n  agent_binary = %s\n}\n", cluster.HCLString(filepath.Join(bin, "conveyor-agent")))
 	c := cluster.Start(t, cluster.Options{Bin: bin, Launchers: launchers, Kafka: kafka, Nodes: nodeBlocks.String(), Jobs: dockerJobBlocks(t)})
 
+	// setup.sh, as the compose file runs it, writes each node's secret
+	// where the agent's service reads it (the embedded broker sets up the
+	// agents' ACLs itself: `conveyor kafka acls` shows they are the same).
+	setup := exec.Command("bash", filepath.Join(dockerDir, "setup.sh"))
+	setup.Env = append(os.Environ(), "CONVEYOR_ADDR=http://"+c.HTTPAddr,
+		"CONVEYOR_TOKEN_FILE="+filepath.Join(c.Dir, "data", "api-token"), "CONVEYOR_PKI="+pki,
+		"CONVEYOR_CONFIG="+filepath.Join(c.Dir, "conveyor.hcl"), "KAFKA_NODES="+strings.Join(slices.Sorted(maps.Keys(users)), " "),
+		"AGENT_UID=", "KAFKA_ACLS=skip", "PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+	if out, err := setup.CombinedOutput(); err != nil {
+		t.Fatalf("setup.sh: %v\n%s", err, out)
+	}
+
 	// The agents take their compose service's settings, with the
-	// container's /pki paths mapped to the script's output; the cluster
-	// sets the name, brokers, secret file and work directory itself.
+	// container's /pki paths mapped to the script's output (the secret
+	// file included: the harness's own, given first, holds a wrong
+	// secret); the cluster sets the name, brokers and work directory.
 	for _, node := range slices.Sorted(maps.Keys(users)) {
 		svc := compose.Services[node]
 		if svc == nil {
@@ -815,7 +829,7 @@ func TestDockerTopology(t *testing.T) {
 		var args []string
 		for _, k := range slices.Sorted(maps.Keys(svc.Environment)) {
 			flag, ok := strings.CutPrefix(k, "CONVEYOR_AGENT_")
-			if !ok || slices.Contains([]string{"NAME", "BROKERS", "SECRET_FILE", "WORKDIR"}, flag) {
+			if !ok || slices.Contains([]string{"NAME", "BROKERS", "WORKDIR"}, flag) {
 				continue
 			}
 			v := svc.Environment[k]
@@ -824,10 +838,15 @@ func TestDockerTopology(t *testing.T) {
 			}
 			args = append(args, "-"+strings.ToLower(strings.ReplaceAll(flag, "_", "-")), v)
 		}
-		if !slices.Contains(args, "-tls-ca") || !slices.Contains(args, "-sasl-password-file") {
-			t.Fatalf("agent %s: flags %v lack TLS or SCRAM", node, args)
+		for _, want := range []string{"-secret-file", "-tls-ca", "-sasl-password-file"} {
+			if !slices.Contains(args, want) {
+				t.Fatalf("agent %s: flags %v lack %s", node, args, want)
+			}
 		}
-		c.StartAgent(node, c.Secret(node), args...)
+		if got := strings.TrimSpace(readSecretFile(t, filepath.Join(pki, node, "secret"))); got != c.Secret(node) {
+			t.Fatalf("setup.sh wrote %s's secret %q, the API says %q", node, got, c.Secret(node))
+		}
+		c.StartAgent(node, strings.Repeat("0", 64), args...)
 	}
 	names := append(slices.Sorted(maps.Keys(users)), sshNodes...)
 	c.WaitOnline(names...)
