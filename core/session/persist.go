@@ -32,7 +32,7 @@ func (s *Session) startPersisting(ep *reliable.Endpoint) error {
 	acked := ep.Acked()
 	s.mu.Lock()
 	s.persisting = true
-	s.ck = Record{ID: id, Acked: acked, Last: last, Outbox: encodeFrames(kept)}
+	s.ck = Record{ID: id, Acked: acked, Last: last, Outbox: encodeFrames(kept), Features: s.features}
 	s.mu.Unlock()
 	s.watchOutbox(ep)
 	return s.persist()
@@ -72,6 +72,7 @@ func (s *Session) persist() error {
 	rec := s.ck
 	rec.Outbox = slices.Clone(s.ck.Outbox)
 	rec.Exits = slices.Clone(s.ck.Exits)
+	rec.Features = slices.Clone(s.ck.Features)
 	rec.Steps = nil
 	for k, st := range s.steps {
 		rec.Steps = append(rec.Steps, StepRecord{Build: k.build, Index: k.index, LogSize: st.size})
@@ -188,6 +189,7 @@ func (s *Session) Restore(rec *Record) error {
 	ep := reliable.RestoreEndpoint(DefaultOutboxBytes, rec.ID, rec.Last, frames, rec.Acked)
 	s.mu.Lock()
 	s.ep, s.ended, s.persisting, s.ck = ep, nil, true, *rec
+	s.features = rec.Features
 	s.restored = map[stepKey]int64{}
 	for _, st := range rec.Steps {
 		s.restored[stepKey{st.Build, st.Index}] = st.LogSize

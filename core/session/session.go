@@ -21,6 +21,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -88,6 +90,9 @@ type Agent struct {
 	Version string
 	OS      string
 	Arch    string
+	// Features are what it announced it understands beyond the frames
+	// every agent handles (wire.FeatureCollect, wire.FeatureStdin).
+	Features []string
 }
 
 // Counters of dropped frames.
@@ -121,6 +126,7 @@ type Session struct {
 	heldSince time.Time
 	steps     map[stepKey]*step
 	closed    map[uint64]bool // unknown sessions told to end (closeStale)
+	features  []string        // what the session's agent announced
 
 	stale, malformed, unexpected, forged, replayed atomic.Uint64
 	traffic                                        traffic
@@ -152,6 +158,8 @@ type Record struct {
 	// Exits are steps that ended whose result the build service has not
 	// recorded yet.
 	Exits []ExitRecord `json:"exits,omitempty"`
+	// Features are what the agent announced in its Hello.
+	Features []string `json:"features,omitempty"`
 }
 
 // StepRecord is a running step of a persisted session.
@@ -181,10 +189,11 @@ type stepKey struct {
 }
 
 type step struct {
-	out  io.Writer
-	size int64           // durable size of out at the last checkpoint
-	exit chan *wire.Exit // closed without a value when the session ended
-	err  error           // why, set before exit is closed
+	out   io.Writer
+	files FileSink        // where a collection's files go; nil for a step
+	size  int64           // durable size of out at the last checkpoint
+	exit  chan *wire.Exit // closed without a value when the session ended
+	err   error           // why, set before exit is closed
 }
 
 // New returns a node's session holder; Attach serves it on connections.
@@ -553,6 +562,11 @@ func (l *Link) established(ep *reliable.Endpoint, id uint64, resume bool, auth *
 	if err := ep.SendControl(&wire.AuthResult{OK: true, Session: id}, id); err != nil {
 		return nil, false, err
 	}
+	version, features := wire.SplitFeatures(hello.AgentVersion)
+	s.mu.Lock()
+	s.features = features
+	s.ck.Features = features
+	s.mu.Unlock()
 	if resume {
 		// Everything kept goes again: the Hello's LastSeq is not
 		// authenticated, so only the agent's signed Acks release frames;
@@ -585,7 +599,7 @@ func (l *Link) established(ep *reliable.Endpoint, id uint64, resume bool, auth *
 		}
 		s.log.Info("session established", "session", fmt.Sprintf("%016x", id))
 	}
-	return &Agent{Node: hello.Node, Version: hello.AgentVersion, OS: hello.OS, Arch: hello.Arch}, resume, nil
+	return &Agent{Node: hello.Node, Version: version, OS: hello.OS, Arch: hello.Arch, Features: features}, resume, nil
 }
 
 func newSessionID() uint64 {
@@ -805,6 +819,14 @@ func (l *Link) handle(ep *reliable.Endpoint, f *wire.Frame) (bool, error) {
 			}
 		}
 		st.exit <- m
+	case *wire.FileChunk:
+		if st := s.collecting(m.BuildID); st != nil {
+			if err := st.files.Chunk(m.Path, fs.FileMode(m.Mode), int64(m.Offset), m.Data, m.Final); err != nil {
+				s.log.Error("writing an artifact", "build", m.BuildID, "path", m.Path, "error", err)
+			}
+		} else {
+			s.unexpected.Add(1)
+		}
 	case *wire.Close:
 		_ = ep.Handled()
 		return true, &closedError{reason: m.Reason}
@@ -857,22 +879,109 @@ var cancelGrace = 15 * time.Second
 // A held session keeps the step: its request, cancel and output wait in
 // the outboxes until the agent resumes.
 func (s *Session) RunStep(ctx context.Context, req *wire.RunStep, out io.Writer) (*StepResult, error) {
-	ep, st, err := s.register(req.BuildID, req.StepIndex, out, false)
+	return s.RunStepInput(ctx, req, nil, out)
+}
+
+// StdinChunk bounds the data of one Stdin frame.
+const StdinChunk = 64 << 10
+
+// RunStepInput is RunStep with stdin as the step's standard input (nil:
+// /dev/null); the agent must announce wire.FeatureStdin. Its first chunk
+// goes before the RunStep, announcing it, the rest after (docs/protocol.md).
+func (s *Session) RunStepInput(ctx context.Context, req *wire.RunStep, stdin []byte, out io.Writer) (*StepResult, error) {
+	if stdin != nil && !s.Supports(wire.FeatureStdin) {
+		return nil, fmt.Errorf("step stdin: %w", s.unsupported(wire.FeatureStdin))
+	}
+	ep, st, err := s.register(req.BuildID, req.StepIndex, out, nil, false)
 	if err != nil {
 		return nil, err
+	}
+	chunk := func() *wire.Stdin {
+		n := min(len(stdin), StdinChunk)
+		m := &wire.Stdin{BuildID: req.BuildID, Data: stdin[:n], EOF: n == len(stdin)}
+		stdin = stdin[n:]
+		return m
+	}
+	if stdin != nil {
+		if err := ep.Send(ctx, chunk()); err != nil {
+			s.step(req.BuildID, req.StepIndex, true)
+			return nil, fmt.Errorf("send stdin: %w", err)
+		}
 	}
 	if err := ep.Send(ctx, req); err != nil {
 		s.step(req.BuildID, req.StepIndex, true)
 		return nil, fmt.Errorf("send step: %w", err)
 	}
+	for len(stdin) > 0 {
+		if err := ep.Send(ctx, chunk()); err != nil {
+			if ctx.Err() != nil {
+				break // wait cancels the step
+			}
+			s.step(req.BuildID, req.StepIndex, true)
+			return nil, fmt.Errorf("send stdin: %w", err)
+		}
+	}
 	return s.wait(ctx, ep, st, req.BuildID, req.StepIndex)
+}
+
+// FileSink receives the files of a collection (see Collect), chunk after
+// chunk in the order the agent sends them.
+type FileSink interface {
+	Chunk(path string, mode fs.FileMode, offset int64, data []byte, final bool) error
+}
+
+// ErrUnsupported: the agent does not announce a feature a request needs.
+var ErrUnsupported = errors.New("the agent does not support it")
+
+// Supports reports whether the session's agent announced feature.
+func (s *Session) Supports(feature string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Contains(s.features, feature)
+}
+
+func (s *Session) unsupported(feature string) error {
+	return fmt.Errorf("%w: the agent does not announce the %q feature (it predates it: upgrade conveyor-agent)", ErrUnsupported, feature)
+}
+
+// Collect has the agent send the files of a build's workspace that match
+// req.Patterns (wire.Collect): each goes to files as its chunks arrive,
+// the agent's notes (patterns that matched nothing, files refused) to
+// log. It returns once the agent reported the end, as RunStep does: code
+// 0, 1 (a pattern matched nothing) or 2 (a file was refused), with its
+// Error. The agent must announce wire.FeatureCollect.
+func (s *Session) Collect(ctx context.Context, req *wire.Collect, log io.Writer, files FileSink) (*StepResult, error) {
+	if !s.Supports(wire.FeatureCollect) {
+		return nil, fmt.Errorf("artifacts: %w", s.unsupported(wire.FeatureCollect))
+	}
+	ep, st, err := s.register(req.BuildID, req.StepIndex, log, files, false)
+	if err != nil {
+		return nil, err
+	}
+	if err := ep.Send(ctx, req); err != nil {
+		s.step(req.BuildID, req.StepIndex, true)
+		return nil, fmt.Errorf("send collect: %w", err)
+	}
+	return s.wait(ctx, ep, st, req.BuildID, req.StepIndex)
+}
+
+// collecting is the collection of build under way, nil when none.
+func (s *Session) collecting(build string) *step {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, st := range s.steps {
+		if k.build == build && st.files != nil {
+			return st
+		}
+	}
+	return nil
 }
 
 // Wait re-attaches to a step of a restored session (see Reattach): the
 // agent's output goes to out from the checkpoint on, and Wait returns as
 // RunStep does.
 func (s *Session) Wait(ctx context.Context, build string, index uint32, out io.Writer) (*StepResult, error) {
-	ep, st, err := s.register(build, index, out, true)
+	ep, st, err := s.register(build, index, out, nil, true)
 	if err != nil {
 		return nil, err
 	}
@@ -880,13 +989,13 @@ func (s *Session) Wait(ctx context.Context, build string, index uint32, out io.W
 }
 
 // register makes out receive the output of a step of the current session.
-func (s *Session) register(build string, index uint32, out io.Writer, restored bool) (*reliable.Endpoint, *step, error) {
+func (s *Session) register(build string, index uint32, out io.Writer, files FileSink, restored bool) (*reliable.Endpoint, *step, error) {
 	size, err := syncOut(out)
 	if err != nil {
 		return nil, nil, err
 	}
 	k := stepKey{build, index}
-	st := &step{out: out, size: size, exit: make(chan *wire.Exit, 1)}
+	st := &step{out: out, files: files, size: size, exit: make(chan *wire.Exit, 1)}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ep == nil || s.ended != nil {
