@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# kafka.sh format|start|health: the Docker demo's Apache Kafka broker, run
+# kafka.sh format|start|health|properties: the Docker demo's Apache Kafka broker, run
 # in the official apache/kafka image (its own configuration scripts are
 # bypassed: this one writes the whole server.properties).
 #
@@ -7,6 +7,7 @@
 #           users of gen-certs.sh (kafka-storage format --add-scram)
 #   start   runs the broker (combined broker and controller)
 #   health  succeeds when the broker answers admin over SASL_SSL
+#   properties  prints the server.properties the others use
 #
 # Listeners, all TLS with the keystore of gen-certs.sh:
 #   SASL_SSL   :9092  SCRAM-SHA-512: the master, the agents, the web UI
@@ -20,8 +21,8 @@ set -euo pipefail
 pki=${PKI:-/pki}
 host=${BROKER_HOST:-kafka}
 data=${KAFKA_DATA:-/var/lib/kafka/data}
-bin=/opt/kafka/bin
-props=/tmp/server.properties
+bin=${KAFKA_HOME:-/opt/kafka}/bin
+props=${KAFKA_PROPERTIES:-/tmp/server.properties}
 
 write_properties() {
   local ks ts
@@ -97,8 +98,12 @@ ssl.truststore.password=$(cat "$pki/public/truststore.password")
 EOF
   "$bin/kafka-broker-api-versions.sh" --bootstrap-server "$host:9092" --command-config "$client" >/dev/null
   ;;
+properties)
+  write_properties
+  cat "$props"
+  ;;
 *)
-  echo "usage: $0 format|start|health" >&2
+  echo "usage: $0 format|start|health|properties" >&2
   exit 2
   ;;
 esac

@@ -596,6 +596,91 @@ func TestDockerCerts(t *testing.T) {
 	}
 }
 
+// TestDockerKafkaProperties checks the broker configuration kafka.sh
+// writes against the certificate script's output and config.hcl: its
+// keystore and truststore exist and open with the passwords it names, its
+// advertised host is in the broker's certificate, whose subject is a
+// superuser (the SSL listeners' principal), as is the master's SASL user;
+// every listener has a security protocol, the clients' one is SASL_SSL
+// with SCRAM-SHA-512 and the others require client certificates.
+func TestDockerKafkaProperties(t *testing.T) {
+	pki := genPKI(t)
+	cmd := exec.Command("bash", filepath.Join(dockerDir, "kafka.sh"), "properties")
+	cmd.Env = append(os.Environ(), "PKI="+pki, "KAFKA_PROPERTIES="+filepath.Join(t.TempDir(), "server.properties"))
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("kafka.sh properties: %v", err)
+	}
+	props := map[string]string{}
+	for _, line := range strings.Split(string(out), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(line, "#") {
+			props[k] = v
+		}
+	}
+	for _, store := range []string{"keystore", "truststore"} {
+		if props["ssl."+store+".type"] != "PKCS12" {
+			t.Errorf("ssl.%s.type = %q, want PKCS12", store, props["ssl."+store+".type"])
+		}
+		b, err := os.ReadFile(props["ssl."+store+".location"])
+		if err != nil {
+			t.Errorf("ssl.%s.location: %v", store, err)
+			continue
+		}
+		pw := props["ssl."+store+".password"]
+		if store == "keystore" {
+			_, leaf, _, err := pkcs12.DecodeChain(b, pw)
+			if err != nil {
+				t.Errorf("the keystore does not open with ssl.keystore.password: %v", err)
+				continue
+			}
+			if host := strings.TrimSuffix(strings.TrimPrefix(strings.Split(props["advertised.listeners"], ",")[0], "SASL_SSL://"), ":9092"); leaf.VerifyHostname(host) != nil {
+				t.Errorf("the broker advertises %q, which its certificate does not name", host)
+			}
+			if !slices.Contains(strings.Split(props["super.users"], ";"), "User:CN="+leaf.Subject.CommonName) {
+				t.Errorf("super.users %q lacks the broker's SSL principal User:CN=%s", props["super.users"], leaf.Subject.CommonName)
+			}
+			if props["ssl.key.password"] != pw {
+				t.Error("ssl.key.password is not the keystore's password")
+			}
+		} else if _, err := exec.Command("openssl", "pkcs12", "-in", props["ssl.truststore.location"], "-noout", "-passin", "pass:"+pw).CombinedOutput(); err != nil {
+			t.Errorf("the truststore does not open with ssl.truststore.password: %v", err)
+		}
+	}
+	// The master's Kafka user: the username of config.hcl's sasl block.
+	var master string
+	if raw, err := os.ReadFile(filepath.Join(dockerDir, "config.hcl")); err == nil {
+		if m := regexp.MustCompile(`(?s)sasl \{[^}]*username\s*=\s*"([^"]+)"`).FindSubmatch(raw); m != nil {
+			master = string(m[1])
+		}
+	}
+	if master == "" || !slices.Contains(strings.Split(props["super.users"], ";"), "User:"+master) {
+		t.Errorf("super.users %q lacks the master's SASL user %q", props["super.users"], master)
+	}
+	protocols := map[string]string{}
+	for _, kv := range strings.Split(props["listener.security.protocol.map"], ",") {
+		k, v, _ := strings.Cut(kv, ":")
+		protocols[k] = v
+	}
+	for _, l := range strings.Split(props["listeners"], ",") {
+		name, _, _ := strings.Cut(l, "://")
+		switch p := protocols[name]; p {
+		case "SASL_SSL":
+			if props["listener.name."+strings.ToLower(name)+".sasl.enabled.mechanisms"] != "SCRAM-SHA-512" {
+				t.Errorf("listener %s: SASL mechanisms %q, want SCRAM-SHA-512", name, props["listener.name."+strings.ToLower(name)+".sasl.enabled.mechanisms"])
+			}
+		case "SSL":
+			if props["listener.name."+strings.ToLower(name)+".ssl.client.auth"] != "required" {
+				t.Errorf("listener %s speaks SSL without requiring client certificates", name)
+			}
+		default:
+			t.Errorf("listener %s: security protocol %q, want SASL_SSL or SSL", name, p)
+		}
+	}
+	if props["authorizer.class.name"] == "" || props["allow.everyone.if.no.acl.found"] != "false" {
+		t.Error("the broker does not enforce ACLs")
+	}
+}
+
 // handshake runs a TLS handshake over loopback and one byte each way.
 func handshake(t *testing.T, srv, cli *tls.Config) error {
 	t.Helper()
