@@ -139,6 +139,10 @@ type Job struct {
 	Env map[string]string
 	// Steps are run in order; there is at least one.
 	Steps []Step
+	// Artifacts are glob patterns, relative to the build's workspace, of
+	// the files the master archives once the steps ended (see
+	// CheckArtifactPattern); nil when unset.
+	Artifacts []string
 	// DefRange is the range of the block header.
 	DefRange hcl.Range
 }
@@ -149,6 +153,9 @@ type Step struct {
 	Name string
 	// Run is the shell command line of the step.
 	Run string
+	// Stdin, when set, is the step's standard input (at most MaxStdin
+	// bytes); nil gives the step /dev/null.
+	Stdin *string
 	// DefRange is the range of the block header.
 	DefRange hcl.Range
 }

@@ -90,15 +90,18 @@ type jobBlock struct {
 	TimeoutRange hcl.Range         `hcl:"timeout,attr_value_range"`
 	Env          map[string]string `hcl:"env,optional"`
 	EnvRange     hcl.Range         `hcl:"env,attr_value_range"`
+	Artifacts    hcl.Expression    `hcl:"artifacts,optional"`
 	Steps        []*stepBlock      `hcl:"step,block"`
 	DefRange     hcl.Range         `hcl:",def_range"`
 }
 
 type stepBlock struct {
-	Name      string    `hcl:"name,label"`
-	NameRange hcl.Range `hcl:"name,label_range"`
-	Run       string    `hcl:"run"`
-	DefRange  hcl.Range `hcl:",def_range"`
+	Name       string    `hcl:"name,label"`
+	NameRange  hcl.Range `hcl:"name,label_range"`
+	Run        string    `hcl:"run"`
+	Stdin      *string   `hcl:"stdin,optional"`
+	StdinRange hcl.Range `hcl:"stdin,attr_value_range"`
+	DefRange   hcl.Range `hcl:",def_range"`
 }
 
 // Load parses, decodes and checks the configuration in paths. A path may be a
@@ -497,11 +500,18 @@ func (c *Config) buildJobs(blocks []*jobBlock) hcl.Diagnostics {
 			diags = diags.Append(errorAt(b.DefRange, "Job has no steps",
 				fmt.Sprintf("The job %q needs at least one step block.", b.Name)))
 		}
+		var d hcl.Diagnostics
+		j.Artifacts, d = c.buildArtifacts(b.Artifacts)
+		diags = append(diags, d...)
 		steps := map[string]hcl.Range{}
 		for _, s := range b.Steps {
 			diags = append(diags, checkName("step", s.Name, s.NameRange)...)
 			diags = append(diags, checkDuplicate("step", s.Name, s.DefRange, steps)...)
-			j.Steps = append(j.Steps, Step{Name: s.Name, Run: s.Run, DefRange: s.DefRange})
+			if s.Stdin != nil && len(*s.Stdin) > MaxStdin {
+				diags = diags.Append(errorAt(s.StdinRange, "Step stdin too large",
+					fmt.Sprintf("The step's stdin is %d bytes; at most %d fit (keep large inputs in the workspace and redirect them).", len(*s.Stdin), MaxStdin)))
+			}
+			j.Steps = append(j.Steps, Step{Name: s.Name, Run: s.Run, Stdin: s.Stdin, DefRange: s.DefRange})
 		}
 		c.Jobs = append(c.Jobs, j)
 	}

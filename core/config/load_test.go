@@ -145,6 +145,16 @@ func TestLoadGood(t *testing.T) {
 	}
 	if j := c.Job("anywhere"); j == nil || j.Labels != nil || j.Timeout != 0 || j.Env != nil {
 		t.Errorf("anywhere = %+v, want no labels, timeout or env", j)
+	} else {
+		if want := []string{"dist/**/*.tar.gz", "report.xml"}; !reflect.DeepEqual(j.Artifacts, want) {
+			t.Errorf("anywhere artifacts = %q, want %q", j.Artifacts, want)
+		}
+		if len(j.Steps) != 2 || j.Steps[0].Stdin != nil || j.Steps[1].Stdin == nil || *j.Steps[1].Stdin != "Hello from a file!\n" {
+			t.Errorf("anywhere steps = %+v, want no stdin, then the file's", j.Steps)
+		}
+	}
+	if c.Job("hello").Artifacts != nil {
+		t.Errorf("hello has artifacts %q, want none", c.Job("hello").Artifacts)
 	}
 	if c.Job("nope") != nil {
 		t.Errorf("Job(nope) != nil")
@@ -278,6 +288,8 @@ func TestLoadBad(t *testing.T) {
 		{"api_public_read_type.hcl", "3:20", "a bool is required"},
 		{"api_unknown_attribute.hcl", "3:5", `An argument named "tokens" is not expected here`},
 		{"api_duplicate_block.hcl", "3:3", "Duplicate api block"},
+		{"artifacts_absolute.hcl", "8:33", "cannot be used: an absolute path"},
+		{"artifacts_dotdot.hcl", "10:5", `".." leads out of the build's workspace`},
 	}
 	for _, tt := range tests {
 		t.Run(strings.TrimSuffix(tt.file, ".hcl"), func(t *testing.T) {

@@ -61,5 +61,10 @@ job "mac-only" {
 }
 
 job "anywhere" {
+  artifacts = ["dist/**/*.tar.gz", "report.xml"]
   step "true" { run = "true" }
+  step "fed" {
+    run   = "cat"
+    stdin = file("greeting.txt")
+  }
 }
