@@ -681,6 +681,39 @@ func TestDockerKafkaProperties(t *testing.T) {
 	}
 }
 
+// TestDockerSSHDConfig: the SSH agent's sshd_config passes `sshd -t` with
+// the keys gen-certs.sh wrote, and lets in the user config.hcl's SSH node
+// logs in as.
+func TestDockerSSHDConfig(t *testing.T) {
+	if _, err := os.Stat(sshdtest.SSHD); err != nil {
+		t.Skipf("%s not installed: %v", sshdtest.SSHD, err)
+	}
+	if os.Geteuid() == 0 {
+		_ = os.MkdirAll("/run/sshd", 0o755) // the privilege separation directory
+	}
+	pki := genPKI(t)
+	raw, err := os.ReadFile(filepath.Join(dockerDir, "sshd_config"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "sshd_config")
+	if err := os.WriteFile(file, bytes.ReplaceAll(raw, []byte("/pki/"), []byte(pki+"/")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(sshdtest.SSHD, "-t", "-f", file).CombinedOutput(); err != nil {
+		t.Fatalf("sshd -t: %v\n%s", err, out)
+	}
+	hcl, err := os.ReadFile(filepath.Join(dockerDir, "config.hcl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?s)ssh \{.*?\buser\s*=\s*"([^"]+)"`).FindSubmatch(hcl)
+	allow := regexp.MustCompile(`(?m)^AllowUsers\s+(.+)$`).FindSubmatch(raw)
+	if m == nil || allow == nil || !slices.Contains(strings.Fields(string(allow[1])), string(m[1])) {
+		t.Errorf("sshd_config's AllowUsers does not let in config.hcl's SSH user (%q, %q)", allow, m)
+	}
+}
+
 // handshake runs a TLS handshake over loopback and one byte each way.
 func handshake(t *testing.T, srv, cli *tls.Config) error {
 	t.Helper()
