@@ -356,7 +356,10 @@ func (s *Service) run(a *active, job *config.Job, n *nodes.Node, logf *buildlog.
 		ctx, cancel = context.WithDeadlineCause(ctx, deadline, timeoutErr)
 		defer cancel()
 	}
-	status, reason := s.runSteps(ctx, a, job, n, logf, key, from, resumed)
+	status, reason, ran := s.runSteps(ctx, a, job, n, logf, key, from, resumed)
+	if len(job.Artifacts) > 0 && ran && ctx.Err() == nil {
+		status, reason = s.collectArtifacts(ctx, a, job, n, logf, key, status, reason)
+	}
 	if cause := context.Cause(ctx); ctx.Err() != nil && status != store.StatusSuccess {
 		status, reason = store.StatusCancelled, cause.Error()
 		if cause == timeoutErr {
@@ -371,13 +374,16 @@ func (s *Service) run(a *active, job *config.Job, n *nodes.Node, logf *buildlog.
 }
 
 // runSteps runs the steps in order; the first failing one ends the build.
-func (s *Service) runSteps(ctx context.Context, a *active, job *config.Job, n *nodes.Node, logf *buildlog.Log, key string, from int, resumed func(context.Context) (*session.StepResult, error)) (string, string) {
+// ran reports whether the steps ran to their end on the agent (they all
+// succeeded, or one failed): not when the build was cancelled, timed out
+// or lost its agent.
+func (s *Service) runSteps(ctx context.Context, a *active, job *config.Job, n *nodes.Node, logf *buildlog.Log, key string, from int, resumed func(context.Context) (*session.StepResult, error)) (status, reason string, ran bool) {
 	env := s.env(job, a.build, n)
 	for i := from; i < len(job.Steps); i++ {
 		st := job.Steps[i]
 		sess := n.Session()
 		if sess == nil {
-			return store.StatusFailure, fmt.Sprintf("node %s went offline: %s", n.Name(), n.Status().Reason)
+			return store.StatusFailure, fmt.Sprintf("node %s went offline: %s", n.Name(), n.Status().Reason), false
 		}
 		var res *session.StepResult
 		var err error
@@ -389,15 +395,22 @@ func (s *Service) runSteps(ctx context.Context, a *active, job *config.Job, n *n
 				b.Steps = append(b.Steps, store.Step{Name: st.Name, Status: store.StatusRunning, StartedAt: started, LogOffset: logf.Size()})
 			})
 			req := &wire.RunStep{BuildID: key, StepIndex: uint32(i), StepName: st.Name, Command: st.Run, Env: env,
-				Workdir: job.Name + "/" + strconv.Itoa(a.build.Number)}
+				Workdir: workspace(job, a.build)}
 			if dl, ok := ctx.Deadline(); ok {
 				req.TimeoutMillis = uint64(max(time.Until(dl).Milliseconds(), 1))
 			}
-			res, err = sess.RunStep(ctx, req, logf)
+			var stdin []byte
+			if st.Stdin != nil {
+				stdin = []byte(*st.Stdin)
+			}
+			res, err = sess.RunStepInput(ctx, req, stdin, logf)
 		}
 		finished := time.Now().UTC()
 		status, reason := store.StatusSuccess, ""
 		switch {
+		case errors.Is(err, session.ErrUnsupported):
+			status, reason = store.StatusFailure, fmt.Sprintf("step %q on node %s: %v", st.Name, n.Name(), err)
+			fmt.Fprintf(logf, "conveyor: %s\n", reason)
 		case err != nil:
 			status, reason = store.StatusFailure, fmt.Sprintf("node %s went offline during step %q: %v", n.Name(), st.Name, err)
 		case ctx.Err() != nil:
@@ -422,10 +435,15 @@ func (s *Service) runSteps(ctx context.Context, a *active, job *config.Job, n *n
 			sess.Recorded(key, uint32(i))
 		}
 		if status != store.StatusSuccess {
-			return status, reason
+			return status, reason, res != nil && ctx.Err() == nil
 		}
 	}
-	return store.StatusSuccess, ""
+	return store.StatusSuccess, "", true
+}
+
+// workspace is the build's workspace on the agent, relative to its workdir.
+func workspace(job *config.Job, b *store.Build) string {
+	return job.Name + "/" + strconv.Itoa(b.Number)
 }
 
 // env is the job's environment plus the build's parameters and facts.

@@ -229,6 +229,38 @@ func (c *Client) DeleteNode(ctx context.Context, node string, purge bool) (*serv
 	return &r, c.do(ctx, http.MethodDelete, path, nil, &r)
 }
 
+// Artifacts lists the files build n of job archived.
+func (c *Client) Artifacts(ctx context.Context, job string, n int) ([]store.Artifact, error) {
+	var out []store.Artifact
+	return out, c.do(ctx, http.MethodGet, buildPath(job, n)+"/artifacts", nil, &out)
+}
+
+// DownloadArtifact copies the file build n of job archived at path
+// (slash-separated, as Artifacts lists it) to w and returns its length.
+func (c *Client) DownloadArtifact(ctx context.Context, job string, n int, path string, w io.Writer) (int64, error) {
+	segs := strings.Split(path, "/")
+	for i, s := range segs {
+		segs[i] = url.PathEscape(s)
+	}
+	req, err := c.newRequest(ctx, http.MethodGet, buildPath(job, n)+"/artifacts/"+strings.Join(segs, "/"), nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("download %s: %w", path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, apiError(resp)
+	}
+	n64, err := io.Copy(w, resp.Body)
+	if err != nil {
+		return n64, fmt.Errorf("download %s: %w", path, err)
+	}
+	return n64, nil
+}
+
 func buildPath(job string, n int) string {
 	return "/v1/jobs/" + url.PathEscape(job) + "/builds/" + strconv.Itoa(n)
 }

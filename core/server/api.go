@@ -1,11 +1,14 @@
 package server
 
 import (
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"mime"
 	"net/http"
+	"path"
 	"strconv"
 	"time"
 
@@ -115,6 +118,48 @@ func (s *Server) apiRoutes(rt router) {
 		writeJSON(w, http.StatusOK, b)
 	}))
 	rt.handle("GET /v1/jobs/{job}/builds/{n}/log", read, s.withBuild(s.handleLog))
+	rt.handle("GET /v1/jobs/{job}/builds/{n}/artifacts", read, s.withBuild(func(w http.ResponseWriter, r *http.Request, job string, n int) {
+		list, err := s.builds.Artifacts(job, n)
+		if err != nil {
+			writeServiceError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, list)
+	}))
+	rt.handle("GET /v1/jobs/{job}/builds/{n}/artifacts/{path...}", read, s.withBuild(s.handleArtifact))
+}
+
+// handleArtifact serves one archived file as a download: only a path the
+// build recorded, read from the build's artifacts directory and nowhere
+// else, with Range requests, its sha256 as ETag and in Repr-Digest.
+func (s *Server) handleArtifact(w http.ResponseWriter, r *http.Request, job string, n int) {
+	p := r.PathValue("path")
+	if err := store.CheckArtifactPath(p); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	art, f, err := s.builds.OpenArtifact(job, n, p)
+	if err != nil {
+		writeServiceError(w, err)
+		return
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": path.Base(art.Path)}))
+	h.Set("ETag", `"`+art.SHA256+`"`)
+	if sum, err := hex.DecodeString(art.SHA256); err == nil {
+		h.Set("Repr-Digest", "sha-256=:"+base64.StdEncoding.EncodeToString(sum)+":")
+	}
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Time{}) // large files take their time
+	http.ServeContent(w, r, "", fi.ModTime(), f)
 }
 
 // withBuild parses the build number of the path.
@@ -239,7 +284,7 @@ func (s *Server) handleDeleteNode(w http.ResponseWriter, r *http.Request) {
 
 func writeServiceError(w http.ResponseWriter, err error) {
 	switch {
-	case errors.Is(err, builds.ErrUnknownJob), errors.Is(err, store.ErrNotFound):
+	case errors.Is(err, builds.ErrUnknownJob), errors.Is(err, store.ErrNotFound), errors.Is(err, builds.ErrNoArtifact):
 		writeError(w, http.StatusNotFound, err.Error())
 	default:
 		writeError(w, http.StatusInternalServerError, err.Error())

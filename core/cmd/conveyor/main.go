@@ -31,6 +31,8 @@ Commands:
   validate FILE           check a configuration, plugins included
   plugins -config FILE    list the configured launcher plugins
   build [-follow] JOB     trigger a build (and follow its log)
+  artifacts [-o DIR] JOB N
+                          list build N's artifacts, or download them into DIR
   nodes                   list the nodes and their state
   secret NODE             print a node's agent secret and command line
   node delete NAME [-purge]
@@ -71,6 +73,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdPlugins(ctx, rest, stdout, stderr)
 	case "build":
 		return cmdBuild(ctx, rest, stdout, stderr)
+	case "artifacts":
+		return cmdArtifacts(ctx, rest, stdout, stderr)
 	case "nodes":
 		return cmdNodes(ctx, rest, stdout, stderr)
 	case "node":
