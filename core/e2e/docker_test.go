@@ -10,6 +10,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -27,6 +28,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"golang.org/x/crypto/ssh"
@@ -191,8 +193,10 @@ func loadDockerConfig(t *testing.T, pki string) *config.Config {
 	return cfg
 }
 
-// TestDockerCompose checks docker-compose.yml against what compose needs
-// and against the rest of docker/: every build context, Dockerfile, stage,
+// TestDockerCompose checks docker-compose.yml against the compose
+// specification (compose-go's loader and schema, as `docker compose
+// config` does; and docker compose itself where installed) and against
+// the rest of docker/: every build context, Dockerfile, stage,
 // COPY source, bind-mounted file and script exists; every port is
 // published on 127.0.0.1; every dependency exists, a healthy one has a
 // healthcheck, and they have no cycle; every named volume is declared and
@@ -351,6 +355,28 @@ func TestDockerCompose(t *testing.T) {
 		}
 	}
 
+	// The compose specification's own loader and schema (compose-go, what
+	// `docker compose config` runs): it refuses unknown keys, wrong types
+	// and dangling references, and sees the services decoded above.
+	opts, err := cli.NewProjectOptions([]string{filepath.Join(dockerDir, "docker-compose.yml")}, cli.WithOsEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	project, err := opts.LoadProject(context.Background())
+	if err != nil {
+		t.Fatalf("compose-go: %v", err)
+	}
+	if project.Name != f.Name || !slices.Equal(slices.Sorted(slices.Values(project.ServiceNames())), slices.Sorted(maps.Keys(f.Services))) {
+		t.Errorf("compose-go loads project %q with services %v; decoded %q with %v", project.Name, project.ServiceNames(), f.Name, slices.Sorted(maps.Keys(f.Services)))
+	}
+	for name, svc := range project.Services {
+		for _, p := range svc.Ports {
+			if p.HostIP != "127.0.0.1" {
+				t.Errorf("compose-go: service %s publishes port %d on %q, want 127.0.0.1", name, p.Target, p.HostIP)
+			}
+		}
+	}
+
 	// Where a compose plugin exists, it has the last word.
 	if out, err := exec.Command("docker", "compose", "version").CombinedOutput(); err == nil {
 		cmd := exec.Command("docker", "compose", "-f", filepath.Join(dockerDir, "docker-compose.yml"), "config", "-q")
@@ -358,7 +384,7 @@ func TestDockerCompose(t *testing.T) {
 			t.Errorf("docker compose config: %v\n%s", err, out)
 		}
 	} else {
-		t.Logf("no docker compose here (%s): checked the structure only", strings.TrimSpace(firstLine(out)))
+		t.Logf("no docker compose here (%s): checked with compose-go and the structure above", strings.TrimSpace(firstLine(out)))
 	}
 }
 
