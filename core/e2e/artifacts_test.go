@@ -1,0 +1,151 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/conveyor-ci/conveyor/core/e2e/cluster"
+	"github.com/conveyor-ci/conveyor/core/store"
+)
+
+// TestArtifactsAndStdin: over the embedded Kafka broker, a build's files
+// travel agent → master as FileChunk frames through the session and are
+// downloaded byte-identical through the API and the CLI; a failed build's
+// files are kept too; a step's stdin attribute reaches its process as
+// Stdin frames, and a step without one reads /dev/null.
+func TestArtifactsAndStdin(t *testing.T) {
+	input := make([]byte, 200<<10)
+	_, _ = rand.Read(input)
+	inputFile := filepath.Join(t.TempDir(), "input.bin")
+	if err := os.WriteFile(inputFile, []byte(hex.EncodeToString(input)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	inputSum := sha256.Sum256([]byte(hex.EncodeToString(input)))
+	c := start(t, `
+node "k1" {
+  launcher = "kafka"
+  labels   = ["k1"]
+  kafka {}
+}`, fmt.Sprintf(`
+job "art" {
+  labels    = ["k1"]
+  artifacts = ["dist/**/*.bin", "report.xml", "missing/*.txt"]
+  step "make" {
+    run = "mkdir -p dist/x && head -c 12582912 /dev/urandom > dist/x/big.bin && echo '<ok/>' > report.xml && chmod 0750 dist/x/big.bin && sha256sum dist/x/big.bin report.xml"
+  }
+}
+job "failing" {
+  labels    = ["k1"]
+  artifacts = ["report.xml"]
+  step "test" { run = "echo '<failed/>' > report.xml; exit 1" }
+}
+job "fed" {
+  labels = ["k1"]
+  step "cat" {
+    run   = "cat"
+    stdin = "line one\nline two\n"
+  }
+  step "sum" {
+    run   = "sha256sum"
+    stdin = file(%s)
+  }
+  step "none" { run = "readlink /proc/self/fd/0" }
+}`, cluster.HCLString(inputFile)))
+	c.StartAgent("k1", c.Secret("k1"))
+	c.WaitOnline("k1")
+	ctx := context.Background()
+
+	t.Run("artifacts", func(t *testing.T) {
+		b, log := c.Run("art", nil)
+		if b.Status != store.StatusSuccess || !strings.Contains(b.Reason, `artifacts: no file matches "missing/*.txt"`) {
+			t.Fatalf("status %s (%s), want success noting the missing pattern\n%s", b.Status, b.Reason, log)
+		}
+		if !strings.Contains(string(log), `conveyor-agent: artifacts: no file matches "missing/*.txt"`) {
+			t.Errorf("the log does not note the missing pattern:\n%s", log)
+		}
+		if len(b.Artifacts) != 2 || b.Artifacts[0].Path != "dist/x/big.bin" || b.Artifacts[0].Size != 12<<20 || b.Artifacts[0].Mode != 0o750 || b.Artifacts[1].Path != "report.xml" {
+			t.Fatalf("artifacts %+v", b.Artifacts)
+		}
+		list, err := c.API.Artifacts(ctx, "art", b.Number)
+		if err != nil || len(list) != 2 {
+			t.Fatalf("list: %+v, %v", list, err)
+		}
+		for _, a := range list {
+			var buf bytes.Buffer
+			if _, err := c.API.DownloadArtifact(ctx, "art", b.Number, a.Path, &buf); err != nil {
+				t.Fatal(err)
+			}
+			sum := sha256.Sum256(buf.Bytes())
+			got := hex.EncodeToString(sum[:])
+			// The record, the download and the step's own sha256sum agree.
+			if got != a.SHA256 || int64(buf.Len()) != a.Size || !strings.Contains(string(log), got+"  "+a.Path) {
+				t.Errorf("%s: downloaded %d bytes, sha256 %s; record %+v", a.Path, buf.Len(), got, a)
+			}
+		}
+
+		// The raw download: headers, and only recorded paths.
+		get := func(path string) *http.Response {
+			req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("http://%s/v1/jobs/art/builds/%d/artifacts/%s", c.HTTPAddr, b.Number, path), nil)
+			req.Header.Set("Authorization", "Bearer "+c.Token)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			return resp
+		}
+		resp := get("report.xml")
+		if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "application/octet-stream" ||
+			resp.Header.Get("Content-Disposition") != "attachment; filename=report.xml" || resp.ContentLength != 6 {
+			t.Errorf("download: %d %v", resp.StatusCode, resp.Header)
+		}
+		for _, p := range []string{"..%2F..%2F" + fmt.Sprint(b.Number) + ".log", "dist/x", "nope.bin"} {
+			if resp := get(p); resp.StatusCode != http.StatusNotFound && resp.StatusCode != http.StatusBadRequest {
+				t.Errorf("GET artifact %s: %d", p, resp.StatusCode)
+			}
+		}
+
+		// The CLI downloads them all, checked.
+		dir := t.TempDir()
+		cmd := exec.Command(c.Bin("conveyor"), "artifacts", "-o", dir, "art", fmt.Sprint(b.Number))
+		cmd.Env = append(os.Environ(), "CONVEYOR_ADDR="+c.HTTPAddr, "CONVEYOR_TOKEN="+c.Token)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("conveyor artifacts -o: %v\n%s", err, out)
+		}
+		for _, a := range list {
+			data, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(a.Path)))
+			sum := sha256.Sum256(data)
+			if err != nil || hex.EncodeToString(sum[:]) != a.SHA256 {
+				t.Errorf("CLI download of %s: %v, sha256 %x", a.Path, err, sum)
+			}
+		}
+		if fi, err := os.Stat(filepath.Join(dir, "dist", "x", "big.bin")); err != nil || fi.Mode().Perm() != 0o750 {
+			t.Errorf("big.bin downloaded with mode %v (%v), want 0750", fi.Mode(), err)
+		}
+	})
+
+	t.Run("failed build keeps its artifacts", func(t *testing.T) {
+		b, _ := c.Run("failing", nil)
+		if b.Status != store.StatusFailure || !strings.Contains(b.Reason, "code 1") || len(b.Artifacts) != 1 || b.Artifacts[0].Size != 10 {
+			t.Fatalf("status %s (%s), artifacts %+v", b.Status, b.Reason, b.Artifacts)
+		}
+	})
+
+	t.Run("stdin", func(t *testing.T) {
+		b, log := c.Run("fed", nil)
+		want := "line one\nline two\n" + hex.EncodeToString(inputSum[:]) + "  -\n/dev/null\n"
+		if b.Status != store.StatusSuccess || string(log) != want {
+			t.Fatalf("status %s (%s), log %q, want %q", b.Status, b.Reason, log, want)
+		}
+	})
+}
