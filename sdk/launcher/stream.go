@@ -37,17 +37,22 @@ func (c *StreamConn) Send(frame []byte) error {
 	return err
 }
 
-// Recv reads the next whole frame; a malformed frame is an error, since a
-// byte stream cannot resynchronise after one.
+// Recv reads the next whole frame. A frame read whole whose header does
+// not decode is returned as it is: its length prefix delimited it, the
+// stream stays in step, and the reader drops and counts it (reliable.Read).
+// A length prefix over wire.MaxFrameSize, or too short for a header, is an
+// error wrapping wire.ErrTooLarge or wire.ErrMalformed, read no further: a
+// byte stream cannot resynchronise after one. A stream ending within a
+// frame ends like one ending between frames, with io.EOF.
 func (c *StreamConn) Recv() ([]byte, error) {
 	_, raw, err := wire.ReadFrame(c.r, wire.MaxFrameSize)
-	if err != nil {
-		if errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, io.EOF
-		}
-		return nil, err
+	switch {
+	case err == nil, raw != nil:
+		return raw, nil
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return nil, io.EOF
 	}
-	return raw, nil
+	return nil, err
 }
 
 // Close releases the stream; later calls return the first call's result.

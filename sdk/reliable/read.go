@@ -2,6 +2,7 @@ package reliable
 
 import (
 	"context"
+	"errors"
 
 	"github.com/conveyor-ci/conveyor/sdk/wire"
 )
@@ -24,7 +25,9 @@ func (f *Frames) Err() error { return f.err }
 
 // Read decodes the frames r receives, until Recv fails or ctx ends.
 // Frames that do not decode are dropped and reported to malformed; nothing
-// in them is executed.
+// in them is executed. A Recv failing on a frame it could not delimit (an
+// error wrapping wire.ErrTooLarge or wire.ErrMalformed, which ends a byte
+// stream) is reported to malformed too, then ends the reading.
 func Read(ctx context.Context, r Receiver, malformed func(error)) *Frames {
 	c := make(chan *wire.Frame, 64)
 	fr := &Frames{C: c}
@@ -33,6 +36,9 @@ func Read(ctx context.Context, r Receiver, malformed func(error)) *Frames {
 		for {
 			raw, err := r.Recv()
 			if err != nil {
+				if errors.Is(err, wire.ErrTooLarge) || errors.Is(err, wire.ErrMalformed) {
+					malformed(err)
+				}
 				fr.err = err
 				return
 			}
