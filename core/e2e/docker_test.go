@@ -601,6 +601,28 @@ func TestDockerCerts(t *testing.T) {
 		t.Errorf("the SSH host key may be read by others (sshd refuses it): %v %v", st.Mode(), err)
 	}
 
+	// Java (the broker, the web UI) reads the stores too, where a keytool is
+	// at hand: the keystore's key entry, and the truststore's CA where
+	// openssl could mark it.
+	if keytool, err := exec.LookPath("keytool"); err == nil {
+		list := func(store, password string) string {
+			out, err := exec.Command(keytool, "-list", "-storetype", "PKCS12", "-keystore", filepath.Join(dir, store),
+				"-storepass", readSecretFile(t, filepath.Join(dir, password))).CombinedOutput()
+			if err != nil {
+				t.Errorf("keytool -list %s: %v\n%s", store, err, out)
+			}
+			return string(out)
+		}
+		if out := list("kafka/keystore.p12", "kafka/keystore.password"); !strings.Contains(out, "PrivateKeyEntry") {
+			t.Errorf("Java sees no key in the keystore:\n%s", out)
+		}
+		if out := list("public/truststore.p12", "public/truststore.password"); opensslJDKTrust() && !strings.Contains(out, "trustedCertEntry") {
+			t.Errorf("Java sees no trusted certificate in the truststore:\n%s", out)
+		}
+	} else {
+		t.Logf("no keytool here: the stores were read by Go only")
+	}
+
 	// A second run changes no password and no key.
 	kept := []string{"kafka/keystore.p12", "kafka/keystore.password", "kafka/scram-users", "public/truststore.p12",
 		"conveyor/kafka.password", "conveyor/id_ed25519", "kafka-1/kafka.password", "ssh-agent/ssh_host_ed25519_key"}
