@@ -134,18 +134,33 @@ job "hello" {
   }
 }
 
+# artifacts: glob patterns, relative to the build's workspace, of the files
+# the master keeps once the steps ended (successful or failed; not when
+# cancelled, timed out or the agent was lost). "**" matches any number of
+# directories; absolute paths and ".." are refused, and so is a file whose
+# symbolic link leads outside the workspace. They travel through the
+# agent's session like output (a cut Kafka link only pauses them), land in
+# data_dir next to the build's log with their sha256, and come back with
+# `conveyor artifacts JOB N [-o DIR]` or GET .../builds/N/artifacts. A
+# pattern that matches nothing is noted in the log and the build's reason
+# without failing it.
+#
+# stdin: a step's standard input (a string; file("...") reads one); without
+# it the step reads /dev/null.
 job "multi-step" {
-  labels  = ["linux"]
-  timeout = "5m"
+  labels    = ["linux"]
+  timeout   = "5m"
+  artifacts = ["dist/*.tar.gz", "reports/**/*.txt"]
 
   step "checkout" {
     run = "mkdir -p src && echo 'package main' > src/main.go && ls -l src"
   }
   step "build" {
-    run = "wc -c src/main.go && echo built"
+    run = "wc -c src/main.go && mkdir -p dist && tar czf dist/app.tar.gz src && echo built"
   }
   step "test" {
-    run = "grep -q main src/main.go && echo 'tests passed'"
+    run   = "mkdir -p reports/unit && tee reports/unit/summary.txt && grep -q main src/main.go && echo 'tests passed'"
+    stdin = "unit tests: 1 passed\n"
   }
 }
 
