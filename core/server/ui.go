@@ -195,7 +195,7 @@ func (s *Server) uiLogin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sess, value := s.auth.newSession()
-	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: value, Path: "/", Expires: sess.expires,
+	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: value, Path: cookiePath, Expires: sess.expires,
 		MaxAge: int(sessionTTL / time.Second), HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: secureRequest(r)})
 	s.logger.Info("UI signed in", "remote", r.RemoteAddr)
 	http.Redirect(w, r, next, http.StatusSeeOther)
@@ -208,7 +208,7 @@ func (s *Server) uiLogout(w http.ResponseWriter, r *http.Request) {
 			s.logger.Error("UI sign-out: the session ends now but would come back after a restart", "error", err)
 		}
 	}
-	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/", MaxAge: -1, HttpOnly: true,
+	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: cookiePath, MaxAge: -1, HttpOnly: true,
 		SameSite: http.SameSiteStrictMode, Secure: secureRequest(r)})
 	to := "/ui/login"
 	if s.auth.publicRead {
@@ -216,6 +216,9 @@ func (s *Server) uiLogout(w http.ResponseWriter, r *http.Request) {
 	}
 	http.Redirect(w, r, to, http.StatusSeeOther)
 }
+
+// cookiePath limits the session cookie to the UI: the API never sees it.
+const cookiePath = "/ui/"
 
 // secureRequest reports whether the browser reached the server over
 // HTTPS (directly or through a proxy saying so), so the cookie is only
@@ -249,6 +252,7 @@ type nodesData struct {
 	Busy       int
 	Executors  int
 	Online     int
+	Queued     int
 	InProgress []*store.Build
 }
 
@@ -268,6 +272,7 @@ func (s *Server) uiNodes(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	d.InProgress = s.inProgress()
+	d.Queued = s.builds.Queued()
 	s.render(w, r, http.StatusOK, "nodes", "Nodes", "nodes", d)
 }
 
@@ -656,12 +661,12 @@ func elapsed(start, end any) string {
 	return humanDuration(to.Sub(from))
 }
 
-// humanDuration rounds d for people: 0.4s, 12s, 3m 05s, 2h 10m, 3d 4h.
+// humanDuration rounds d for people: 36ms, 2.4s, 12s, 3m 05s, 2h 10m,
+// 3d 4h.
 func humanDuration(d time.Duration) string {
 	switch {
-	case d < 0:
-		d = 0
-		fallthrough
+	case d < time.Second:
+		return fmt.Sprintf("%dms", max(d, 0).Milliseconds())
 	case d < 10*time.Second:
 		return fmt.Sprintf("%.1fs", d.Seconds())
 	case d < time.Minute:

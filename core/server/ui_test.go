@@ -256,8 +256,8 @@ func TestUISignIn(t *testing.T) {
 	if cookie == nil {
 		t.Fatalf("no session cookie: %v", resp.Header["Set-Cookie"])
 	}
-	if !cookie.HttpOnly || cookie.SameSite != http.SameSiteStrictMode || cookie.Path != "/" || cookie.MaxAge <= 0 {
-		t.Errorf("cookie %+v: want HttpOnly, SameSite=Strict, Path=/ and a lifetime", cookie)
+	if !cookie.HttpOnly || cookie.SameSite != http.SameSiteStrictMode || cookie.Path != "/ui/" || cookie.MaxAge <= 0 {
+		t.Errorf("cookie %+v: want HttpOnly, SameSite=Strict, Path=/ui/ and a lifetime", cookie)
 	}
 	if strings.Contains(cookie.Value, configuredToken) {
 		t.Errorf("the cookie holds the token")
@@ -266,7 +266,7 @@ func TestUISignIn(t *testing.T) {
 	// token; nor is the token a cookie.
 	c = u.browser(t)
 	csrf := u.signIn(t, c)
-	base, _ := url.Parse(u.url)
+	base, _ := url.Parse(u.url + "/ui/")
 	for _, ck := range c.Jar.Cookies(base) {
 		if ck.Name == sessionCookie {
 			cookie = ck
