@@ -129,6 +129,9 @@ func withAdmin(ctx context.Context, cfg Config, fn func(sarama.ClusterAdmin) err
 	if err != nil {
 		return err
 	}
+	// The admin client finds the controller through a metadata request
+	// naming no topic, which sarama only sends with full metadata.
+	sc.Metadata.Full = true
 	if err := ctx.Err(); err != nil {
 		return err
 	}
