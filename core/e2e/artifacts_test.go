@@ -12,7 +12,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/conveyor-ci/conveyor/core/e2e/cluster"
 	"github.com/conveyor-ci/conveyor/core/store"
@@ -148,4 +150,70 @@ job "fed" {
 			t.Fatalf("status %s (%s), log %q, want %q", b.Status, b.Reason, log, want)
 		}
 	})
+}
+
+// buildTimeout bounds the waits of these tests: generous, for a busy
+// machine; no test relies on it for its timing.
+const buildTimeout = 90 * time.Second
+
+// TestArtifactsSurvivePluginCrash: the Kafka launcher plugin (and its
+// embedded broker) is killed while a 48 MiB artifact travels: the master
+// restarts it, the agent resumes its session, and the transfer goes on
+// where the master stopped acknowledging: the build succeeds with the file
+// byte-identical.
+func TestArtifactsSurvivePluginCrash(t *testing.T) {
+	const size = 48 << 20
+	const plugin = "conveyor-launcher-kafka"
+	c := start(t, `
+node "k1" {
+  launcher          = "kafka"
+  labels            = ["k1"]
+  heartbeat_timeout = "5s"
+  kafka {}
+}`, fmt.Sprintf(`
+job "art" {
+  labels    = ["k1"]
+  artifacts = ["big.bin"]
+  step "make" { run = "head -c %d /dev/urandom > big.bin && sha256sum big.bin" }
+}`, size))
+	c.StartAgent("k1", c.Secret("k1"), "-heartbeat", "500ms", "-heartbeat-timeout", "3s", "-buffer-mib", "4")
+	c.WaitOnline("k1")
+	ctx := context.Background()
+	b, err := c.API.Trigger(ctx, "art", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	partial := filepath.Join(c.Dir, "data", "logs", "art", fmt.Sprint(b.Number)+".artifacts", "big.bin")
+	var atKill int64
+	c.WaitFor("the transfer to start", buildTimeout, func() bool {
+		fi, err := os.Stat(partial)
+		if err == nil {
+			atKill = fi.Size()
+		}
+		return err == nil && fi.Size() > 0
+	})
+	pid := c.PluginPID(plugin)
+	if pid == 0 {
+		t.Fatalf("no %s process under the master", plugin)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("plugin killed with %d of %d bytes written", atKill, size)
+	got := c.WaitBuild("art", b.Number, 3*buildTimeout)
+	log := c.Log("art", b.Number)
+	if got.Status != store.StatusSuccess || len(got.Artifacts) != 1 || got.Artifacts[0].Size != size {
+		t.Fatalf("status %s (%s), artifacts %+v\n%s", got.Status, got.Reason, got.Artifacts, log)
+	}
+	var buf bytes.Buffer
+	if _, err := c.API.DownloadArtifact(ctx, "art", b.Number, "big.bin", &buf); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(buf.Bytes())
+	if hex.EncodeToString(sum[:]) != got.Artifacts[0].SHA256 || !strings.Contains(string(log), got.Artifacts[0].SHA256+"  big.bin") {
+		t.Fatalf("downloaded sha256 %x, recorded %s; the step printed:\n%s", sum, got.Artifacts[0].SHA256, log)
+	}
+	if c.PluginPID(plugin) == pid {
+		t.Fatal("the plugin was not restarted")
+	}
 }
