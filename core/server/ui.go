@@ -153,6 +153,9 @@ func (s *Server) uiRoutes(rt router) {
 	rt.handleUI("POST /ui/jobs/{job}/builds/{n}/cancel", write, s.withBuild(s.uiCancel))
 	rt.handleUI("GET /ui/jobs/{job}/builds/{n}/log", read, s.withBuild(s.handleLog))
 	rt.handleUI("GET /ui/transport", read, s.uiTransport)
+	rt.handleUI("GET /ui/", open, func(w http.ResponseWriter, r *http.Request) {
+		s.uiError(w, r, http.StatusNotFound, "There is no page "+r.URL.Path+".")
+	})
 }
 
 // uiError shows an error page.
@@ -506,12 +509,19 @@ type stepView struct {
 	Finished *time.Time
 }
 
+// logTail is how much of a long finished log the build page shows,
+// unless asked for the whole (?full=1): the end is what one looks for.
+const logTail = 4 << 20
+
 // buildData is the build page's.
 type buildData struct {
 	Build    *store.Build
 	Params   []param
 	Steps    []stepView
 	Finished bool
+	// LogFrom is the byte offset the log view starts at, LogShown how
+	// much it shows from there of a finished build.
+	LogFrom, LogShown int64
 }
 
 func (s *Server) uiBuild(w http.ResponseWriter, r *http.Request, job string, n int) {
@@ -521,6 +531,9 @@ func (s *Server) uiBuild(w http.ResponseWriter, r *http.Request, job string, n i
 		return
 	}
 	d := buildData{Build: b, Params: sortedParams(b.Params), Finished: store.Finished(b.Status)}
+	if d.Finished && b.LogSize > logTail && r.URL.Query().Get("full") == "" {
+		d.LogFrom, d.LogShown = b.LogSize-logTail, logTail
+	}
 	for _, st := range b.Steps {
 		v := stepView{Name: st.Name, Status: st.Status, ExitCode: st.ExitCode, Error: st.Error, Finished: st.FinishedAt}
 		started := st.StartedAt
@@ -579,6 +592,7 @@ var uiFuncs = template.FuncMap{
 	"age":       func(t time.Time) string { return humanDuration(time.Since(t)) },
 	"duration":  humanDuration,
 	"bytes":     humanBytes,
+	"size":      func(n int64) string { return humanBytes(uint64(max(n, 0))) },
 	"join":      strings.Join,
 	"finished":  store.Finished,
 	"buildPath": buildPath,

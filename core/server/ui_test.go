@@ -448,6 +448,31 @@ func TestUITrigger(t *testing.T) {
 	}
 }
 
+// TestUILongLog: a long finished log shows its tail, unless asked for
+// the whole.
+func TestUILongLog(t *testing.T) {
+	u := newUIServer(t, true)
+	now := time.Now()
+	b := &store.Build{Job: "hello", Status: store.StatusSuccess, QueuedAt: now, StartedAt: &now, FinishedAt: &now, LogSize: 10 << 20}
+	if err := u.s.store.Create(b); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct{ query, offset, note string }{
+		{"", `data-offset="6291456"`, "The log is 10.0 MiB: this shows its last 4.0 MiB."},
+		{"?full=1", `data-offset="0"`, ""},
+	}
+	for _, tt := range tests {
+		resp, page := u.call(t, http.DefaultClient, "GET", "/ui/jobs/hello/builds/1"+tt.query, nil, true)
+		if resp.StatusCode != http.StatusOK || !strings.Contains(page, tt.offset) || (tt.note != "") != strings.Contains(page, "log-tail") ||
+			!strings.Contains(page, tt.note) {
+			t.Errorf("build page%s: %d, want %s and note %q:\n%s", tt.query, resp.StatusCode, tt.offset, tt.note, page)
+		}
+	}
+	if resp, page := u.call(t, http.DefaultClient, "GET", "/ui/nowhere", nil, true); resp.StatusCode != http.StatusNotFound || !strings.Contains(page, "There is no page /ui/nowhere.") {
+		t.Errorf("an unknown page: %d\n%s", resp.StatusCode, page)
+	}
+}
+
 // TestUIPagesEscape: what nodes, launchers and plugins report shows as
 // text in every page.
 func TestUIPagesEscape(t *testing.T) {

@@ -331,7 +331,8 @@
     var src = pre.getAttribute('data-src');
     var decoder = new TextDecoder('utf-8');
     var parser = new AnsiParser();
-    var offset = 0;
+    var offset = +(pre.getAttribute('data-offset') || 0);
+    var first = true;
     var delay = 500;
     for (;;) {
       var lost = false;
@@ -344,12 +345,13 @@
         if (!resp.ok) {
           throw new Error('HTTP ' + resp.status);
         }
-        if (offset) {
+        if (!first) {
           pre.setAttribute('data-resumes', +(pre.getAttribute('data-resumes') || 0) + 1);
           setState('following (resumed at byte ' + offset + ')');
         } else {
           setState('following');
         }
+        first = false;
         var reader = resp.body.getReader();
         for (;;) {
           var r = await reader.read();
