@@ -145,16 +145,11 @@ func (a *Agent) collect(s *sess, m *wire.Collect) {
 		}
 	}
 	ctx, cancel := context.WithCancelCause(context.Background())
-	a.mu.Lock()
-	if _, busy := a.steps[m.BuildID]; busy {
-		a.mu.Unlock()
+	if !a.track(s, m.BuildID, &step{cancel: cancel}, false) {
 		cancel(nil)
 		go exit(-1, "build "+m.BuildID+" already runs a step on this agent")
 		return
 	}
-	a.steps[m.BuildID] = &step{cancel: cancel}
-	s.wg.Add(1)
-	a.mu.Unlock()
 	log.Info("sending files", "patterns", m.Patterns)
 	go func() {
 		defer func() {

@@ -761,24 +761,12 @@ func (a *Agent) start(s *sess, m *wire.RunStep) {
 		return
 	}
 	ctx, cancel := context.WithCancelCause(context.Background())
-	a.mu.Lock()
-	if _, busy := a.steps[m.BuildID]; busy {
-		a.mu.Unlock()
+	st := &step{cancel: cancel}
+	if !a.track(s, m.BuildID, st, true) {
 		cancel(nil)
 		go exit(-1, "build "+m.BuildID+" already runs a step on this agent")
 		return
 	}
-	// A Stdin frame before the step announced its standard input (a
-	// closed feed is what an earlier step left unread).
-	st := &step{cancel: cancel}
-	if in := a.stdins[m.BuildID]; in != nil && !in.isClosed() {
-		st.stdin = in
-	} else {
-		delete(a.stdins, m.BuildID)
-	}
-	a.steps[m.BuildID] = st
-	s.wg.Add(1)
-	a.mu.Unlock()
 
 	env := append([]string(nil), a.cfg.Env...)
 	for _, e := range m.Env {
@@ -828,6 +816,28 @@ func (a *Agent) start(s *sess, m *wire.RunStep) {
 		log.Info("step finished", "code", res.Code, "error", res.Error)
 		exit(int32(res.Code), res.Error)
 	}()
+}
+
+// track makes st the running step of build in session s, unless the
+// build runs one already. With takeStdin the step reads the input a Stdin
+// frame announced for it, if any.
+func (a *Agent) track(s *sess, build string, st *step, takeStdin bool) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, busy := a.steps[build]; busy {
+		return false
+	}
+	if takeStdin {
+		// A closed feed is what an earlier step left unread: not this one's.
+		if in := a.stdins[build]; in != nil && !in.isClosed() {
+			st.stdin = in
+		} else {
+			delete(a.stdins, build)
+		}
+	}
+	a.steps[build] = st
+	s.wg.Add(1)
+	return true
 }
 
 func (a *Agent) cancel(build string, reason error) {
