@@ -259,6 +259,9 @@ func ApplyACLs(ctx context.Context, cfg kafkatransport.Config, acls []ACL) error
 	if err != nil {
 		return err
 	}
+	// The client finds the controller through a metadata request naming
+	// no topic, which sarama only sends with full metadata (as withAdmin).
+	sc.Metadata.Full = true
 	if err := ctx.Err(); err != nil {
 		return err
 	}
