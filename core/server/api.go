@@ -152,7 +152,11 @@ func (s *Server) handleArtifact(w http.ResponseWriter, r *http.Request, job stri
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")
 	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": path.Base(art.Path)}))
+	disposition := mime.FormatMediaType("attachment", map[string]string{"filename": path.Base(art.Path)})
+	if disposition == "" { // a name mime cannot encode
+		disposition = "attachment"
+	}
+	h.Set("Content-Disposition", disposition)
 	h.Set("ETag", `"`+art.SHA256+`"`)
 	if sum, err := hex.DecodeString(art.SHA256); err == nil {
 		h.Set("Repr-Digest", "sha-256=:"+base64.StdEncoding.EncodeToString(sum)+":")
