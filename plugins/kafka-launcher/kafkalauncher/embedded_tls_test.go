@@ -39,6 +39,9 @@ func dialSarama(cfg kafkatransport.Config) (sarama.Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	// NewClient connects (and so authenticates) only to fetch full
+	// metadata, which cfg.Sarama turns off.
+	sc.Metadata.Full = true
 	sc.Metadata.Retry.Max = 0
 	sc.Producer.Retry.Max = 1
 	sc.Producer.Retry.Backoff = 10 * time.Millisecond
