@@ -522,6 +522,8 @@ type buildData struct {
 	// LogFrom is the byte offset the log view starts at, LogShown how
 	// much it shows from there of a finished build.
 	LogFrom, LogShown int64
+	// Prev and Next are the job's builds before and after (0: none).
+	Prev, Next int
 }
 
 func (s *Server) uiBuild(w http.ResponseWriter, r *http.Request, job string, n int) {
@@ -531,6 +533,12 @@ func (s *Server) uiBuild(w http.ResponseWriter, r *http.Request, job string, n i
 		return
 	}
 	d := buildData{Build: b, Params: sortedParams(b.Params), Finished: store.Finished(b.Status)}
+	if n > 1 {
+		d.Prev = n - 1
+	}
+	if _, err := s.builds.Get(job, n+1); err == nil {
+		d.Next = n + 1
+	}
 	if d.Finished && b.LogSize > logTail && r.URL.Query().Get("full") == "" {
 		d.LogFrom, d.LogShown = b.LogSize-logTail, logTail
 	}

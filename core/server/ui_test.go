@@ -430,10 +430,13 @@ func TestUITrigger(t *testing.T) {
 	if strings.Contains(page, evil) || !strings.Contains(page, "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;") {
 		t.Errorf("the build page does not escape the parameter:\n%s", page)
 	}
-	for _, want := range []string{`data-build-status="queued"`, `id="cancel"`, "pending", `data-src="/ui/jobs/hello/builds/1/log"`} {
+	for _, want := range []string{`data-build-status="queued"`, `id="cancel"`, "pending", `data-src="/ui/jobs/hello/builds/1/log"`, `id="build-next"`} {
 		if !strings.Contains(page, want) {
 			t.Errorf("the build page lacks %q", want)
 		}
+	}
+	if strings.Contains(page, `id="build-prev"`) {
+		t.Errorf("build 1 links to a build before it")
 	}
 	// Rebuild: the job page's form comes filled with build 1's parameters.
 	if _, page := u.call(t, c, "GET", "/ui/jobs/hello?from=1", nil, true); !strings.Contains(page, `value="MSG"`) || !strings.Contains(page, `value="42"`) {
