@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := $(CURDIR)/bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/conveyor-ci/conveyor/core/version.Version=$(VERSION)
-MODULES := agent bench core plugins/kafka-launcher plugins/ssh-launcher sdk
+MODULES := agent bench core docker plugins/kafka-launcher plugins/ssh-launcher sdk
 PKGS    := $(addprefix ./,$(addsuffix /...,$(MODULES)))
 # Execution counts, not durations: a -fuzztime duration races Go's fuzz
 # coordinator (golang/go#75804, fixed in Go 1.27) and fails with a bare

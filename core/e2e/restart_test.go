@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/conveyor-ci/conveyor/core/e2e/cluster"
 	"github.com/conveyor-ci/conveyor/core/store"
 )
 
@@ -67,16 +68,9 @@ job "count" {
 		t.Fatal(err)
 	}
 	if sha256.Sum256(log.Bytes()) != sha256.Sum256([]byte(want.String())) {
-		t.Fatalf("log after the restart differs from what the steps printed: %d bytes, want %d\n%s", log.Len(), want.Len(), tail(log.String()))
+		t.Fatalf("log after the restart differs from what the steps printed: %d bytes, want %d\n%s", log.Len(), want.Len(), cluster.Tail(log.String()))
 	}
 	if !strings.Contains(c.ServerLog(), "re-attached to the running build") {
 		t.Errorf("the server log does not say it re-attached")
 	}
-}
-
-func tail(s string) string {
-	if len(s) > 600 {
-		return "…" + s[len(s)-600:]
-	}
-	return s
 }

@@ -457,3 +457,11 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 func HCLString(s string) string {
 	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`, "${", "$${", "%{", "%%{").Replace(s) + `"`
 }
+
+// Tail is the end of s (its last 600 bytes), for a failure message.
+func Tail(s string) string {
+	if len(s) > 600 {
+		return "…" + s[len(s)-600:]
+	}
+	return s
+}

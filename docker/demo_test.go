@@ -1,4 +1,4 @@
-package e2e
+package docker
 
 // The Docker demo (docker/) checked without a Docker engine: the compose
 // file's structure and every file it references, the server configuration
@@ -42,8 +42,8 @@ import (
 	"github.com/conveyor-ci/conveyor/plugins/ssh-launcher/sshdtest"
 )
 
-// dockerDir is the demo's directory, from this package's.
-var dockerDir = filepath.Join("..", "..", "docker")
+// dockerDir is the demo's directory: this package's own.
+var dockerDir = "."
 
 // composeFile is the part of the compose specification the demo uses;
 // decoding it with known fields only rejects a misspelt key.
@@ -1022,7 +1022,7 @@ func TestDockerTopology(t *testing.T) {
 	for _, j := range cfg.Jobs {
 		b, log := c.Run(j.Name, nil)
 		if b.Status != store.StatusSuccess {
-			t.Errorf("demo job %s#%d: %s (%s) on %s:\n%s", j.Name, b.Number, b.Status, b.Reason, b.Node, tail(string(log)))
+			t.Errorf("demo job %s#%d: %s (%s) on %s:\n%s", j.Name, b.Number, b.Status, b.Reason, b.Node, cluster.Tail(string(log)))
 			continue
 		}
 		ran[b.Node] = true
