@@ -152,6 +152,7 @@ func (s *Server) uiRoutes(rt router) {
 	rt.handleUI("GET /ui/jobs/{job}/builds/{n}", read, s.withBuild(s.uiBuild))
 	rt.handleUI("POST /ui/jobs/{job}/builds/{n}/cancel", write, s.withBuild(s.uiCancel))
 	rt.handleUI("GET /ui/jobs/{job}/builds/{n}/log", read, s.withBuild(s.handleLog))
+	rt.handleUI("GET /ui/jobs/{job}/builds/{n}/artifacts/{path...}", read, s.withBuild(s.handleArtifact))
 	rt.handleUI("GET /ui/transport", read, s.uiTransport)
 	rt.handleUI("GET /ui/", open, func(w http.ResponseWriter, r *http.Request) {
 		s.uiError(w, r, http.StatusNotFound, "There is no page "+r.URL.Path+".")
@@ -499,6 +500,15 @@ func buildPath(job string, n int) string {
 	return "/ui/jobs/" + url.PathEscape(job) + "/builds/" + strconv.Itoa(n)
 }
 
+// artifactPath is the download link of a build's artifact.
+func artifactPath(job string, n int, p string) string {
+	parts := strings.Split(p, "/")
+	for i := range parts {
+		parts[i] = url.PathEscape(parts[i])
+	}
+	return buildPath(job, n) + "/artifacts/" + strings.Join(parts, "/")
+}
+
 // stepView is one step on the build page: run, running, or still to come.
 type stepView struct {
 	Name     string
@@ -594,17 +604,18 @@ func (s *Server) uiTransport(w http.ResponseWriter, r *http.Request) {
 
 // uiFuncs are the templates' helpers.
 var uiFuncs = template.FuncMap{
-	"stamp":     stamp,
-	"ago":       ago,
-	"elapsed":   elapsed,
-	"age":       func(t time.Time) string { return humanDuration(time.Since(t)) },
-	"duration":  humanDuration,
-	"bytes":     humanBytes,
-	"size":      func(n int64) string { return humanBytes(uint64(max(n, 0))) },
-	"join":      strings.Join,
-	"finished":  store.Finished,
-	"buildPath": buildPath,
-	"jobPath":   func(job string) string { return "/ui/jobs/" + url.PathEscape(job) },
+	"stamp":        stamp,
+	"ago":          ago,
+	"elapsed":      elapsed,
+	"age":          func(t time.Time) string { return humanDuration(time.Since(t)) },
+	"duration":     humanDuration,
+	"bytes":        humanBytes,
+	"size":         func(n int64) string { return humanBytes(uint64(max(n, 0))) },
+	"join":         strings.Join,
+	"finished":     store.Finished,
+	"buildPath":    buildPath,
+	"artifactPath": artifactPath,
+	"jobPath":      func(job string) string { return "/ui/jobs/" + url.PathEscape(job) },
 	"direction": func(d string) string {
 		switch d {
 		case launcher.ToAgent:

@@ -476,6 +476,44 @@ func TestUILongLog(t *testing.T) {
 	}
 }
 
+// TestUIArtifacts: a build's archived files are listed, escaped, and
+// download through the API's handler, for who may read.
+func TestUIArtifacts(t *testing.T) {
+	u := newUIServer(t, false)
+	const name = `out/<i>report</i> 1.txt`
+	now := time.Now()
+	b := &store.Build{Job: "hello", Status: store.StatusSuccess, QueuedAt: now, StartedAt: &now, FinishedAt: &now,
+		Artifacts: []store.Artifact{{Path: name, Size: 5, Mode: 0o644, SHA256: "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"}}}
+	if err := u.s.store.Create(b); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(u.s.store.ArtifactsDir("hello", b.Number), filepath.FromSlash(name))
+	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, []byte("hello"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	link := "/ui/jobs/hello/builds/1/artifacts/out/%3Ci%3Ereport%3C/i%3E%201.txt"
+	c := u.browser(t)
+	if resp, _ := u.call(t, c, "GET", link, nil, false); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("anonymous download: %d, want 401", resp.StatusCode)
+	}
+	u.signIn(t, c)
+	_, page := u.call(t, c, "GET", "/ui/jobs/hello/builds/1", nil, true)
+	if strings.Contains(page, "<i>") || !strings.Contains(page, "out/&lt;i&gt;report&lt;/i&gt; 1.txt") || !strings.Contains(page, "0644") ||
+		!strings.Contains(page, `href="`+link+`"`) {
+		t.Errorf("the build page's artifacts:\n%s", page)
+	}
+	resp, body := u.call(t, c, "GET", link, nil, false)
+	if resp.StatusCode != http.StatusOK || body != "hello" || !strings.HasPrefix(resp.Header.Get("Content-Disposition"), "attachment") {
+		t.Errorf("download: %d %q %q", resp.StatusCode, body, resp.Header.Get("Content-Disposition"))
+	}
+	if resp, _ := u.call(t, c, "GET", "/ui/jobs/hello/builds/1/artifacts/out/other.txt", nil, false); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("a path the build did not record: %d, want 404", resp.StatusCode)
+	}
+}
+
 // TestUIPagesEscape: what nodes, launchers and plugins report shows as
 // text in every page.
 func TestUIPagesEscape(t *testing.T) {
