@@ -24,7 +24,8 @@ import (
 // travel agent → master as FileChunk frames through the session and are
 // downloaded byte-identical through the API and the CLI; a failed build's
 // files are kept too; a step's stdin attribute reaches its process as
-// Stdin frames, and a step without one reads /dev/null.
+// Stdin frames, and a step without one reads /dev/null. Over the local
+// launcher's stdio transport a step's input comes back as an artifact.
 func TestArtifactsAndStdin(t *testing.T) {
 	input := make([]byte, 200<<10)
 	_, _ = rand.Read(input)
@@ -33,12 +34,19 @@ func TestArtifactsAndStdin(t *testing.T) {
 		t.Fatal(err)
 	}
 	inputSum := sha256.Sum256([]byte(hex.EncodeToString(input)))
-	c := start(t, `
+	c := start(t, fmt.Sprintf(`
 node "k1" {
   launcher = "kafka"
   labels   = ["k1"]
   kafka {}
-}`, fmt.Sprintf(`
+}
+node "l1" {
+  launcher = "local"
+  labels   = ["l1"]
+  local {
+    command = [%s, "-transport", "stdio", "-name", "l1", "-workdir", %s]
+  }
+}`, cluster.HCLString(filepath.Join(bin, "conveyor-agent")), cluster.HCLString(filepath.Join(t.TempDir(), "l1"))), fmt.Sprintf(`
 job "art" {
   labels    = ["k1"]
   artifacts = ["dist/**/*.bin", "report.xml", "missing/*.txt"]
@@ -62,9 +70,17 @@ job "fed" {
     stdin = file(%s)
   }
   step "none" { run = "readlink /proc/self/fd/0" }
-}`, cluster.HCLString(inputFile)))
+}
+job "local" {
+  labels    = ["l1"]
+  artifacts = ["out/copy.txt"]
+  step "copy" {
+    run   = "mkdir out && cat > out/copy.txt"
+    stdin = file(%s)
+  }
+}`, cluster.HCLString(inputFile), cluster.HCLString(inputFile)))
 	c.StartAgent("k1", c.Secret("k1"))
-	c.WaitOnline("k1")
+	c.WaitOnline("k1", "l1")
 	ctx := context.Background()
 
 	t.Run("artifacts", func(t *testing.T) {
@@ -140,6 +156,15 @@ job "fed" {
 		b, _ := c.Run("failing", nil)
 		if b.Status != store.StatusFailure || !strings.Contains(b.Reason, "code 1") || len(b.Artifacts) != 1 || b.Artifacts[0].Size != 10 {
 			t.Fatalf("status %s (%s), artifacts %+v", b.Status, b.Reason, b.Artifacts)
+		}
+	})
+
+	t.Run("over stdio", func(t *testing.T) {
+		// The local launcher's agent speaks over its stdin/stdout: the
+		// step's input, fed by Stdin frames, comes back as an artifact.
+		b, log := c.Run("local", nil)
+		if b.Status != store.StatusSuccess || len(b.Artifacts) != 1 || b.Artifacts[0].SHA256 != hex.EncodeToString(inputSum[:]) {
+			t.Fatalf("status %s (%s), artifacts %+v\n%s", b.Status, b.Reason, b.Artifacts, log)
 		}
 	})
 
