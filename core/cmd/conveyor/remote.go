@@ -271,7 +271,32 @@ func cmdSecret(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		remoteError(stderr, "secret", apiMessage(err), err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "%s\n\nStart the agent of node %s with the secret in a file only it can read:\n\n  umask 077; echo %s > secret\n  %s\n",
-		s.Secret, s.Node, s.Secret, strings.Join(s.AgentCommand, " "))
+	fmt.Fprint(stdout, secretHelp(s.Secret, s.Node, s.AgentCommand))
 	return 0
+}
+
+// agentFileFlags are the agent's flags naming a file the operator puts in
+// place, and what goes in it.
+var agentFileFlags = []struct{ flag, what string }{
+	{"-sasl-password-file", "the node's own Kafka password"},
+	{"-tls-cert", "the node's own client certificate (PEM)"},
+	{"-tls-key", "the key of that certificate (PEM)"},
+}
+
+// secretHelp is what `conveyor secret` prints: the secret alone on the
+// first line (for scripts), then how to start the node's agent with it,
+// naming every other file its command line reads.
+func secretHelp(secret, node string, command []string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s\n\nStart the agent of node %s in a directory only it can read, with the secret (the first line above) in the file secret:\n\n", secret, node)
+	fmt.Fprintf(&b, "  umask 077; conveyor secret %s | head -n 1 > secret\n", node)
+	for i := 0; i+1 < len(command); i++ {
+		for _, f := range agentFileFlags {
+			if command[i] == f.flag {
+				fmt.Fprintf(&b, "  # %s: %s\n", command[i+1], f.what)
+			}
+		}
+	}
+	fmt.Fprintf(&b, "  %s\n", strings.Join(command, " "))
+	return b.String()
 }
