@@ -17,14 +17,16 @@ import (
 	"github.com/conveyor-ci/conveyor/plugins/ssh-launcher/sshdtest"
 )
 
-// serverJobs are, per node N, "true-N" (one step running true) and
-// "cat-N" (one step printing the test data).
+// serverJobs are, per node N, "true-N" (one step running true), "cat-N"
+// (one step printing the test data) and "art-N" (one step copying the test
+// data into the workspace, archived as the artifact out.bin).
 func serverJobs(data string) string {
 	var b strings.Builder
 	for _, tr := range transports {
 		n := nodeOf[tr]
 		fmt.Fprintf(&b, "job \"true-%s\" {\n  labels = [%q]\n  step \"true\" { run = \"true\" }\n}\n", n, n)
 		fmt.Fprintf(&b, "job \"cat-%s\" {\n  labels = [%q]\n  step \"cat\" { run = %s }\n}\n", n, n, cluster.HCLString("cat "+shellQuote(data)))
+		fmt.Fprintf(&b, "job \"art-%s\" {\n  labels = [%q]\n  artifacts = [\"out.bin\"]\n  step \"copy\" { run = %s }\n}\n", n, n, cluster.HCLString("cp "+shellQuote(data)+" out.bin"))
 	}
 	return b.String()
 }
@@ -33,7 +35,7 @@ func serverJobs(data string) string {
 // plugins, the embedded broker, a Kafka agent, sshd and the local
 // launcher's agent) through its HTTP API: build round trips, output
 // streaming to the stored log beside kcat and ssh cat on the same broker
-// and sshd, and cancels while streaming.
+// and sshd, artifacts, and cancels while streaming.
 func (b *bench) serverSection(ctx context.Context, t *harness.T) {
 	srv := sshdtest.Start(t, sshdtest.Options{})
 	dir := t.TempDir()
@@ -44,11 +46,35 @@ func (b *bench) serverSection(ctx context.Context, t *harness.T) {
 
 	b.buildRTT(ctx, t, c)
 	b.streaming(ctx, t, c, srv)
+	b.artifacts(ctx, t, c)
 	b.cancels(ctx, t, c)
 }
 
-// buildRTT triggers "true-N" and follows its log until the build finished,
-// over each transport in turn.
+// artifacts runs "art-N" on each transport: from the end of its step to
+// the end of the build, the master collects the file from the agent
+// (FileChunk frames) and stores it.
+func (b *bench) artifacts(ctx context.Context, t *harness.T, c *cluster.Cluster) {
+	b.res.artifact = map[string][]float64{}
+	for range b.opts.rounds {
+		for _, tr := range transports {
+			job := "art-" + nodeOf[tr]
+			bld, err := c.API.Trigger(ctx, job, nil)
+			if err != nil {
+				t.Fatalf("trigger %s: %v", job, err)
+			}
+			got := awaitBuild(ctx, t, c, job, bld.Number, 20*time.Millisecond, 10*time.Minute)
+			if got.Status != store.StatusSuccess || len(got.Artifacts) != 1 || got.Artifacts[0].Size != b.opts.size || len(got.Steps) != 1 {
+				t.Fatalf("%s#%d: %s (%s), artifacts %+v", job, got.Number, got.Status, got.Reason, got.Artifacts)
+			}
+			d := got.FinishedAt.Sub(*got.Steps[0].FinishedAt)
+			b.res.artifact[tr] = append(b.res.artifact[tr], report.MiBps(b.opts.size, d))
+			b.logf("artifact %s over %s: %s", report.Size(b.opts.size), tr, report.Rate(report.MiBps(b.opts.size, d)))
+		}
+	}
+}
+
+// buildRTT triggers "true-N" and waits until the API says the build
+// finished (with its step's exit status), over each transport in turn.
 func (b *bench) buildRTT(ctx context.Context, t *harness.T, c *cluster.Cluster) {
 	b.res.buildRTT = map[string][]time.Duration{}
 	b.res.stepRecorded = map[string][]time.Duration{}
@@ -61,14 +87,13 @@ func (b *bench) buildRTT(ctx context.Context, t *harness.T, c *cluster.Cluster) 
 			if err != nil {
 				t.Fatalf("trigger %s: %v", job, err)
 			}
+			// The log ends with the step; the build's record says it
+			// finished a moment later.
 			if _, err := c.API.Log(ctx, job, bld.Number, 0, true, io.Discard); err != nil {
 				t.Fatalf("follow %s#%d: %v", job, bld.Number, err)
 			}
+			got := awaitBuild(ctx, t, c, job, bld.Number, 200*time.Microsecond, time.Minute)
 			d := time.Since(start)
-			got, err := c.API.Build(ctx, job, bld.Number)
-			if err != nil {
-				t.Fatal(err)
-			}
 			if got.Status != store.StatusSuccess || len(got.Steps) != 1 || got.Steps[0].FinishedAt == nil {
 				t.Fatalf("%s#%d: %s (%s)", job, got.Number, got.Status, got.Reason)
 			}

@@ -21,7 +21,8 @@ type results struct {
 	stepRecorded  map[string][]time.Duration // the same builds' step as the master recorded it
 	stream        map[string][]float64       // MiB/s to the stored log
 	streamTime    map[string]time.Duration
-	kcat          []float64 // produce+consume, MiB/s
+	artifact      map[string][]float64 // MiB/s agent -> the master's artifact store
+	kcat          []float64            // produce+consume, MiB/s
 	kcatProduce   []float64
 	sshCat        []float64
 	cancel        map[string][]time.Duration
@@ -84,11 +85,19 @@ func (b *bench) table() {
 	}
 
 	// 3. File transfer.
-	rep.Add(report.Row{Name: fmt.Sprintf("file transfer: a %s artifact agent -> master", size), Kafka: "no artifacts", SSH: "no artifacts", Local: "no artifacts",
-		Verdict: report.Missing})
-	rep.Note("%s", "File transfer: Conveyor has no artifact feature yet. The wire protocol defines a FileChunk frame (sdk/wire) and the reliable layer numbers it, "+
-		"but no agent sends one and the master stores none: there is no step or job setting to collect a file, no API to fetch it. "+
-		"What exists to move a file from agent to master is a step printing it into the build log, which is the output streaming row ("+size+" through the stored log).")
+	if len(r.artifact["kafka"]) > 0 {
+		k, s, l := perTransport(func(tr string) string { return report.Rate(median(r.artifact[tr])) })
+		row := report.Row{Name: fmt.Sprintf("file transfer: a %s artifact agent -> master's artifact store, end of step -> end of build (median of %d)", size, b.opts.rounds),
+			Kafka: k, SSH: s, Local: l}
+		if len(r.kcat) > 0 {
+			row.Kafka += " (" + report.Percent(median(r.artifact["kafka"])/median(r.kcat)) + " of kcat)"
+			row.SSH += " (" + report.Percent(median(r.artifact["ssh"])/median(r.sshCat)) + " of ssh cat)"
+			row.Baseline = fmt.Sprintf("kcat %s; ssh cat %s", report.Rate(median(r.kcat)), report.Rate(median(r.sshCat)))
+		}
+		rep.Add(row)
+	} else {
+		rep.Add(report.Row{Name: fmt.Sprintf("file transfer: a %s artifact agent -> master", size), Verdict: report.Missing})
+	}
 
 	// 4. Cancel.
 	if len(r.cancel["kafka"]) > 0 {
