@@ -133,13 +133,27 @@ job "local" {
 			}
 		}
 
-		// The CLI downloads them all, checked.
-		dir := t.TempDir()
-		cmd := exec.Command(c.Bin("conveyor"), "artifacts", "-o", dir, "art", fmt.Sprint(b.Number))
-		cmd.Env = append(os.Environ(), "CONVEYOR_ADDR="+c.HTTPAddr, "CONVEYOR_TOKEN="+c.Token)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("conveyor artifacts -o: %v\n%s", err, out)
+		// The CLI lists them, and downloads them all, checked.
+		cli := func(args ...string) string {
+			cmd := exec.Command(c.Bin("conveyor"), append([]string{"artifacts"}, args...)...)
+			cmd.Env = append(os.Environ(), "CONVEYOR_ADDR="+c.HTTPAddr, "CONVEYOR_TOKEN="+c.Token)
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("conveyor artifacts %q: %v\n%s", args, err, out)
+			}
+			return string(out)
 		}
+		table := cli("art", fmt.Sprint(b.Number))
+		for _, a := range list {
+			if !strings.Contains(table, a.Path) || !strings.Contains(table, a.SHA256) {
+				t.Errorf("conveyor artifacts lacks %s:\n%s", a.Path, table)
+			}
+		}
+		if !strings.Contains(table, "-rwxr-x---") {
+			t.Errorf("conveyor artifacts does not show big.bin's mode:\n%s", table)
+		}
+		dir := t.TempDir()
+		cli("-o", dir, "art", fmt.Sprint(b.Number))
 		for _, a := range list {
 			data, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(a.Path)))
 			sum := sha256.Sum256(data)
