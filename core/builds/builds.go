@@ -117,10 +117,16 @@ func (s *Service) reattach(b *store.Build) (bool, error) {
 	}
 	key := Key(b.Job, b.Number)
 	idx := len(b.Steps) - 1
+	// The step running, or else the artifact collection after the last
+	// step that ran: it is collected again, from the start.
+	at, collecting := uint32(idx), false
 	if b.Steps[idx].Status != store.StatusRunning {
-		return false, nil
+		if !collectionRan(j, b) {
+			return false, nil
+		}
+		at, collecting = uint32(len(j.Steps)), true
 	}
-	size, exit, ok := sess.Reattach(key, uint32(idx))
+	size, exit, ok := sess.Reattach(key, at)
 	if !ok {
 		return false, errors.New("the agent session does not know its running step")
 	}
@@ -148,7 +154,22 @@ func (s *Service) reattach(b *store.Build) (bool, error) {
 		}
 		return sess.Wait(ctx, key, uint32(idx), logf)
 	}
-	s.log.Info("re-attached to the running build: it goes on when the agent resumes its session", "build", key, "node", n.Name(), "step", b.Steps[idx].Name, "log_checkpoint", size)
+	if collecting {
+		first = func(ctx context.Context) (*session.StepResult, error) {
+			// The interrupted transfer's files are lost with the master's
+			// state: let it end, then the last step's result stands and
+			// the artifacts are collected anew.
+			if exit == nil {
+				if _, err := sess.Wait(ctx, key, at, io.Discard); err != nil {
+					return nil, err
+				}
+			}
+			sess.Recorded(key, at)
+			last := b.Steps[idx]
+			return &session.StepResult{Code: *last.ExitCode, Error: last.Error}, nil
+		}
+	}
+	s.log.Info("re-attached to the running build: it goes on when the agent resumes its session", "build", key, "node", n.Name(), "step", b.Steps[idx].Name, "artifacts_again", collecting, "log_checkpoint", size)
 	go func() {
 		defer s.nodes.Release(n)
 		s.run(a, j, n, logf, idx, first)
@@ -439,6 +460,23 @@ func (s *Service) runSteps(ctx context.Context, a *active, job *config.Job, n *n
 		}
 	}
 	return store.StatusSuccess, "", true
+}
+
+// collectionRan reports whether build b, whose last recorded step ended,
+// was collecting its artifacts: its steps ran to their end (all
+// succeeded, or the last one recorded failed with an exit status).
+func collectionRan(j *config.Job, b *store.Build) bool {
+	if len(j.Artifacts) == 0 {
+		return false
+	}
+	last := b.Steps[len(b.Steps)-1]
+	switch {
+	case last.ExitCode == nil:
+		return false
+	case last.Status == store.StatusSuccess:
+		return len(b.Steps) == len(j.Steps)
+	}
+	return last.Status == store.StatusFailure
 }
 
 // workspace is the build's workspace on the agent, relative to its workdir.

@@ -195,14 +195,44 @@ job "local" {
 // machine; no test relies on it for its timing.
 const buildTimeout = 90 * time.Second
 
-// TestArtifactsSurvivePluginCrash: the Kafka launcher plugin (and its
-// embedded broker) is killed while a 48 MiB artifact travels: the master
+// TestArtifactsSurviveCrashes: while a 48 MiB artifact travels, the
+// Kafka launcher plugin (and its embedded broker) is killed: the master
 // restarts it, the agent resumes its session, and the transfer goes on
-// where the master stopped acknowledging: the build succeeds with the file
-// byte-identical.
-func TestArtifactsSurvivePluginCrash(t *testing.T) {
-	const size = 48 << 20
+// where the master stopped acknowledging; or the master itself is killed:
+// restarted, it re-attaches to the build and collects the artifacts
+// again. Either way the build succeeds with the file byte-identical.
+func TestArtifactsSurviveCrashes(t *testing.T) {
 	const plugin = "conveyor-launcher-kafka"
+	t.Run("plugin", func(t *testing.T) {
+		artifactsCrash(t, func(c *cluster.Cluster) {
+			pid := c.PluginPID(plugin)
+			if pid == 0 {
+				t.Fatalf("no %s process under the master", plugin)
+			}
+			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			c.WaitFor("the master to restart the plugin", buildTimeout, func() bool {
+				p := c.PluginPID(plugin)
+				return p != 0 && p != pid
+			})
+		})
+	})
+	t.Run("master", func(t *testing.T) {
+		c := artifactsCrash(t, func(c *cluster.Cluster) {
+			c.KillServer()
+			c.StartServer()
+		})
+		if !strings.Contains(c.ServerLog(), "artifacts_again=true") {
+			t.Errorf("the restarted master does not say it collected the artifacts again:\n%s", c.ServerLog())
+		}
+	})
+}
+
+// artifactsCrash runs a build archiving a 48 MiB file and calls crash once
+// the master wrote the file's first bytes; it returns the cluster.
+func artifactsCrash(t *testing.T, crash func(c *cluster.Cluster)) *cluster.Cluster {
+	const size = 48 << 20
 	c := start(t, `
 node "k1" {
   launcher          = "kafka"
@@ -231,14 +261,8 @@ job "art" {
 		}
 		return err == nil && fi.Size() > 0
 	})
-	pid := c.PluginPID(plugin)
-	if pid == 0 {
-		t.Fatalf("no %s process under the master", plugin)
-	}
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("plugin killed with %d of %d bytes written", atKill, size)
+	crash(c)
+	t.Logf("crashed with %d of %d bytes written", atKill, size)
 	got := c.WaitBuild("art", b.Number, 3*buildTimeout)
 	log := c.Log("art", b.Number)
 	if got.Status != store.StatusSuccess || len(got.Artifacts) != 1 || got.Artifacts[0].Size != size {
@@ -252,7 +276,5 @@ job "art" {
 	if hex.EncodeToString(sum[:]) != got.Artifacts[0].SHA256 || !strings.Contains(string(log), got.Artifacts[0].SHA256+"  big.bin") {
 		t.Fatalf("downloaded sha256 %x, recorded %s; the step printed:\n%s", sum, got.Artifacts[0].SHA256, log)
 	}
-	if c.PluginPID(plugin) == pid {
-		t.Fatal("the plugin was not restarted")
-	}
+	return c
 }
