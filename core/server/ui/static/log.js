@@ -260,6 +260,13 @@
     return span;
   }
 
+  // CHUNK_LINES is how many lines a block of the log holds. A full block
+  // is sealed: with content-visibility it is laid out only when scrolled
+  // into view, so a log of millions of lines stays as quick as a short one.
+  var CHUNK_LINES = 1000;
+  // LINE_PX estimates a line's height for a sealed block not laid out yet.
+  var LINE_PX = 18;
+
   // LogView appends segments to the log element in batches, once per
   // animation frame, however fast they come.
   function LogView(pre, follow) {
@@ -268,7 +275,45 @@
     this.queue = [];
     this.scheduled = false;
     this.flushBound = this.flush.bind(this);
+    this.chunk = null;
+    this.chunkLines = 0;
   }
+
+  // append adds text of one style, in blocks of CHUNK_LINES lines.
+  LogView.prototype.append = function (style, text) {
+    while (text) {
+      if (!this.chunk || this.chunkLines >= CHUNK_LINES) {
+        this.seal();
+      }
+      var room = CHUNK_LINES - this.chunkLines;
+      var lines = 0;
+      var cut = -1;
+      for (var pos = text.indexOf('\n'); pos >= 0 && lines < room; pos = text.indexOf('\n', pos + 1)) {
+        lines++;
+        cut = pos + 1;
+      }
+      if (lines < room || cut === text.length) {
+        this.chunk.appendChild(render(style, text));
+        this.chunkLines += lines;
+        return;
+      }
+      this.chunk.appendChild(render(style, text.slice(0, cut)));
+      this.chunkLines += lines;
+      text = text.slice(cut);
+    }
+  };
+
+  // seal closes the current block and opens the next.
+  LogView.prototype.seal = function () {
+    if (this.chunk) {
+      this.chunk.style.containIntrinsicSize = 'auto ' + (this.chunkLines * LINE_PX) + 'px';
+      this.chunk.classList.add('sealed');
+    }
+    this.chunk = document.createElement('div');
+    this.chunk.className = 'log-chunk';
+    this.chunkLines = 0;
+    this.pre.appendChild(this.chunk);
+  };
 
   LogView.prototype.add = function (segs) {
     for (var i = 0; i < segs.length; i++) {
@@ -291,19 +336,17 @@
     if (!q.length) {
       return;
     }
-    var frag = document.createDocumentFragment();
     var style = q[0].style;
     var texts = [];
     for (var i = 0; i < q.length; i++) {
       if (q[i].style.key !== style.key) {
-        frag.appendChild(render(style, texts.join('')));
+        this.append(style, texts.join(''));
         style = q[i].style;
         texts = [];
       }
       texts.push(q[i].text);
     }
-    frag.appendChild(render(style, texts.join('')));
-    this.pre.appendChild(frag);
+    this.append(style, texts.join(''));
     if (!this.follow || this.follow.checked) {
       this.pre.scrollTop = this.pre.scrollHeight;
     }
