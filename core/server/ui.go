@@ -72,7 +72,6 @@ type uiPage struct {
 	PublicRead bool
 	Server     string
 	Version    string
-	Now        time.Time
 	Data       any
 }
 
@@ -80,7 +79,7 @@ type uiPage struct {
 func (s *Server) render(w http.ResponseWriter, r *http.Request, code int, name, title, nav string, data any) {
 	t := uiPages[name]
 	p := uiPage{Title: title, Nav: nav, PublicRead: s.auth.publicRead, Server: s.cfg.Server.Name,
-		Version: version.Version, Now: time.Now(), Data: data}
+		Version: version.Version, Data: data}
 	if sess, ok := sessionOf(r.Context()); ok {
 		p.SignedIn, p.CSRF = true, s.auth.csrf(sess)
 	}
