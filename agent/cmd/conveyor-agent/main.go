@@ -97,7 +97,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	dur(&o.heartbeatTimeout, "heartbeat-timeout", 30*time.Second, "how long the master may stay silent before the agent reconnects")
 	dur(&o.drainTimeout, "drain-timeout", 5*time.Minute, "on SIGTERM, how long running steps may take before they are cancelled")
 	dur(&o.sessionTimeout, "session-timeout", session.DefaultSessionTimeout, "how long steps keep running, their output buffered, while the master is out of reach")
-	fs.IntVar(&o.bufferMiB, "buffer-mib", session.DefaultOutboxBytes>>20, "MiB of step output kept until the master acknowledges it; a step printing more waits ($"+envName("buffer-mib")+")")
+	fs.IntVar(&o.bufferMiB, "buffer-mib", session.DefaultOutboxBytes>>20, "MiB of step output and artifact data kept until the master acknowledges it; a step printing (or a transfer sending) more waits ($"+envName("buffer-mib")+")")
 	str(&o.logLevel, "log-level", "info", "trace, debug, info, warn or error")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
 	fs.Usage = func() {
