@@ -261,7 +261,18 @@ func TestWebUI(t *testing.T) {
 		t.Errorf("transport row counts no frames both ways: %s", strings.Join(strings.Fields(row), " "))
 	}
 
+	// Signing out in one tab ends the session of the other, which says so.
+	other, closeOther := chromedp.NewContext(bctx)
+	defer closeOther()
+	otherCtx, cancelOther := context.WithTimeout(other, time.Minute)
+	defer cancelOther()
+	if err := chromedp.Do(otherCtx, chromedp.Navigate(base+"/ui/transport"), chromedp.WaitVisible(chromedp.ID("transport-ui-1"))); err != nil {
+		t.Fatalf("second tab: %v", err)
+	}
 	do("sign out", chromedp.Click(chromedp.ID("logout")), chromedp.WaitVisible(chromedp.ID("token")))
+	if err := chromedp.Do(otherCtx, chromedp.WaitVisible(chromedp.ID("signed-out"))); err != nil {
+		t.Errorf("the second tab does not say its session ended: %v", err)
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	for _, p := range problems {

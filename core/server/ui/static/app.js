@@ -12,6 +12,10 @@
   function refresh() {
     return fetch(location.href, {credentials: 'same-origin', cache: 'no-store', headers: {Accept: 'text/html'}})
       .then(function (resp) {
+        if (resp.redirected && new URL(resp.url).pathname === '/ui/login') {
+          signedOut();
+          return null;
+        }
         if (!resp.ok || resp.redirected) {
           return null;
         }
@@ -29,13 +33,30 @@
       .catch(function () { return null; });
   }
 
+  // signedOut says, once, that the session ended (expired, signed out in
+  // another tab, or a new token): the page stops refreshing.
+  function signedOut() {
+    if (document.getElementById('signed-out')) {
+      return;
+    }
+    var p = document.createElement('p');
+    p.id = 'signed-out';
+    p.className = 'banner';
+    p.appendChild(document.createTextNode('Your session has ended: this page no longer updates. '));
+    var a = document.createElement('a');
+    a.href = '/ui/login?next=' + encodeURIComponent(location.pathname + location.search);
+    a.textContent = 'Sign in again';
+    p.appendChild(a);
+    document.querySelector('main').prepend(p);
+  }
+
   // finished: the page shows something that no longer changes.
   function finished() {
     return document.querySelector('[data-refresh][data-finished="true"]') !== null;
   }
 
   function poll() {
-    if (!document.querySelector('[data-refresh]') || finished()) {
+    if (!document.querySelector('[data-refresh]') || finished() || document.getElementById('signed-out')) {
       return;
     }
     var next = function () { setTimeout(poll, REFRESH_MS); };

@@ -425,7 +425,7 @@
       }
       setState(lost ? 'connection lost: resuming at byte ' + offset + '…' : 'waiting for the build…');
       await sleep(delay);
-      delay = Math.min(delay * 2, 10000);
+      delay = Math.min(delay * 2, 5000);
     }
   }
 
