@@ -273,6 +273,9 @@ func TestWebUI(t *testing.T) {
 	if err := chromedp.Do(otherCtx, chromedp.WaitVisible(chromedp.ID("signed-out"))); err != nil {
 		t.Errorf("the second tab does not say its session ended: %v", err)
 	}
+	if log := c.ServerLog(); strings.Contains(log, c.Token) || strings.Contains(log, secret) {
+		t.Errorf("the server log holds the API token or the node's secret")
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	for _, p := range problems {
