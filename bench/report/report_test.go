@@ -80,6 +80,7 @@ func TestFormats(t *testing.T) {
 		{Latency(1234 * time.Millisecond), "1234 ms"},
 		{Size(256 << 20), "256 MiB"},
 		{Size(1 << 30), "1 GiB"},
+		{Size(24683520 << 10), "23.54 GiB"},
 		{Size(100 << 10), "100 KiB"},
 		{Size(12), "12 B"},
 		{Rate(MiBps(64<<20, 2*time.Second)), "32.0 MiB/s"},
