@@ -158,7 +158,7 @@ func TestWebUI(t *testing.T) {
 	type logView struct {
 		Text, End, Status, Orange string
 		Bold, Script, Pwned, Red  bool
-		Resumes                   int
+		Resumes, Outputs          int
 	}
 	got, err := chromedp.Run(ctx, chromedp.Evaluate[logView](`(() => {
 		const log = document.getElementById('log');
@@ -173,6 +173,7 @@ func TestWebUI(t *testing.T) {
 			Pwned: typeof window.pwned !== 'undefined',
 			Red: [...log.querySelectorAll('span.ansi-fg-1.ansi-bold')].some(s => s.textContent === 'red bold'),
 			Resumes: +(log.dataset.resumes || 0),
+			Outputs: document.querySelectorAll('#build-steps a[href*="/log?offset="]').length,
 		};
 	})()`))
 	if err != nil {
@@ -189,6 +190,9 @@ func TestWebUI(t *testing.T) {
 	}
 	if !got.Red || got.Orange != "rgb(255, 135, 0)" || strings.Contains(got.Text, "\x1b") || strings.Contains(got.Text, "[0m") {
 		t.Errorf("colours: red bold span %v, orange %q, escapes in the text %v", got.Red, got.Orange, strings.Contains(got.Text, "[0m"))
+	}
+	if got.Outputs != 2 {
+		t.Errorf("%d steps link to their output, want 2", got.Outputs)
 	}
 	if got.Resumes < 1 {
 		t.Errorf("the page never resumed its log stream across the master's restart")

@@ -516,6 +516,8 @@ type stepView struct {
 	Error    string
 	Started  *time.Time
 	Finished *time.Time
+	// Output links to the step's part of the raw log ("" before it ran).
+	Output string
 }
 
 // logTail is how much of a long finished log the build page shows,
@@ -533,6 +535,10 @@ type buildData struct {
 	LogFrom, LogShown int64
 	// Prev and Next are the job's builds before and after (0: none).
 	Prev, Next int
+	// Labels and Candidates say, for a queued build, what it waits for:
+	// the job's labels and the nodes that carry them.
+	Labels     []string
+	Candidates []nodes.Status
 }
 
 func (s *Server) uiBuild(w http.ResponseWriter, r *http.Request, job string, n int) {
@@ -552,7 +558,8 @@ func (s *Server) uiBuild(w http.ResponseWriter, r *http.Request, job string, n i
 		d.LogFrom, d.LogShown = b.LogSize-logTail, logTail
 	}
 	for _, st := range b.Steps {
-		v := stepView{Name: st.Name, Status: st.Status, ExitCode: st.ExitCode, Error: st.Error, Finished: st.FinishedAt}
+		v := stepView{Name: st.Name, Status: st.Status, ExitCode: st.ExitCode, Error: st.Error, Finished: st.FinishedAt,
+			Output: buildPath(job, n) + "/log?offset=" + strconv.FormatInt(st.LogOffset, 10)}
 		started := st.StartedAt
 		v.Started = &started
 		d.Steps = append(d.Steps, v)
@@ -560,6 +567,14 @@ func (s *Server) uiBuild(w http.ResponseWriter, r *http.Request, job string, n i
 	// The steps not run yet: pending while the build goes on, skipped
 	// once it ended.
 	if j := s.cfg.Job(job); j != nil {
+		if b.Status == store.StatusQueued {
+			d.Labels = j.Labels
+			for _, nd := range s.nodes.Nodes() {
+				if nd.Covers(j.Labels) {
+					d.Candidates = append(d.Candidates, nd.Status())
+				}
+			}
+		}
 		rest := "pending"
 		if d.Finished {
 			rest = "skipped"

@@ -430,13 +430,17 @@ func TestUITrigger(t *testing.T) {
 	if strings.Contains(page, evil) || !strings.Contains(page, "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;") {
 		t.Errorf("the build page does not escape the parameter:\n%s", page)
 	}
-	for _, want := range []string{`data-build-status="queued"`, `id="cancel"`, "pending", `data-src="/ui/jobs/hello/builds/1/log"`, `id="build-next"`} {
+	for _, want := range []string{`data-build-status="queued"`, `id="cancel"`, "pending", `data-src="/ui/jobs/hello/builds/1/log"`, `id="build-next"`,
+		`id="waiting"`, `<a href="/ui/nodes#node-n1">n1</a>`, "not launched yet"} {
 		if !strings.Contains(page, want) {
 			t.Errorf("the build page lacks %q", want)
 		}
 	}
 	if strings.Contains(page, `id="build-prev"`) {
 		t.Errorf("build 1 links to a build before it")
+	}
+	if _, page := u.call(t, c, "GET", "/ui/jobs", nil, true); !strings.Contains(page, `data-build-now="hello"`) {
+		t.Errorf("the jobs page has no Build now button for a signed-in user")
 	}
 	// Rebuild: the job page's form comes filled with build 1's parameters.
 	if _, page := u.call(t, c, "GET", "/ui/jobs/hello?from=1", nil, true); !strings.Contains(page, `value="MSG"`) || !strings.Contains(page, `value="42"`) {
@@ -446,7 +450,8 @@ func TestUITrigger(t *testing.T) {
 		t.Fatalf("cancel: %d", resp.StatusCode)
 	}
 	_, page = u.call(t, c, "GET", "/ui/jobs/hello/builds/1", nil, true)
-	if !strings.Contains(page, `data-build-status="cancelled"`) || strings.Contains(page, `id="cancel"`) || !strings.Contains(page, "skipped") {
+	if !strings.Contains(page, `data-build-status="cancelled"`) || strings.Contains(page, `id="cancel"`) || !strings.Contains(page, "skipped") ||
+		strings.Contains(page, `id="waiting"`) {
 		t.Errorf("the cancelled build's page:\n%s", page)
 	}
 }
