@@ -211,7 +211,7 @@ func TestWebUI(t *testing.T) {
 	// The colour parser gives the same output for a text however its
 	// chunks split it, escape sequences included.
 	if res := eval("split escapes", `(() => {
-		const s = 'a\x1b[1;31mred\x1b[0m b \x1b[38;2;1;2;3mrgb\x1b[39;48;5;17mbg\x1b[m\x1b]0;title\x07c\x1b[2Kd\n';
+		const s = 'a\x1b[1;31mred\x1b[0m b \x1b[38;2;1;2;3mrgb\x1b[39;48;5;17mbg\x1b[m\x1b]0;title\x07c\x1b[2Kd\x1b[92mbright\x1b[0m\n';
 		const parse = chunks => {
 			const p = new window.ConveyorLog.AnsiParser(), out = [];
 			for (const c of chunks) for (const seg of p.push(c)) {
@@ -227,7 +227,7 @@ func TestWebUI(t *testing.T) {
 		}
 		return want;
 	})()`); strings.HasPrefix(res, "split at") || strings.Contains(res, `\u001b`) || !strings.Contains(res, `"t":"red"`) ||
-		!strings.Contains(res, `"t":"rgb"`) || !strings.Contains(res, `"t":"bg"`) || !strings.Contains(res, `"t":"cd\n"`) || strings.Contains(res, "title") {
+		!strings.Contains(res, `"t":"rgb"`) || !strings.Contains(res, `"t":"bg"`) || !strings.Contains(res, `"t":"cd"`) || !strings.Contains(res, `{"k":"10||0|0|0|0|0","t":"bright"}`) || strings.Contains(res, "title") {
 		t.Errorf("ANSI parser: %s", res)
 	}
 
