@@ -27,6 +27,11 @@ const Partition int32 = 0
 // io.EOF) by Recv after Close.
 var ErrClosed = errors.New("kafka transport: connection closed")
 
+// producerQueue bounds the records handed to the producer and not yet
+// written: with output frames of 31 KiB about 2 MiB, enough to fill a
+// produce request while another is in flight.
+const producerQueue = 64
+
 // MaxFrameSize is the largest frame Send accepts and Recv reassembles.
 const MaxFrameSize = wire.MaxFrameSize
 
@@ -47,7 +52,7 @@ type Conn struct {
 	// one connection per broker and client, MaxOpenRequests is 1).
 	client   sarama.Client // producer and offsets
 	cclient  sarama.Client // consumer
-	producer sarama.SyncProducer
+	producer sarama.AsyncProducer
 	consumer sarama.Consumer
 	pc       sarama.PartitionConsumer
 	offsets  *offsetStore
@@ -59,6 +64,16 @@ type Conn struct {
 	// the producer, so a Send never races the producer's shutdown.
 	sendMu  sync.Mutex
 	closing chan struct{}
+
+	// failed is closed when the broker refused a record for good (after
+	// the producer's retries); failure says why. The connection is then
+	// broken: records after the refused one may have been written, so the
+	// peer would see a gap. Send and Recv fail, and the session resumes on
+	// a new connection, which resends what the peer lacks.
+	failed   chan struct{}
+	failOnce sync.Once
+	failure  error
+	produced chan struct{} // closed once the producer's errors are drained
 
 	// markMu guards handled, the offset after the last frame Recv
 	// returned (-1: none), which becomes marked when the caller comes back
@@ -113,6 +128,10 @@ func open(ctx context.Context, cfg Config, node string, s side, logger hclog.Log
 	if err != nil {
 		return nil, err
 	}
+	// Send hands records over without waiting for each (the producer
+	// reports only failures), and at most producerQueue of them wait.
+	sc.Producer.Return.Successes = false
+	sc.ChannelBufferSize = producerQueue
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -124,6 +143,8 @@ func open(ctx context.Context, cfg Config, node string, s side, logger hclog.Log
 		consume:       s.consume,
 		group:         s.group,
 		closing:       make(chan struct{}),
+		failed:        make(chan struct{}),
+		produced:      make(chan struct{}),
 		handled:       -1,
 		commitCh:      make(chan struct{}, 1),
 		stopCommit:    make(chan struct{}),
@@ -154,6 +175,7 @@ func open(ctx context.Context, cfg Config, node string, s side, logger hclog.Log
 
 	c.wg.Add(1)
 	go c.committer()
+	go c.producerErrors()
 	go c.logErrors("consumer", c.pc.Errors())
 	c.log.Debug("kafka connection open", "produce", s.produce, "consume", s.consume, "group", s.group)
 	return c, nil
@@ -177,7 +199,7 @@ func (c *Conn) connect(cfg Config, sc *sarama.Config) error {
 			return fmt.Errorf("topic %s has no partitions", t)
 		}
 	}
-	if c.producer, err = sarama.NewSyncProducerFromClient(c.client); err != nil {
+	if c.producer, err = sarama.NewAsyncProducerFromClient(c.client); err != nil {
 		return fmt.Errorf("kafka producer: %w", err)
 	}
 	c.offsets = &offsetStore{client: c.client, group: c.group, topic: c.consume, partition: Partition, retries: 5, backoff: 200 * time.Millisecond}
@@ -214,12 +236,37 @@ func (c *Conn) release() {
 		_ = c.consumer.Close()
 	}
 	if c.producer != nil {
-		_ = c.producer.Close()
+		c.producer.AsyncClose()
+		for range c.producer.Errors() {
+		}
 	}
 	for _, cl := range []sarama.Client{c.cclient, c.client} {
 		if cl != nil && !cl.Closed() {
 			_ = cl.Close()
 		}
+	}
+}
+
+// producerErrors fails the connection at the first record the broker
+// refused for good, and drains the producer's errors until it closes.
+func (c *Conn) producerErrors() {
+	defer close(c.produced)
+	for perr := range c.producer.Errors() {
+		c.failOnce.Do(func() {
+			c.failure = fmt.Errorf("kafka send to %s: %w", c.produce, perr.Err)
+			c.log.Warn("kafka producer failed: the connection is broken", "topic", c.produce, "error", perr.Err)
+			close(c.failed)
+		})
+	}
+}
+
+// broken returns why the connection failed, or nil.
+func (c *Conn) broken() error {
+	select {
+	case <-c.failed:
+		return c.failure
+	default:
+		return nil
 	}
 }
 
@@ -301,8 +348,14 @@ func (c *Conn) Lag(topic, group string) (int64, error) {
 	return max(end-committed, 0), nil
 }
 
-// Send delivers one frame and returns once the broker acknowledged all of
-// its records (acks from all in-sync replicas).
+// Send hands one frame's records to the producer and returns; it blocks
+// only while the producer's queue is full. The producer writes them in
+// order (idempotent, one request in flight, acks from all in-sync
+// replicas): a lone frame goes at once, frames sent while a request is in
+// flight go together in the next one. A record the broker refuses for
+// good breaks the connection: this Send or a later one, and Recv, return
+// the error (see failed). Close waits until every record handed over was
+// written or refused.
 func (c *Conn) Send(frame []byte) error {
 	if len(frame) > MaxFrameSize {
 		return fmt.Errorf("kafka send: frame of %d bytes exceeds the limit of %d", len(frame), MaxFrameSize)
@@ -314,20 +367,17 @@ func (c *Conn) Send(frame []byte) error {
 		return ErrClosed
 	default:
 	}
+	if err := c.broken(); err != nil {
+		return err
+	}
 	c.ids++
-	values := chunks(frame, c.idBase+c.ids)
-	msgs := make([]*sarama.ProducerMessage, len(values))
-	for i, v := range values {
-		msgs[i] = &sarama.ProducerMessage{Topic: c.produce, Partition: Partition, Value: sarama.ByteEncoder(v)}
-	}
-	var err error
-	if len(msgs) == 1 {
-		_, _, err = c.producer.SendMessage(msgs[0])
-	} else {
-		err = c.producer.SendMessages(msgs)
-	}
-	if err != nil {
-		return fmt.Errorf("kafka send to %s: %w", c.produce, err)
+	for _, v := range chunks(frame, c.idBase+c.ids) {
+		msg := &sarama.ProducerMessage{Topic: c.produce, Partition: Partition, Value: sarama.ByteEncoder(v)}
+		select {
+		case c.producer.Input() <- msg:
+		case <-c.failed:
+			return c.failure
+		}
 	}
 	return nil
 }
@@ -353,6 +403,8 @@ func (c *Conn) Recv() ([]byte, error) {
 		select {
 		case <-c.closing:
 			return nil, fmt.Errorf("%w: %w", ErrClosed, io.EOF)
+		case <-c.failed:
+			return nil, c.failure
 		case m, ok := <-c.pc.Messages():
 			if !ok {
 				return nil, fmt.Errorf("%w: %w", ErrClosed, io.EOF)
@@ -377,9 +429,12 @@ func (c *Conn) Malformed() uint64 { return c.re.malformed }
 func (c *Conn) Close() error {
 	c.closeOnce.Do(func() {
 		close(c.closing)
-		// Wait for a Send in flight, then stop producing.
+		// Wait for a Send in flight, then stop producing: the producer
+		// writes what it was handed first.
 		c.sendMu.Lock()
-		perr := c.producer.Close()
+		c.producer.AsyncClose()
+		<-c.produced
+		perr := c.broken()
 		c.sendMu.Unlock()
 
 		close(c.stopCommit)

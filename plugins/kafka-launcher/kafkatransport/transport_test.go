@@ -432,3 +432,42 @@ func writeCert(t *testing.T, dir string) (ca, cert, key string) {
 }
 
 var _ = fmt.Sprintf
+
+// TestRefusedRecordBreaksConn: Send does not wait for the broker, so a
+// record it refuses for good (here: the topic is gone) must break the
+// connection: a later Send and a blocked Recv return the error, and Close
+// still returns.
+func TestRefusedRecordBreaksConn(t *testing.T) {
+	cfg := setup(t, "refused")
+	m, _ := openPair(t, cfg, "refused")
+	recvErr := make(chan error, 1)
+	go func() {
+		_, err := m.Recv()
+		recvErr <- err
+	}()
+	tp := TopicsFor(cfg.TopicPrefix, "refused")
+	if err := DeleteTopics(ctxT(t), cfg, []string{tp.Commands}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(testTimeout)
+	var err error
+	for err == nil && time.Now().Before(deadline) {
+		if err = m.Send([]byte("into nowhere")); err == nil {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if err == nil || !strings.Contains(err.Error(), "kafka send to "+tp.Commands) {
+		t.Fatalf("Send to a deleted topic: %v, want the broker's refusal", err)
+	}
+	select {
+	case rerr := <-recvErr:
+		if rerr == nil || rerr.Error() != err.Error() {
+			t.Fatalf("Recv ended with %v, want %v", rerr, err)
+		}
+	case <-time.After(testTimeout):
+		t.Fatal("Recv still blocked on a broken connection")
+	}
+	if cerr := m.Close(); cerr == nil {
+		t.Fatal("Close of a broken connection reported nothing")
+	}
+}
