@@ -143,14 +143,16 @@ job "hello" {
 # data_dir next to the build's log with their sha256, and come back with
 # `conveyor artifacts JOB N [-o DIR]` or GET .../builds/N/artifacts. A
 # pattern that matches nothing is noted in the log and the build's reason
-# without failing it.
+# without failing it. artifacts_max_mib (default 4096) bounds what one
+# build's artifacts take on the master: a transfer beyond fails the build.
 #
 # stdin: a step's standard input (a string; file("...") reads one); without
 # it the step reads /dev/null.
 job "multi-step" {
-  labels    = ["linux"]
-  timeout   = "5m"
-  artifacts = ["dist/*.tar.gz", "reports/**/*.txt"]
+  labels            = ["linux"]
+  timeout           = "5m"
+  artifacts         = ["dist/*.tar.gz", "reports/**/*.txt"]
+  artifacts_max_mib = 64
 
   step "checkout" {
     run = "mkdir -p src && echo 'package main' > src/main.go && ls -l src"

@@ -34,7 +34,7 @@ func (s *Service) collectArtifacts(ctx context.Context, a *active, job *config.J
 	if sess == nil {
 		return fail(fmt.Sprintf("not collected: node %s went offline: %s", n.Name(), n.Status().Reason))
 	}
-	w, err := s.store.NewArtifactWriter(job.Name, a.build.Number)
+	w, err := s.store.NewArtifactWriter(job.Name, a.build.Number, job.ArtifactsMaxBytes)
 	if err != nil {
 		return fail(err.Error())
 	}

@@ -143,9 +143,16 @@ type Job struct {
 	// the files the master archives once the steps ended (see
 	// CheckArtifactPattern); nil when unset.
 	Artifacts []string
+	// ArtifactsMaxBytes bounds what one build's artifacts may take on the
+	// master (artifacts_max_mib, default DefaultArtifactsMaxMiB): a
+	// transfer going beyond fails the build, the disk does not fill up.
+	ArtifactsMaxBytes int64
 	// DefRange is the range of the block header.
 	DefRange hcl.Range
 }
+
+// DefaultArtifactsMaxMiB is a job's artifacts_max_mib when unset.
+const DefaultArtifactsMaxMiB = 4096
 
 // Step is one step of a job.
 type Step struct {

@@ -91,6 +91,8 @@ type jobBlock struct {
 	Env          map[string]string `hcl:"env,optional"`
 	EnvRange     hcl.Range         `hcl:"env,attr_value_range"`
 	Artifacts    hcl.Expression    `hcl:"artifacts,optional"`
+	MaxMiB       *int              `hcl:"artifacts_max_mib,optional"`
+	MaxMiBRange  hcl.Range         `hcl:"artifacts_max_mib,attr_value_range"`
 	Steps        []*stepBlock      `hcl:"step,block"`
 	DefRange     hcl.Range         `hcl:",def_range"`
 }
@@ -503,6 +505,14 @@ func (c *Config) buildJobs(blocks []*jobBlock) hcl.Diagnostics {
 		var d hcl.Diagnostics
 		j.Artifacts, d = c.buildArtifacts(b.Artifacts)
 		diags = append(diags, d...)
+		j.ArtifactsMaxBytes = DefaultArtifactsMaxMiB << 20
+		if b.MaxMiB != nil {
+			if *b.MaxMiB < 1 {
+				diags = diags.Append(errorAt(b.MaxMiBRange, "Invalid artifacts_max_mib",
+					fmt.Sprintf("The artifacts of a build may take at least 1 MiB, not %d.", *b.MaxMiB)))
+			}
+			j.ArtifactsMaxBytes = int64(*b.MaxMiB) << 20
+		}
 		steps := map[string]hcl.Range{}
 		for _, s := range b.Steps {
 			diags = append(diags, checkName("step", s.Name, s.NameRange)...)

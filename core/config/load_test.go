@@ -149,9 +149,15 @@ func TestLoadGood(t *testing.T) {
 		if want := []string{"dist/**/*.tar.gz", "report.xml"}; !reflect.DeepEqual(j.Artifacts, want) {
 			t.Errorf("anywhere artifacts = %q, want %q", j.Artifacts, want)
 		}
+		if j.ArtifactsMaxBytes != 512<<20 {
+			t.Errorf("anywhere artifacts_max_mib = %d bytes, want 512 MiB", j.ArtifactsMaxBytes)
+		}
 		if len(j.Steps) != 2 || j.Steps[0].Stdin != nil || j.Steps[1].Stdin == nil || *j.Steps[1].Stdin != "Hello from a file!\n" {
 			t.Errorf("anywhere steps = %+v, want no stdin, then the file's", j.Steps)
 		}
+	}
+	if m := c.Job("hello").ArtifactsMaxBytes; m != DefaultArtifactsMaxMiB<<20 {
+		t.Errorf("hello artifacts limit %d, want the default", m)
 	}
 	if c.Job("hello").Artifacts != nil {
 		t.Errorf("hello has artifacts %q, want none", c.Job("hello").Artifacts)
@@ -290,6 +296,7 @@ func TestLoadBad(t *testing.T) {
 		{"api_duplicate_block.hcl", "3:3", "Duplicate api block"},
 		{"artifacts_absolute.hcl", "8:33", "cannot be used: an absolute path"},
 		{"artifacts_dotdot.hcl", "10:5", `".." leads out of the build's workspace`},
+		{"artifacts_max_mib.hcl", "9:23", "at least 1 MiB, not 0"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.TrimSuffix(tt.file, ".hcl"), func(t *testing.T) {

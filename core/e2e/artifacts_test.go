@@ -59,6 +59,12 @@ job "failing" {
   artifacts = ["report.xml"]
   step "test" { run = "echo '<failed/>' > report.xml; exit 1" }
 }
+job "too-big" {
+  labels            = ["k1"]
+  artifacts         = ["*.bin"]
+  artifacts_max_mib = 1
+  step "make" { run = "head -c 1048576 /dev/zero > a.bin && head -c 1 /dev/zero > b.bin" }
+}
 job "fed" {
   labels = ["k1"]
   step "cat" {
@@ -170,6 +176,20 @@ job "local" {
 		b, _ := c.Run("failing", nil)
 		if b.Status != store.StatusFailure || !strings.Contains(b.Reason, "code 1") || len(b.Artifacts) != 1 || b.Artifacts[0].Size != 10 {
 			t.Fatalf("status %s (%s), artifacts %+v", b.Status, b.Reason, b.Artifacts)
+		}
+	})
+
+	t.Run("beyond artifacts_max_mib", func(t *testing.T) {
+		// Exactly the limit in a.bin, one byte more in b.bin: the build
+		// fails and keeps nothing it could not finish.
+		b, log := c.Run("too-big", nil)
+		if b.Status != store.StatusFailure || !strings.Contains(b.Reason, "exceed their limit of 1 MiB (artifacts_max_mib)") {
+			t.Fatalf("status %s (%s), want a failure over the limit\n%s", b.Status, b.Reason, log)
+		}
+		for _, a := range b.Artifacts {
+			if a.Path == "b.bin" {
+				t.Fatalf("b.bin recorded beyond the limit: %+v", b.Artifacts)
+			}
 		}
 	})
 

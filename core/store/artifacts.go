@@ -71,6 +71,8 @@ type ArtifactWriter struct {
 	seen map[string]bool
 	done []Artifact
 
+	limit, total int64 // bytes the build's artifacts may take, and took
+
 	cur  *os.File // the file being written
 	name string
 	mode fs.FileMode
@@ -79,8 +81,9 @@ type ArtifactWriter struct {
 }
 
 // NewArtifactWriter starts the artifacts of build n of job afresh (what
-// an earlier attempt left is removed).
-func (s *Store) NewArtifactWriter(job string, n int) (*ArtifactWriter, error) {
+// an earlier attempt left is removed); together they may take at most
+// limit bytes.
+func (s *Store) NewArtifactWriter(job string, n int, limit int64) (*ArtifactWriter, error) {
 	dir := s.ArtifactsDir(job, n)
 	if err := os.RemoveAll(dir); err != nil {
 		return nil, fmt.Errorf("artifacts of %s#%d: %w", job, n, err)
@@ -92,7 +95,7 @@ func (s *Store) NewArtifactWriter(job string, n int) (*ArtifactWriter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("artifacts of %s#%d: %w", job, n, err)
 	}
-	return &ArtifactWriter{dir: dir, root: r, dirs: map[string]bool{".": true}, seen: map[string]bool{}}, nil
+	return &ArtifactWriter{dir: dir, root: r, dirs: map[string]bool{".": true}, seen: map[string]bool{}, limit: limit}, nil
 }
 
 // Chunk writes data at offset of the file at p (slash-separated), whose
@@ -111,6 +114,10 @@ func (w *ArtifactWriter) Chunk(p string, mode fs.FileMode, offset int64, data []
 	if offset != w.size {
 		return fmt.Errorf("artifact %s: chunk at offset %d, want %d", p, offset, w.size)
 	}
+	if w.total+int64(len(data)) > w.limit {
+		return fmt.Errorf("artifact %s: the build's artifacts exceed their limit of %d MiB (artifacts_max_mib)", p, w.limit>>20)
+	}
+	w.total += int64(len(data))
 	if _, err := w.cur.Write(data); err != nil {
 		return fmt.Errorf("artifact %s: %w", p, err)
 	}

@@ -18,7 +18,7 @@ func TestArtifactWriter(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	w, err := s.NewArtifactWriter("app", 3)
+	w, err := s.NewArtifactWriter("app", 3, 1<<30)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +95,7 @@ func TestArtifactWriterRefuses(t *testing.T) {
 		{"incomplete", []chunk{{"a", 0, "x", false}}, "incomplete (1 bytes came)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			w, err := s.NewArtifactWriter("j", 1)
+			w, err := s.NewArtifactWriter("j", 1, 1<<20)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -112,5 +112,35 @@ func TestArtifactWriterRefuses(t *testing.T) {
 				t.Fatal("a file was written outside the artifacts directory")
 			}
 		})
+	}
+}
+
+// TestArtifactWriterLimit: a build's artifacts together may take the
+// writer's limit and not a byte more; the chunk going beyond is refused
+// unwritten, whichever file it belongs to.
+func TestArtifactWriterLimit(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const limit = 1 << 20
+	w, err := s.NewArtifactWriter("j", 1, limit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	half := make([]byte, limit/2)
+	if err := w.Chunk("a", 0o644, 0, half, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Chunk("b", 0o644, 0, half, false); err != nil {
+		t.Fatalf("exactly the limit: %v", err)
+	}
+	err = w.Chunk("b", 0o644, int64(len(half)), []byte{1}, true)
+	if err == nil || !strings.Contains(err.Error(), "exceed their limit of 1 MiB (artifacts_max_mib)") {
+		t.Fatalf("one byte over the limit: %v", err)
+	}
+	if fi, err := os.Stat(filepath.Join(s.ArtifactsDir("j", 1), "b")); err != nil || fi.Size() != int64(len(half)) {
+		t.Fatalf("the refused chunk was written: %v %v", fi, err)
 	}
 }

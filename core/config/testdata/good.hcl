@@ -61,7 +61,8 @@ job "mac-only" {
 }
 
 job "anywhere" {
-  artifacts = ["dist/**/*.tar.gz", "report.xml"]
+  artifacts         = ["dist/**/*.tar.gz", "report.xml"]
+  artifacts_max_mib = 512
   step "true" { run = "true" }
   step "fed" {
     run   = "cat"
