@@ -9,8 +9,18 @@ import (
 
 // ChunkSize is the most frame bytes one Kafka record carries. A larger
 // frame is split into several records, well below Kafka's default
-// message.max.bytes of 1 MiB, and reassembled on receipt.
+// message.max.bytes of 1 MiB, and reassembled on receipt. A topic whose
+// max.message.bytes is lower gets smaller chunks (see recordLimit).
 const ChunkSize = 512 << 10
+
+// recordSlack is what a record batch of one record adds to its value
+// (batch header, record framing); a chunk leaves it free below the
+// topic's max.message.bytes.
+const recordSlack = 4096
+
+// minChunkSize is the smallest chunk a topic's limit may leave: below it,
+// the topic cannot reasonably carry frames.
+const minChunkSize = 4 << 10
 
 // chunkHeaderSize is the size of the header before each chunk's bytes:
 //
@@ -43,16 +53,21 @@ func appendChunkHeader(b []byte, last bool, index uint32, total uint32, id uint6
 	return binary.BigEndian.AppendUint64(b, id)
 }
 
-// chunks splits frame into record values, each with its header.
-func chunks(frame []byte, id uint64) [][]byte {
-	n := (len(frame) + ChunkSize - 1) / ChunkSize
+// chunks splits frame into record values of ChunkSize frame bytes at
+// most, each with its header.
+func chunks(frame []byte, id uint64) [][]byte { return split(frame, id, ChunkSize) }
+
+// split splits frame into record values of size frame bytes at most, each
+// with its header.
+func split(frame []byte, id uint64, size int) [][]byte {
+	n := (len(frame) + size - 1) / size
 	if n == 0 {
 		n = 1 // an empty frame still travels, as one empty chunk
 	}
 	out := make([][]byte, 0, n)
 	for i := 0; i < n; i++ {
-		lo := i * ChunkSize
-		hi := min(lo+ChunkSize, len(frame))
+		lo := i * size
+		hi := min(lo+size, len(frame))
 		v := make([]byte, 0, chunkHeaderSize+hi-lo)
 		v = appendChunkHeader(v, i == n-1, uint32(i), uint32(len(frame)), id)
 		out = append(out, append(v, frame[lo:hi]...))

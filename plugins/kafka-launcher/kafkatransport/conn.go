@@ -44,6 +44,7 @@ type Conn struct {
 	desc    string
 	opened  time.Time
 	produce string // topic written
+	chunk   int    // most frame bytes per record written (ChunkSize, or less for the topic)
 	consume string // topic read
 	group   string
 
@@ -198,6 +199,19 @@ func (c *Conn) connect(cfg Config, sc *sarama.Config) error {
 		if len(ps) == 0 {
 			return fmt.Errorf("topic %s has no partitions", t)
 		}
+	}
+	c.chunk = ChunkSize
+	switch limit, err := recordLimit(c.client, c.produce); {
+	case err != nil:
+		c.log.Debug("topic's record limit unknown: chunks of the default size", "topic", c.produce, "error", err)
+	case limit-recordSlack-chunkHeaderSize < minChunkSize:
+		return fmt.Errorf("topic %s takes records of %d bytes at most (max.message.bytes): too small to carry frames, raise it to at least %d", c.produce, limit, minChunkSize+recordSlack+chunkHeaderSize)
+	case limit-recordSlack-chunkHeaderSize < ChunkSize:
+		c.chunk = limit - recordSlack - chunkHeaderSize
+		// A produce request's batch must fit the topic's limit too (the
+		// batch header is 61 bytes).
+		c.client.Config().Producer.MaxMessageBytes = limit - 512
+		c.log.Debug("topic takes smaller records: frames go in smaller chunks", "topic", c.produce, "max.message.bytes", limit, "chunk", c.chunk)
 	}
 	if c.producer, err = sarama.NewAsyncProducerFromClient(c.client); err != nil {
 		return fmt.Errorf("kafka producer: %w", err)
@@ -371,7 +385,7 @@ func (c *Conn) Send(frame []byte) error {
 		return err
 	}
 	c.ids++
-	for _, v := range chunks(frame, c.idBase+c.ids) {
+	for _, v := range split(frame, c.idBase+c.ids, c.chunk) {
 		msg := &sarama.ProducerMessage{Topic: c.produce, Partition: Partition, Value: sarama.ByteEncoder(v)}
 		select {
 		case c.producer.Input() <- msg:

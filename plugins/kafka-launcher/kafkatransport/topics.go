@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/IBM/sarama"
@@ -272,4 +273,35 @@ func TopicExists(ctx context.Context, cfg Config, topic string) (bool, error) {
 		return nil
 	})
 	return exists, err
+}
+
+// recordLimit asks the cluster for the largest record batch topic takes:
+// its max.message.bytes (the broker's message.max.bytes unless the topic
+// overrides it).
+func recordLimit(client sarama.Client, topic string) (int, error) {
+	b := client.LeastLoadedBroker()
+	if b == nil {
+		return 0, errors.New("no broker reachable")
+	}
+	resp, err := b.DescribeConfigs(&sarama.DescribeConfigsRequest{Version: 1, Resources: []*sarama.ConfigResource{
+		{Type: sarama.TopicResource, Name: topic, ConfigNames: []string{"max.message.bytes"}},
+	}})
+	if err != nil {
+		return 0, fmt.Errorf("describe configs of %s: %w", topic, err)
+	}
+	for _, r := range resp.Resources {
+		if r.ErrorCode != 0 {
+			return 0, fmt.Errorf("describe configs of %s: %w", topic, sarama.KError(r.ErrorCode))
+		}
+		for _, e := range r.Configs {
+			if e.Name == "max.message.bytes" {
+				n, err := strconv.Atoi(e.Value)
+				if err != nil || n <= 0 {
+					return 0, fmt.Errorf("max.message.bytes of %s: %q is no size", topic, e.Value)
+				}
+				return n, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("max.message.bytes of %s: not reported", topic)
 }

@@ -16,10 +16,12 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/IBM/sarama"
 	"github.com/hashicorp/go-hclog"
 	"github.com/twmb/franz-go/pkg/kfake"
 )
@@ -469,5 +471,52 @@ func TestRefusedRecordBreaksConn(t *testing.T) {
 	}
 	if cerr := m.Close(); cerr == nil {
 		t.Fatal("Close of a broken connection reported nothing")
+	}
+}
+
+// TestSmallRecordLimit: on topics whose records may be 64 KiB at most
+// (max.message.bytes), frames go in chunks that fit, and a 1 MiB frame
+// still arrives whole.
+func TestSmallRecordLimit(t *testing.T) {
+	const limit = 64 << 10
+	c := newCluster(t)
+	cfg := Config{Brokers: c.ListenAddrs()}
+	sc, err := cfg.Sarama()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc.Metadata.Full = true // an admin client looks for the controller
+	admin, err := sarama.NewClusterAdmin(cfg.Brokers, sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	max := strconv.Itoa(limit)
+	tp := TopicsFor("", "small")
+	for _, name := range []string{tp.Commands, tp.Events} {
+		if err := admin.CreateTopic(name, &sarama.TopicDetail{NumPartitions: 1, ReplicationFactor: 1,
+			ConfigEntries: map[string]*string{"max.message.bytes": &max}}, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = admin.Close()
+	m, a := openPair(t, cfg, "small")
+	if m.chunk+chunkHeaderSize+recordSlack > limit || m.chunk < minChunkSize {
+		t.Fatalf("chunk of %d bytes for a record limit of %d", m.chunk, limit)
+	}
+	big := make([]byte, 1<<20)
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	if err := m.Send(big); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Send([]byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	if got := recvT(t, a); !bytes.Equal(got, big) {
+		t.Fatalf("1 MiB frame came back as %d bytes", len(got))
+	}
+	if got := recvT(t, a); string(got) != "after" {
+		t.Fatalf("then %q", got)
 	}
 }
