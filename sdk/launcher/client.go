@@ -87,7 +87,7 @@ func (c *client) Launch(ctx context.Context, node *Node) (Conn, error) {
 	done := make(chan result, 1)
 	go func() {
 		// A failed Send shows up, with its real reason, in Recv.
-		_ = stream.Send(&pb.LaunchClientMessage{Msg: &pb.LaunchClientMessage_Launch{Launch: req}})
+		_ = stream.Send(&pb.LaunchClientMessage{Msg: &pb.LaunchClientMessage_Launch{Launch: req}, ReadsFrames: true})
 		m, err := stream.Recv()
 		done <- result{m, err}
 	}()
@@ -107,7 +107,7 @@ func (c *client) Launch(ctx context.Context, node *Node) (Conn, error) {
 		cancel()
 		return nil, fmt.Errorf("launch node %q: plugin sent a frame before confirming the launch", node.Name)
 	}
-	return &clientConn{stream: stream, cancel: cancel, desc: launched.Description}, nil
+	return newClientConn(stream, cancel, launched), nil
 }
 
 func (c *client) Teardown(ctx context.Context, node string) error {
@@ -187,38 +187,67 @@ func (c *client) RunCommand(ctx context.Context, req *CommandRequest) (string, e
 	return r.Output, nil
 }
 
-// clientConn is the host end of a launched node's frame stream.
+// clientConn is the host end of a launched node's frame stream. Its
+// frames go out through a frameSender, several per message to a plugin
+// whose Launched said it reads them.
 type clientConn struct {
 	stream pb.Launcher_LaunchClient
 	cancel context.CancelFunc
 	desc   string
+	out    *frameSender
 
-	sendMu sync.Mutex
-	once   sync.Once
+	pending [][]byte // received, not yet returned by Recv
+	once    sync.Once
 }
 
+func newClientConn(stream pb.Launcher_LaunchClient, cancel context.CancelFunc, launched *pb.Launched) *clientConn {
+	c := &clientConn{stream: stream, cancel: cancel, desc: launched.Description}
+	pluginReads := launched.ReadsFrames
+	c.out = newFrameSender(func(frames [][]byte) error {
+		return sendFrames(frames, pluginReads,
+			func(f []byte) error {
+				return stream.Send(&pb.LaunchClientMessage{Msg: &pb.LaunchClientMessage_Frame{Frame: f}})
+			},
+			func(fs *pb.Frames) error {
+				return stream.Send(&pb.LaunchClientMessage{Msg: &pb.LaunchClientMessage_Frames{Frames: fs}})
+			})
+	})
+	go func() { _ = c.out.run() }()
+	return c
+}
+
+// Send queues the frame for the stream; a failed stream fails the Sends
+// after it, and Recv with the reason.
 func (c *clientConn) Send(frame []byte) error {
-	c.sendMu.Lock()
-	defer c.sendMu.Unlock()
-	if err := c.stream.Send(&pb.LaunchClientMessage{Msg: &pb.LaunchClientMessage_Frame{Frame: frame}}); err != nil {
+	if err := c.out.Send(frame); err != nil {
 		return statusErr(err)
 	}
 	return nil
 }
 
+// Recv returns the next frame, from a batch received before when one is
+// left. It is called from one goroutine at a time.
 func (c *clientConn) Recv() ([]byte, error) {
-	m, err := c.stream.Recv()
-	if err != nil {
-		return nil, statusErr(err)
+	for len(c.pending) == 0 {
+		m, err := c.stream.Recv()
+		if err != nil {
+			return nil, statusErr(err)
+		}
+		c.pending = messageFrames(m)
 	}
-	return m.GetFrame(), nil
+	f := c.pending[0]
+	c.pending[0] = nil
+	c.pending = c.pending[1:]
+	return f, nil
 }
 
+// Close drops the frames not sent yet, half-closes the stream once the
+// message being sent is out, and ends it.
 func (c *clientConn) Close() error {
 	c.once.Do(func() {
-		c.sendMu.Lock()
+		c.out.close(false)
+		<-c.out.done
 		_ = c.stream.CloseSend()
-		c.sendMu.Unlock()
 		c.cancel()
 	})
 	return nil

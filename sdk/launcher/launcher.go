@@ -156,10 +156,15 @@ type CommandRequest struct {
 // one agent. Send and Recv may be called concurrently with each other, but
 // each only from one goroutine at a time.
 type Conn interface {
-	// Send delivers one frame to the agent.
+	// Send delivers one frame to the agent. The frame is the Conn's from
+	// then on: the caller does not change it. Between host and plugin,
+	// Send queues the frame for the gRPC stream and returns.
 	Send(frame []byte) error
 	// Recv returns the next frame from the agent, or io.EOF once the agent
-	// side has ended the connection.
+	// side has ended the connection. The frame is the caller's: a later
+	// Recv does not reuse it. In a plugin, Recv is called again while the
+	// frames before are still on their way to the host (up to a few MiB
+	// of them), so that several travel in one gRPC message.
 	Recv() ([]byte, error)
 	// Close ends the connection; Recv then fails. It is safe to call twice.
 	Close() error

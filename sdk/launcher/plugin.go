@@ -6,6 +6,8 @@ import (
 
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/experimental"
+	"google.golang.org/grpc/mem"
 
 	pb "github.com/conveyor-ci/conveyor/sdk/launcher/proto"
 )
@@ -38,6 +40,52 @@ var Handshake = plugin.HandshakeConfig{
 // maxMessageSize bounds one gRPC message: large enough for the largest wire
 // frame plus framing.
 const maxMessageSize = 64 << 20
+
+// Transport of the plugin's gRPC connection, the same on both ends: frames
+// stream through it at the agent's output rate, so it moves them in large
+// reads and writes and lets a batch of frames (maxBatchBytes) and more be
+// in flight without waiting for a window update.
+const (
+	windowSize   = 8 << 20
+	ioBufferSize = 256 << 10
+)
+
+// bufferPool has a tier at every power of two from 32 KiB to 2 MiB: gRPC
+// clears a pooled buffer's whole capacity each time it hands it out, and
+// with its default tiers (32 KiB, then 1 MiB) a batch of two 31 KiB frames
+// would clear 1 MiB.
+var bufferPool = func() mem.BufferPool {
+	p, err := mem.NewBinaryTieredBufferPool(8, 12, 14, 15, 16, 17, 18, 19, 20, 21)
+	if err != nil {
+		panic(err)
+	}
+	return p
+}()
+
+// dialOptions are the host's options for the plugin's gRPC connection.
+func dialOptions() []grpc.DialOption {
+	return []grpc.DialOption{
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessageSize), grpc.MaxCallSendMsgSize(maxMessageSize)),
+		grpc.WithInitialWindowSize(windowSize),
+		grpc.WithInitialConnWindowSize(windowSize),
+		grpc.WithReadBufferSize(ioBufferSize),
+		grpc.WithWriteBufferSize(ioBufferSize),
+		experimental.WithBufferPool(bufferPool),
+	}
+}
+
+// serverOptions are the plugin's options for its gRPC server.
+func serverOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(maxMessageSize),
+		grpc.MaxSendMsgSize(maxMessageSize),
+		grpc.InitialWindowSize(windowSize),
+		grpc.InitialConnWindowSize(windowSize),
+		grpc.ReadBufferSize(ioBufferSize),
+		grpc.WriteBufferSize(ioBufferSize),
+		experimental.BufferPool(bufferPool),
+	}
+}
 
 // pluginSets returns the go-plugin sets per protocol version. impl is nil
 // on the host side.

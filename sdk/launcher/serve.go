@@ -50,7 +50,7 @@ func Serve(factory func(logger hclog.Logger) Launcher, opts ...ServeOption) {
 		HandshakeConfig:  Handshake,
 		VersionedPlugins: pluginSets(factory(logger), cfg.versions),
 		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
-			opts = append(opts, grpc.MaxRecvMsgSize(maxMessageSize), grpc.MaxSendMsgSize(maxMessageSize))
+			opts = append(opts, serverOptions()...)
 			return grpc.NewServer(opts...)
 		},
 		Logger: logger.Named("go-plugin"),

@@ -98,7 +98,7 @@ func (s *server) Launch(stream pb.Launcher_LaunchServer) error {
 		return status.Errorf(codes.Unavailable, "launch node %q: %v", node.Name, err)
 	}
 	defer conn.Close()
-	launched := &pb.Launched{}
+	launched := &pb.Launched{ReadsFrames: true}
 	if d, ok := conn.(Describer); ok {
 		launched.Description = d.Description()
 	}
@@ -106,20 +106,34 @@ func (s *server) Launch(stream pb.Launcher_LaunchServer) error {
 		return err
 	}
 
-	errc := make(chan error, 2)
-	go func() { // agent -> host
+	// agent -> host: the reader queues frames while the sender sends the
+	// ones before them, several per message to a host that reads them.
+	hostReads := first.ReadsFrames
+	out := newFrameSender(func(frames [][]byte) error {
+		return sendFrames(frames, hostReads,
+			func(f []byte) error {
+				return stream.Send(&pb.LaunchServerMessage{Msg: &pb.LaunchServerMessage_Frame{Frame: f}})
+			},
+			func(fs *pb.Frames) error {
+				return stream.Send(&pb.LaunchServerMessage{Msg: &pb.LaunchServerMessage_Frames{Frames: fs}})
+			})
+	})
+	defer out.close(false)
+	errc := make(chan error, 3)
+	go func() { errc <- out.run() }()
+	go func() {
 		for {
 			frame, err := conn.Recv()
-			if err != nil {
-				if errors.Is(err, io.EOF) {
-					err = nil
-				}
+			switch {
+			case errors.Is(err, io.EOF):
+				out.close(true) // the agent's last frames still go; run ends then
+				return
+			case err != nil:
 				errc <- err
 				return
 			}
-			if err := stream.Send(&pb.LaunchServerMessage{Msg: &pb.LaunchServerMessage_Frame{Frame: frame}}); err != nil {
-				errc <- err
-				return
+			if err := out.Send(frame); err != nil {
+				return // run reported why
 			}
 		}
 	}()
@@ -133,9 +147,11 @@ func (s *server) Launch(stream pb.Launcher_LaunchServer) error {
 				errc <- err
 				return
 			}
-			if err := conn.Send(msg.GetFrame()); err != nil {
-				errc <- err
-				return
+			for _, f := range messageFrames(msg) {
+				if err := conn.Send(f); err != nil {
+					errc <- err
+					return
+				}
 			}
 		}
 	}()

@@ -560,13 +560,21 @@ func (x *ConfigureResponse) GetErrors() []*ConfigError {
 	return nil
 }
 
+// After the first message, frames travel one per message (frame) or, to a
+// peer that said it reads them, several per message (frames), in order.
+// Hosts and plugins built before frames existed send and read frame only;
+// they ignore the reads_frames fields, so they are never sent frames.
 type LaunchClientMessage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Msg:
 	//
 	//	*LaunchClientMessage_Launch
 	//	*LaunchClientMessage_Frame
-	Msg           isLaunchClientMessage_Msg `protobuf_oneof:"msg"`
+	//	*LaunchClientMessage_Frames
+	Msg isLaunchClientMessage_Msg `protobuf_oneof:"msg"`
+	// reads_frames, set on the first message: the host reads frames from
+	// the plugin.
+	ReadsFrames   bool `protobuf:"varint,4,opt,name=reads_frames,json=readsFrames,proto3" json:"reads_frames,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -626,6 +634,22 @@ func (x *LaunchClientMessage) GetFrame() []byte {
 	return nil
 }
 
+func (x *LaunchClientMessage) GetFrames() *Frames {
+	if x != nil {
+		if x, ok := x.Msg.(*LaunchClientMessage_Frames); ok {
+			return x.Frames
+		}
+	}
+	return nil
+}
+
+func (x *LaunchClientMessage) GetReadsFrames() bool {
+	if x != nil {
+		return x.ReadsFrames
+	}
+	return false
+}
+
 type isLaunchClientMessage_Msg interface {
 	isLaunchClientMessage_Msg()
 }
@@ -638,21 +662,75 @@ type LaunchClientMessage_Frame struct {
 	Frame []byte `protobuf:"bytes,2,opt,name=frame,proto3,oneof"`
 }
 
+type LaunchClientMessage_Frames struct {
+	// frames is only sent to a plugin whose Launched set reads_frames.
+	Frames *Frames `protobuf:"bytes,3,opt,name=frames,proto3,oneof"`
+}
+
 func (*LaunchClientMessage_Launch) isLaunchClientMessage_Msg() {}
 
 func (*LaunchClientMessage_Frame) isLaunchClientMessage_Msg() {}
 
+func (*LaunchClientMessage_Frames) isLaunchClientMessage_Msg() {}
+
+// Frames carries several wire frames in the order they were sent.
+type Frames struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Frames        [][]byte               `protobuf:"bytes,1,rep,name=frames,proto3" json:"frames,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Frames) Reset() {
+	*x = Frames{}
+	mi := &file_launcher_proto_launcher_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Frames) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Frames) ProtoMessage() {}
+
+func (x *Frames) ProtoReflect() protoreflect.Message {
+	mi := &file_launcher_proto_launcher_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Frames.ProtoReflect.Descriptor instead.
+func (*Frames) Descriptor() ([]byte, []int) {
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Frames) GetFrames() [][]byte {
+	if x != nil {
+		return x.Frames
+	}
+	return nil
+}
+
 type Launched struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// description says where the agent runs, for logs and the UI.
-	Description   string `protobuf:"bytes,1,opt,name=description,proto3" json:"description,omitempty"`
+	Description string `protobuf:"bytes,1,opt,name=description,proto3" json:"description,omitempty"`
+	// reads_frames: the plugin reads frames from the host.
+	ReadsFrames   bool `protobuf:"varint,2,opt,name=reads_frames,json=readsFrames,proto3" json:"reads_frames,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Launched) Reset() {
 	*x = Launched{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[11]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -664,7 +742,7 @@ func (x *Launched) String() string {
 func (*Launched) ProtoMessage() {}
 
 func (x *Launched) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[11]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -677,7 +755,7 @@ func (x *Launched) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Launched.ProtoReflect.Descriptor instead.
 func (*Launched) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{11}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Launched) GetDescription() string {
@@ -687,12 +765,20 @@ func (x *Launched) GetDescription() string {
 	return ""
 }
 
+func (x *Launched) GetReadsFrames() bool {
+	if x != nil {
+		return x.ReadsFrames
+	}
+	return false
+}
+
 type LaunchServerMessage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Msg:
 	//
 	//	*LaunchServerMessage_Launched
 	//	*LaunchServerMessage_Frame
+	//	*LaunchServerMessage_Frames
 	Msg           isLaunchServerMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -700,7 +786,7 @@ type LaunchServerMessage struct {
 
 func (x *LaunchServerMessage) Reset() {
 	*x = LaunchServerMessage{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[12]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -712,7 +798,7 @@ func (x *LaunchServerMessage) String() string {
 func (*LaunchServerMessage) ProtoMessage() {}
 
 func (x *LaunchServerMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[12]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -725,7 +811,7 @@ func (x *LaunchServerMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LaunchServerMessage.ProtoReflect.Descriptor instead.
 func (*LaunchServerMessage) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{12}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *LaunchServerMessage) GetMsg() isLaunchServerMessage_Msg {
@@ -753,6 +839,15 @@ func (x *LaunchServerMessage) GetFrame() []byte {
 	return nil
 }
 
+func (x *LaunchServerMessage) GetFrames() *Frames {
+	if x != nil {
+		if x, ok := x.Msg.(*LaunchServerMessage_Frames); ok {
+			return x.Frames
+		}
+	}
+	return nil
+}
+
 type isLaunchServerMessage_Msg interface {
 	isLaunchServerMessage_Msg()
 }
@@ -765,9 +860,16 @@ type LaunchServerMessage_Frame struct {
 	Frame []byte `protobuf:"bytes,2,opt,name=frame,proto3,oneof"`
 }
 
+type LaunchServerMessage_Frames struct {
+	// frames is only sent to a host whose first message set reads_frames.
+	Frames *Frames `protobuf:"bytes,3,opt,name=frames,proto3,oneof"`
+}
+
 func (*LaunchServerMessage_Launched) isLaunchServerMessage_Msg() {}
 
 func (*LaunchServerMessage_Frame) isLaunchServerMessage_Msg() {}
+
+func (*LaunchServerMessage_Frames) isLaunchServerMessage_Msg() {}
 
 type TeardownRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -778,7 +880,7 @@ type TeardownRequest struct {
 
 func (x *TeardownRequest) Reset() {
 	*x = TeardownRequest{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[13]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -790,7 +892,7 @@ func (x *TeardownRequest) String() string {
 func (*TeardownRequest) ProtoMessage() {}
 
 func (x *TeardownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[13]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -803,7 +905,7 @@ func (x *TeardownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TeardownRequest.ProtoReflect.Descriptor instead.
 func (*TeardownRequest) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{13}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *TeardownRequest) GetNode() string {
@@ -821,7 +923,7 @@ type TeardownResponse struct {
 
 func (x *TeardownResponse) Reset() {
 	*x = TeardownResponse{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[14]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -833,7 +935,7 @@ func (x *TeardownResponse) String() string {
 func (*TeardownResponse) ProtoMessage() {}
 
 func (x *TeardownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[14]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -846,7 +948,7 @@ func (x *TeardownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TeardownResponse.ProtoReflect.Descriptor instead.
 func (*TeardownResponse) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{14}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{15}
 }
 
 type NodeSecretRequest struct {
@@ -858,7 +960,7 @@ type NodeSecretRequest struct {
 
 func (x *NodeSecretRequest) Reset() {
 	*x = NodeSecretRequest{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[15]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -870,7 +972,7 @@ func (x *NodeSecretRequest) String() string {
 func (*NodeSecretRequest) ProtoMessage() {}
 
 func (x *NodeSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[15]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -883,7 +985,7 @@ func (x *NodeSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeSecretRequest.ProtoReflect.Descriptor instead.
 func (*NodeSecretRequest) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{15}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *NodeSecretRequest) GetNode() string {
@@ -904,7 +1006,7 @@ type NodeSecretResponse struct {
 
 func (x *NodeSecretResponse) Reset() {
 	*x = NodeSecretResponse{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[16]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -916,7 +1018,7 @@ func (x *NodeSecretResponse) String() string {
 func (*NodeSecretResponse) ProtoMessage() {}
 
 func (x *NodeSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[16]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -929,7 +1031,7 @@ func (x *NodeSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeSecretResponse.ProtoReflect.Descriptor instead.
 func (*NodeSecretResponse) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{16}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *NodeSecretResponse) GetSecret() []byte {
@@ -955,7 +1057,7 @@ type PurgeRequest struct {
 
 func (x *PurgeRequest) Reset() {
 	*x = PurgeRequest{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[17]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -967,7 +1069,7 @@ func (x *PurgeRequest) String() string {
 func (*PurgeRequest) ProtoMessage() {}
 
 func (x *PurgeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[17]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -980,7 +1082,7 @@ func (x *PurgeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeRequest.ProtoReflect.Descriptor instead.
 func (*PurgeRequest) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{17}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PurgeRequest) GetNode() string {
@@ -998,7 +1100,7 @@ type PurgeResponse struct {
 
 func (x *PurgeResponse) Reset() {
 	*x = PurgeResponse{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[18]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1010,7 +1112,7 @@ func (x *PurgeResponse) String() string {
 func (*PurgeResponse) ProtoMessage() {}
 
 func (x *PurgeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[18]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1023,7 +1125,7 @@ func (x *PurgeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeResponse.ProtoReflect.Descriptor instead.
 func (*PurgeResponse) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{18}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{19}
 }
 
 type CommandsRequest struct {
@@ -1034,7 +1136,7 @@ type CommandsRequest struct {
 
 func (x *CommandsRequest) Reset() {
 	*x = CommandsRequest{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[19]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1046,7 +1148,7 @@ func (x *CommandsRequest) String() string {
 func (*CommandsRequest) ProtoMessage() {}
 
 func (x *CommandsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[19]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1059,7 +1161,7 @@ func (x *CommandsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandsRequest.ProtoReflect.Descriptor instead.
 func (*CommandsRequest) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{19}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{20}
 }
 
 // CommandInfo describes one operator command.
@@ -1074,7 +1176,7 @@ type CommandInfo struct {
 
 func (x *CommandInfo) Reset() {
 	*x = CommandInfo{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[20]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1086,7 +1188,7 @@ func (x *CommandInfo) String() string {
 func (*CommandInfo) ProtoMessage() {}
 
 func (x *CommandInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[20]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1099,7 +1201,7 @@ func (x *CommandInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandInfo.ProtoReflect.Descriptor instead.
 func (*CommandInfo) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{20}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CommandInfo) GetName() string {
@@ -1125,7 +1227,7 @@ type CommandsResponse struct {
 
 func (x *CommandsResponse) Reset() {
 	*x = CommandsResponse{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[21]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1137,7 +1239,7 @@ func (x *CommandsResponse) String() string {
 func (*CommandsResponse) ProtoMessage() {}
 
 func (x *CommandsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[21]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1150,7 +1252,7 @@ func (x *CommandsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandsResponse.ProtoReflect.Descriptor instead.
 func (*CommandsResponse) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{21}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CommandsResponse) GetCommands() []*CommandInfo {
@@ -1173,7 +1275,7 @@ type RunCommandRequest struct {
 
 func (x *RunCommandRequest) Reset() {
 	*x = RunCommandRequest{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[22]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1185,7 +1287,7 @@ func (x *RunCommandRequest) String() string {
 func (*RunCommandRequest) ProtoMessage() {}
 
 func (x *RunCommandRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[22]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1198,7 +1300,7 @@ func (x *RunCommandRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunCommandRequest.ProtoReflect.Descriptor instead.
 func (*RunCommandRequest) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{22}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RunCommandRequest) GetName() string {
@@ -1235,7 +1337,7 @@ type RunCommandResponse struct {
 
 func (x *RunCommandResponse) Reset() {
 	*x = RunCommandResponse{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[23]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1247,7 +1349,7 @@ func (x *RunCommandResponse) String() string {
 func (*RunCommandResponse) ProtoMessage() {}
 
 func (x *RunCommandResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[23]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1260,7 +1362,7 @@ func (x *RunCommandResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunCommandResponse.ProtoReflect.Descriptor instead.
 func (*RunCommandResponse) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{23}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RunCommandResponse) GetOutput() string {
@@ -1286,7 +1388,7 @@ type LinkStatsRequest struct {
 
 func (x *LinkStatsRequest) Reset() {
 	*x = LinkStatsRequest{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[24]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1298,7 +1400,7 @@ func (x *LinkStatsRequest) String() string {
 func (*LinkStatsRequest) ProtoMessage() {}
 
 func (x *LinkStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[24]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1311,7 +1413,7 @@ func (x *LinkStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LinkStatsRequest.ProtoReflect.Descriptor instead.
 func (*LinkStatsRequest) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{24}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *LinkStatsRequest) GetNode() string {
@@ -1337,7 +1439,7 @@ type TopicStats struct {
 
 func (x *TopicStats) Reset() {
 	*x = TopicStats{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[25]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1349,7 +1451,7 @@ func (x *TopicStats) String() string {
 func (*TopicStats) ProtoMessage() {}
 
 func (x *TopicStats) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[25]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1362,7 +1464,7 @@ func (x *TopicStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopicStats.ProtoReflect.Descriptor instead.
 func (*TopicStats) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{25}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *TopicStats) GetName() string {
@@ -1410,7 +1512,7 @@ type LinkStatsResponse struct {
 
 func (x *LinkStatsResponse) Reset() {
 	*x = LinkStatsResponse{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[26]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1422,7 +1524,7 @@ func (x *LinkStatsResponse) String() string {
 func (*LinkStatsResponse) ProtoMessage() {}
 
 func (x *LinkStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[26]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1435,7 +1537,7 @@ func (x *LinkStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LinkStatsResponse.ProtoReflect.Descriptor instead.
 func (*LinkStatsResponse) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{26}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *LinkStatsResponse) GetConnected() bool {
@@ -1510,16 +1612,22 @@ const file_launcher_proto_launcher_proto_rawDesc = "" +
 	"\x04path\x18\x02 \x03(\tR\x04path\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\"N\n" +
 	"\x11ConfigureResponse\x129\n" +
-	"\x06errors\x18\x01 \x03(\v2!.conveyor.launcher.v1.ConfigErrorR\x06errors\"p\n" +
+	"\x06errors\x18\x01 \x03(\v2!.conveyor.launcher.v1.ConfigErrorR\x06errors\"\xcb\x01\n" +
 	"\x13LaunchClientMessage\x12:\n" +
 	"\x06launch\x18\x01 \x01(\v2 .conveyor.launcher.v1.NodeConfigH\x00R\x06launch\x12\x16\n" +
-	"\x05frame\x18\x02 \x01(\fH\x00R\x05frameB\x05\n" +
-	"\x03msg\",\n" +
+	"\x05frame\x18\x02 \x01(\fH\x00R\x05frame\x126\n" +
+	"\x06frames\x18\x03 \x01(\v2\x1c.conveyor.launcher.v1.FramesH\x00R\x06frames\x12!\n" +
+	"\freads_frames\x18\x04 \x01(\bR\vreadsFramesB\x05\n" +
+	"\x03msg\" \n" +
+	"\x06Frames\x12\x16\n" +
+	"\x06frames\x18\x01 \x03(\fR\x06frames\"O\n" +
 	"\bLaunched\x12 \n" +
-	"\vdescription\x18\x01 \x01(\tR\vdescription\"r\n" +
+	"\vdescription\x18\x01 \x01(\tR\vdescription\x12!\n" +
+	"\freads_frames\x18\x02 \x01(\bR\vreadsFrames\"\xaa\x01\n" +
 	"\x13LaunchServerMessage\x12<\n" +
 	"\blaunched\x18\x01 \x01(\v2\x1e.conveyor.launcher.v1.LaunchedH\x00R\blaunched\x12\x16\n" +
-	"\x05frame\x18\x02 \x01(\fH\x00R\x05frameB\x05\n" +
+	"\x05frame\x18\x02 \x01(\fH\x00R\x05frame\x126\n" +
+	"\x06frames\x18\x03 \x01(\v2\x1c.conveyor.launcher.v1.FramesH\x00R\x06framesB\x05\n" +
 	"\x03msg\"%\n" +
 	"\x0fTeardownRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\"\x12\n" +
@@ -1588,7 +1696,7 @@ func file_launcher_proto_launcher_proto_rawDescGZIP() []byte {
 	return file_launcher_proto_launcher_proto_rawDescData
 }
 
-var file_launcher_proto_launcher_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_launcher_proto_launcher_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_launcher_proto_launcher_proto_goTypes = []any{
 	(*InfoRequest)(nil),         // 0: conveyor.launcher.v1.InfoRequest
 	(*InfoResponse)(nil),        // 1: conveyor.launcher.v1.InfoResponse
@@ -1601,62 +1709,65 @@ var file_launcher_proto_launcher_proto_goTypes = []any{
 	(*ConfigError)(nil),         // 8: conveyor.launcher.v1.ConfigError
 	(*ConfigureResponse)(nil),   // 9: conveyor.launcher.v1.ConfigureResponse
 	(*LaunchClientMessage)(nil), // 10: conveyor.launcher.v1.LaunchClientMessage
-	(*Launched)(nil),            // 11: conveyor.launcher.v1.Launched
-	(*LaunchServerMessage)(nil), // 12: conveyor.launcher.v1.LaunchServerMessage
-	(*TeardownRequest)(nil),     // 13: conveyor.launcher.v1.TeardownRequest
-	(*TeardownResponse)(nil),    // 14: conveyor.launcher.v1.TeardownResponse
-	(*NodeSecretRequest)(nil),   // 15: conveyor.launcher.v1.NodeSecretRequest
-	(*NodeSecretResponse)(nil),  // 16: conveyor.launcher.v1.NodeSecretResponse
-	(*PurgeRequest)(nil),        // 17: conveyor.launcher.v1.PurgeRequest
-	(*PurgeResponse)(nil),       // 18: conveyor.launcher.v1.PurgeResponse
-	(*CommandsRequest)(nil),     // 19: conveyor.launcher.v1.CommandsRequest
-	(*CommandInfo)(nil),         // 20: conveyor.launcher.v1.CommandInfo
-	(*CommandsResponse)(nil),    // 21: conveyor.launcher.v1.CommandsResponse
-	(*RunCommandRequest)(nil),   // 22: conveyor.launcher.v1.RunCommandRequest
-	(*RunCommandResponse)(nil),  // 23: conveyor.launcher.v1.RunCommandResponse
-	(*LinkStatsRequest)(nil),    // 24: conveyor.launcher.v1.LinkStatsRequest
-	(*TopicStats)(nil),          // 25: conveyor.launcher.v1.TopicStats
-	(*LinkStatsResponse)(nil),   // 26: conveyor.launcher.v1.LinkStatsResponse
-	(*hclspec.Spec)(nil),        // 27: conveyor.hclspec.v1.Spec
+	(*Frames)(nil),              // 11: conveyor.launcher.v1.Frames
+	(*Launched)(nil),            // 12: conveyor.launcher.v1.Launched
+	(*LaunchServerMessage)(nil), // 13: conveyor.launcher.v1.LaunchServerMessage
+	(*TeardownRequest)(nil),     // 14: conveyor.launcher.v1.TeardownRequest
+	(*TeardownResponse)(nil),    // 15: conveyor.launcher.v1.TeardownResponse
+	(*NodeSecretRequest)(nil),   // 16: conveyor.launcher.v1.NodeSecretRequest
+	(*NodeSecretResponse)(nil),  // 17: conveyor.launcher.v1.NodeSecretResponse
+	(*PurgeRequest)(nil),        // 18: conveyor.launcher.v1.PurgeRequest
+	(*PurgeResponse)(nil),       // 19: conveyor.launcher.v1.PurgeResponse
+	(*CommandsRequest)(nil),     // 20: conveyor.launcher.v1.CommandsRequest
+	(*CommandInfo)(nil),         // 21: conveyor.launcher.v1.CommandInfo
+	(*CommandsResponse)(nil),    // 22: conveyor.launcher.v1.CommandsResponse
+	(*RunCommandRequest)(nil),   // 23: conveyor.launcher.v1.RunCommandRequest
+	(*RunCommandResponse)(nil),  // 24: conveyor.launcher.v1.RunCommandResponse
+	(*LinkStatsRequest)(nil),    // 25: conveyor.launcher.v1.LinkStatsRequest
+	(*TopicStats)(nil),          // 26: conveyor.launcher.v1.TopicStats
+	(*LinkStatsResponse)(nil),   // 27: conveyor.launcher.v1.LinkStatsResponse
+	(*hclspec.Spec)(nil),        // 28: conveyor.hclspec.v1.Spec
 }
 var file_launcher_proto_launcher_proto_depIdxs = []int32{
-	27, // 0: conveyor.launcher.v1.SchemaResponse.global:type_name -> conveyor.hclspec.v1.Spec
-	27, // 1: conveyor.launcher.v1.SchemaResponse.node:type_name -> conveyor.hclspec.v1.Spec
+	28, // 0: conveyor.launcher.v1.SchemaResponse.global:type_name -> conveyor.hclspec.v1.Spec
+	28, // 1: conveyor.launcher.v1.SchemaResponse.node:type_name -> conveyor.hclspec.v1.Spec
 	5,  // 2: conveyor.launcher.v1.NodeConfig.config:type_name -> conveyor.launcher.v1.Value
 	4,  // 3: conveyor.launcher.v1.ConfigureRequest.host:type_name -> conveyor.launcher.v1.Host
 	5,  // 4: conveyor.launcher.v1.ConfigureRequest.global:type_name -> conveyor.launcher.v1.Value
 	6,  // 5: conveyor.launcher.v1.ConfigureRequest.nodes:type_name -> conveyor.launcher.v1.NodeConfig
 	8,  // 6: conveyor.launcher.v1.ConfigureResponse.errors:type_name -> conveyor.launcher.v1.ConfigError
 	6,  // 7: conveyor.launcher.v1.LaunchClientMessage.launch:type_name -> conveyor.launcher.v1.NodeConfig
-	11, // 8: conveyor.launcher.v1.LaunchServerMessage.launched:type_name -> conveyor.launcher.v1.Launched
-	20, // 9: conveyor.launcher.v1.CommandsResponse.commands:type_name -> conveyor.launcher.v1.CommandInfo
-	6,  // 10: conveyor.launcher.v1.RunCommandRequest.nodes:type_name -> conveyor.launcher.v1.NodeConfig
-	25, // 11: conveyor.launcher.v1.LinkStatsResponse.topics:type_name -> conveyor.launcher.v1.TopicStats
-	0,  // 12: conveyor.launcher.v1.Launcher.Info:input_type -> conveyor.launcher.v1.InfoRequest
-	2,  // 13: conveyor.launcher.v1.Launcher.Schema:input_type -> conveyor.launcher.v1.SchemaRequest
-	7,  // 14: conveyor.launcher.v1.Launcher.Configure:input_type -> conveyor.launcher.v1.ConfigureRequest
-	10, // 15: conveyor.launcher.v1.Launcher.Launch:input_type -> conveyor.launcher.v1.LaunchClientMessage
-	13, // 16: conveyor.launcher.v1.Launcher.Teardown:input_type -> conveyor.launcher.v1.TeardownRequest
-	17, // 17: conveyor.launcher.v1.Launcher.Purge:input_type -> conveyor.launcher.v1.PurgeRequest
-	19, // 18: conveyor.launcher.v1.Launcher.Commands:input_type -> conveyor.launcher.v1.CommandsRequest
-	22, // 19: conveyor.launcher.v1.Launcher.RunCommand:input_type -> conveyor.launcher.v1.RunCommandRequest
-	24, // 20: conveyor.launcher.v1.Launcher.LinkStats:input_type -> conveyor.launcher.v1.LinkStatsRequest
-	15, // 21: conveyor.launcher.v1.SecretManager.NodeSecret:input_type -> conveyor.launcher.v1.NodeSecretRequest
-	1,  // 22: conveyor.launcher.v1.Launcher.Info:output_type -> conveyor.launcher.v1.InfoResponse
-	3,  // 23: conveyor.launcher.v1.Launcher.Schema:output_type -> conveyor.launcher.v1.SchemaResponse
-	9,  // 24: conveyor.launcher.v1.Launcher.Configure:output_type -> conveyor.launcher.v1.ConfigureResponse
-	12, // 25: conveyor.launcher.v1.Launcher.Launch:output_type -> conveyor.launcher.v1.LaunchServerMessage
-	14, // 26: conveyor.launcher.v1.Launcher.Teardown:output_type -> conveyor.launcher.v1.TeardownResponse
-	18, // 27: conveyor.launcher.v1.Launcher.Purge:output_type -> conveyor.launcher.v1.PurgeResponse
-	21, // 28: conveyor.launcher.v1.Launcher.Commands:output_type -> conveyor.launcher.v1.CommandsResponse
-	23, // 29: conveyor.launcher.v1.Launcher.RunCommand:output_type -> conveyor.launcher.v1.RunCommandResponse
-	26, // 30: conveyor.launcher.v1.Launcher.LinkStats:output_type -> conveyor.launcher.v1.LinkStatsResponse
-	16, // 31: conveyor.launcher.v1.SecretManager.NodeSecret:output_type -> conveyor.launcher.v1.NodeSecretResponse
-	22, // [22:32] is the sub-list for method output_type
-	12, // [12:22] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	11, // 8: conveyor.launcher.v1.LaunchClientMessage.frames:type_name -> conveyor.launcher.v1.Frames
+	12, // 9: conveyor.launcher.v1.LaunchServerMessage.launched:type_name -> conveyor.launcher.v1.Launched
+	11, // 10: conveyor.launcher.v1.LaunchServerMessage.frames:type_name -> conveyor.launcher.v1.Frames
+	21, // 11: conveyor.launcher.v1.CommandsResponse.commands:type_name -> conveyor.launcher.v1.CommandInfo
+	6,  // 12: conveyor.launcher.v1.RunCommandRequest.nodes:type_name -> conveyor.launcher.v1.NodeConfig
+	26, // 13: conveyor.launcher.v1.LinkStatsResponse.topics:type_name -> conveyor.launcher.v1.TopicStats
+	0,  // 14: conveyor.launcher.v1.Launcher.Info:input_type -> conveyor.launcher.v1.InfoRequest
+	2,  // 15: conveyor.launcher.v1.Launcher.Schema:input_type -> conveyor.launcher.v1.SchemaRequest
+	7,  // 16: conveyor.launcher.v1.Launcher.Configure:input_type -> conveyor.launcher.v1.ConfigureRequest
+	10, // 17: conveyor.launcher.v1.Launcher.Launch:input_type -> conveyor.launcher.v1.LaunchClientMessage
+	14, // 18: conveyor.launcher.v1.Launcher.Teardown:input_type -> conveyor.launcher.v1.TeardownRequest
+	18, // 19: conveyor.launcher.v1.Launcher.Purge:input_type -> conveyor.launcher.v1.PurgeRequest
+	20, // 20: conveyor.launcher.v1.Launcher.Commands:input_type -> conveyor.launcher.v1.CommandsRequest
+	23, // 21: conveyor.launcher.v1.Launcher.RunCommand:input_type -> conveyor.launcher.v1.RunCommandRequest
+	25, // 22: conveyor.launcher.v1.Launcher.LinkStats:input_type -> conveyor.launcher.v1.LinkStatsRequest
+	16, // 23: conveyor.launcher.v1.SecretManager.NodeSecret:input_type -> conveyor.launcher.v1.NodeSecretRequest
+	1,  // 24: conveyor.launcher.v1.Launcher.Info:output_type -> conveyor.launcher.v1.InfoResponse
+	3,  // 25: conveyor.launcher.v1.Launcher.Schema:output_type -> conveyor.launcher.v1.SchemaResponse
+	9,  // 26: conveyor.launcher.v1.Launcher.Configure:output_type -> conveyor.launcher.v1.ConfigureResponse
+	13, // 27: conveyor.launcher.v1.Launcher.Launch:output_type -> conveyor.launcher.v1.LaunchServerMessage
+	15, // 28: conveyor.launcher.v1.Launcher.Teardown:output_type -> conveyor.launcher.v1.TeardownResponse
+	19, // 29: conveyor.launcher.v1.Launcher.Purge:output_type -> conveyor.launcher.v1.PurgeResponse
+	22, // 30: conveyor.launcher.v1.Launcher.Commands:output_type -> conveyor.launcher.v1.CommandsResponse
+	24, // 31: conveyor.launcher.v1.Launcher.RunCommand:output_type -> conveyor.launcher.v1.RunCommandResponse
+	27, // 32: conveyor.launcher.v1.Launcher.LinkStats:output_type -> conveyor.launcher.v1.LinkStatsResponse
+	17, // 33: conveyor.launcher.v1.SecretManager.NodeSecret:output_type -> conveyor.launcher.v1.NodeSecretResponse
+	24, // [24:34] is the sub-list for method output_type
+	14, // [14:24] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_launcher_proto_launcher_proto_init() }
@@ -1667,10 +1778,12 @@ func file_launcher_proto_launcher_proto_init() {
 	file_launcher_proto_launcher_proto_msgTypes[10].OneofWrappers = []any{
 		(*LaunchClientMessage_Launch)(nil),
 		(*LaunchClientMessage_Frame)(nil),
+		(*LaunchClientMessage_Frames)(nil),
 	}
-	file_launcher_proto_launcher_proto_msgTypes[12].OneofWrappers = []any{
+	file_launcher_proto_launcher_proto_msgTypes[13].OneofWrappers = []any{
 		(*LaunchServerMessage_Launched)(nil),
 		(*LaunchServerMessage_Frame)(nil),
+		(*LaunchServerMessage_Frames)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1678,7 +1791,7 @@ func file_launcher_proto_launcher_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_launcher_proto_launcher_proto_rawDesc), len(file_launcher_proto_launcher_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   27,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
