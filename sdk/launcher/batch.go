@@ -31,15 +31,16 @@ var errConnClosed = errors.New("connection closed")
 type frameSender struct {
 	send func(frames [][]byte) error // sends one message's frames, in order
 
-	mu     sync.Mutex
-	wake   sync.Cond // queue, closed or the queued bytes changed
-	queue  [][]byte
-	bytes  int   // of the queue and of the batch being sent
-	sent   int   // of the batch being sent
-	closed bool  // no more frames are taken
-	flush  bool  // the frames queued at close are still sent
-	err    error // why sending failed; final once done is closed
-	done   chan struct{}
+	mu      sync.Mutex
+	wake    sync.Cond // queue, closed or the queued bytes changed
+	queue   [][]byte
+	bytes   int   // of the queue and of the batch being sent
+	sent    int   // of the batch being sent
+	sending bool  // a batch is being sent
+	closed  bool  // no more frames are taken
+	flush   bool  // the frames queued at close are still sent
+	err     error // why sending failed; final once done is closed
+	done    chan struct{}
 }
 
 // newFrameSender returns a sender whose run calls send with each batch.
@@ -70,8 +71,10 @@ func (s *frameSender) Send(frame []byte) error {
 }
 
 // close stops taking frames. With flush the frames already queued are
-// still sent; without, they are dropped. run then returns.
-func (s *frameSender) close(flush bool) {
+// still sent; without, they are dropped. run then returns. idle reports
+// that, without flush, no message is being sent nor will be: the stream's
+// send side is free from then on.
+func (s *frameSender) close(flush bool) (idle bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.closed {
@@ -81,6 +84,7 @@ func (s *frameSender) close(flush bool) {
 		}
 	}
 	s.wake.Broadcast()
+	return !flush && !s.sending
 }
 
 // run sends batches until the sender is closed (and flushed) or sending
@@ -95,7 +99,7 @@ func (s *frameSender) run() error {
 		err := s.send(batch)
 		s.mu.Lock()
 		s.bytes -= size
-		s.sent = 0
+		s.sent, s.sending = 0, false
 		if err != nil {
 			s.err, s.closed = err, true
 			s.queue, s.bytes = nil, 0
@@ -124,7 +128,7 @@ func (s *frameSender) next() (batch [][]byte, size int, ok bool) {
 		size += len(s.queue[n])
 		n++
 	}
-	s.sent = size
+	s.sent, s.sending = size, true
 	batch = s.queue[:n:n]
 	if s.queue = s.queue[n:]; len(s.queue) == 0 {
 		s.queue = nil

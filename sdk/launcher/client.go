@@ -241,14 +241,16 @@ func (c *clientConn) Recv() ([]byte, error) {
 	return f, nil
 }
 
-// Close drops the frames not sent yet, half-closes the stream once the
-// message being sent is out, and ends it.
+// Close drops the frames not sent yet and ends the stream: half-closed
+// first when no message is being sent, else at once (a message stuck
+// behind a stalled plugin must not hold Close up).
 func (c *clientConn) Close() error {
 	c.once.Do(func() {
-		c.out.close(false)
-		<-c.out.done
-		_ = c.stream.CloseSend()
+		if c.out.close(false) {
+			_ = c.stream.CloseSend()
+		}
 		c.cancel()
+		<-c.out.done
 	})
 	return nil
 }
