@@ -319,6 +319,11 @@ func (s *Service) update(a *active, fn func(b *store.Build)) {
 // finish records the final status and releases the build.
 func (s *Service) finish(a *active, status, reason string, logSize *int64) {
 	now := time.Now().UTC()
+	// Counted before the status shows: whoever sees the build finished
+	// finds it in the metrics too.
+	if s.obs != nil {
+		s.obs.Finished(a.build.Job, status)
+	}
 	s.update(a, func(b *store.Build) {
 		b.Status, b.Reason, b.FinishedAt = status, reason, &now
 		if logSize != nil {
@@ -331,9 +336,6 @@ func (s *Service) finish(a *active, status, reason string, logSize *int64) {
 	s.mu.Unlock()
 	a.cancel(errors.New("finished"))
 	close(a.done)
-	if s.obs != nil {
-		s.obs.Finished(a.build.Job, status)
-	}
 	s.log.Info("build finished", "build", key, "status", status, "reason", reason)
 }
 
@@ -352,10 +354,10 @@ func (s *Service) execute(a *active, job *config.Job, n *nodes.Node) {
 	s.mu.Lock()
 	a.log = logf
 	s.mu.Unlock()
-	s.update(a, func(b *store.Build) { b.Status, b.Node, b.StartedAt = store.StatusRunning, n.Name(), &now })
 	if s.obs != nil {
 		s.obs.Started(job.Name, now.Sub(a.build.QueuedAt))
 	}
+	s.update(a, func(b *store.Build) { b.Status, b.Node, b.StartedAt = store.StatusRunning, n.Name(), &now })
 	s.log.Info("build started", "build", Key(job.Name, a.build.Number), "node", n.Name())
 	s.run(a, job, n, logf, 0, nil)
 }
