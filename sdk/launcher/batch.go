@@ -10,9 +10,12 @@ import (
 // Limits of the frames a Launch stream carries per gRPC message.
 const (
 	// maxBatchBytes caps the frames of one message (a single larger frame
-	// still goes alone): with the message's own framing a full batch stays
-	// within gRPC's 1 MiB buffer tier (see bufferPool).
-	maxBatchBytes = 1<<20 - 4<<10
+	// still goes alone). The receiver gets no frame of a message before
+	// the whole message, so a batch of 8 output chunks of 31 KiB takes
+	// most of the per-message cost away without holding the first frame
+	// back for long; with the message's own framing a full batch stays
+	// within the 256 KiB tier of bufferPool.
+	maxBatchBytes = 256<<10 - 4<<10
 	// maxQueuedBytes is how much a frameSender holds, the message being
 	// sent included, before Send waits: a full batch in flight and the
 	// next one ready the moment it is out.

@@ -79,7 +79,7 @@ func TestFrameSenderBatches(t *testing.T) {
 		batches []int
 	}{
 		{name: "small frames in one batch", size: 100, queued: 500, batches: []int{500}},
-		{name: "split at the byte cap", size: 200 << 10, queued: 8, batches: []int{5, 3}},
+		{name: "split at the byte cap", size: 50 << 10, queued: 8, batches: []int{5, 3}},
 		{name: "frame over the cap goes alone", size: maxBatchBytes + 1, queued: 2, batches: []int{1, 1}},
 	}
 	for _, tt := range tests {

@@ -163,7 +163,7 @@ type Conn interface {
 	// Recv returns the next frame from the agent, or io.EOF once the agent
 	// side has ended the connection. The frame is the caller's: a later
 	// Recv does not reuse it. In a plugin, Recv is called again while the
-	// frames before are still on their way to the host (up to a few MiB
+	// frames before are still on their way to the host (up to half a MiB
 	// of them), so that several travel in one gRPC message.
 	Recv() ([]byte, error)
 	// Close ends the connection; Recv then fails. It is safe to call twice.
