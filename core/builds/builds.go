@@ -259,8 +259,8 @@ func (s *Service) Cancel(job string, n int, reason string) (*store.Build, error)
 }
 
 // Follow copies build n of job's log to w from offset. With follow it
-// streams live until the build ends; without, it copies what is written so
-// far.
+// streams live until the build ends (its end is recorded when Follow
+// returns); without, it copies what is written so far.
 func (s *Service) Follow(ctx context.Context, job string, n int, offset int64, follow bool, w io.Writer, flush func()) error {
 	key := Key(job, n)
 	for {
@@ -279,7 +279,17 @@ func (s *Service) Follow(ctx context.Context, job string, n int, offset int64, f
 			return buildlog.Follow(ctx, s.store.LogPath(job, n), nil, offset, w, flush)
 		}
 		if live != nil {
-			return buildlog.Follow(ctx, s.store.LogPath(job, n), live, offset, w, flush)
+			if err := buildlog.Follow(ctx, s.store.LogPath(job, n), live, offset, w, flush); err != nil {
+				return err
+			}
+			// The log is closed just before the build's end is recorded:
+			// a follower that saw the whole log finds the build finished.
+			select {
+			case <-done:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
 		}
 		// Queued: wait for it to start (or end).
 		select {
