@@ -919,23 +919,9 @@ func TestDockerTopology(t *testing.T) {
 		case "ssh":
 			sshNodes = append(sshNodes, n.Name)
 			// The script's key; sshd's own address and host key.
-			fmt.Fprintf(&nodeBlocks, `  ssh {
-    host             = %q
-    port             = %d
-    user             = %q
-    private_key_file = %s
-    agent_path       = %s
-    workdir          = %s
-    retry_wait       = "200ms"
-    max_retries      = 100
-    host_key_verification {
-      strategy         = "known_hosts"
-      known_hosts_file = %s
-    }
-  }
-`, srv.Host, srv.Port, srv.User, cluster.HCLString(filepath.Join(pki, "conveyor", "id_ed25519")),
-				cluster.HCLString(filepath.Join(remote, n.Name, "conveyor-agent")),
-				cluster.HCLString(filepath.Join(remote, n.Name, "work")), cluster.HCLString(srv.KnownHostsFile))
+			ssh := srv.Node(filepath.Join(remote, n.Name, "conveyor-agent"), filepath.Join(remote, n.Name, "work"))
+			ssh.KeyFile = filepath.Join(pki, "conveyor", "id_ed25519")
+			nodeBlocks.WriteString(ssh.Block())
 		default:
 			t.Fatalf("node %s: launcher %q has no native stand-in here", n.Name, n.Launcher)
 		}

@@ -100,18 +100,7 @@ job "mark" {
 		t.Fatalf("marks %d, want 1", count())
 	}
 
-	cfg := sarama.NewConfig()
-	cfg.Producer.Return.Successes = true
-	client, err := sarama.NewClient([]string{c.KafkaAddr}, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	producer, err := sarama.NewSyncProducerFromClient(client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer producer.Close()
+	client, producer := plainProducer(t, c.KafkaAddr)
 	topics := kafkatransport.TopicsFor(kafkatransport.DefaultTopicPrefix, "k1")
 	write := func(topic string, f *wire.Frame) {
 		t.Helper()
@@ -172,4 +161,24 @@ job "mark" {
 			t.Errorf("agent log does not report a %s frame", want)
 		}
 	}
+}
+
+// plainProducer is a plain Kafka client of the broker at addr, as anyone
+// with write access to the topics has, and a producer on it; both close
+// with the test.
+func plainProducer(t *testing.T, addr string) (sarama.Client, sarama.SyncProducer) {
+	t.Helper()
+	cfg := sarama.NewConfig()
+	cfg.Producer.Return.Successes = true
+	client, err := sarama.NewClient([]string{addr}, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	producer, err := sarama.NewSyncProducerFromClient(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { producer.Close() })
+	return client, producer
 }

@@ -92,18 +92,7 @@ func TestReorderedFramesNeverRun(t *testing.T) {
 	run(1)
 	run(2)
 
-	cfg := sarama.NewConfig()
-	cfg.Producer.Return.Successes = true
-	client, err := sarama.NewClient([]string{c.KafkaAddr}, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	producer, err := sarama.NewSyncProducerFromClient(client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer producer.Close()
+	client, producer := plainProducer(t, c.KafkaAddr)
 	topics := kafkatransport.TopicsFor(kafkatransport.DefaultTopicPrefix, "k1")
 	id := lastRunStep(t, client, topics.Commands).Session
 	commands := sessionFrames(t, client, topics.Commands, id, wire.TypeRunStep)

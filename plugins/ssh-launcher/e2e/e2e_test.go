@@ -47,29 +47,8 @@ func sshLauncher() string {
 // sshNode is a node block reaching srv, with the agent and its workspace
 // under dir.
 func sshNode(name string, srv *sshdtest.Server, dir string) string {
-	return fmt.Sprintf(`
-node %q {
-  launcher = "ssh"
-  labels   = ["build"]
-  ssh {
-    host             = %q
-    port             = %d
-    user             = %q
-    private_key_file = %s
-    agent_path       = %s
-    workdir          = %s
-    retry_wait       = "200ms"
-    max_retries      = 100
-    host_key_verification {
-      strategy         = "known_hosts"
-      known_hosts_file = %s
-    }
-  }
-}
-`, name, srv.Host, srv.Port, srv.User, cluster.HCLString(srv.ClientKeyFile),
-		cluster.HCLString(filepath.Join(dir, "remote", "conveyor-agent")),
-		cluster.HCLString(filepath.Join(dir, "remote", "work")),
-		cluster.HCLString(srv.KnownHostsFile))
+	ssh := srv.Node(filepath.Join(dir, "remote", "conveyor-agent"), filepath.Join(dir, "remote", "work"))
+	return fmt.Sprintf("\nnode %q {\n  launcher = \"ssh\"\n  labels   = [\"build\"]\n%s}\n", name, ssh.Block())
 }
 
 func TestSSHBuildsEndToEnd(t *testing.T) {

@@ -93,6 +93,9 @@ func TestSideBySide(t *testing.T) {
 	}
 	sshWork := filepath.Join(dir, "remote", "work")
 
+	// Through the proxy, checked against the proxy's address.
+	ssh := srv.Node(filepath.Join(dir, "remote", "conveyor-agent"), sshWork)
+	ssh.Host, ssh.Port, ssh.KnownHosts = proxyHost, proxyPort, knownHostsFile
 	nodeBlocks := fmt.Sprintf(`
 node "k1" {
   launcher          = "kafka"
@@ -104,24 +107,8 @@ node "k1" {
 node "s1" {
   launcher = "ssh"
   labels   = ["ssh-side"]
-  ssh {
-    host             = %q
-    port             = %d
-    user             = %q
-    private_key_file = %s
-    agent_path       = %s
-    workdir          = %s
-    retry_wait       = "200ms"
-    max_retries      = 100
-    host_key_verification {
-      strategy         = "known_hosts"
-      known_hosts_file = %s
-    }
-  }
-}
-`, proxyHost, proxyPort, srv.User, cluster.HCLString(srv.ClientKeyFile),
-		cluster.HCLString(filepath.Join(dir, "remote", "conveyor-agent")),
-		cluster.HCLString(sshWork), cluster.HCLString(knownHostsFile))
+%s}
+`, ssh.Block())
 	jobBlocks := gatedCount("over-kafka", "kafka-side", sideBySideFirst, sideBySideTotal) +
 		gatedCount("over-ssh", "ssh-side", sideBySideFirst, sideBySideTotal)
 
