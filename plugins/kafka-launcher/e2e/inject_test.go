@@ -102,18 +102,7 @@ job "mark" {
 
 	client, producer := plainProducer(t, c.KafkaAddr)
 	topics := kafkatransport.TopicsFor(kafkatransport.DefaultTopicPrefix, "k1")
-	write := func(topic string, f *wire.Frame) {
-		t.Helper()
-		raw, err := f.Encode()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, v := range kafkatransport.Records(raw, uint64(time.Now().UnixNano())) {
-			if _, _, err := producer.SendMessage(&sarama.ProducerMessage{Topic: topic, Partition: 0, Value: sarama.ByteEncoder(v)}); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	write := func(topic string, f *wire.Frame) { t.Helper(); writeFrame(t, producer, topic, f) }
 
 	genuine := lastRunStep(t, client, topics.Commands)
 	m, err := genuine.Message()
@@ -181,4 +170,19 @@ func plainProducer(t *testing.T, addr string) (sarama.Client, sarama.SyncProduce
 	}
 	t.Cleanup(func() { producer.Close() })
 	return client, producer
+}
+
+// writeFrame writes f into topic as a Conn would (its records), with
+// producer: what anyone with write access to the topic can do.
+func writeFrame(t *testing.T, producer sarama.SyncProducer, topic string, f *wire.Frame) {
+	t.Helper()
+	raw, err := f.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range kafkatransport.Records(raw, uint64(time.Now().UnixNano())) {
+		if _, _, err := producer.SendMessage(&sarama.ProducerMessage{Topic: topic, Partition: 0, Value: sarama.ByteEncoder(v)}); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

@@ -125,15 +125,7 @@ func TestReorderedFramesNeverRun(t *testing.T) {
 	write := func(topic string, fs []*wire.Frame) {
 		t.Helper()
 		for _, f := range slices.Backward(fs) {
-			raw, err := f.Encode()
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, v := range kafkatransport.Records(raw, uint64(time.Now().UnixNano())) {
-				if _, _, err := producer.SendMessage(&sarama.ProducerMessage{Topic: topic, Partition: 0, Value: sarama.ByteEncoder(v)}); err != nil {
-					t.Fatal(err)
-				}
-			}
+			writeFrame(t, producer, topic, f)
 		}
 	}
 	write(topics.Commands, commands)
