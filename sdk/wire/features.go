@@ -21,6 +21,12 @@ const (
 	// FeatureStdin: the agent feeds Stdin frames to a step's standard
 	// input.
 	FeatureStdin = "stdin"
+	// FeatureStats: announced by the master, not the agent, at the end of
+	// an accepting AuthResult's Reason (" features=stats", which older
+	// agents ignore): the master takes Stats frames. An agent sends them
+	// only to a master that announced it: an older master would count
+	// each as malformed.
+	FeatureStats = "stats"
 )
 
 // featuresMark separates the version from the features.

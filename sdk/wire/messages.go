@@ -46,6 +46,8 @@ func newMessage(t Type) Message {
 		return new(Close)
 	case TypeCollect:
 		return new(Collect)
+	case TypeStats:
+		return new(Stats)
 	}
 	return nil
 }
@@ -449,6 +451,47 @@ func (m *Collect) decodeBody(d *decoder) error {
 		m.Patterns = make([]string, n)
 		for i := range m.Patterns {
 			m.Patterns[i] = d.string("Patterns")
+		}
+	}
+	return d.finish()
+}
+
+// Counter is one named counter of a Stats message.
+type Counter struct {
+	Name  string // what it counts ("forged", "duplicate", ...)
+	Value uint64 // its value since the sender started
+}
+
+// Stats reports the sender's counters of dropped frames (the agent's:
+// forged, replayed, malformed, duplicate, hints...), so that the master
+// shows what its agents rejected. The counters are named, so a later
+// revision may add some without a new message. It is an unnumbered
+// control message sent with the heartbeats, signed like every frame of
+// the session.
+type Stats struct {
+	Counters []Counter // in the sender's order; empty decodes as nil
+}
+
+// Type returns TypeStats.
+func (*Stats) Type() Type { return TypeStats }
+
+func (m *Stats) appendBody(b []byte) []byte {
+	b = appendUvarint(b, uint64(len(m.Counters)))
+	for _, c := range m.Counters {
+		b = appendString(b, c.Name)
+		b = appendUvarint(b, c.Value)
+	}
+	return b
+}
+
+func (m *Stats) decodeBody(d *decoder) error {
+	m.Counters = nil
+	// Each Counter takes at least two bytes (an empty name, a zero).
+	if n := d.length("Counters", 2); n > 0 {
+		m.Counters = make([]Counter, n)
+		for i := range m.Counters {
+			m.Counters[i].Name = d.string("Counters.Name")
+			m.Counters[i].Value = d.uvarint("Counters.Value")
 		}
 	}
 	return d.finish()

@@ -136,6 +136,10 @@ const (
 	// FileChunk frames. New in this protocol revision: only sent to agents
 	// that announce FeatureCollect in their Hello.
 	TypeCollect
+	// TypeStats carries the counters of the frames the agent dropped, with
+	// its heartbeats. New in this protocol revision: only sent to masters
+	// that announce FeatureStats in their AuthResult.
+	TypeStats
 )
 
 var typeNames = [...]string{
@@ -154,6 +158,7 @@ var typeNames = [...]string{
 	TypeAck:        "Ack",
 	TypeClose:      "Close",
 	TypeCollect:    "Collect",
+	TypeStats:      "Stats",
 }
 
 // String returns the name of the message type, such as "Hello", or
@@ -168,7 +173,7 @@ func (t Type) String() string {
 // Known reports whether t is a message type defined by this protocol
 // version.
 func (t Type) Known() bool {
-	return t >= TypeHello && t <= TypeCollect
+	return t >= TypeHello && t <= TypeStats
 }
 
 // IsControl reports whether frames of type t are priority control frames

@@ -91,6 +91,9 @@ func messageCases() []messageCase {
 		{name: "Collect/full", in: &Collect{BuildID: "app#7", StepIndex: 3, Workdir: "app/7",
 			Patterns: []string{"dist/*.tar.gz", "**/report.xml", "", invalidUTF8, long}}},
 		{name: "Collect/empty-patterns", in: &Collect{BuildID: "b", Patterns: []string{}}, want: &Collect{BuildID: "b"}},
+		{name: "Stats/zero", in: &Stats{}},
+		{name: "Stats/full", in: &Stats{Counters: []Counter{{Name: "forged", Value: 3}, {Name: "", Value: math.MaxUint64}}}},
+		{name: "Stats/empty-counters", in: &Stats{Counters: []Counter{}}, want: &Stats{}},
 	}
 }
 
@@ -99,7 +102,7 @@ func TestMessageCasesCoverAllTypes(t *testing.T) {
 	for _, c := range messageCases() {
 		seen[c.in.Type()] = true
 	}
-	for typ := TypeHello; typ <= TypeCollect; typ++ {
+	for typ := TypeHello; typ <= TypeStats; typ++ {
 		if !seen[typ] {
 			t.Errorf("no round-trip case for %v", typ)
 		}
@@ -319,7 +322,7 @@ func TestRejects(t *testing.T) {
 		{"bad version 0", patch(valid, 4, 0), ErrVersion},
 		{"bad version 2", patch(valid, 4, 2), ErrVersion},
 		{"unknown type 0", patch(valid, 5, 0), ErrUnknownType},
-		{"unknown type 16", patch(valid, 5, 16), ErrUnknownType},
+		{"unknown type 17", patch(valid, 5, 17), ErrUnknownType},
 		{"unknown type 255", patch(valid, 5, 255), ErrUnknownType},
 		{"reserved flag bit 2", patch(valid, 6, 1<<2), ErrMalformed},
 		{"reserved flag bit 7", patch(valid, 6, 1<<7), ErrMalformed},
@@ -618,7 +621,7 @@ func TestTypeMethods(t *testing.T) {
 	names := map[string]bool{}
 	for i := range 256 {
 		typ := Type(i)
-		known := i >= 1 && i <= 15
+		known := i >= 1 && i <= 16
 		if typ.Known() != known {
 			t.Errorf("%d.Known() = %v", i, typ.Known())
 		}
@@ -638,7 +641,7 @@ func TestTypeMethods(t *testing.T) {
 		}
 	}
 	// The numbers are part of the protocol.
-	if TypeHello != 1 || TypeOutput != 7 || TypeClose != 14 || TypeCollect != 15 {
+	if TypeHello != 1 || TypeOutput != 7 || TypeClose != 14 || TypeCollect != 15 || TypeStats != 16 {
 		t.Errorf("type numbers changed")
 	}
 	if got := TypeFileChunk.String(); got != "FileChunk" {
