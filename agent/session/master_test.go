@@ -147,11 +147,13 @@ type master struct {
 	holdAcks, ackEach, noPong bool
 
 	serves sync.WaitGroup
+
+	wrap func(Conn) Conn // wraps the agent's end of each connection; nil: none
 }
 
 // start runs an agent against a test master on a first connection; it
 // returns the master, the agent and Serve's result.
-func start(t *testing.T, cfg Config) (*master, *Agent, <-chan error) {
+func start(t *testing.T, cfg Config, wrap ...func(Conn) Conn) (*master, *Agent, <-chan error) {
 	t.Helper()
 	if cfg.Workdir == "" {
 		cfg.Workdir = t.TempDir()
@@ -165,6 +167,9 @@ func start(t *testing.T, cfg Config) (*master, *Agent, <-chan error) {
 	a := New(cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &master{t: t, a: a, secret: cfg.Secret, ctx: ctx}
+	if len(wrap) > 0 {
+		m.wrap = wrap[0]
+	}
 	t.Cleanup(func() {
 		cancel()
 		if m.conn != nil {
@@ -226,10 +231,14 @@ func (m *master) connect() <-chan error {
 		}
 	}()
 	done := make(chan error, 1)
+	var conn Conn = agentEnd
+	if m.wrap != nil {
+		conn = m.wrap(conn)
+	}
 	m.serves.Add(1)
 	go func() {
 		defer m.serves.Done()
-		done <- m.a.Serve(m.ctx, agentEnd)
+		done <- m.a.Serve(m.ctx, conn)
 	}()
 	return done
 }

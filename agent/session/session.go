@@ -17,6 +17,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -142,9 +143,37 @@ type Counters struct {
 	// Duplicate numbered frames were delivered already (resent after a
 	// resume, or replayed); they were not executed again.
 	Duplicate uint64 `json:"duplicate"`
-	// Forged frames of the current session carried no valid MAC under the
-	// session key; they were not executed.
+	// Forged frames of the current session carried a MAC that does not
+	// verify under the session key, or none where one was due; they were
+	// not executed.
 	Forged uint64 `json:"forged"`
+	// Hints are the unsigned frames a master sends for a session it has
+	// no key for (a restarted master, a new connection before the resume):
+	// a Close asking the agent to resume, a Pong of an older master. They
+	// are expected, not forgeries; at most one resume per heartbeat
+	// follows from them, and nothing else (docs/sessions.md).
+	Hints uint64 `json:"hints"`
+	// Transport counts what the transport itself dropped before any frame
+	// was decoded (a Kafka record or a partial frame that did not
+	// reassemble: kafkatransport.Conn.Malformed).
+	Transport uint64 `json:"transport_malformed"`
+}
+
+// Stats are the counters as the agent reports them to the master with
+// its heartbeats (wire.Stats).
+func (c Counters) Stats() *wire.Stats {
+	return &wire.Stats{Counters: []wire.Counter{
+		{Name: "stale", Value: c.Stale}, {Name: "malformed", Value: c.Malformed},
+		{Name: "unexpected", Value: c.Unexpected}, {Name: "replayed", Value: c.Replayed},
+		{Name: "duplicate", Value: c.Duplicate}, {Name: "forged", Value: c.Forged},
+		{Name: "hint", Value: c.Hints}, {Name: "transport_malformed", Value: c.Transport},
+	}}
+}
+
+// transportCounter is a connection that counts what it dropped itself
+// (kafkatransport.Conn); Malformed may be called from any goroutine.
+type transportCounter interface {
+	Malformed() uint64
 }
 
 // Agent runs the agent's sessions, one at a time, and their steps.
@@ -156,7 +185,15 @@ type Agent struct {
 	drainCh  chan struct{}
 	drainMu  sync.Once
 
-	stale, malformed, unexpected, replayed, forged atomic.Uint64
+	stale, malformed, unexpected, replayed, forged, hints atomic.Uint64
+
+	// hintResumed is when an unsigned hint last made the agent resume
+	// (Unix nanoseconds): a hint does so at most once per heartbeat.
+	hintResumed atomic.Int64
+
+	transportMu   sync.Mutex
+	transport     transportCounter // the connection Serve serves, when it counts
+	transportDone uint64           // what the connections served before counted
 
 	mu     sync.Mutex
 	steps  map[string]*step      // by build id
@@ -199,7 +236,13 @@ func New(cfg Config) *Agent {
 // Counters reports the frames dropped so far.
 func (a *Agent) Counters() Counters {
 	c := Counters{Stale: a.stale.Load(), Malformed: a.malformed.Load(), Unexpected: a.unexpected.Load(),
-		Replayed: a.replayed.Load(), Forged: a.forged.Load(), Duplicate: a.dups.Load()}
+		Replayed: a.replayed.Load(), Forged: a.forged.Load(), Duplicate: a.dups.Load(), Hints: a.hints.Load()}
+	a.transportMu.Lock()
+	c.Transport = a.transportDone
+	if a.transport != nil {
+		c.Transport += a.transport.Malformed()
+	}
+	a.transportMu.Unlock()
 	a.mu.Lock()
 	cur := a.cur
 	a.mu.Unlock()
@@ -272,6 +315,17 @@ func sendRaw(c Conn, m wire.Message, session uint64) error {
 // failed connection: the next Serve resumes it, unless the session timeout
 // expired first (its steps are then cancelled).
 func (a *Agent) Serve(ctx context.Context, c Conn) error {
+	if tc, ok := c.(transportCounter); ok {
+		a.transportMu.Lock()
+		a.transport = tc
+		a.transportMu.Unlock()
+		defer func() {
+			a.transportMu.Lock()
+			a.transport = nil
+			a.transportDone += tc.Malformed()
+			a.transportMu.Unlock()
+		}()
+	}
 	readCtx, stopRead := context.WithCancel(ctx)
 	defer stopRead()
 	in := reliable.Read(readCtx, c, func(err error) {
@@ -282,6 +336,11 @@ func (a *Agent) Serve(ctx context.Context, c Conn) error {
 	retry := backoff.New(a.cfg.RetryMin, a.cfg.RetryMax)
 	for {
 		s, err := a.session(ctx, c, in)
+		if (errors.Is(err, ErrMasterLost) || errors.Is(err, ErrMasterClosed)) && !a.draining.Load() {
+			// Said before the session is held: holding it may wait for a
+			// send in flight on a frozen transport.
+			a.log.Warn("saying hello again", "error", err)
+		}
 		if s != nil {
 			retry.Reset()
 			if !errors.Is(err, ErrDrained) && !errors.Is(err, ErrMasterClosed) {
@@ -303,7 +362,6 @@ func (a *Agent) Serve(ctx context.Context, c Conn) error {
 				return err
 			}
 		case errors.Is(err, ErrMasterLost), errors.Is(err, ErrMasterClosed):
-			a.log.Warn("saying hello again", "error", err)
 		default:
 			return err
 		}
@@ -349,8 +407,11 @@ func (a *Agent) idle(ctx context.Context, c Conn, in *reliable.Frames, d time.Du
 
 // holdSession keeps s for a resume while no master is in reach, for the
 // session timeout; its steps keep running and their output waits.
+// The session timeout runs before the endpoint is detached: detaching
+// waits for a send in flight, which a frozen transport holds as long as it
+// stays frozen.
 func (a *Agent) holdSession(s *sess, why error) {
-	s.ep.Detach()
+	defer s.ep.Detach()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.hold != nil {
@@ -472,7 +533,8 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 
 	var s *sess // the session once established
 	// suspectBy: an unauthenticated Close claimed the session is over (a
-	// restarted master does not know its key); unless a genuine frame
+	// restarted master does not know its key) while a hint had made the
+	// agent resume less than a heartbeat ago; unless a genuine frame
 	// arrives by then, the agent says hello again to find out.
 	var suspectBy time.Time
 	var beat <-chan time.Time
@@ -482,6 +544,16 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 	var drainDone chan struct{}
 	var goodbye chan struct{}  // closed once the Close was sent
 	var broken <-chan struct{} // closed when a send on this connection failed
+	var ctl *controlSender     // sends the session's pings, pongs and acks
+	var ctlFailed <-chan struct{}
+	var dups duplicates // dropped since the last frame delivered
+	defer func() {
+		dups.report(a.log)
+		if ctl != nil {
+			ctl.stop()
+		}
+	}()
+	stats := false // the master takes the agent's counters (wire.FeatureStats)
 
 	for {
 		select {
@@ -510,13 +582,16 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 			if !suspectBy.IsZero() && time.Now().After(suspectBy) {
 				return s, fmt.Errorf("%w: the master said it does not know the session and answered no ping", ErrMasterLost)
 			}
+			// Queued, never waited for: the silence checks above must run on
+			// time even while a frozen transport holds a send.
 			pingNonce++
-			if err := s.ep.SendControl(&wire.Ping{Nonce: pingNonce, UnixNano: time.Now().UnixNano()}, s.id); err != nil {
-				return s, err
+			ctl.send(&wire.Ping{Nonce: pingNonce, UnixNano: time.Now().UnixNano()})
+			ctl.send(&wire.Ack{})
+			if stats {
+				ctl.send(a.Counters().Stats())
 			}
-			if err := s.ep.FlushAck(); err != nil {
-				return s, err
-			}
+		case <-ctlFailed:
+			return s, ctl.error()
 		case <-drainCh:
 			drainCh = nil
 			if s == nil {
@@ -565,8 +640,14 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 				if s, err = a.established(ep, authResult, cur); err != nil {
 					return s, err
 				}
+				if m, err := authResult.Message(); err == nil {
+					_, features := wire.SplitFeatures(m.(*wire.AuthResult).Reason)
+					stats = slices.Contains(features, wire.FeatureStats)
+				}
 				lastSeen = time.Now()
 				broken = s.ep.Broken()
+				ctl = newControlSender(s)
+				ctlFailed = ctl.failed
 				t := time.NewTicker(a.cfg.Heartbeat)
 				defer t.Stop()
 				beat = t.C
@@ -586,17 +667,31 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 			// or replayed is dropped and never executed.
 			switch v := s.ep.Receive(f); v {
 			case reliable.Forged:
-				if m, ok := msg.(*wire.Close); ok && len(f.MAC) == 0 {
-					// A restarted master cannot sign: its Close for a session
-					// it does not know is only a hint. Ask; a live master
-					// answers the ping, signed.
+				if len(f.MAC) == 0 && (f.Type == wire.TypeClose || f.Type == wire.TypePong) {
+					// A master without the session's key (restarted, or on a
+					// new connection before the resume) cannot sign: its
+					// Close is a hint to resume, and an older master's
+					// unsigned Pong says as much. Expected, not forged.
+					n := a.hints.Add(1)
+					a.log.Debug("unsigned hint of the master: it has no key for the session", "type", f.Type, "hints", n)
+					if f.Type != wire.TypeClose {
+						continue
+					}
+					// Resuming runs the mutual authentication again and
+					// changes nothing of the session before it succeeds: a
+					// forged hint costs a handshake, at most one per
+					// heartbeat. A hint within that heartbeat is checked with
+					// a ping: a live master answers it, signed.
+					now := time.Now()
+					if last := a.hintResumed.Load(); last == 0 || now.Sub(time.Unix(0, last)) >= a.cfg.Heartbeat {
+						a.hintResumed.Store(now.UnixNano())
+						return s, fmt.Errorf("%w: it has no key for the session on this connection (%s): resuming", ErrMasterLost, msg.(*wire.Close).Reason)
+					}
 					if suspectBy.IsZero() {
-						a.log.Info("unauthenticated close: checking whether the master still knows the session", "reason", m.Reason)
-						suspectBy = time.Now().Add(2 * a.cfg.Heartbeat)
+						a.log.Info("unauthenticated close soon after a resume: checking whether the master still knows the session", "reason", msg.(*wire.Close).Reason)
+						suspectBy = now.Add(2 * a.cfg.Heartbeat)
 						pingNonce++
-						if err := s.ep.SendControl(&wire.Ping{Nonce: pingNonce, UnixNano: time.Now().UnixNano()}, s.id); err != nil {
-							return s, err
-						}
+						ctl.send(&wire.Ping{Nonce: pingNonce, UnixNano: now.UnixNano()})
 					}
 					continue
 				}
@@ -608,19 +703,18 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 				a.log.Warn("dropped a replayed frame", "type", f.Type, "seq", f.Seq, "replayed", n)
 				continue
 			case reliable.Duplicate:
-				a.log.Info("dropped a duplicate frame (resent after a resume, or replayed)", "type", f.Type, "seq", f.Seq)
+				dups.add(f) // one line for the run, once it ends
 				continue
 			case reliable.Gap:
 				a.log.Debug("dropped a frame after a gap: it comes again", "type", f.Type, "seq", f.Seq)
 				continue
 			}
+			dups.report(a.log)
 			lastSeen = time.Now()
 			suspectBy = time.Time{}
 			switch m := msg.(type) {
 			case *wire.Ping:
-				if err := s.ep.SendControl(&wire.Pong{Nonce: m.Nonce, UnixNano: m.UnixNano}, s.id); err != nil {
-					return s, err
-				}
+				ctl.send(&wire.Pong{Nonce: m.Nonce, UnixNano: m.UnixNano})
 			case *wire.Pong, *wire.Ack:
 			case *wire.RunStep:
 				a.start(s, m)
@@ -637,14 +731,97 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 				a.unexpected.Add(1)
 				a.log.Debug("dropped an unexpected frame", "type", f.Type)
 			}
-			if reliable.Sequenced(f.Type) {
-				if err := s.ep.Handled(); err != nil {
-					return s, err
-				}
+			if reliable.Sequenced(f.Type) && s.ep.Mark() {
+				ctl.send(&wire.Ack{})
 			}
 		}
 	}
 }
+
+// duplicates counts a run of duplicate frames (a resume resends what the
+// peer kept): one log line for the run instead of one per frame.
+type duplicates struct {
+	n           int
+	first, last uint64
+}
+
+func (d *duplicates) add(f *wire.Frame) {
+	if d.n == 0 {
+		d.first = f.Seq
+	}
+	d.n++
+	d.last = f.Seq
+}
+
+// report logs the run, if any, and starts a new one.
+func (d *duplicates) report(log hclog.Logger) {
+	if d.n == 0 {
+		return
+	}
+	log.Info("dropped duplicate frames (resent after a resume, or replayed)", "frames", d.n, "first_seq", d.first, "last_seq", d.last)
+	*d = duplicates{}
+}
+
+// controlSender sends a session's unnumbered frames (pings, pongs, acks,
+// stats) from its own goroutine, so that the session's loop, which runs
+// its liveness timers, never waits for a send: a frozen transport (a
+// broker stopped, a link blackholed) can hold a send for as long as it
+// lasts. A frame queued while the queue is full is dropped: a ping, a pong
+// or an ack that could not go is superseded by the next one anyway.
+type controlSender struct {
+	s      *sess
+	q      chan wire.Message
+	done   chan struct{}
+	failed chan struct{} // closed when a send failed; err says why
+	err    error
+	once   sync.Once
+}
+
+func newControlSender(s *sess) *controlSender {
+	c := &controlSender{s: s, q: make(chan wire.Message, 16), done: make(chan struct{}), failed: make(chan struct{})}
+	go c.run()
+	return c
+}
+
+func (c *controlSender) run() {
+	for {
+		select {
+		case <-c.done:
+			return
+		case m := <-c.q:
+			select {
+			case <-c.done: // the session's loop returned: its epoch may be over
+				return
+			default:
+			}
+			var err error
+			if _, ok := m.(*wire.Ack); ok {
+				err = c.s.ep.FlushAck()
+			} else {
+				err = c.s.ep.SendControl(m, c.s.id)
+			}
+			if err != nil {
+				c.err = err
+				close(c.failed)
+				return
+			}
+		}
+	}
+}
+
+// send queues m (an Ack means: flush the Ack if one is due).
+func (c *controlSender) send(m wire.Message) {
+	select {
+	case c.q <- m:
+	default:
+	}
+}
+
+// error is why a send failed, once failed is closed.
+func (c *controlSender) error() error { return c.err }
+
+// stop ends the sender; a send in flight ends on its own.
+func (c *controlSender) stop() { c.once.Do(func() { close(c.done) }) }
 
 // established makes the session the master accepted current: the resumed
 // one (its outbox is sent again from the master's Ack on) or a new one

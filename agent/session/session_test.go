@@ -7,7 +7,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -809,23 +811,17 @@ func TestResumeAnsweredWithNewSession(t *testing.T) {
 }
 
 // TestUnsignedCloseIsAHint: a restarted master cannot sign its Close of a
-// session it does not know. The agent checks with a ping; a genuine frame
-// of the master keeps the session going, silence makes the agent ask to
-// resume, and the restarted master starts a new session.
+// session it does not know. The agent takes it as a hint and says Hello at
+// once, resuming (not after two heartbeats: they are an hour here); the
+// restarted master starts a new session and the old session's step is
+// cancelled. The hint counts as a hint, not a forgery.
 func TestUnsignedCloseIsAHint(t *testing.T) {
 	work := t.TempDir()
-	m, a, _ := start(t, Config{Node: "n1", Secret: secret, Workdir: work, Heartbeat: 50 * time.Millisecond, HeartbeatTimeout: 10 * time.Second})
+	m, a, _ := start(t, Config{Node: "n1", Secret: secret, Workdir: work, Heartbeat: time.Hour, HeartbeatTimeout: time.Hour})
 	id := m.handshake(0x1234)
-	m.raw(craft(&wire.Close{Reason: "unknown session"}, id, m.nextSeq(), nil))
-	// A live master: its next frame is genuine. No hello comes for many
-	// heartbeats (process fails on one).
-	m.send(&wire.Ping{Nonce: 1})
-	p := m.pings
-	m.until("pings", func() bool { return m.pings >= p+10 })
 	if out, exit := m.runStep(&wire.RunStep{BuildID: "b#0", Command: "echo ok"}); out != "ok\n" || exit.Code != 0 {
 		t.Fatalf("output %q exit %+v", out, exit)
 	}
-	// A restarted master sends nothing else.
 	m.send(&wire.RunStep{BuildID: "b#1", Command: "echo started; sleep 60; touch finished"})
 	m.next(wire.TypeOutput)
 	m.raw(craft(&wire.Close{Reason: "unknown session"}, id, 1, nil))
@@ -846,24 +842,32 @@ func TestUnsignedCloseIsAHint(t *testing.T) {
 	if exists(work, "finished") {
 		t.Fatal("the old session's step was not cancelled")
 	}
-	if c := a.Counters(); c.Forged != 0 {
-		t.Fatalf("counters %+v: the unsigned close is a hint, not a forgery", c)
+	if c := a.Counters(); c.Forged != 0 || c.Hints != 1 {
+		t.Fatalf("counters %+v: want the unsigned close counted as 1 hint, not a forgery", c)
 	}
 }
 
-// TestUnsignedCloseChecked: the agent answers the hint with a ping at once
-// (long before its next heartbeat), and the session goes on when the
-// master answers it.
+// TestUnsignedCloseChecked: hints make the agent resume at most once per
+// heartbeat. Within it, a hint is checked with a ping at once, and the
+// session goes on when the master answers it: a flood of injected hints
+// costs one handshake, and changes nothing of the session.
 func TestUnsignedCloseChecked(t *testing.T) {
-	m, a, _ := start(t, Config{Node: "n1", Secret: secret, Heartbeat: time.Hour})
+	m, a, _ := start(t, Config{Node: "n1", Secret: secret, Heartbeat: time.Hour, HeartbeatTimeout: time.Hour})
 	id := m.handshake(0x1234)
 	m.raw(craft(&wire.Close{Reason: "unknown session"}, id, m.nextSeq(), nil))
-	m.next(wire.TypePing) // answered by the master
+	m.resume(0)
+	for range 20 {
+		m.raw(craft(&wire.Close{Reason: "unknown session"}, id, m.nextSeq(), nil))
+	}
+	m.next(wire.TypePing) // answered by the master; a hello would fail the test
 	if out, exit := m.runStep(&wire.RunStep{BuildID: "b#1", Command: "echo ok"}); out != "ok\n" || exit.Code != 0 {
 		t.Fatalf("output %q exit %+v", out, exit)
 	}
-	if c := a.Counters(); c.Forged != 0 {
-		t.Fatalf("counters %+v", c)
+	if current(a) != id {
+		t.Fatalf("session %x, want %x", current(a), id)
+	}
+	if c := a.Counters(); c.Forged != 0 || c.Hints != 21 {
+		t.Fatalf("counters %+v, want 21 hints and nothing forged", c)
 	}
 }
 
@@ -1027,4 +1031,66 @@ func TestDrainCloseWhileOutboxFull(t *testing.T) {
 	if err := served(t, done); !errors.Is(err, ErrDrained) {
 		t.Fatalf("Serve: %v", err)
 	}
+}
+
+// frozenConn is a connection whose sends can be frozen: a send then waits
+// until thawed, as on a broker stopped with SIGSTOP.
+type frozenConn struct {
+	Conn
+	mu     sync.Mutex
+	frozen chan struct{} // closed at the thaw; nil when not frozen
+}
+
+func (c *frozenConn) freeze() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.frozen == nil {
+		c.frozen = make(chan struct{})
+	}
+}
+
+func (c *frozenConn) thaw() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.frozen != nil {
+		close(c.frozen)
+		c.frozen = nil
+	}
+}
+
+func (c *frozenConn) Send(b []byte) error {
+	c.mu.Lock()
+	f := c.frozen
+	c.mu.Unlock()
+	if f != nil {
+		<-f
+	}
+	return c.Conn.Send(b)
+}
+
+// TestFrozenTransport: sends that never return (a frozen broker) do not
+// stop the agent's liveness timers. The master's silence is noticed after
+// the heartbeat timeout, and the session timeout then ends the session and
+// kills its step, while every send is still stuck.
+func TestFrozenTransport(t *testing.T) {
+	work := t.TempDir()
+	var fc *frozenConn
+	m, a, _ := start(t, Config{Node: "n1", Secret: secret, Workdir: work, Heartbeat: 20 * time.Millisecond,
+		HeartbeatTimeout: 200 * time.Millisecond, SessionTimeout: 300 * time.Millisecond},
+		func(c Conn) Conn { fc = &frozenConn{Conn: c}; return fc })
+	t.Cleanup(func() { fc.thaw() }) // before the agent's end: its stuck sends go then
+	id := m.handshake(0x1234)
+	m.send(&wire.RunStep{BuildID: "b#1", Command: "echo $$ > pid; echo started; exec sleep 60"})
+	m.next(wire.TypeOutput)
+	b, err := os.ReadFile(filepath.Join(work, "pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc.freeze()
+	waitFor(t, "the session timeout to end the session", func() bool { return current(a) != id })
+	waitFor(t, "the step to be killed", func() bool { return syscall.Kill(pid, 0) == syscall.ESRCH })
 }

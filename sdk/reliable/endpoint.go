@@ -266,15 +266,23 @@ func (e *Endpoint) Receive(f *wire.Frame) Verdict {
 // the next frames carry it as Ack. It sends an explicit Ack once AckEvery
 // frames went unacknowledged.
 func (e *Endpoint) Handled() error {
-	last := e.in.Last()
-	e.mu.Lock()
-	e.acked = last
-	due := e.acked >= e.ackSent+AckEvery || e.unacked.Load() >= AckBytes
-	e.mu.Unlock()
-	if due {
+	if e.Mark() {
 		return e.FlushAck()
 	}
 	return nil
+}
+
+// Mark records, as Handled does, that every numbered frame delivered so
+// far was handled, without sending anything: it reports whether an
+// explicit Ack is due (FlushAck sends it, from any goroutine). A receiver
+// that must never wait for a send (its liveness timers run on the same
+// goroutine) uses it. Only the receiving goroutine calls it.
+func (e *Endpoint) Mark() bool {
+	last := e.in.Last()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.acked = last
+	return e.acked >= e.ackSent+AckEvery || e.unacked.Load() >= AckBytes
 }
 
 // FlushAck sends an Ack frame if frames were handled since the last Ack
