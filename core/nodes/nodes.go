@@ -52,6 +52,10 @@ type Node struct {
 	sess   *session.Session // lives as long as the manager
 	agent  *session.Agent
 	desc   string
+	// lost says why the node's session ended with its agent out of reach
+	// (the session timeout ran out); until the agent comes back, a
+	// relaunch keeps the node offline with it rather than launching.
+	lost string
 }
 
 // Name is the node's name.
@@ -90,6 +94,10 @@ type Status struct {
 	AgentVersion string            `json:"agent_version,omitempty"`
 	Platform     string            `json:"platform,omitempty"`
 	Dropped      *session.Counters `json:"dropped_frames,omitempty"`
+	// AgentDropped is what the agent reported it dropped, by reason
+	// (forged, replayed, malformed, duplicate, hint, transport_malformed...),
+	// with its last heartbeat.
+	AgentDropped map[string]uint64 `json:"agent_dropped_frames,omitempty"`
 }
 
 // Status reports the node's state.
@@ -105,6 +113,7 @@ func (n *Node) Status() Status {
 	if c := n.sess.Counters(); c != (session.Counters{}) {
 		st.Dropped = &c
 	}
+	st.AgentDropped = n.sess.AgentCounters()
 	return st
 }
 
@@ -149,6 +158,9 @@ func NewManager(cfg *config.Config, pm *plugins.Manager, opts Options, logger hc
 		so := session.Options{Node: c.Name, Heartbeat: opts.Heartbeat, HeartbeatTimeout: hbTimeout,
 			SessionTimeout: c.SessionTimeout, Logger: logger.Named(c.Name),
 			OnEnd: func(err error) {
+				n.mu.Lock()
+				n.lost = err.Error()
+				n.mu.Unlock()
 				if n.Status().State == StateUnreachable {
 					m.set(n, StateOffline, err.Error())
 				}
@@ -287,6 +299,9 @@ func (m *Manager) set(n *Node, state, reason string) {
 		n.since = time.Now()
 	}
 	n.state, n.reason = state, reason
+	if state == StateOnline {
+		n.lost = ""
+	}
 	n.mu.Unlock()
 	if changed {
 		m.log.Info("node state", "node", n.cfg.Name, "state", state, "reason", reason)
@@ -298,6 +313,10 @@ func (m *Manager) set(n *Node, state, reason string) {
 func (m *Manager) run(ctx context.Context, n *Node) {
 	log := m.log.Named(n.cfg.Name)
 	backoff := relaunchMin
+	var restarted <-chan struct{} // the launcher plugin is back after a crash: connect at once
+	if p := m.plugins.Get(n.cfg.Launcher); p != nil {
+		restarted = p.Subscribe()
+	}
 	for ctx.Err() == nil {
 		ok := m.connect(ctx, n, log)
 		if ctx.Err() != nil {
@@ -309,6 +328,8 @@ func (m *Manager) run(ctx context.Context, n *Node) {
 		select {
 		case <-ctx.Done():
 		case <-time.After(backoff):
+		case <-restarted:
+			backoff = relaunchMin
 		}
 		backoff = min(backoff*2, relaunchMax)
 	}
@@ -327,12 +348,33 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger) bool {
 		}
 		m.set(n, StateOffline, why)
 	}
+	n.mu.Lock()
+	lost := n.lost
+	n.mu.Unlock()
 	if held, _ := n.sess.Held(); !held {
-		m.set(n, StateLaunching, "launching")
+		if lost != "" {
+			// The agent went silent for good: the node stays offline, saying
+			// why, until the agent connects again.
+			m.set(n, StateOffline, lost+"; waiting for the agent to connect")
+		} else {
+			m.set(n, StateLaunching, "launching")
+		}
 	}
 	p := m.plugins.Get(n.cfg.Launcher)
 	if p == nil {
 		offline(fmt.Sprintf("launcher %q is not loaded", n.cfg.Launcher))
+		return false
+	}
+	// While the plugin restarts its calls fail with errors that say
+	// nothing of it ("not configured"): say what happens.
+	restarting := func() bool {
+		if k := p.Restarting(); k > 0 {
+			offline(fmt.Sprintf("launcher %s restarting (attempt %d)", n.cfg.Launcher, k))
+			return true
+		}
+		return false
+	}
+	if restarting() {
 		return false
 	}
 	proc := p.Process()
@@ -340,7 +382,9 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger) bool {
 	if proc.Secrets != nil {
 		s, err := proc.Secrets.NodeSecret(ctx, n.cfg.Name)
 		if err != nil {
-			offline(fmt.Sprintf("get node secret: %v", err))
+			if !restarting() {
+				offline(fmt.Sprintf("get node secret: %v", err))
+			}
 			return false
 		}
 		secret = s.Secret
@@ -349,7 +393,9 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger) bool {
 	conn, err := proc.Launcher.Launch(lctx, &launcher.Node{Name: n.cfg.Name, Labels: n.cfg.Labels, Config: n.cfg.Config})
 	cancel()
 	if err != nil {
-		offline(fmt.Sprintf("launch failed: %v", err))
+		if !restarting() {
+			offline(fmt.Sprintf("launch failed: %v", err))
+		}
 		return false
 	}
 	defer conn.Close()

@@ -37,6 +37,7 @@ type Plugin struct {
 	proc     *launcher.Process
 	config   *launcher.Config
 	restarts int
+	attempt  int // the restart under way (1, 2...), 0 when none
 	lastErr  error
 	subs     []chan struct{}
 	stopping bool
@@ -85,6 +86,19 @@ func (p *Plugin) Restarts() int {
 	return p.restarts
 }
 
+// Restarting reports the restart under way (attempt 1, 2...; 0 when the
+// plugin runs): from the moment its process exited until the new one is
+// configured. Calls on the plugin then fail; a node's reason says this
+// instead of their errors.
+func (p *Plugin) Restarting() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.attempt == 0 && p.proc != nil && p.proc.Exited() && !p.stopping {
+		return 1 // exited; supervise has not noticed yet
+	}
+	return p.attempt
+}
+
 // Configure hands the plugin its configuration and keeps it to hand again
 // after a restart.
 func (p *Plugin) Configure(ctx context.Context, cfg *launcher.Config) error {
@@ -127,7 +141,10 @@ func (p *Plugin) supervise() {
 			backoff = restartMinBackoff
 		}
 		p.logger.Error("plugin exited unexpectedly, restarting", "pid", p.Process().Pid(), "backoff", backoff)
-		for {
+		for attempt := 1; ; attempt++ {
+			p.mu.Lock()
+			p.attempt = attempt
+			p.mu.Unlock()
 			select {
 			case <-p.stop:
 				return
@@ -165,6 +182,7 @@ func (p *Plugin) restart() error {
 	}
 	p.mu.Lock()
 	p.restarts++
+	p.attempt = 0
 	p.lastErr = nil
 	subs := append([]chan struct{}(nil), p.subs...)
 	p.mu.Unlock()

@@ -130,6 +130,7 @@ type Session struct {
 
 	stale, malformed, unexpected, forged, replayed atomic.Uint64
 	traffic                                        traffic
+	agent                                          agentCounters
 	dupDone, earlyDone                             atomic.Uint64 // of sessions replaced
 
 	// The last checkpoint of a persisted session (guarded by mu; written
@@ -294,24 +295,31 @@ func (s *Session) end(ep *reliable.Endpoint, err error) bool {
 	return true
 }
 
-// hold keeps the session for the agent to resume it, for the session
-// timeout; s.mu is held.
+// hold keeps the session for the agent to resume it until the session
+// timeout, counted from the last contact with the agent (not from when
+// its silence was noticed, a heartbeat timeout later); s.mu is held.
 func (s *Session) hold(ep *reliable.Endpoint, why error) {
 	if s.held != nil || s.ended != nil || s.ep != ep {
 		return
 	}
-	s.heldSince = time.Now()
+	now := time.Now()
+	s.heldSince = now
+	if ns := s.traffic.lastHeard.Load(); ns != 0 && ns < now.UnixNano() {
+		s.heldSince = time.Unix(0, ns)
+	}
+	since := s.heldSince
 	timeout := s.opts.SessionTimeout
-	s.log.Warn("link to the agent lost: holding the session for it to resume", "error", why, "session_timeout", timeout)
+	s.log.Warn("link to the agent lost: holding the session for it to resume", "error", why, "session_timeout", timeout,
+		"last_contact", now.Sub(since).Round(time.Millisecond))
 	var timer *time.Timer
-	timer = time.AfterFunc(timeout, func() {
+	timer = time.AfterFunc(max(timeout-now.Sub(since), 0), func() {
 		s.mu.Lock()
 		mine := s.held == timer // not resumed meanwhile
 		s.mu.Unlock()
 		if !mine {
 			return
 		}
-		err := fmt.Errorf("%w: no contact for %s (session_timeout; last: %v)", ErrAgentLost, timeout, why)
+		err := fmt.Errorf("%w: no contact for %s (session_timeout %s; last: %v)", ErrAgentLost, time.Since(since).Round(time.Second), timeout, why)
 		if s.end(ep, err) && s.opts.OnEnd != nil {
 			s.opts.OnEnd(err)
 		}
@@ -337,6 +345,8 @@ type Link struct {
 	stopRead  context.CancelFunc
 	pending   *wire.Frame // a Hello that arrived while serving
 	hinted    bool        // the agent was asked to resume the held session
+	dups      duplicates  // dropped since the last frame delivered
+	shook     bool        // Handshake ran on the link
 
 	// OnReachable, when set, is told when a resumable link's agent falls
 	// silent for the heartbeat timeout (the session is held, Serve goes on
@@ -402,6 +412,15 @@ func (l *Link) sendRaw(m wire.Message, session uint64) error {
 // then be called again for the agent's next attempt.
 func (l *Link) Handshake(ctx context.Context) (*Agent, bool, error) {
 	s := l.s
+	// A held session (a new connection after the plugin or the master
+	// restarted) is hinted at once: the agent resumes now, not when its
+	// next ping arrives or its heartbeat timeout runs out.
+	if !l.shook {
+		l.shook = true
+		if id := s.ID(); id != 0 && s.Live() {
+			l.hint(id)
+		}
+	}
 	for {
 		f := l.pending
 		l.pending = nil
@@ -418,6 +437,13 @@ func (l *Link) Handshake(ctx context.Context) (*Agent, bool, error) {
 		}
 		switch m := msg.(type) {
 		case *wire.Ping:
+			if f.Session != 0 {
+				// A ping of a session this link has no key for (unknown, or
+				// held): an unsigned Pong would only be dropped as forged;
+				// tell the agent to say hello instead.
+				l.closeStale(f.Session)
+				continue
+			}
 			_ = l.sendRaw(&wire.Pong{Nonce: m.Nonce, UnixNano: m.UnixNano}, f.Session)
 		case *wire.Hello:
 			if len(m.Nonce) != wire.NonceSize || (m.Node != "" && m.Node != s.opts.Node) || (f.Session != 0 && !m.Resume) {
@@ -455,11 +481,7 @@ func (l *Link) closeStale(session uint64) {
 		// The current session, held while this link has no key for it (the
 		// master restarted, or the agent's frames arrive before its
 		// resume): hint once that it should resume.
-		if held, _ := s.Held(); held && !l.hinted {
-			l.hinted = true
-			s.log.Info("frame of the held session: asking the agent to resume it", "session", fmt.Sprintf("%016x", session))
-			_ = l.sendRaw(&wire.Close{Reason: "the master has no key for this session on this connection: resume it"}, session)
-		}
+		l.hint(session)
 		return
 	}
 	s.mu.Lock()
@@ -476,6 +498,20 @@ func (l *Link) closeStale(session uint64) {
 	}
 	s.log.Info("frame of an unknown session: telling it to end", "session", fmt.Sprintf("%016x", session))
 	_ = l.sendRaw(&wire.Close{Reason: "unknown session: the master does not know it (it restarted, or the session timed out); say hello again"}, session)
+}
+
+// hint asks the agent of the held session to resume it, once per link: the
+// Close is unsigned (the link has no key for the session), so it is only
+// a hint; the agent resumes with a full mutual authentication, and
+// nothing of the session changes before it succeeds.
+func (l *Link) hint(session uint64) {
+	s := l.s
+	if held, _ := s.Held(); !held || l.hinted {
+		return
+	}
+	l.hinted = true
+	s.log.Info("asking the agent to resume the held session", "session", fmt.Sprintf("%016x", session))
+	_ = l.sendRaw(&wire.Close{Reason: "the master has no key for this session on this connection: resume it"}, session)
 }
 
 // maxClosedSessions bounds the memory of closeStale.
@@ -559,7 +595,10 @@ func (l *Link) established(ep *reliable.Endpoint, id uint64, resume bool, auth *
 	ep.Established(id, wire.SessionKey(l.secret, hello.Nonce, nonceM, id), auth.Seq)
 	// The AuthResult goes first: a step sent in the new session before it
 	// would reach an agent without the key.
-	if err := ep.SendControl(&wire.AuthResult{OK: true, Session: id}, id); err != nil {
+	s.traffic.heard(time.Now()) // the agent's proof: the last contact, should the link break at once
+	// An accepting AuthResult's Reason announces what the master takes
+	// beyond every master's frames (older agents ignore it).
+	if err := ep.SendControl(&wire.AuthResult{OK: true, Session: id, Reason: wire.VersionWithFeatures("", wire.FeatureStats)}, id); err != nil {
 		return nil, false, err
 	}
 	version, features := wire.SplitFeatures(hello.AgentVersion)
@@ -627,6 +666,7 @@ func (l *Link) Serve(ctx context.Context) error {
 	ep := s.ep
 	s.mu.Unlock()
 	err := l.serve(ctx, ep)
+	l.dups.report(s.log)
 	var closed *closedError
 	switch {
 	case errors.As(err, &closed), !l.resumable, ctx.Err() != nil:
@@ -775,18 +815,21 @@ func (l *Link) handle(ep *reliable.Endpoint, f *wire.Frame) (bool, error) {
 		s.log.Warn("dropped a replayed or reordered frame", "type", f.Type, "seq", f.Seq)
 		return false, nil
 	case reliable.Duplicate:
-		s.log.Info("dropped a duplicate frame (resent after a resume, or replayed)", "type", f.Type, "seq", f.Seq)
+		l.dups.add(f) // one line for the run, once it ends
 		return false, nil
 	case reliable.Gap:
 		s.log.Debug("dropped a frame after a gap: it comes again", "type", f.Type, "seq", f.Seq)
 		return false, nil
 	}
+	l.dups.report(s.log)
 	msg, err := f.Message()
 	if err != nil {
 		s.malformed.Add(1)
 		return true, ep.Handled()
 	}
 	switch m := msg.(type) {
+	case *wire.Stats:
+		s.agentStats(m)
 	case *wire.Ping:
 		_ = ep.SendControl(&wire.Pong{Nonce: m.Nonce, UnixNano: m.UnixNano}, ep.Session())
 	case *wire.Pong:

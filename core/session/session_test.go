@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -383,7 +385,17 @@ func expectInSession[T wire.Message](a *testAgent) (*wire.Frame, T) {
 // agent's nonce; it returns the negotiated session and the master's nonce.
 func (a *testAgent) challenge(wantProofOK bool) (uint64, []byte) {
 	a.t.Helper()
-	f, ch := expect[*wire.Challenge](a)
+	// A new link of a held session starts with the master's hint to
+	// resume it (unsigned: the link has no key yet); the agent resumes
+	// anyway.
+	f, m := a.recv()
+	for isHint(f, m) {
+		f, m = a.recv()
+	}
+	ch, ok := m.(*wire.Challenge)
+	if !ok {
+		a.t.Fatalf("agent: got %v %+v (session %x), want a Challenge", f.Type, m, f.Session)
+	}
 	if f.Session == 0 {
 		a.t.Fatalf("challenge in session 0")
 	}
@@ -394,6 +406,13 @@ func (a *testAgent) challenge(wantProofOK bool) (uint64, []byte) {
 		a.t.Fatalf("master proof verifies under the agent's secret: %v, want %v", ok, wantProofOK)
 	}
 	return f.Session, bytes.Clone(ch.Nonce)
+}
+
+// isHint reports whether f is the master's unsigned hint to resume a held
+// session.
+func isHint(f *wire.Frame, m wire.Message) bool {
+	cl, ok := m.(*wire.Close)
+	return ok && len(f.MAC) == 0 && strings.Contains(cl.Reason, "resume it")
 }
 
 // authenticate answers a challenge for session with the genuine proof, as
@@ -1059,8 +1078,9 @@ func TestHandshakeUnansweredChallenge(t *testing.T) {
 	a.hello(1)
 	first, nonceM := a.challenge(true)
 	// While the master negotiates session first, it drops an Ack of that
-	// session quietly; once it gave up, that session is unknown and told to
-	// end. Pings are answered either way.
+	// session quietly and answers its pings; once it gave up, that session
+	// is unknown and told to end, once: its pings are not answered (an
+	// unsigned Pong would only be dropped as forged).
 	for i := uint64(1); ; i++ {
 		a.sendRaw(&wire.Ack{}, first, 0, nil)
 		a.sendRaw(&wire.Ping{Nonce: i}, first, 0, nil)
@@ -1068,9 +1088,6 @@ func TestHandshakeUnansweredChallenge(t *testing.T) {
 		if cl, ok := m.(*wire.Close); ok {
 			if f.Session != first || !strings.Contains(cl.Reason, "unknown session") {
 				t.Fatalf("got Close %+v in session %x, want one for session %x", cl, f.Session, first)
-			}
-			if f, p := expect[*wire.Pong](a); p.Nonce != i || f.Session != first {
-				t.Fatalf("got Pong %+v in session %x, want %d in session %x", p, f.Session, i, first)
 			}
 			break
 		}
@@ -2067,11 +2084,11 @@ func TestResumeWrongProof(t *testing.T) {
 	h.connect(true)
 	hs := h.startHandshake()
 	a.helloResume(2, id, a.ep.Acked())
-	f, ch := expect[*wire.Challenge](a)
-	if f.Session != id {
-		t.Fatalf("challenge for session %x, want %x", f.Session, id)
+	f, nonceM := a.challenge(true)
+	if f != id {
+		t.Fatalf("challenge for session %x, want %x", f, id)
 	}
-	a.sendRaw(&wire.Auth{Proof: wire.AgentProof([]byte("guessed"), ch.Nonce, a.nonce)}, id, 1, nil)
+	a.sendRaw(&wire.Auth{Proof: wire.AgentProof([]byte("guessed"), nonceM, a.nonce)}, id, 1, nil)
 	if _, res := expect[*wire.AuthResult](a); res.OK {
 		t.Fatalf("AuthResult %+v for a wrong proof", res)
 	}
@@ -2509,4 +2526,118 @@ func TestResumeTrustsUnauthenticatedLastSeq(t *testing.T) {
 	expectInSession[*wire.RunStep](a) // never comes: the master forgot it
 	a.send(&wire.Exit{BuildID: "job#1"})
 	wait(t, step, "RunStep")
+}
+
+// TestHeldSessionHintedAtOnce: a new link of a held session (the plugin or
+// the master restarted) asks the agent to resume at once, before any
+// frame of the agent arrives, and only once per link; the hint is
+// unsigned and changes nothing of the session.
+func TestHeldSessionHintedAtOnce(t *testing.T) {
+	h, serve := established(t, Options{}, true)
+	a := h.agent
+	h.linkLost(serve)
+	id := h.s.ID()
+
+	h.connect(true)
+	hs := h.startHandshake()
+	f, m := a.recv() // the agent sent nothing on this link yet
+	if !isHint(f, m) || f.Session != id {
+		t.Fatalf("first frame on the new link: %v %+v in session %x; want the unsigned hint to resume %x", f.Type, m, f.Session, id)
+	}
+	// Its frames of the held session are not hinted again on this link,
+	// and its pings get no unsigned Pong.
+	a.sendRaw(&wire.Ping{Nonce: 7}, id, 0, nil)
+	a.sendRaw(&wire.Ping{Nonce: 8}, 0, 0, nil)
+	if f, p := expect[*wire.Pong](a); p.Nonce != 8 || f.Session != 0 {
+		t.Fatalf("got Pong %+v in session %x, want the pong of the sessionless ping", p, f.Session)
+	}
+	if held, _ := h.s.Held(); !held || h.s.ID() != id {
+		t.Fatalf("the hint changed the session: held %v, id %x", held, h.s.ID())
+	}
+	a.helloResume(2, id, a.ep.Acked())
+	got, nonceM := a.challenge(true)
+	if got != id {
+		t.Fatalf("challenge for %x, want %x", got, id)
+	}
+	a.authenticate(id, nonceM)
+	handshakeOK(t, hs, true)
+}
+
+// TestUnknownSessionPingTold: a ping of a session the master does not know
+// (it restarted after a SIGTERM, which ended the session) is answered by
+// telling the agent once that the session is unknown, so that it says
+// hello at once; an unsigned Pong would be dropped as forged.
+func TestUnknownSessionPingTold(t *testing.T) {
+	h := newHarness(t, Options{})
+	h.connect(true)
+	a := h.agent
+	h.startHandshake()
+	const old = 0xdead
+	a.sendRaw(&wire.Ping{Nonce: 1}, old, 0, nil)
+	f, m := a.recv()
+	cl, ok := m.(*wire.Close)
+	if !ok || f.Session != old || len(f.MAC) != 0 || !strings.Contains(cl.Reason, "unknown session") {
+		t.Fatalf("answer to a ping of an unknown session: %v %+v in session %x; want Close \"unknown session\"", f.Type, m, f.Session)
+	}
+	a.sendRaw(&wire.Ping{Nonce: 2}, old, 0, nil)
+	a.sendRaw(&wire.Ping{Nonce: 3}, 0, 0, nil)
+	if f, p := expect[*wire.Pong](a); p.Nonce != 3 || f.Session != 0 {
+		t.Fatalf("got Pong %+v in session %x, want only the sessionless ping answered", p, f.Session)
+	}
+}
+
+// TestSessionTimeoutFromLastContact: the session timeout counts from the
+// agent's last frame, not from when its silence was noticed a heartbeat
+// timeout later, and the reason states the real silence.
+func TestSessionTimeoutFromLastContact(t *testing.T) {
+	const hbTimeout, sessTimeout = time.Second, 3 * time.Second
+	h, _ := established(t, Options{Heartbeat: 100 * time.Millisecond, HeartbeatTimeout: hbTimeout, SessionTimeout: sessTimeout}, true)
+	a := h.agent
+	var out chunkWriter
+	step := h.running(context.Background(), &wire.RunStep{BuildID: "job#1"}, &out)
+	a.send(stdout("job#1", 0, "last words"))
+	a.sync(1)
+	last := time.Now() // the agent falls silent
+	r := wait(t, step, "RunStep")
+	took := time.Since(last)
+	if !errors.Is(r.err, ErrAgentLost) || !strings.Contains(r.err.Error(), "no contact for 3s") {
+		t.Fatalf("RunStep = %+v, %v; want agent lost after no contact for 3s", r.res, r.err)
+	}
+	// The old count (heartbeat timeout + session timeout) ends it after 4s.
+	if took < sessTimeout-100*time.Millisecond || took >= hbTimeout+sessTimeout-200*time.Millisecond {
+		t.Fatalf("the session ended %s after the last contact; want the session timeout, %s", took, sessTimeout)
+	}
+	t.Logf("the session ended %s after the agent's last frame", took.Round(time.Millisecond))
+}
+
+// TestAgentStats: the master announces that it takes Stats in its
+// AuthResult; the agent's signed Stats are what AgentCounters reports,
+// and a Stats frame without a valid MAC is dropped as forged.
+func TestAgentStats(t *testing.T) {
+	h := newHarness(t, Options{})
+	h.connect(true)
+	a := h.agent
+	hs := h.startHandshake()
+	a.hello(1)
+	id, nonceM := a.challenge(true)
+	f := a.authenticate(id, nonceM)
+	handshakeOK(t, hs, false)
+	h.startServe()
+	m, _ := f.Message()
+	if _, features := wire.SplitFeatures(m.(*wire.AuthResult).Reason); !slices.Contains(features, wire.FeatureStats) {
+		t.Fatalf("AuthResult %+v does not announce %q", m, wire.FeatureStats)
+	}
+	if c := h.s.AgentCounters(); c != nil {
+		t.Fatalf("AgentCounters() = %v before any Stats", c)
+	}
+	a.sendRaw(&wire.Stats{Counters: []wire.Counter{{Name: "forged", Value: 99}}}, id, a.nextSeq(), nil)
+	a.send(&wire.Stats{Counters: []wire.Counter{{Name: "forged", Value: 2}, {Name: "hint", Value: 5}, {Name: "", Value: 1}}})
+	a.sync(1)
+	want := map[string]uint64{"forged": 2, "hint": 5}
+	if c := h.s.AgentCounters(); !maps.Equal(c, want) {
+		t.Fatalf("AgentCounters() = %v, want %v", c, want)
+	}
+	if c := h.s.Counters(); c.Forged != 1 {
+		t.Fatalf("Counters() = %+v, want the unsigned Stats counted as forged", c)
+	}
 }
