@@ -119,6 +119,8 @@ var (
 		"When the node's agent was last heard (Unix time).", []string{"launcher", "node"}, nil)
 	descRejected = prometheus.NewDesc(Namespace+"_rejected_frames_total",
 		"Frames from agents dropped and never acted on, by node and reason.", []string{"node", "reason"}, nil)
+	descAgentRejected = prometheus.NewDesc(Namespace+"_agent_rejected_frames_total",
+		"Frames the node's agent dropped and never acted on, by reason, as it reports them with its heartbeats (forged, replayed, malformed, duplicate, stale, unexpected; hint: unsigned hints of a master without the session's key; transport_malformed: records its transport dropped). They restart from zero when the agent restarts.", []string{"node", "reason"}, nil)
 	descRestarts = prometheus.NewDesc(Namespace+"_plugin_restarts_total",
 		"Restarts of each launcher plugin after it exited.", []string{"plugin"}, nil)
 	descPluginUp = prometheus.NewDesc(Namespace+"_plugin_up",
@@ -131,7 +133,7 @@ type snapshot struct{ src Sources }
 // Describe implements prometheus.Collector.
 func (c *snapshot) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descQueue, descNodeState, descNodes, descBusy, descExecutors, descFrames, descBytes,
-		descConnections, descResumes, descRTT, descHeard, descRejected, descRestarts, descPluginUp} {
+		descConnections, descResumes, descRTT, descHeard, descRejected, descAgentRejected, descRestarts, descPluginUp} {
 		ch <- d
 	}
 }
@@ -179,6 +181,9 @@ func (c *snapshot) Collect(ch chan<- prometheus.Metric) {
 			}{{"stale", d.Stale}, {"malformed", d.Malformed}, {"unexpected", d.Unexpect}, {"forged", d.Forged},
 				{"replayed", d.Replayed}, {"duplicate", d.Duplicate}, {"early", d.Early}} {
 				counter(descRejected, r.n, st.Name, r.reason)
+			}
+			for reason, n := range st.AgentDropped {
+				counter(descAgentRejected, n, st.Name, reason)
 			}
 		}
 		for _, s := range NodeStates {

@@ -37,7 +37,7 @@ func TestMetrics(t *testing.T) {
 		Nodes: func() []Node {
 			return []Node{
 				fakeNode{st: nodes.Status{Name: "k1", Launcher: "kafka", State: nodes.StateOnline, Executors: 2, Busy: 1,
-					Dropped: &session.Counters{Forged: 4, Stale: 1}},
+					Dropped: &session.Counters{Forged: 4, Stale: 1}, AgentDropped: map[string]uint64{"forged": 3, "transport_malformed": 2}},
 					t: session.Traffic{FramesIn: 10, BytesIn: 1000, FramesOut: 7, BytesOut: 300, Connections: 2, Resumes: 1, LastHeard: heard, RTT: 1500 * time.Microsecond}},
 				fakeNode{st: nodes.Status{Name: "s1", Launcher: "ssh", State: nodes.StateOffline, Executors: 1}},
 			}
@@ -73,6 +73,8 @@ func TestMetrics(t *testing.T) {
 		`conveyor_transport_rtt_seconds{launcher="kafka",node="k1"} 0.0015`,
 		`conveyor_transport_last_heard_timestamp_seconds{launcher="kafka",node="k1"} 1.7e+09`,
 		`conveyor_rejected_frames_total{node="k1",reason="forged"} 4`,
+		`conveyor_agent_rejected_frames_total{node="k1",reason="forged"} 3`,
+		`conveyor_agent_rejected_frames_total{node="k1",reason="transport_malformed"} 2`,
 		`conveyor_rejected_frames_total{node="k1",reason="stale"} 1`,
 		`conveyor_rejected_frames_total{node="s1",reason="forged"} 0`,
 		`conveyor_plugin_restarts_total{plugin="kafka"} 2`,

@@ -3,6 +3,7 @@ package kafkatransport
 import (
 	"encoding/binary"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/hashicorp/go-hclog"
 )
@@ -108,8 +109,9 @@ type reassembler struct {
 	skipping bool
 	skipID   uint64
 
-	// malformed counts dropped records and incomplete frames.
-	malformed uint64
+	// malformed counts dropped records and incomplete frames; read from
+	// any goroutine (Conn.Malformed).
+	malformed atomic.Uint64
 }
 
 // reset drops a partial frame.
@@ -122,9 +124,9 @@ func (r *reassembler) reset() {
 
 // drop counts and logs a malformed record or sequence.
 func (r *reassembler) drop(offset int64, format string, args ...any) {
-	r.malformed++
+	n := r.malformed.Add(1)
 	r.reset()
-	r.log.Warn("dropping malformed frame data", "offset", offset, "reason", fmt.Sprintf(format, args...), "malformed_total", r.malformed)
+	r.log.Warn("dropping malformed frame data", "offset", offset, "reason", fmt.Sprintf(format, args...), "malformed_total", n)
 }
 
 // add consumes one record value and returns the frame it completes, if any.

@@ -35,8 +35,8 @@ func TestChunksRoundTrip(t *testing.T) {
 				t.Fatalf("size %d: frame differs", size)
 			}
 		}
-		if r.malformed != 0 {
-			t.Fatalf("size %d: %d malformed", size, r.malformed)
+		if r.malformed.Load() != 0 {
+			t.Fatalf("size %d: %d malformed", size, r.malformed.Load())
 		}
 	}
 }
@@ -54,8 +54,8 @@ func TestReassemblerMalformed(t *testing.T) {
 	if got, done := r.add(good[0], 1); !done || string(got) != "good" {
 		t.Fatalf("got %q %v", got, done)
 	}
-	if r.malformed != 1 {
-		t.Fatalf("malformed %d, want 1", r.malformed)
+	if r.malformed.Load() != 1 {
+		t.Fatalf("malformed %d, want 1", r.malformed.Load())
 	}
 	// Out-of-sequence, short, foreign records are dropped.
 	for _, v := range [][]byte{big[1], nil, []byte("short"), append([]byte{9}, good[0][1:]...)} {
@@ -64,14 +64,14 @@ func TestReassemblerMalformed(t *testing.T) {
 		}
 	}
 	// An oversized frame is refused once, its chunks skipped.
-	before := r.malformed
+	before := r.malformed.Load()
 	for i, c := range oversized {
 		if _, done := r.add(c, int64(10+i)); done {
 			t.Fatal("oversized frame completed")
 		}
 	}
-	if r.malformed != before+1 {
-		t.Fatalf("oversized frame counted %d times", r.malformed-before)
+	if r.malformed.Load() != before+1 {
+		t.Fatalf("oversized frame counted %d times", r.malformed.Load()-before)
 	}
 	// A lying length is caught.
 	lie := appendChunkHeader(nil, true, 0, 10, 5)

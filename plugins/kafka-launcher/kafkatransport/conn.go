@@ -434,8 +434,9 @@ func (c *Conn) Recv() ([]byte, error) {
 }
 
 // Malformed returns how many records or partial frames Recv has dropped.
-// Call it from the goroutine that calls Recv.
-func (c *Conn) Malformed() uint64 { return c.re.malformed }
+// It may be called from any goroutine: the agent reports it to the master
+// with its heartbeats, the launcher in its link stats.
+func (c *Conn) Malformed() uint64 { return c.re.malformed.Load() }
 
 // Close commits the offset of the last frame Recv returned, ends the
 // connection and releases its goroutines. Recv then returns io.EOF and
