@@ -44,6 +44,9 @@ type Sources struct {
 	Queued func() int
 	// Plugins returns the loaded plugins.
 	Plugins func() []Plugin
+	// LinkMalformed returns, by node, what the launchers' transports
+	// dropped before decoding any frame (nodes.Manager.LinkMalformed).
+	LinkMalformed func() map[string]uint64
 }
 
 // Metrics is the master's registry; it implements builds.Observer.
@@ -121,6 +124,8 @@ var (
 		"Frames from agents dropped and never acted on, by node and reason.", []string{"node", "reason"}, nil)
 	descAgentRejected = prometheus.NewDesc(Namespace+"_agent_rejected_frames_total",
 		"Frames the node's agent dropped and never acted on, by reason, as it reports them with its heartbeats (forged, replayed, malformed, duplicate, stale, unexpected; hint: unsigned hints of a master without the session's key; transport_malformed: records its transport dropped). They restart from zero when the agent restarts.", []string{"node", "reason"}, nil)
+	descTransportMalformed = prometheus.NewDesc(Namespace+"_transport_malformed_total",
+		"Records the launcher's transport dropped for the node before decoding any frame (a Kafka record or a partial frame that did not reassemble), as the launcher reports it.", []string{"node"}, nil)
 	descRestarts = prometheus.NewDesc(Namespace+"_plugin_restarts_total",
 		"Restarts of each launcher plugin after it exited.", []string{"plugin"}, nil)
 	descPluginUp = prometheus.NewDesc(Namespace+"_plugin_up",
@@ -133,7 +138,7 @@ type snapshot struct{ src Sources }
 // Describe implements prometheus.Collector.
 func (c *snapshot) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descQueue, descNodeState, descNodes, descBusy, descExecutors, descFrames, descBytes,
-		descConnections, descResumes, descRTT, descHeard, descRejected, descAgentRejected, descRestarts, descPluginUp} {
+		descConnections, descResumes, descRTT, descHeard, descRejected, descAgentRejected, descTransportMalformed, descRestarts, descPluginUp} {
 		ch <- d
 	}
 }
@@ -188,6 +193,11 @@ func (c *snapshot) Collect(ch chan<- prometheus.Metric) {
 		}
 		for _, s := range NodeStates {
 			gauge(descNodes, float64(count[s]), s)
+		}
+	}
+	if c.src.LinkMalformed != nil {
+		for node, n := range c.src.LinkMalformed() {
+			counter(descTransportMalformed, n, node)
 		}
 	}
 	if c.src.Plugins != nil {

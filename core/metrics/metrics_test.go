@@ -42,8 +42,9 @@ func TestMetrics(t *testing.T) {
 				fakeNode{st: nodes.Status{Name: "s1", Launcher: "ssh", State: nodes.StateOffline, Executors: 1}},
 			}
 		},
-		Queued:  func() int { return queued },
-		Plugins: func() []Plugin { return []Plugin{{Name: "kafka", Restarts: 2, Running: true}} },
+		Queued:        func() int { return queued },
+		Plugins:       func() []Plugin { return []Plugin{{Name: "kafka", Restarts: 2, Running: true}} },
+		LinkMalformed: func() map[string]uint64 { return map[string]uint64{"k1": 5} },
 	}
 	m := New(src)
 	m.Started("hello", 2*time.Second)
@@ -74,6 +75,7 @@ func TestMetrics(t *testing.T) {
 		`conveyor_transport_last_heard_timestamp_seconds{launcher="kafka",node="k1"} 1.7e+09`,
 		`conveyor_rejected_frames_total{node="k1",reason="forged"} 4`,
 		`conveyor_agent_rejected_frames_total{node="k1",reason="forged"} 3`,
+		`conveyor_transport_malformed_total{node="k1"} 5`,
 		`conveyor_agent_rejected_frames_total{node="k1",reason="transport_malformed"} 2`,
 		`conveyor_rejected_frames_total{node="k1",reason="stale"} 1`,
 		`conveyor_rejected_frames_total{node="s1",reason="forged"} 0`,

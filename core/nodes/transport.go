@@ -3,6 +3,7 @@ package nodes
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/conveyor-ci/conveyor/core/session"
@@ -55,4 +56,38 @@ func (m *Manager) Transport(ctx context.Context, n *Node) Transport {
 		t.Link = stats
 	}
 	return t
+}
+
+// LinkMalformed asks the launchers with the stats capability what their
+// transport dropped for each node before decoding any frame
+// (launcher.LinkStats.Malformed), all nodes at once, each answer within
+// linkStatsTimeout. A node whose launcher cannot say is absent.
+func (m *Manager) LinkMalformed(ctx context.Context) map[string]uint64 {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	out := map[string]uint64{}
+	for _, n := range m.nodes {
+		p := m.plugins.Get(n.cfg.Launcher)
+		if p == nil || p.Restarting() > 0 {
+			continue
+		}
+		proc := p.Process()
+		ls, ok := proc.Launcher.(launcher.LinkStater)
+		if !ok || !proc.Info.Has(launcher.CapStats) {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(ctx, linkStatsTimeout)
+			defer cancel()
+			if st, err := ls.LinkStats(ctx, n.cfg.Name); err == nil {
+				mu.Lock()
+				out[n.cfg.Name] = st.Malformed
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return out
 }

@@ -93,7 +93,8 @@ func New(ctx context.Context, cfg *config.Config, opts Options, logger hclog.Log
 	nopts := opts.Nodes
 	nopts.Store = st
 	s.nodes = nodes.NewManager(cfg, s.plugins, nopts, logger.Named("node"))
-	s.metrics = metrics.New(metrics.Sources{Nodes: s.metricNodes, Queued: func() int { return s.builds.Queued() }, Plugins: s.metricPlugins})
+	s.metrics = metrics.New(metrics.Sources{Nodes: s.metricNodes, Queued: func() int { return s.builds.Queued() }, Plugins: s.metricPlugins,
+		LinkMalformed: func() map[string]uint64 { return s.nodes.LinkMalformed(context.Background()) }})
 	s.builds = builds.New(cfg, st, s.nodes, s.metrics, logger.Named("build"))
 	if err := s.builds.Recover(); err != nil {
 		return fail(err)

@@ -139,7 +139,7 @@ func (c *client) LinkStats(ctx context.Context, node string) (*LinkStats, error)
 		}
 		return nil, fmt.Errorf("link stats of node %q: %w", node, statusErr(err))
 	}
-	st := &LinkStats{Connected: r.Connected, Endpoint: r.Endpoint, Reconnects: r.Reconnects}
+	st := &LinkStats{Connected: r.Connected, Endpoint: r.Endpoint, Reconnects: r.Reconnects, Malformed: r.Malformed}
 	if r.SinceUnixNano != 0 {
 		st.Since = time.Unix(0, r.SinceUnixNano)
 	}

@@ -113,6 +113,10 @@ type LinkStats struct {
 	// Reconnects counts the connections the launcher made for the node
 	// after its first.
 	Reconnects int64
+	// Malformed counts what the launcher's transport dropped for the node
+	// before any frame was decoded (a Kafka record or a partial frame that
+	// did not reassemble), over all its connections.
+	Malformed uint64
 }
 
 // Directions of a topic.

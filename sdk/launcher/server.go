@@ -288,7 +288,7 @@ func (s *server) LinkStats(ctx context.Context, req *pb.LinkStatsRequest) (*pb.L
 	if err != nil {
 		return nil, err
 	}
-	r := &pb.LinkStatsResponse{Connected: st.Connected, Endpoint: st.Endpoint, Reconnects: st.Reconnects}
+	r := &pb.LinkStatsResponse{Connected: st.Connected, Endpoint: st.Endpoint, Reconnects: st.Reconnects, Malformed: st.Malformed}
 	if !st.Since.IsZero() {
 		r.SinceUnixNano = st.Since.UnixNano()
 	}

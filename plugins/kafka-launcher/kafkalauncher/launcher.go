@@ -69,8 +69,11 @@ type Launcher struct {
 	broker   *embeddedBroker
 	conns    map[string]*kafkatransport.Conn
 	launches map[string]int64 // connections opened per node
-	startMu  sync.Mutex       // serializes starting and stopping the embedded broker
-	shutdown bool
+	// malformed counts what the node's closed connections dropped before
+	// decoding (kafkatransport.Conn.Malformed); LinkStats adds the open one's.
+	malformed map[string]uint64
+	startMu   sync.Mutex // serializes starting and stopping the embedded broker
+	shutdown  bool
 }
 
 var (
@@ -86,7 +89,7 @@ func New(logger hclog.Logger) *Launcher {
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
-	return &Launcher{log: logger.Named("kafka-launcher"), conns: map[string]*kafkatransport.Conn{}, launches: map[string]int64{}}
+	return &Launcher{log: logger.Named("kafka-launcher"), conns: map[string]*kafkatransport.Conn{}, launches: map[string]int64{}, malformed: map[string]uint64{}}
 }
 
 // Info implements launcher.Launcher.
@@ -263,6 +266,9 @@ func (l *Launcher) Launch(ctx context.Context, node *launcher.Node) (launcher.Co
 	old := l.conns[node.Name]
 	l.conns[node.Name] = conn
 	l.launches[node.Name]++
+	if old != nil {
+		l.malformed[node.Name] += old.Malformed()
+	}
 	l.mu.Unlock()
 	if old != nil {
 		_ = old.Close()
@@ -281,8 +287,12 @@ func (l *Launcher) LinkStats(_ context.Context, node string) (*launcher.LinkStat
 	l.mu.Lock()
 	conn := l.conns[node]
 	launches := l.launches[node]
+	malformed := l.malformed[node]
+	if conn != nil {
+		malformed += conn.Malformed()
+	}
 	l.mu.Unlock()
-	st := &launcher.LinkStats{Endpoint: "kafka " + strings.Join(set.transport.Brokers, ","), Reconnects: max(launches-1, 0)}
+	st := &launcher.LinkStats{Endpoint: "kafka " + strings.Join(set.transport.Brokers, ","), Reconnects: max(launches-1, 0), Malformed: malformed}
 	t := kafkatransport.TopicsFor(set.transport.TopicPrefix, node)
 	g := kafkatransport.GroupsFor(set.transport.TopicPrefix, node)
 	st.Topics = []launcher.TopicStats{
@@ -311,6 +321,9 @@ func (l *Launcher) Teardown(_ context.Context, node string) error {
 	l.mu.Lock()
 	conn := l.conns[node]
 	delete(l.conns, node)
+	if conn != nil {
+		l.malformed[node] += conn.Malformed()
+	}
 	l.mu.Unlock()
 	if conn == nil {
 		return nil

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/IBM/sarama"
+
 	"github.com/conveyor-ci/conveyor/sdk/launcher"
 )
 
@@ -17,7 +19,8 @@ func TestLinkStats(t *testing.T) {
 	if !p.Info.Has(launcher.CapStats) {
 		t.Fatalf("capabilities %v lack %q", p.Info.Capabilities, launcher.CapStats)
 	}
-	cfg := config(t, dir, fmt.Sprintf("embedded_addr = %q", freeAddr(t)), "a")
+	addr := freeAddr(t)
+	cfg := config(t, dir, fmt.Sprintf("embedded_addr = %q", addr), "a")
 	if err := p.Launcher.Configure(ctxT(t), cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -64,14 +67,47 @@ func TestLinkStats(t *testing.T) {
 			t.Errorf("topic %+v, want %+v", ts, want[ts.Direction])
 		}
 	}
+	// A record in the events topic that is no frame's chunk: the master's
+	// transport drops it, and the link stats count it.
+	go func() {
+		for {
+			if _, err := conn.Recv(); err != nil {
+				return
+			}
+		}
+	}()
+	sc := sarama.NewConfig()
+	sc.Producer.Return.Successes = true
+	sc.Producer.Partitioner = sarama.NewManualPartitioner
+	prod, err := sarama.NewSyncProducer([]string{addr}, sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	if _, _, err := prod.SendMessage(&sarama.ProducerMessage{Topic: "conveyor.a.events", Partition: 0, Value: sarama.StringEncoder("x")}); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(20 * time.Second)
+	for {
+		if st, err = ls.LinkStats(ctxT(t), "a"); err != nil {
+			t.Fatal(err)
+		}
+		if st.Malformed == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("link stats %+v: want the malformed record counted", st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	_ = conn.Close()
 	conn, err = p.Launcher.Launch(ctxT(t), node)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	if st, err = ls.LinkStats(ctxT(t), "a"); err != nil || st.Reconnects != 1 {
-		t.Fatalf("after a relaunch: %+v, %v", st, err)
+	if st, err = ls.LinkStats(ctxT(t), "a"); err != nil || st.Reconnects != 1 || st.Malformed != 1 {
+		t.Fatalf("after a relaunch: %+v, %v; want 1 reconnect, the malformed record still counted", st, err)
 	}
 }
 

@@ -1505,7 +1505,11 @@ type LinkStatsResponse struct {
 	SinceUnixNano int64         `protobuf:"varint,3,opt,name=since_unix_nano,json=sinceUnixNano,proto3" json:"since_unix_nano,omitempty"`
 	Topics        []*TopicStats `protobuf:"bytes,4,rep,name=topics,proto3" json:"topics,omitempty"`
 	// reconnects counts the connections the plugin made for the node after its first.
-	Reconnects    int64 `protobuf:"varint,5,opt,name=reconnects,proto3" json:"reconnects,omitempty"`
+	Reconnects int64 `protobuf:"varint,5,opt,name=reconnects,proto3" json:"reconnects,omitempty"`
+	// malformed counts what the plugin's transport dropped for the node
+	// before any frame was decoded (records or partial frames that did not
+	// reassemble), over all its connections since the plugin started.
+	Malformed     uint64 `protobuf:"varint,6,opt,name=malformed,proto3" json:"malformed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1571,6 +1575,13 @@ func (x *LinkStatsResponse) GetTopics() []*TopicStats {
 func (x *LinkStatsResponse) GetReconnects() int64 {
 	if x != nil {
 		return x.Reconnects
+	}
+	return 0
+}
+
+func (x *LinkStatsResponse) GetMalformed() uint64 {
+	if x != nil {
+		return x.Malformed
 	}
 	return 0
 }
@@ -1660,7 +1671,7 @@ const file_launcher_proto_launcher_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tdirection\x18\x02 \x01(\tR\tdirection\x12\x14\n" +
 	"\x05group\x18\x03 \x01(\tR\x05group\x12\x10\n" +
-	"\x03lag\x18\x04 \x01(\x03R\x03lag\"\xcf\x01\n" +
+	"\x03lag\x18\x04 \x01(\x03R\x03lag\"\xed\x01\n" +
 	"\x11LinkStatsResponse\x12\x1c\n" +
 	"\tconnected\x18\x01 \x01(\bR\tconnected\x12\x1a\n" +
 	"\bendpoint\x18\x02 \x01(\tR\bendpoint\x12&\n" +
@@ -1668,7 +1679,8 @@ const file_launcher_proto_launcher_proto_rawDesc = "" +
 	"\x06topics\x18\x04 \x03(\v2 .conveyor.launcher.v1.TopicStatsR\x06topics\x12\x1e\n" +
 	"\n" +
 	"reconnects\x18\x05 \x01(\x03R\n" +
-	"reconnects2\xb7\x06\n" +
+	"reconnects\x12\x1c\n" +
+	"\tmalformed\x18\x06 \x01(\x04R\tmalformed2\xb7\x06\n" +
 	"\bLauncher\x12M\n" +
 	"\x04Info\x12!.conveyor.launcher.v1.InfoRequest\x1a\".conveyor.launcher.v1.InfoResponse\x12S\n" +
 	"\x06Schema\x12#.conveyor.launcher.v1.SchemaRequest\x1a$.conveyor.launcher.v1.SchemaResponse\x12\\\n" +
