@@ -1,0 +1,137 @@
+package e2e
+
+// Recovery times, measured with real processes and the drills' timings
+// (heartbeat 5s, heartbeat_timeout 30s): a session resumes within seconds
+// of the launcher plugin's or the master's restart, not after a multiple
+// of the heartbeat; a frozen broker is noticed after the heartbeat
+// timeout. The bounds are generous for a busy machine but well below what
+// waiting for heartbeats costs (14 s and more after a plugin restart, 29 s
+// after a master restart, never with a frozen broker).
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/conveyor-ci/conveyor/core/e2e/cluster"
+	"github.com/conveyor-ci/conveyor/core/nodes"
+	"github.com/conveyor-ci/conveyor/core/store"
+	"github.com/conveyor-ci/conveyor/plugins/kafka-launcher/e2e/faultproxy"
+)
+
+// recoveryBound is how long a resume may take after the restart of what
+// broke it: above the 3 s goal for a loaded 2-core machine, below the
+// heartbeat multiple the old code waited.
+const recoveryBound = 10 * time.Second
+
+// TestRecoveryTimes: with the drills' heartbeats, the agent resumes its
+// session within recoveryBound of the launcher plugin's restart (its build
+// going on to succeed with its whole log), and every node is online again
+// within recoveryBound of a restarted master accepting connections, after
+// SIGKILL and after SIGTERM, so that a build started at once runs.
+func TestRecoveryTimes(t *testing.T) {
+	const block, first, total = 500, 150, 300
+	c := cluster.Start(t, cluster.Options{Bin: bin,
+		Nodes: kafkaNode("k1", "30s", "5m"),
+		Jobs:  gatedJob("span", "k1", block, first, total) + job("after", "k1", "echo after")})
+	c.StartAgent("k1", c.Secret("k1"), "-heartbeat", "5s", "-heartbeat-timeout", "30s", "-session-timeout", "5m")
+	c.WaitOnline("k1")
+	resumes := func() int { return strings.Count(c.ServerLog(), "the agent resumed its session") }
+
+	t.Run("plugin-killed", func(t *testing.T) {
+		const plugin = "conveyor-launcher-kafka"
+		n := trigger(t, c, "span")
+		waitLines(t, c, "span", n, 5)
+		before := resumes()
+		pid := c.PluginPID(plugin)
+		if pid == 0 {
+			t.Fatalf("no %s process under the master", plugin)
+		}
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		c.WaitFor("the master to restart the plugin", stateGuard, func() bool {
+			p := c.PluginPID(plugin)
+			return p != 0 && p != pid
+		})
+		back := time.Now()
+		c.WaitFor("the agent to resume its session", stateGuard, func() bool { return resumes() > before })
+		took := time.Since(back)
+		t.Logf("the session resumed %s after the plugin was back", took.Round(time.Millisecond))
+		if took > recoveryBound {
+			t.Errorf("the session resumed %s after the plugin's restart, want within %s", took.Round(time.Millisecond), recoveryBound)
+		}
+		openGate(t, c, "k1", "span")
+		b := c.WaitBuild("span", n, buildGuard)
+		if b.Status != store.StatusSuccess {
+			t.Fatalf("span#%d ended %s (%s), want success", n, b.Status, b.Reason)
+		}
+		checkLog(t, c, b, numbered(total*block))
+	})
+
+	for _, tc := range []struct {
+		name string
+		stop func()
+	}{{"master-killed", c.KillServer}, {"master-stopped", c.StopServer}} {
+		t.Run(tc.name, func(t *testing.T) {
+			c.WaitOnline("k1") // idle
+			tc.stop()
+			c.StartServer() // it accepts connections
+			up := time.Now()
+			n := trigger(t, c, "after") // at once
+			c.WaitFor("node k1 to come online", stateGuard, func() bool { return c.Node("k1").State == nodes.StateOnline })
+			took := time.Since(up)
+			t.Logf("node k1 online %s after the new master accepted connections", took.Round(time.Millisecond))
+			if took > recoveryBound {
+				t.Errorf("node k1 online %s after the master's restart, want within %s", took.Round(time.Millisecond), recoveryBound)
+			}
+			b := c.WaitBuild("after", n, buildGuard)
+			if b.Status != store.StatusSuccess {
+				t.Fatalf("after#%d ended %s (%s), want success", n, b.Status, b.Reason)
+			}
+			checkLog(t, c, b, []byte("after\n"))
+		})
+	}
+}
+
+// TestFrozenBroker: the agent's Kafka connections are blackholed (its
+// requests stay unanswered, nothing is closed: a broker stopped with
+// SIGSTOP) while its step prints, so that its sends block. The agent still
+// notices the master's silence after its heartbeat timeout; once the link
+// heals the session resumes and the build succeeds with its whole log.
+func TestFrozenBroker(t *testing.T) {
+	broker := faultproxy.StartBroker(t, t.TempDir())
+	proxy := broker.Proxy()
+	agentLog := func(c *cluster.Cluster) string {
+		b, _ := os.ReadFile(filepath.Join(c.Dir, "agents", "k1", "agent.log"))
+		return string(b)
+	}
+	const lost = "master lost: nothing received for"
+	resumeCase(t, cluster.Options{KafkaBrokers: []string{broker.Addr()}},
+		func(c *cluster.Cluster) {
+			if proxy.Counts(agents).Forwarded == 0 {
+				t.Fatalf("the agent must talk through the proxy: %+v", proxy.Stats())
+			}
+			before := strings.Count(agentLog(c), lost)
+			proxy.Blackhole(agents)
+			frozen := time.Now()
+			// The agent's heartbeat timeout is 3s.
+			c.WaitFor("the agent to notice the master's silence", stateGuard, func() bool { return strings.Count(agentLog(c), lost) > before })
+			took := time.Since(frozen)
+			t.Logf("the agent noticed the frozen link after %s", took.Round(time.Millisecond))
+			if took > recoveryBound {
+				t.Errorf("the agent noticed the frozen link after %s, want within %s", took.Round(time.Millisecond), recoveryBound)
+			}
+			if proxy.Counts(agents).Blackholed == 0 {
+				t.Fatalf("the blackhole held no agent connection: %+v", proxy.Stats())
+			}
+			c.WaitFor("node k1 to show unreachable", stateGuard, func() bool { return c.Node("k1").State == nodes.StateUnreachable })
+		},
+		func(c *cluster.Cluster, since time.Time) {
+			proxy.Heal()
+			waitState(c, "k1", nodes.StateOnline, since)
+		})
+}
