@@ -136,10 +136,19 @@ func TestKilledPluginIsRestarted(t *testing.T) {
 		t.Fatalf("Restarts() = %d before any crash", p.Restarts())
 	}
 
+	if p.Restarting() != 0 {
+		t.Fatalf("Restarting() = %d before any crash", p.Restarting())
+	}
 	if err := syscall.Kill(oldPid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
+	// Until the new process is configured, the plugin says it restarts
+	// (nodes show "launcher local restarting (attempt 1)").
+	waitFor(t, "the plugin to report its restart under way", func() bool { return p.Restarting() == 1 })
 	waitFor(t, "the plugin to be restarted", func() bool { return p.Restarts() >= 1 })
+	if k := p.Restarting(); k != 0 {
+		t.Errorf("Restarting() = %d once restarted", k)
+	}
 	select {
 	case <-restarted:
 	case <-time.After(waitTimeout):

@@ -53,12 +53,27 @@ func TestRecoveryTimes(t *testing.T) {
 		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
+		// What the node says meanwhile: never the error of a plugin not
+		// configured yet.
+		var reasons []string
+		watch := func() {
+			if r := c.Node("k1").Reason; r != "" && (len(reasons) == 0 || reasons[len(reasons)-1] != r) {
+				reasons = append(reasons, r)
+			}
+		}
 		c.WaitFor("the master to restart the plugin", stateGuard, func() bool {
+			watch()
 			p := c.PluginPID(plugin)
 			return p != 0 && p != pid
 		})
 		back := time.Now()
-		c.WaitFor("the agent to resume its session", stateGuard, func() bool { return resumes() > before })
+		c.WaitFor("the agent to resume its session", stateGuard, func() bool { watch(); return resumes() > before })
+		for _, r := range reasons {
+			if strings.Contains(r, "not configured") {
+				t.Errorf("node k1's reason during the plugin's restart: %q", r)
+			}
+		}
+		t.Logf("node k1's reasons during the restart: %q", reasons)
 		took := time.Since(back)
 		t.Logf("the session resumed %s after the plugin was back", took.Round(time.Millisecond))
 		if took > recoveryBound {
