@@ -53,6 +53,10 @@ var (
 	ErrDisconnected = errors.New("connection to the master ended")
 	// ErrDrained: the agent drained and said goodbye.
 	ErrDrained = errors.New("agent drained")
+
+	// errHinted: an unsigned hint of the master (it has no key for the
+	// session on this connection) made the agent resume.
+	errHinted = errors.New("the master has no key for the session on this connection")
 )
 
 // Defaults of Config.
@@ -362,6 +366,10 @@ func (a *Agent) Serve(ctx context.Context, c Conn) error {
 				return err
 			}
 		case errors.Is(err, ErrMasterLost), errors.Is(err, ErrMasterClosed):
+		case errors.Is(err, errHinted):
+			// Even while draining: the resumed session reports the steps'
+			// exits.
+			a.log.Info("resuming the session at the master's hint", "reason", err)
 		default:
 			return err
 		}
@@ -685,7 +693,7 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 					now := time.Now()
 					if last := a.hintResumed.Load(); last == 0 || now.Sub(time.Unix(0, last)) >= a.cfg.Heartbeat {
 						a.hintResumed.Store(now.UnixNano())
-						return s, fmt.Errorf("%w: it has no key for the session on this connection (%s): resuming", ErrMasterLost, msg.(*wire.Close).Reason)
+						return s, fmt.Errorf("%w (%s)", errHinted, msg.(*wire.Close).Reason)
 					}
 					if suspectBy.IsZero() {
 						a.log.Info("unauthenticated close soon after a resume: checking whether the master still knows the session", "reason", msg.(*wire.Close).Reason)

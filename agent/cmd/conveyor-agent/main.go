@@ -346,7 +346,8 @@ func exitCode(log hclog.Logger, agent *session.Agent, err error) int {
 	agent.End(fmt.Errorf("the agent is exiting: %v", err)) // no step outlives the agent
 	c := agent.Counters()
 	log = log.With("stale_frames", c.Stale, "malformed_frames", c.Malformed, "unexpected_frames", c.Unexpected,
-		"replayed_frames", c.Replayed, "forged_frames", c.Forged, "duplicate_frames", c.Duplicate)
+		"replayed_frames", c.Replayed, "forged_frames", c.Forged, "duplicate_frames", c.Duplicate,
+		"hints", c.Hints, "transport_malformed", c.Transport)
 	switch {
 	case errors.Is(err, session.ErrDrained):
 		log.Info("drained; exiting")

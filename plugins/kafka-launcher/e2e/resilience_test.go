@@ -310,10 +310,10 @@ func TestAgentDeath(t *testing.T) {
 	long := fmt.Sprintf(`i=1; while [ $i -le %d ]; do echo $i; i=$((i+1)); sleep 0.05; done`, lines)
 	printed := numbered(lines)
 	c := cluster.Start(t, cluster.Options{Bin: bin,
-		Nodes: kafkaNode("k1", "3s", "10m") + kafkaNode("k2", "2s", "5s"),
+		Nodes: kafkaNode("k1", "3s", "10m") + kafkaNode("k2", "5s", "8s"),
 		Jobs:  job("doomed-1", "k1", long) + job("doomed-2", "k2", long) + job("after", "k1", "echo after")})
 	agent1 := startAgent(c, "k1", "10m")
-	agent2 := startAgent(c, "k2", "5s")
+	agent2 := startAgent(c, "k2", "8s")
 	c.WaitOnline("k1", "k2")
 
 	kill := func(p *os.Process) {
@@ -358,10 +358,29 @@ func TestAgentDeath(t *testing.T) {
 			t.Fatalf("doomed-2#%d ended %s (%s), want failure: agent lost", n, b.Status, b.Reason)
 		}
 		logged := checkPrefix(t, c, b, printed, before)
-		t.Logf("failed %s after the kill (%s); %d bytes logged", b.FinishedAt.Sub(killed).Round(time.Millisecond), b.Reason, logged)
+		took := b.FinishedAt.Sub(killed)
+		t.Logf("failed %s after the kill (%s); %d bytes logged", took.Round(time.Millisecond), b.Reason, logged)
+		// session_timeout (8s) counts from the last contact, not from when
+		// the silence was noticed (heartbeat_timeout, 5s, later: 13s), and
+		// the reason says how long the agent was silent.
+		if took >= 11500*time.Millisecond {
+			t.Errorf("the build failed %s after the agent died, want about the session timeout (8s) after its last frame", took.Round(time.Millisecond))
+		}
+		stated := silence(t, b.Reason)
+		if d := stated - took; d < -2*time.Second || d > time.Second {
+			t.Errorf("the reason %q states %s of silence; the agent died %s before the build failed", b.Reason, stated, took.Round(time.Millisecond))
+		}
 		st := waitState(c, "k2", nodes.StateOffline, killed)
 		if !strings.Contains(st.Reason, "agent lost") {
 			t.Errorf("node k2 is offline because %q, want agent lost", st.Reason)
+		}
+		// Relaunched (its topics opened again), the node stays offline,
+		// saying why, rather than launching.
+		launches := func() int { return countLines(c.ServerLog(), "node connected to its topics", "node=k2") }
+		was := launches()
+		c.WaitFor("node k2 to be relaunched", stateGuard, func() bool { return launches() > was })
+		if st := c.Node("k2"); st.State != nodes.StateOffline || !strings.Contains(st.Reason, "agent lost") {
+			t.Errorf("node k2 after its relaunch: %s (%s), want offline: agent lost", st.State, st.Reason)
 		}
 	})
 }
@@ -457,4 +476,38 @@ func processesIn(dir string) []int {
 		}
 	}
 	return pids
+}
+
+// silence is the silence an "agent lost: no contact for D" reason states.
+func silence(t *testing.T, reason string) time.Duration {
+	t.Helper()
+	const mark = "no contact for "
+	i := strings.Index(reason, mark)
+	if i < 0 {
+		t.Fatalf("reason %q does not say how long the agent was silent", reason)
+	}
+	f := strings.Fields(reason[i+len(mark):])
+	if len(f) == 0 {
+		t.Fatalf("reason %q: no duration", reason)
+	}
+	d, err := time.ParseDuration(f[0])
+	if err != nil {
+		t.Fatalf("reason %q: %v", reason, err)
+	}
+	return d
+}
+
+// countLines counts the lines of log holding every one of subs.
+func countLines(log string, subs ...string) int {
+	n := 0
+	for line := range strings.Lines(log) {
+		all := true
+		for _, s := range subs {
+			all = all && strings.Contains(line, s)
+		}
+		if all {
+			n++
+		}
+	}
+	return n
 }
