@@ -149,6 +149,8 @@ type master struct {
 	serves sync.WaitGroup
 
 	wrap func(Conn) Conn // wraps the agent's end of each connection; nil: none
+
+	features string // the Reason of its accepting AuthResults (" features=...")
 }
 
 // start runs an agent against a test master on a first connection; it
@@ -367,7 +369,7 @@ func (m *master) accept(hf *wire.Frame, h *wire.Hello, id uint64) {
 		m.backlog, m.pings = nil, 0
 	}
 	m.ep, m.id, m.key = ep, id, key
-	if err := ep.SendControl(&wire.AuthResult{OK: true, Session: id}, id); err != nil {
+	if err := ep.SendControl(&wire.AuthResult{OK: true, Session: id, Reason: m.features}, id); err != nil {
 		m.t.Fatal(err)
 	}
 	if resume {

@@ -1094,3 +1094,40 @@ func TestFrozenTransport(t *testing.T) {
 	waitFor(t, "the session timeout to end the session", func() bool { return current(a) != id })
 	waitFor(t, "the step to be killed", func() bool { return syscall.Kill(pid, 0) == syscall.ESRCH })
 }
+
+// TestStatsWithHeartbeats: to a master that announced it takes them, the
+// agent sends its counters of dropped frames with its heartbeats, signed
+// in the session (process checks the MAC); a master that did not announce
+// them gets none (every other test).
+func TestStatsWithHeartbeats(t *testing.T) {
+	m, _, _ := start(t, Config{Node: "n1", Secret: secret, Heartbeat: 20 * time.Millisecond},
+		func(c Conn) Conn { return countingConn{c} })
+	m.features = wire.VersionWithFeatures("", wire.FeatureStats)
+	id := m.handshake(0x1234)
+	// An unsigned Cancel: forged.
+	m.raw(craft(&wire.Cancel{BuildID: "b#1", Reason: "forged"}, id, m.nextSeq(), nil))
+	for {
+		_, msg := m.next(wire.TypeStats)
+		got := map[string]uint64{}
+		for _, c := range msg.(*wire.Stats).Counters {
+			got[c.Name] = c.Value
+		}
+		if got["forged"] == 1 {
+			if got["transport_malformed"] != 7 {
+				t.Errorf("stats %v: want the transport's 7 malformed records", got)
+			}
+			for _, name := range []string{"stale", "malformed", "unexpected", "replayed", "duplicate", "hint"} {
+				if _, ok := got[name]; !ok {
+					t.Errorf("stats %v lack %q", got, name)
+				}
+			}
+			return
+		}
+	}
+}
+
+// countingConn is a transport that counts what it dropped itself, as
+// kafkatransport.Conn does.
+type countingConn struct{ Conn }
+
+func (countingConn) Malformed() uint64 { return 7 }

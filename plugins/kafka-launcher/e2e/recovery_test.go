@@ -9,6 +9,7 @@ package e2e
 // after a master restart, never with a frozen broker).
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -114,39 +115,48 @@ func TestRecoveryTimes(t *testing.T) {
 
 // TestFrozenBroker: the agent's Kafka connections are blackholed (its
 // requests stay unanswered, nothing is closed: a broker stopped with
-// SIGSTOP) while its step prints, so that its sends block. The agent still
-// notices the master's silence after its heartbeat timeout; once the link
-// heals the session resumes and the build succeeds with its whole log.
+// SIGSTOP) while its step floods its output, so that the agent's sends
+// block (its outbox, 64 MiB here, holds more than the Kafka producer's
+// queues). The agent still notices the master's silence after its
+// heartbeat timeout; once the link heals the session resumes and the
+// build succeeds with its whole log.
 func TestFrozenBroker(t *testing.T) {
+	const lines = 3000000 // 23 MB
 	broker := faultproxy.StartBroker(t, t.TempDir())
 	proxy := broker.Proxy()
-	agentLog := func(c *cluster.Cluster) string {
+	c := cluster.Start(t, cluster.Options{Bin: bin, KafkaBrokers: []string{broker.Addr()},
+		Nodes: kafkaNode("k1", "3s", "2m"),
+		Jobs: job("flood", "k1", fmt.Sprintf(`echo start; n=0; `+
+			`while [ ! -e ../../gate-flood ] && [ $n -lt 1200 ]; do sleep 0.05; n=$((n+1)); done; seq 1 %d`, lines))})
+	c.StartAgent("k1", c.Secret("k1"), "-heartbeat", agentHeartbeat, "-heartbeat-timeout", agentHeartbeatTimeout,
+		"-session-timeout", "2m", "-buffer-mib", "64")
+	c.WaitOnline("k1")
+	agentLog := func() string {
 		b, _ := os.ReadFile(filepath.Join(c.Dir, "agents", "k1", "agent.log"))
 		return string(b)
 	}
 	const lost = "master lost: nothing received for"
-	resumeCase(t, cluster.Options{KafkaBrokers: []string{broker.Addr()}},
-		func(c *cluster.Cluster) {
-			if proxy.Counts(agents).Forwarded == 0 {
-				t.Fatalf("the agent must talk through the proxy: %+v", proxy.Stats())
-			}
-			before := strings.Count(agentLog(c), lost)
-			proxy.Blackhole(agents)
-			frozen := time.Now()
-			// The agent's heartbeat timeout is 3s.
-			c.WaitFor("the agent to notice the master's silence", stateGuard, func() bool { return strings.Count(agentLog(c), lost) > before })
-			took := time.Since(frozen)
-			t.Logf("the agent noticed the frozen link after %s", took.Round(time.Millisecond))
-			if took > recoveryBound {
-				t.Errorf("the agent noticed the frozen link after %s, want within %s", took.Round(time.Millisecond), recoveryBound)
-			}
-			if proxy.Counts(agents).Blackholed == 0 {
-				t.Fatalf("the blackhole held no agent connection: %+v", proxy.Stats())
-			}
-			c.WaitFor("node k1 to show unreachable", stateGuard, func() bool { return c.Node("k1").State == nodes.StateUnreachable })
-		},
-		func(c *cluster.Cluster, since time.Time) {
-			proxy.Heal()
-			waitState(c, "k1", nodes.StateOnline, since)
-		})
+	n := trigger(t, c, "flood")
+	waitLines(t, c, "flood", n, 1)
+	if proxy.Counts(agents).Forwarded == 0 {
+		t.Fatalf("the agent must talk through the proxy: %+v", proxy.Stats())
+	}
+	before := strings.Count(agentLog(), lost)
+	proxy.Blackhole(agents)
+	frozen := time.Now()
+	openGate(t, c, "k1", "flood")
+	// The agent's heartbeat timeout is 3s.
+	c.WaitFor("the agent to notice the master's silence", stateGuard, func() bool { return strings.Count(agentLog(), lost) > before })
+	took := time.Since(frozen)
+	t.Logf("the agent noticed the frozen link after %s", took.Round(time.Millisecond))
+	if took > recoveryBound {
+		t.Errorf("the agent noticed the frozen link after %s, want within %s", took.Round(time.Millisecond), recoveryBound)
+	}
+	mustRun(t, c, "flood", n, "during the freeze")
+	proxy.Heal()
+	b := c.WaitBuild("flood", n, buildGuard)
+	if b.Status != store.StatusSuccess {
+		t.Fatalf("flood#%d ended %s (%s), want success", n, b.Status, b.Reason)
+	}
+	checkLog(t, c, b, append([]byte("start\n"), numbered(lines)...))
 }
