@@ -353,6 +353,7 @@ job "hello" {
 		`(?m)^conveyor_transport_frames_total\{direction="in",launcher="kafka",node="kafka-1"\} [1-9]`,
 		`(?m)^conveyor_transport_bytes_total\{direction="out",launcher="kafka",node="kafka-1"\} [1-9]`,
 		`(?m)^conveyor_plugin_restarts_total\{plugin="kafka"\} 0$`,
+		`(?m)^conveyor_transport_malformed_total\{node="kafka-1"\} 0$`,
 		`(?m)^conveyor_queue_length 0$`,
 	} {
 		if !regexp.MustCompile(re).Match(body) {

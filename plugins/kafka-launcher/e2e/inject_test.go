@@ -5,8 +5,11 @@ package e2e
 
 import (
 	"bytes"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -148,6 +151,29 @@ job "mark" {
 	for _, want := range []string{"bad MAC", "duplicate"} {
 		if !bytes.Contains(agentLog, []byte(want)) {
 			t.Errorf("agent log does not report a %s frame", want)
+		}
+	}
+	// What the agent dropped reaches the master with its heartbeats: the
+	// node's API view and /metrics show the tampering on the agent's side.
+	c.WaitFor("the agent's counters to reach the master", time.Minute, func() bool {
+		d := c.Node("k1").AgentDropped
+		return d["forged"] >= 2 && d["duplicate"] >= 1
+	})
+	req, _ := http.NewRequest("GET", "http://"+c.HTTPAddr+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+c.Token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, re := range []string{
+		`(?m)^conveyor_agent_rejected_frames_total\{node="k1",reason="forged"\} [2-9]`,
+		`(?m)^conveyor_agent_rejected_frames_total\{node="k1",reason="hint"\} 0$`,
+		`(?m)^conveyor_transport_malformed_total\{node="k1"\} 0$`,
+	} {
+		if !regexp.MustCompile(re).Match(body) {
+			t.Errorf("/metrics lacks %s", re)
 		}
 	}
 }
