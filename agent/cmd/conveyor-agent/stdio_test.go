@@ -571,7 +571,7 @@ func TestStdioForgedChallengeAndStaleFrames(t *testing.T) {
 	}
 	log := p.logText()
 	for _, want := range []string{"the master's proof does not verify", "dropped a frame of another session",
-		"dropped a frame with a bad MAC", "dropped a duplicate frame", "dropped a replayed frame"} {
+		"dropped a frame with a bad MAC", "dropped duplicate frames", "dropped a replayed frame"} {
 		if !strings.Contains(log, want) {
 			t.Fatalf("log does not say %q:\n%s", want, log)
 		}
