@@ -91,6 +91,12 @@ type embeddedBroker struct {
 	dir     string
 	spec    embeddedSpec
 	sasl    *kafkatransport.SASL
+	// admin is how the plugin reaches the broker as its own superuser
+	// (embeddedAdminUser), with SASL only: the master's client settings
+	// with the administrator's user.
+	admin kafkatransport.Config
+	// guard checks PLAIN logins; nil when no user logs in with PLAIN.
+	guard *plainGuard
 }
 
 // startEmbedded starts a broker as spec says, keeping its state in
@@ -137,10 +143,41 @@ func startEmbedded(ctx context.Context, dataDir string, spec embeddedSpec, sasl 
 	if spec.tls != nil {
 		opts = append(opts, kfake.TLS(spec.tls.config.Clone()))
 	}
+	var admin *kafkatransport.SASL
+	var guard *plainGuard
 	if sasl != nil {
-		opts = append(opts, kfake.EnableSASL(), kfake.Superuser(sasl.Mechanism, sasl.Username, sasl.Password))
+		if admin, err = newAdminSASL(); err != nil {
+			return nil, err
+		}
+		// The master is no superuser: on its prefix's topics and groups it
+		// may do what MasterACLs says, and nothing else. The broker's own
+		// administrator, whose password never leaves this process,
+		// installs and removes the agents' ACLs.
+		var masterACLs []kfake.ACL
+		if spec.acls {
+			for _, a := range MasterACLs(spec.prefix, sasl.Username) {
+				k, err := a.Kfake()
+				if err != nil {
+					return nil, fmt.Errorf("embedded broker: %w", err)
+				}
+				masterACLs = append(masterACLs, k)
+			}
+		}
+		opts = append(opts, kfake.EnableSASL(),
+			kfake.Superuser(admin.Mechanism, admin.Username, admin.Password),
+			kfake.User(sasl.Mechanism, sasl.Username, sasl.Password, masterACLs...))
 		if spec.acls {
 			opts = append(opts, kfake.EnableACLs())
+		}
+		plain := map[string]string{}
+		if sasl.Mechanism == kafkatransport.MechanismPlain {
+			plain[sasl.Username] = sasl.Password
+		}
+		if spec.mechanism == kafkatransport.MechanismPlain {
+			maps.Copy(plain, spec.users)
+		}
+		if len(plain) > 0 {
+			guard = newPlainGuard(plain)
 		}
 		for _, u := range slices.Sorted(maps.Keys(spec.users)) {
 			var acls []kfake.ACL
@@ -173,14 +210,24 @@ func startEmbedded(ctx context.Context, dataDir string, spec embeddedSpec, sasl 
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	b := &embeddedBroker{cluster: c, addr: addr, dir: dir, spec: spec, sasl: sasl}
+	if guard != nil {
+		guard.install(c)
+	}
+	b := &embeddedBroker{cluster: c, addr: addr, dir: dir, spec: spec, sasl: sasl, guard: guard}
+	if admin != nil {
+		b.admin = spec.client
+		b.admin.SASL = admin
+		b.admin.ClientID = "conveyor-embedded-admin"
+	}
 	if sasl != nil && spec.acls {
 		// kfake seeds a user's ACLs only into a new data directory; one it
 		// reloads starts without (removeAuthState): install them as the
-		// master. Creating an existing ACL is no error.
-		if err := ApplyACLs(ctx, spec.client, spec.nodeACLs()); err != nil {
+		// broker's administrator, and the master's own too. Creating an
+		// existing ACL is no error.
+		acls := append(MasterACLs(spec.prefix, sasl.Username), spec.nodeACLs()...)
+		if err := ApplyACLs(ctx, b.admin, acls); err != nil {
 			b.close()
-			return nil, fmt.Errorf("embedded kafka broker on %s: install the agents' ACLs as the master: %w", addr, err)
+			return nil, fmt.Errorf("embedded kafka broker on %s: install the ACLs: %w", addr, err)
 		}
 	}
 	logSecurity(logger, spec, sasl)

@@ -41,6 +41,9 @@ func validateEmbedded(g globalConfig, client kafkatransport.Config, bad func(msg
 		}
 	}
 
+	if master != nil && master.Username == embeddedAdminUser {
+		bad(fmt.Sprintf("%q is the embedded broker's own administrator: name the master otherwise", embeddedAdminUser), "sasl", "username")
+	}
 	if master != nil && master.Password == "" {
 		bad("must not be empty with the embedded broker, which makes the master its superuser", "sasl", "password")
 	}
