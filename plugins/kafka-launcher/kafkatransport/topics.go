@@ -140,7 +140,7 @@ func withAdmin(ctx context.Context, cfg Config, fn func(sarama.ClusterAdmin) err
 	go func() {
 		admin, err := sarama.NewClusterAdmin(cfg.Brokers, sc)
 		if err != nil {
-			done <- fmt.Errorf("connect to kafka %s: %w", strings.Join(cfg.Brokers, ","), err)
+			done <- fmt.Errorf("connect to kafka %s: %w", strings.Join(cfg.Brokers, ","), explainAuth(cfg, sc, err))
 			return
 		}
 		err = fn(admin)
