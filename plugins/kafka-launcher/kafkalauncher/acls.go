@@ -260,7 +260,7 @@ func ApplyACLs(ctx context.Context, cfg kafkatransport.Config, acls []ACL) error
 		return err
 	}
 	// The client finds the controller through a metadata request naming
-	// no topic, which sarama only sends with full metadata (as withAdmin).
+	// no topic, which sarama only sends with full metadata (as WithAdmin).
 	sc.Metadata.Full = true
 	if err := ctx.Err(); err != nil {
 		return err

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/IBM/sarama"
 	"github.com/hashicorp/go-hclog"
 	"github.com/twmb/franz-go/pkg/kfake"
 
@@ -311,4 +312,56 @@ func (l kfakeLogger) Logf(level kfake.LogLevel, msg string, args ...any) {
 	case kfake.LogLevelWarn:
 		l.log.Warn(fmt.Sprintf(msg, args...))
 	}
+}
+
+// errResourceNotFound is Kafka's RESOURCE_NOT_FOUND (91), which sarama
+// does not name: deleting SCRAM credentials that do not exist.
+const errResourceNotFound = sarama.KError(91)
+
+// forgetUser removes the agent user user from the running broker: its
+// ACLs, its SCRAM credentials (kfake deletes those), its PLAIN logins (the
+// guard stops them; kfake cannot delete a PLAIN user). It returns what it
+// removed, in words. The next start creates users for the configured
+// nodes only (nodelessUsers), so a removed node's user stays gone. The
+// master's and the administrator's users are never touched.
+func (b *embeddedBroker) forgetUser(ctx context.Context, user string) ([]string, error) {
+	if b.sasl == nil || user == b.sasl.Username || user == embeddedAdminUser {
+		return nil, nil
+	}
+	var removed []string
+	if b.guard != nil && b.guard.revoke(user) {
+		removed = append(removed, "its PLAIN login")
+	}
+	err := kafkatransport.WithAdmin(ctx, b.admin, func(admin sarama.ClusterAdmin) error {
+		if b.spec.acls {
+			p := Principal(user)
+			matched, err := admin.DeleteACL(sarama.AclFilter{
+				ResourceType: sarama.AclResourceAny, ResourcePatternTypeFilter: sarama.AclPatternAny,
+				Principal: &p, Operation: sarama.AclOperationAny, PermissionType: sarama.AclPermissionAny,
+			}, false)
+			if err != nil {
+				return fmt.Errorf("delete the ACLs of %s: %w", p, err)
+			}
+			if len(matched) > 0 {
+				removed = append(removed, fmt.Sprintf("its %d ACLs", len(matched)))
+			}
+		}
+		for _, m := range []sarama.ScramMechanismType{sarama.SCRAM_MECHANISM_SHA_256, sarama.SCRAM_MECHANISM_SHA_512} {
+			res, err := admin.DeleteUserScramCredentials([]sarama.AlterUserScramCredentialsDelete{{Name: user, Mechanism: m}})
+			if err != nil {
+				return fmt.Errorf("delete the %s credentials of %s: %w", m, user, err)
+			}
+			for _, r := range res {
+				switch r.ErrorCode {
+				case sarama.ErrNoError:
+					removed = append(removed, "its "+m.String()+" credentials")
+				case errResourceNotFound: // no such credentials: nothing to delete
+				default:
+					return fmt.Errorf("delete the %s credentials of %s: %w", m, user, r.ErrorCode)
+				}
+			}
+		}
+		return nil
+	})
+	return removed, err
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/IBM/sarama"
@@ -11,6 +13,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/twmb/franz-go/pkg/sasl"
+
+	"github.com/conveyor-ci/conveyor/sdk/launcher"
 
 	"github.com/conveyor-ci/conveyor/plugins/kafka-launcher/kafkatransport"
 )
@@ -197,4 +201,106 @@ func rawPlainLoginBytes(t *testing.T, addr, msg string) error {
 		}
 	}
 	return errors.New("logged in, and created topic attacker.topic")
+}
+
+// TestPurgeForgetsNodeUser (issue 13 §4): a node removed from the
+// configuration while embedded.sasl.users still names it draws a warning,
+// and its user is not created: its agent no longer logs in. `node delete
+// -purge` removes from the running broker the node's ACLs and SCRAM
+// credentials (PLAIN: the guard's entry) besides its topics and groups.
+func TestPurgeForgetsNodeUser(t *testing.T) {
+	for _, mech := range []string{kafkatransport.MechanismSCRAMSHA512, kafkatransport.MechanismPlain} {
+		t.Run(mech, func(t *testing.T) {
+			dir, addr := t.TempDir(), freeAddr(t)
+			global := fmt.Sprintf("embedded_addr = %q\nsasl {\n mechanism = \"SCRAM-SHA-512\"\n username = \"conveyor\"\n password = \"master-pw\"\n}\n"+
+				"embedded {\n sasl {\n mechanism = %q\n users = { a = \"a-pw\", b = \"b-pw\", c = \"c-pw\" }\n }\n}\n", addr, mech)
+			l := New(testLogger(t))
+			defer l.Close()
+			agent := func(user, pw string) kafkatransport.Config {
+				return kafkatransport.Config{Brokers: []string{addr}, SASL: &kafkatransport.SASL{Mechanism: mech, Username: user, Password: pw}}
+			}
+			admin := func() kafkatransport.Config {
+				l.mu.Lock()
+				defer l.mu.Unlock()
+				return l.broker.admin
+			}
+			aclsOf := func(user string) int {
+				t.Helper()
+				p := Principal(user)
+				n := 0
+				err := kafkatransport.WithAdmin(ctxT(t), admin(), func(a sarama.ClusterAdmin) error {
+					rs, err := a.ListAcls(sarama.AclFilter{ResourceType: sarama.AclResourceAny, ResourcePatternTypeFilter: sarama.AclPatternAny,
+						Principal: &p, Operation: sarama.AclOperationAny, PermissionType: sarama.AclPermissionAny})
+					for _, r := range rs {
+						n += len(r.Acls)
+					}
+					return err
+				})
+				if err != nil {
+					t.Fatalf("list the ACLs of %s: %v", p, err)
+				}
+				return n
+			}
+			loginWorks := func(user, pw string) bool {
+				t.Helper()
+				c, err := dialSarama(agent(user, pw))
+				if err != nil {
+					return false
+				}
+				c.Close()
+				return true
+			}
+
+			// Nodes a, b and c: each user logs in and holds its ACLs.
+			if err := l.Configure(ctxT(t), config(t, dir, global, "a", "b", "c")); err != nil {
+				t.Fatal(err)
+			}
+			for _, u := range []string{"a", "b", "c"} {
+				if !loginWorks(u, u+"-pw") || aclsOf(u) != len(NodeACLs("", u, u)) {
+					t.Fatalf("user %s before: login refused or %d ACLs", u, aclsOf(u))
+				}
+			}
+
+			// Node b leaves the configuration, its user stays: a warning,
+			// and no user b on the broker.
+			err := l.Configure(ctxT(t), config(t, dir, global, "a", "c"))
+			var ces launcher.ConfigErrors
+			if !errors.As(err, &ces) || ces.HasErrors() || len(ces) != 1 || !ces[0].Warning ||
+				!slices.Equal(ces[0].Path, []string{"embedded", "sasl", "users"}) || !strings.Contains(ces[0].Message, `user "b" is named after no kafka node`) {
+				t.Fatalf("configure without node b: %v, want one warning about user b", err)
+			}
+			if loginWorks("b", "b-pw") {
+				t.Error("node b removed from the configuration: its user still logs in")
+			}
+			if n := aclsOf("b"); n != 0 {
+				t.Errorf("node b removed from the configuration: %d ACLs left", n)
+			}
+			if err := l.Purge(ctxT(t), "b"); err != nil {
+				t.Fatalf("purge b: %v", err)
+			}
+
+			// Purging a node whose user the running broker has: gone too.
+			if err := l.Purge(ctxT(t), "c"); err != nil {
+				t.Fatalf("purge c: %v", err)
+			}
+			if loginWorks("c", "c-pw") {
+				t.Error("node c purged: its user still logs in")
+			}
+			if n := aclsOf("c"); n != 0 {
+				t.Errorf("node c purged: %d ACLs left", n)
+			}
+			// Others keep theirs, the master included.
+			if !loginWorks("a", "a-pw") || aclsOf("a") != len(NodeACLs("", "a", "a")) {
+				t.Errorf("node a after purging c: login refused or %d ACLs", aclsOf("a"))
+			}
+			if l.Purge(ctxT(t), "conveyor") != nil || aclsOf("conveyor") != len(MasterACLs("", "conveyor")) {
+				t.Errorf("purging a node named after the master touched the master's ACLs: %d left", aclsOf("conveyor"))
+			}
+			if c, err := dialSarama(kafkatransport.Config{Brokers: []string{addr}, SASL: &kafkatransport.SASL{Mechanism: kafkatransport.MechanismSCRAMSHA512, Username: "conveyor", Password: "master-pw"}}); err != nil {
+				t.Errorf("the master after the purges: %v", err)
+			} else {
+				c.Close()
+			}
+		})
+	}
 }
