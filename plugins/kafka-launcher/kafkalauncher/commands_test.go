@@ -155,7 +155,8 @@ func TestACLsEmbedded(t *testing.T) {
 }
 
 // TestACLsApply runs `acls -apply` in the plugin process against a broker
-// with SASL SCRAM-SHA-512 and ACLs on, as its superuser; afterwards node
+// with SASL SCRAM-SHA-512 and ACLs on, as its administrator (granting the
+// master's user, no superuser, MasterACLs); afterwards node
 // a's agent user can work as an agent on a's topics and can neither read
 // node b's commands nor write commands.
 func TestACLsApply(t *testing.T) {

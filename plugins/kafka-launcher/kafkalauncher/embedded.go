@@ -41,12 +41,13 @@ type embeddedSpec struct {
 	// tls secures the listener; nil: plaintext.
 	tls *brokerTLS
 	// mechanism and users are the agents' SASL users (named after their
-	// nodes) and passwords. The master's user, the broker's superuser, is
-	// client.SASL.
+	// nodes) and passwords. The master's user, which holds MasterACLs,
+	// is client.SASL.
 	mechanism string
 	users     map[string]string
 	// acls turns on authorization: each agent user gets NodeACLs of its
-	// node; the master, a superuser, needs none.
+	// node, the master MasterACLs of the prefix, and nothing else is
+	// allowed.
 	acls bool
 	// prefix is the topic prefix the ACLs name.
 	prefix string
@@ -103,8 +104,10 @@ type embeddedBroker struct {
 // startEmbedded starts a broker as spec says, keeping its state in
 // dataDir/broker, so topics, records and committed offsets survive a
 // restart of the plugin. sasl is the master's user: with it, the broker
-// requires SASL and the master is its superuser; spec's users are the
-// agents', and with spec.acls each may do what NodeACLs allows.
+// requires SASL; the master may do what MasterACLs allows, spec's users
+// (the agents') what NodeACLs allows (everything without spec.acls). The
+// broker's own administrator (embeddedAdminUser, a random password drawn
+// here) installs the ACLs; PLAIN logins pass plainGuard first.
 func startEmbedded(ctx context.Context, dataDir string, spec embeddedSpec, sasl *kafkatransport.SASL, logger hclog.Logger) (*embeddedBroker, error) {
 	dir := filepath.Join(dataDir, "broker")
 	addr := spec.addr

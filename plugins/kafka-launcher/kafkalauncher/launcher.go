@@ -434,8 +434,8 @@ func (l *Launcher) NodeSecret(_ context.Context, node string) (*launcher.NodeSec
 }
 
 // agentCommand is the conveyor-agent command line for node. It names the
-// node's own Kafka identity, never the master's (on the embedded broker a
-// superuser): the SASL user of agentSASL, its password in
+// node's own Kafka identity, never the master's (the holder of
+// MasterACLs): the SASL user of agentSASL, its password in
 // AgentSASLPasswordFile, and where the brokers require client
 // certificates the agent's own in AgentTLSCertFile and AgentTLSKeyFile.
 // Of the launcher's tls block only what the agent shares with the master
