@@ -388,10 +388,15 @@ func (l *Launcher) Purge(ctx context.Context, node string) error {
 		if set.transport.SASL != nil {
 			// The master has no right to administer ACLs or users here
 			// (MasterACLs): what the agent's identity holds is left.
+			user := agentUser(node)
+			userHow := fmt.Sprintf("kafka-configs.sh --alter --delete-config %s --entity-type users --entity-name %s", set.transport.SASL.Mechanism, user)
+			if set.transport.SASL.Mechanism == kafkatransport.MechanismPlain {
+				userHow = fmt.Sprintf("remove %s from the brokers' PLAIN users (their JAAS configuration)", user)
+			}
 			l.log.Warn("purge: the node's Kafka user and ACLs on the external cluster are left: an administrator removes them",
-				"node", node, "principal", Principal(agentUser(node)),
-				"acls", fmt.Sprintf("kafka-acls.sh --remove --allow-principal %s (the principal `conveyor kafka acls -principal` named, %s by default)", Principal(agentUser(node)), DefaultAgentPrincipal),
-				"user", fmt.Sprintf("kafka-configs.sh --alter --delete-config SCRAM-SHA-512 --entity-type users --entity-name %s", agentUser(node)))
+				"node", node, "principal", Principal(user),
+				"acls", fmt.Sprintf("kafka-acls.sh --remove --allow-principal %s (the principal `conveyor kafka acls -principal` named, %s by default)", Principal(user), DefaultAgentPrincipal),
+				"user", userHow)
 		}
 		return nil
 	}
