@@ -411,4 +411,3 @@ func TestPurgeExternalReportsWhatItLeaves(t *testing.T) {
 		}
 	}
 }
-
