@@ -17,6 +17,7 @@ import (
 
 	"github.com/conveyor-ci/conveyor/core/builds"
 	"github.com/conveyor-ci/conveyor/core/config"
+	"github.com/conveyor-ci/conveyor/core/metrics"
 	"github.com/conveyor-ci/conveyor/core/nodes"
 	"github.com/conveyor-ci/conveyor/core/plugins"
 	"github.com/conveyor-ci/conveyor/core/session"
@@ -54,7 +55,8 @@ func newUIServer(t *testing.T, publicRead bool) *uiServer {
 	log := &syncBuffer{}
 	logger := hclog.New(&hclog.LoggerOptions{Level: hclog.Trace, Output: log})
 	s := &Server{cfg: cfg, logger: logger, store: st, plugins: plugins.NewManager(logger.Named("launcher")),
-		auth: newAuthenticator(configuredToken, publicRead)}
+		auth: newAuthenticator(configuredToken, publicRead), metrics: metrics.New(metrics.Sources{})}
+	s.auth.onFailure = s.metrics.AuthFailure
 	s.nodes = nodes.NewManager(cfg, s.plugins, nodes.Options{Store: st}, logger.Named("node"))
 	s.builds = builds.New(cfg, st, s.nodes, nil, logger.Named("build"))
 	ts := httptest.NewServer(s.routes())
@@ -107,10 +109,18 @@ func (u *uiServer) call(t *testing.T, c *http.Client, method, path string, form 
 
 var csrfRE = regexp.MustCompile(`name="csrf" value="([0-9a-f]+)"`)
 
-// signIn logs c in and returns the CSRF token of its session.
+// signIn logs c in with the bootstrap token and returns the CSRF token of
+// its session.
 func (u *uiServer) signIn(t *testing.T, c *http.Client) string {
 	t.Helper()
-	resp, body := u.call(t, c, "POST", "/ui/login", url.Values{"token": {configuredToken}, "next": {"/ui/jobs"}}, true)
+	return u.signInWith(t, c, configuredToken)
+}
+
+// signInWith logs c in with token and returns the CSRF token of its
+// session.
+func (u *uiServer) signInWith(t *testing.T, c *http.Client, token string) string {
+	t.Helper()
+	resp, body := u.call(t, c, "POST", "/ui/login", url.Values{"token": {token}, "next": {"/ui/jobs"}}, true)
 	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/ui/jobs" {
 		t.Fatalf("sign in: %d %s %s", resp.StatusCode, resp.Header.Get("Location"), body)
 	}
