@@ -130,8 +130,8 @@ func TestTokenRoles(t *testing.T) {
 		{"GET", "/metrics", R, 200},
 		{"POST", "/v1/jobs/hello/builds", T, 201},
 		{"POST", "/v1/jobs/hello/builds/1/cancel", T, 409}, // cancelled by the first allowed
-		{"GET", "/v1/nodes/n1/secret", A, 404}, // its launcher is not loaded
-		{"DELETE", "/v1/nodes/n1", A, 409},     // it is configured
+		{"GET", "/v1/nodes/n1/secret", A, 404},             // its launcher is not loaded
+		{"DELETE", "/v1/nodes/n1", A, 409},                 // it is configured
 		{"GET", "/v1/tokens", A, 200},
 		{"DELETE", "/v1/tokens/nope", A, 404},
 	}
