@@ -175,6 +175,12 @@ func (c *Client) Trigger(ctx context.Context, job string, params map[string]stri
 	return &b, err
 }
 
+// Builds lists job's builds, newest first.
+func (c *Client) Builds(ctx context.Context, job string) ([]*store.Build, error) {
+	var out []*store.Build
+	return out, c.do(ctx, http.MethodGet, "/v1/jobs/"+url.PathEscape(job)+"/builds", nil, &out)
+}
+
 // Build returns build n of job.
 func (c *Client) Build(ctx context.Context, job string, n int) (*store.Build, error) {
 	var b store.Build
