@@ -374,12 +374,13 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	var raw, id [32]byte
+	var raw [32]byte
+	var id [8]byte
 	_, _ = rand.Read(raw[:])
-	_, _ = rand.Read(id[:8])
+	_, _ = rand.Read(id[:])
 	tok := hex.EncodeToString(raw[:])
 	sum := sha256.Sum256([]byte(tok))
-	t := store.Token{ID: hex.EncodeToString(id[:8]), Name: req.Name, Role: role, SHA256: hex.EncodeToString(sum[:]), CreatedAt: time.Now().UTC()}
+	t := store.Token{ID: hex.EncodeToString(id[:]), Name: req.Name, Role: role, SHA256: hex.EncodeToString(sum[:]), CreatedAt: time.Now().UTC()}
 	if err := s.store.CreateToken(t); errors.Is(err, store.ErrTokenExists) {
 		writeError(w, http.StatusConflict, fmt.Sprintf("a token named %q exists: revoke it first or pick another name", req.Name))
 		return
