@@ -419,3 +419,25 @@ func TestOriginScheme(t *testing.T) {
 		}
 	}
 }
+
+// TestBootstrapTokenMigrates: an installation's existing data_dir/api-token
+// keeps working after the upgrade, with the admin role.
+func TestBootstrapTokenMigrates(t *testing.T) {
+	dir := t.TempDir()
+	const old = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	if err := os.MkdirAll(filepath.Join(dir, "data"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "data", TokenFileName), []byte(old+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ts := startServer(t, loadConfig(t, dir, ""))
+	for _, ep := range []struct{ method, path string }{{"GET", "/v1/tokens"}, {"DELETE", "/v1/nodes/n1"}, {"GET", "/v1/nodes"}} {
+		if code, _, body := ts.do(t, ep.method, ep.path, old); code == http.StatusUnauthorized || code == http.StatusForbidden {
+			t.Errorf("%s %s with the existing token: %d %s", ep.method, ep.path, code, body)
+		}
+	}
+	if !strings.Contains(ts.log.String(), "bootstrap API token (admin role) loaded") {
+		t.Errorf("the log does not say the token is the admin bootstrap token:\n%s", ts.log)
+	}
+}
