@@ -202,8 +202,9 @@ func (m *Manager) restore(n *Node, st SessionStore) {
 		_ = st.SaveSession(n.cfg.Name, nil)
 		return
 	}
-	_, until := n.sess.Held()
-	n.state, n.reason = StateUnreachable, fmt.Sprintf("the master restarted: running builds wait for the agent to resume its session until %s", until.Format(time.RFC3339))
+	if held, until := n.sess.Held(); held { // not a record of an ended session
+		n.state, n.reason = StateUnreachable, fmt.Sprintf("the master restarted: running builds wait for the agent to resume its session until %s", until.Format(time.RFC3339))
+	}
 }
 
 // Nodes returns every node in configuration order.

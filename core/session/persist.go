@@ -93,16 +93,18 @@ func (s *Session) persist() error {
 	return nil
 }
 
-// forget deletes the persisted session once it ended.
+// forget replaces the persisted session, once it ended, with a record of
+// its end: a restarted master tells its agent at once (see Restore).
 func (s *Session) forget() {
 	s.persistMu.Lock()
 	defer s.persistMu.Unlock()
 	s.mu.Lock()
 	was := s.persisting
 	s.persisting = false
+	id := s.ck.ID
 	s.mu.Unlock()
 	if was && s.opts.Persist != nil {
-		if err := s.opts.Persist(nil); err != nil {
+		if err := s.opts.Persist(&Record{ID: id, Ended: true}); err != nil {
 			s.log.Error("forgetting the ended session", "error", err)
 		}
 	}
@@ -177,7 +179,17 @@ func syncOut(w any) (int64, error) {
 // without ending it, the node's current session: held for the agent to
 // resume it (for the session timeout), its steps waiting to be
 // re-attached (Reattach, Wait).
+//
+// A record of an ended session restores nothing: its agent, which may
+// still hold the session (the master stopped gracefully), is told on the
+// first link that the session is over.
 func (s *Session) Restore(rec *Record) error {
+	if rec.Ended {
+		s.mu.Lock()
+		s.endedID = rec.ID
+		s.mu.Unlock()
+		return nil
+	}
 	frames := make([]*wire.Frame, 0, len(rec.Outbox))
 	for _, b := range rec.Outbox {
 		f, err := wire.Decode(b, wire.MaxFrameSize)
@@ -200,6 +212,15 @@ func (s *Session) Restore(rec *Record) error {
 	s.log.Info("session restored: waiting for the agent to resume it", "session", fmt.Sprintf("%016x", rec.ID),
 		"steps", len(rec.Steps), "acked", rec.Acked)
 	return nil
+}
+
+// takeEnded returns the ended session Restore found, once; 0 when none.
+func (s *Session) takeEnded() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	id := s.endedID
+	s.endedID = 0
+	return id
 }
 
 // Reattach looks up a step of a restored session: it reports how the step

@@ -139,6 +139,7 @@ type Session struct {
 	persistMu  sync.Mutex
 	ck         Record
 	restored   map[stepKey]int64 // steps of a restored session not yet re-attached: their log size
+	endedID    uint64            // a persisted session that ended: its agent is told on the first link
 }
 
 // Record is the persisted state of a session: what a restarted master
@@ -161,6 +162,11 @@ type Record struct {
 	Exits []ExitRecord `json:"exits,omitempty"`
 	// Features are what the agent announced in its Hello.
 	Features []string `json:"features,omitempty"`
+	// Ended: the session ended (the master stopped gracefully, the agent
+	// was lost...); only ID counts. A restarted master tells the agent
+	// still holding it at once that it is over (Restore), so that the
+	// agent says hello without waiting for its next ping.
+	Ended bool `json:"ended,omitempty"`
 }
 
 // StepRecord is a running step of a persisted session.
@@ -419,6 +425,8 @@ func (l *Link) Handshake(ctx context.Context) (*Agent, bool, error) {
 		l.shook = true
 		if id := s.ID(); id != 0 && s.Live() {
 			l.hint(id)
+		} else if id := s.takeEnded(); id != 0 {
+			l.tellUnknown(id) // the master stopped gracefully: its agent may still hold the session
 		}
 	}
 	for {
@@ -484,6 +492,13 @@ func (l *Link) closeStale(session uint64) {
 		l.hint(session)
 		return
 	}
+	l.tellUnknown(session)
+}
+
+// tellUnknown tells session, once, that the master does not know it, so
+// that its agent says hello again at once.
+func (l *Link) tellUnknown(session uint64) {
+	s := l.s
 	s.mu.Lock()
 	told := s.closed[session]
 	if !told {
@@ -496,7 +511,7 @@ func (l *Link) closeStale(session uint64) {
 	if told {
 		return
 	}
-	s.log.Info("frame of an unknown session: telling it to end", "session", fmt.Sprintf("%016x", session))
+	s.log.Info("telling an unknown session to end", "session", fmt.Sprintf("%016x", session))
 	_ = l.sendRaw(&wire.Close{Reason: "unknown session: the master does not know it (it restarted, or the session timed out); say hello again"}, session)
 }
 

@@ -2641,3 +2641,53 @@ func TestAgentStats(t *testing.T) {
 		t.Fatalf("Counters() = %+v, want the unsigned Stats counted as forged", c)
 	}
 }
+
+// TestGracefulStopToldAtRestart: a master stopped gracefully ends its
+// sessions but keeps a record of each end; restarted, it tells the agent,
+// on the first link and before any frame of the agent arrives, that the
+// session is over, so that the agent says hello at once instead of
+// waiting for its next ping. A fresh hello then gets a new session.
+func TestGracefulStopToldAtRestart(t *testing.T) {
+	var mu sync.Mutex
+	var last *Record
+	h := newHarness(t, Options{Persist: func(r *Record) error {
+		mu.Lock()
+		defer mu.Unlock()
+		last = r
+		return nil
+	}})
+	h.connect(true)
+	hs := h.startHandshake()
+	h.agent.handshake(1)
+	handshakeOK(t, hs, false)
+	serve := h.startServe()
+	id := h.s.ID()
+	h.cancel() // the master stops
+	wait(t, serve, "Serve")
+	mu.Lock()
+	rec := last
+	mu.Unlock()
+	if rec == nil || !rec.Ended || rec.ID != id {
+		t.Fatalf("persisted after the stop: %+v; want the end of session %x", rec, id)
+	}
+
+	h2 := newHarness(t, Options{}) // the restarted master
+	if err := h2.s.Restore(rec); err != nil {
+		t.Fatal(err)
+	}
+	if held, _ := h2.s.Held(); held || h2.s.Live() || h2.s.ID() != 0 {
+		t.Fatalf("an ended session was restored: held %v, live %v, id %x", held, h2.s.Live(), h2.s.ID())
+	}
+	h2.connect(true)
+	hs2 := h2.startHandshake()
+	f, m := h2.agent.recv()
+	cl, ok := m.(*wire.Close)
+	if !ok || f.Session != id || len(f.MAC) != 0 || !strings.Contains(cl.Reason, "unknown session") {
+		t.Fatalf("first frame on the restarted master's link: %v %+v in session %x; want Close \"unknown session\" for %x", f.Type, m, f.Session, id)
+	}
+	h2.agent.handshake(2)
+	handshakeOK(t, hs2, false)
+	if h2.s.ID() == id || h2.s.ID() == 0 {
+		t.Fatalf("session %x after a fresh hello, want a new one", h2.s.ID())
+	}
+}
