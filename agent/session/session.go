@@ -540,11 +540,18 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 	defer helloTick.Stop()
 
 	var s *sess // the session once established
-	// suspectBy: an unauthenticated Close claimed the session is over (a
+	// suspect: an unauthenticated Close claimed the session is over (a
 	// restarted master does not know its key) while a hint had made the
 	// agent resume less than a heartbeat ago; unless a genuine frame
-	// arrives by then, the agent says hello again to find out.
-	var suspectBy time.Time
+	// arrives before it fires (once that heartbeat is over), the agent says
+	// hello again to find out.
+	var suspect *time.Timer
+	var suspectC <-chan time.Time
+	defer func() {
+		if suspect != nil {
+			suspect.Stop()
+		}
+	}()
 	var beat <-chan time.Time
 	var lastSeen time.Time
 	var pingNonce uint64
@@ -587,9 +594,6 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 			if silent := time.Since(lastSeen); silent > a.cfg.HeartbeatTimeout {
 				return s, fmt.Errorf("%w: nothing received for %s", ErrMasterLost, silent.Round(time.Millisecond))
 			}
-			if !suspectBy.IsZero() && time.Now().After(suspectBy) {
-				return s, fmt.Errorf("%w: the master said it does not know the session and answered no ping", ErrMasterLost)
-			}
 			// Queued, never waited for: the silence checks above must run on
 			// time even while a frozen transport holds a send.
 			pingNonce++
@@ -598,6 +602,9 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 			if stats {
 				ctl.send(a.Counters().Stats())
 			}
+		case <-suspectC:
+			a.hintResumed.Store(time.Now().UnixNano())
+			return s, fmt.Errorf("%w (it answered no ping since)", errHinted)
 		case <-ctlFailed:
 			return s, ctl.error()
 		case <-drainCh:
@@ -689,15 +696,20 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 					// changes nothing of the session before it succeeds: a
 					// forged hint costs a handshake, at most one per
 					// heartbeat. A hint within that heartbeat is checked with
-					// a ping: a live master answers it, signed.
+					// a ping: a live master answers it, signed; if none
+					// does, the agent resumes once the heartbeat is over.
 					now := time.Now()
-					if last := a.hintResumed.Load(); last == 0 || now.Sub(time.Unix(0, last)) >= a.cfg.Heartbeat {
+					allowed := time.Unix(0, a.hintResumed.Load()).Add(a.cfg.Heartbeat)
+					if a.hintResumed.Load() == 0 || !now.Before(allowed) {
 						a.hintResumed.Store(now.UnixNano())
 						return s, fmt.Errorf("%w (%s)", errHinted, msg.(*wire.Close).Reason)
 					}
-					if suspectBy.IsZero() {
+					if suspect == nil {
 						a.log.Info("unauthenticated close soon after a resume: checking whether the master still knows the session", "reason", msg.(*wire.Close).Reason)
-						suspectBy = now.Add(2 * a.cfg.Heartbeat)
+						// Time for a live master's answer, however soon the
+						// heartbeat ends.
+						suspect = time.NewTimer(max(allowed.Sub(now), min(a.cfg.Heartbeat, time.Second)))
+						suspectC = suspect.C
 						pingNonce++
 						ctl.send(&wire.Ping{Nonce: pingNonce, UnixNano: now.UnixNano()})
 					}
@@ -719,7 +731,10 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 			}
 			dups.report(a.log)
 			lastSeen = time.Now()
-			suspectBy = time.Time{}
+			if suspect != nil {
+				suspect.Stop()
+				suspect, suspectC = nil, nil
+			}
 			switch m := msg.(type) {
 			case *wire.Ping:
 				ctl.send(&wire.Pong{Nonce: m.Nonce, UnixNano: m.UnixNano})

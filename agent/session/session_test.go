@@ -1131,3 +1131,25 @@ func TestStatsWithHeartbeats(t *testing.T) {
 type countingConn struct{ Conn }
 
 func (countingConn) Malformed() uint64 { return 7 }
+
+// TestHintsRateBounded: a second hint within the heartbeat after a
+// hint-triggered resume, from a master that answers no ping (it restarted
+// again), makes the agent resume once that heartbeat is over: not sooner
+// (the rate stays bounded), not heartbeats later.
+func TestHintsRateBounded(t *testing.T) {
+	const hb = 2 * time.Second
+	m, _, _ := start(t, Config{Node: "n1", Secret: secret, Heartbeat: hb, HeartbeatTimeout: time.Hour})
+	id := m.handshake(0x1234)
+	first := time.Now()
+	m.raw(craft(&wire.Close{Reason: "resume it"}, id, m.nextSeq(), nil))
+	m.resume(0)
+	m.raw(craft(&wire.Close{Reason: "resume it"}, id, m.nextSeq(), nil))
+	hf, hello := m.hello() // the master stays silent: nothing answers the agent's ping
+	took := time.Since(first)
+	if hf.Session != id || !hello.Resume {
+		t.Fatalf("hello %+v on %x: want a resume of %x", hello, hf.Session, id)
+	}
+	if took < hb-100*time.Millisecond || took > hb+1500*time.Millisecond {
+		t.Fatalf("the second resume came %s after the first hint; want once the heartbeat (%s) is over", took, hb)
+	}
+}
