@@ -154,7 +154,7 @@ type Counters struct {
 	// Hints are the unsigned frames a master sends for a session it has
 	// no key for (a restarted master, a new connection before the resume):
 	// a Close asking the agent to resume, a Pong of an older master. They
-	// are expected, not forgeries; at most one resume per heartbeat
+	// are expected, not forgeries; resumes at a bounded rate (hintBurst)
 	// follows from them, and nothing else (docs/sessions.md).
 	Hints uint64 `json:"hints"`
 	// Transport counts what the transport itself dropped before any frame
@@ -191,9 +191,9 @@ type Agent struct {
 
 	stale, malformed, unexpected, replayed, forged, hints atomic.Uint64
 
-	// hintResumed is when an unsigned hint last made the agent resume
-	// (Unix nanoseconds): a hint does so at most once per heartbeat.
-	hintResumed atomic.Int64
+	// hintResumes are when unsigned hints last made the agent resume
+	// (see hintAllowed); only the session's loop uses them.
+	hintResumes []time.Time
 
 	transportMu   sync.Mutex
 	transport     transportCounter // the connection Serve serves, when it counts
@@ -543,7 +543,7 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 	// suspect: an unauthenticated Close claimed the session is over (a
 	// restarted master does not know its key) while a hint had made the
 	// agent resume less than a heartbeat ago; unless a genuine frame
-	// arrives before it fires (once that heartbeat is over), the agent says
+	// arrives before it fires (once the hints' rate allows), the agent says
 	// hello again to find out.
 	var suspect *time.Timer
 	var suspectC <-chan time.Time
@@ -603,7 +603,7 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 				ctl.send(a.Counters().Stats())
 			}
 		case <-suspectC:
-			a.hintResumed.Store(time.Now().UnixNano())
+			a.hintResumed(time.Now())
 			return s, fmt.Errorf("%w (it answered no ping since)", errHinted)
 		case <-ctlFailed:
 			return s, ctl.error()
@@ -694,14 +694,14 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 					}
 					// Resuming runs the mutual authentication again and
 					// changes nothing of the session before it succeeds: a
-					// forged hint costs a handshake, at most one per
-					// heartbeat. A hint within that heartbeat is checked with
-					// a ping: a live master answers it, signed; if none
-					// does, the agent resumes once the heartbeat is over.
+					// forged hint costs a handshake, and hints make the
+					// agent resume at a bounded rate. A hint beyond it is
+					// checked with a ping: a live master answers it, signed;
+					// if none does, the agent resumes once the rate allows.
 					now := time.Now()
-					allowed := time.Unix(0, a.hintResumed.Load()).Add(a.cfg.Heartbeat)
-					if a.hintResumed.Load() == 0 || !now.Before(allowed) {
-						a.hintResumed.Store(now.UnixNano())
+					allowed := a.hintAllowed()
+					if !now.Before(allowed) {
+						a.hintResumed(now)
 						return s, fmt.Errorf("%w (%s)", errHinted, msg.(*wire.Close).Reason)
 					}
 					if suspect == nil {
@@ -758,6 +758,28 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 				ctl.send(&wire.Ack{})
 			}
 		}
+	}
+}
+
+// hintBurst is how many resumes unsigned hints may cause within
+// hintBurst heartbeats: on average at most one per heartbeat, and a
+// master restarted twice in a row (or a plugin and then its master) is
+// still followed at once.
+const hintBurst = 3
+
+// hintAllowed is when unsigned hints may next make the agent resume.
+func (a *Agent) hintAllowed() time.Time {
+	if len(a.hintResumes) < hintBurst {
+		return time.Time{}
+	}
+	return a.hintResumes[len(a.hintResumes)-hintBurst].Add(hintBurst * a.cfg.Heartbeat)
+}
+
+// hintResumed records a resume an unsigned hint caused at t.
+func (a *Agent) hintResumed(t time.Time) {
+	a.hintResumes = append(a.hintResumes, t)
+	if len(a.hintResumes) > hintBurst {
+		a.hintResumes = a.hintResumes[len(a.hintResumes)-hintBurst:]
 	}
 }
 
