@@ -154,8 +154,8 @@ type Counters struct {
 	// Hints are the unsigned frames a master sends for a session it has
 	// no key for (a restarted master, a new connection before the resume):
 	// a Close asking the agent to resume, a Pong of an older master. They
-	// are expected, not forgeries; resumes at a bounded rate (hintBurst)
-	// follows from them, and nothing else (docs/sessions.md).
+	// are expected, not forgeries: resumes at a bounded rate (hintBurst)
+	// follow from them, and nothing else (docs/sessions.md).
 	Hints uint64 `json:"hints"`
 	// Transport counts what the transport itself dropped before any frame
 	// was decoded (a Kafka record or a partial frame that did not
