@@ -38,6 +38,10 @@ import (
 var (
 	// ErrAuth: the agent failed to prove it holds the node's secret.
 	ErrAuth = errors.New("authentication failed: wrong secret")
+	// ErrAgentOutdated: the agent proved the secret the way agents did
+	// before frame keys were bound to the direction (docs/protocol.md);
+	// it is refused, saying so. It matches ErrAuth (errors.Is).
+	ErrAgentOutdated error = &authError{"authentication refused: the agent predates direction-bound frame keys (protocol 2): upgrade conveyor-agent"}
 	// ErrAgentLost: the agent is gone: it restarted, or stayed out of
 	// reach for the session timeout (or the heartbeat timeout, on a
 	// connection that cannot resume).
@@ -438,6 +442,13 @@ func (l *Link) Handshake(ctx context.Context) (*Agent, bool, error) {
 
 var errRetryHello = errors.New("handshake restarted")
 
+// authError is a refusal of the agent's proof other than ErrAuth's
+// wrong secret, matching ErrAuth for errors.Is.
+type authError struct{ msg string }
+
+func (e *authError) Error() string        { return e.msg }
+func (e *authError) Is(target error) bool { return target == ErrAuth }
+
 // closeStale drops a frame that arrived outside a handshake or belongs to a
 // session this master does not know (its agent still talks to a master
 // that restarted and lost the session, say) and tells that session, once,
@@ -527,6 +538,11 @@ func (l *Link) authenticate(ctx context.Context, hf *wire.Frame, hello *wire.Hel
 			l.pending = f // the agent gave up on this handshake and started another
 			return nil, false, errRetryHello
 		case *wire.Auth:
+			if wire.ProofEqual(m.Proof, wire.LegacyAgentProof(l.secret, nonceM, hello.Nonce)) {
+				_ = l.sendRaw(&wire.AuthResult{OK: false, Reason: ErrAgentOutdated.Error()}, id)
+				s.log.Warn("agent refused: it predates direction-bound frame keys", "node", s.opts.Node, "version", hello.AgentVersion)
+				return nil, false, ErrAgentOutdated
+			}
 			if !wire.ProofEqual(m.Proof, wire.AgentProof(l.secret, nonceM, hello.Nonce)) {
 				_ = l.sendRaw(&wire.AuthResult{OK: false, Reason: ErrAuth.Error()}, id)
 				s.log.Warn("agent failed authentication", "node", s.opts.Node)
@@ -556,7 +572,7 @@ func (l *Link) established(ep *reliable.Endpoint, id uint64, resume bool, auth *
 		}
 	}
 	ep.Begin(l.conn)
-	ep.Established(id, wire.SessionKey(l.secret, hello.Nonce, nonceM, id), auth.Seq)
+	ep.Established(id, wire.KeysFor(wire.SessionKey(l.secret, hello.Nonce, nonceM, id), wire.RoleMaster), auth.Seq)
 	// The AuthResult goes first: a step sent in the new session before it
 	// would reach an agent without the key.
 	if err := ep.SendControl(&wire.AuthResult{OK: true, Session: id}, id); err != nil {

@@ -222,7 +222,7 @@ type testAgent struct {
 	nonce   []byte             // nonceA of the last Hello
 	ep      *reliable.Endpoint // the agent's session; nil before the first
 	session uint64             // once authenticated
-	key     []byte             // the current epoch's key
+	key     []byte             // the current epoch's key of the agent's frames
 }
 
 func newNonce(b byte) []byte { return bytes.Repeat([]byte{b}, wire.NonceSize) }
@@ -414,12 +414,12 @@ func (a *testAgent) authenticate(session uint64, nonceM []byte) *wire.Frame {
 	if !res.OK || res.Session != session || f.Session != session {
 		a.t.Fatalf("AuthResult %+v in session %x, want ok for session %x", res, f.Session, session)
 	}
-	key := wire.SessionKey(a.secret, a.nonce, nonceM, session)
-	if !wire.Verify(key, f) {
-		a.t.Fatalf("AuthResult carries no valid MAC under the session key")
+	keys := wire.KeysFor(wire.SessionKey(a.secret, a.nonce, nonceM, session), wire.RoleAgent)
+	if !wire.Verify(keys.Receive, f) {
+		a.t.Fatalf("AuthResult carries no valid MAC under the master's frame key")
 	}
-	a.ep.Established(session, key, f.Seq)
-	a.session, a.key = session, key
+	a.ep.Established(session, keys, f.Seq)
+	a.session, a.key = session, keys.Send
 	return f
 }
 
