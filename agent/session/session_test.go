@@ -1065,13 +1065,13 @@ func TestReflectedFramesForged(t *testing.T) {
 		m.raw(f)
 	}
 	m.send(&wire.RunStep{BuildID: "a#1", Command: "echo a"}) // the master's #1
-	until(wire.TypeExit)                                      // the agent's #1 (Output), #2 (Exit)
-	reflect()                                                 // its Exit as the master's #2
+	until(wire.TypeExit)                                     // the agent's #1 (Output), #2 (Exit)
+	reflect()                                                // its Exit as the master's #2
 	m.send(&wire.RunStep{BuildID: "b#1", Command: "echo b"}) // the master's #2
 	if out := until(wire.TypeOutput).(*wire.Output); out.BuildID != "b#1" || string(out.Data) != "b\n" {
 		t.Fatalf("output %+v, want b#1's", out)
 	}
-	until(wire.TypeExit) // the agent's #4
+	until(wire.TypeExit)                                                     // the agent's #4
 	m.send(&wire.RunStep{BuildID: "c#1", Command: "echo started; sleep 60"}) // the master's #3
 	until(wire.TypeOutput)
 	reflect() // the agent's Exit #4 as the master's #4

@@ -139,7 +139,10 @@ func TestSequenced(t *testing.T) {
 // capture is a Sender keeping what was sent.
 type capture struct{ frames [][]byte }
 
-func (c *capture) Send(b []byte) error { c.frames = append(c.frames, append([]byte(nil), b...)); return nil }
+func (c *capture) Send(b []byte) error {
+	c.frames = append(c.frames, append([]byte(nil), b...))
+	return nil
+}
 
 // TestReflectedFramesAreForged: two endpoints of one epoch (the master's
 // and the agent's). Every frame an end sent, numbered or not, given back
