@@ -1042,7 +1042,11 @@ func TestReflectedFramesForged(t *testing.T) {
 	sent := map[uint64]*wire.Frame{} // the agent's numbered frames by number
 	until := func(typ wire.Type) wire.Message {
 		t.Helper()
+		deadline := time.Now().Add(guard) // the agent's pings come meanwhile
 		for {
+			if time.Now().After(deadline) {
+				t.Fatalf("no %v from the agent within %v: the command was lost", typ, guard)
+			}
 			f := m.recv()
 			if reliable.Sequenced(f.Type) {
 				sent[f.Seq] = f

@@ -2510,3 +2510,52 @@ func TestResumeTrustsUnauthenticatedLastSeq(t *testing.T) {
 	a.send(&wire.Exit{BuildID: "job#1"})
 	wait(t, step, "RunStep")
 }
+
+// TestHandshakeOutdatedAgent: an agent proving the secret the way agents
+// did before frame keys were bound to the direction is refused with a
+// reason saying to upgrade it, not "wrong secret".
+func TestHandshakeOutdatedAgent(t *testing.T) {
+	h := newHarness(t, Options{})
+	h.connect(false)
+	a := h.agent
+	hs := h.startHandshake()
+	a.hello(1)
+	session, nonceM := a.challenge(true)
+	a.sendRaw(&wire.Auth{Proof: wire.LegacyAgentProof(a.secret, nonceM, a.nonce)}, session, 1, nil)
+	_, res := expect[*wire.AuthResult](a)
+	if res.OK || res.Reason != ErrAgentOutdated.Error() || !strings.Contains(res.Reason, "upgrade conveyor-agent") {
+		t.Errorf("AuthResult %+v, want a refusal saying to upgrade the agent", res)
+	}
+	r := wait(t, hs, "Handshake")
+	if r.err != ErrAgentOutdated || !errors.Is(r.err, ErrAuth) || h.s.Live() {
+		t.Fatalf("Handshake = %v (live %v), want ErrAgentOutdated matching ErrAuth and no session", r.err, h.s.Live())
+	}
+}
+
+// TestReflectedFramesForgedAtMaster: the master's own signed frames
+// written back to it with the number the agent's next frame gets (a
+// RunStep copied from the commands topic into the events topic) are
+// forged; the agent's genuine Exit with that number ends the step. With
+// one key for both directions the reflected frame was delivered and the
+// Exit dropped as a duplicate: the build ran forever.
+func TestReflectedFramesForgedAtMaster(t *testing.T) {
+	h, _ := established(t, Options{}, false)
+	a := h.agent
+	step := h.running(context.Background(), &wire.RunStep{BuildID: "job#1", Command: "true"}, io.Discard)
+	a.sync(1)
+	if a.nextSeq() != 1 {
+		t.Fatalf("the agent's next number is %d, want 1", a.nextSeq())
+	}
+	for _, typ := range []wire.Type{wire.TypeRunStep, wire.TypePing, wire.TypePong} {
+		for _, b := range h.conn.sentOf(t, typ) {
+			a.replay(b)
+		}
+	}
+	a.send(&wire.Exit{BuildID: "job#1", Code: 0})
+	if r := wait(t, step, "RunStep"); r.err != nil || r.res.Code != 0 {
+		t.Fatalf("RunStep = %+v, %v; want the agent's exit 0", r.res, r.err)
+	}
+	if c := h.s.Counters(); c.Forged < 2 || c.Duplicate != 0 || c.Unexpect != 0 {
+		t.Fatalf("counters %+v: the reflected frames must count as forged", c)
+	}
+}
