@@ -341,6 +341,8 @@ type Link struct {
 	stopRead  context.CancelFunc
 	pending   *wire.Frame // a Hello that arrived while serving
 	hinted    bool        // the agent was asked to resume the held session
+	offers    []*offer    // challenges sent while serving, newest last (see offerHello)
+	proven    *answer     // an offer the agent answered proving the secret: Handshake concludes it
 
 	// OnReachable, when set, is told when a resumable link's agent falls
 	// silent for the heartbeat timeout (the session is held, Serve goes on
@@ -407,6 +409,14 @@ func (l *Link) sendRaw(m wire.Message, session uint64) error {
 func (l *Link) Handshake(ctx context.Context) (*Agent, bool, error) {
 	s := l.s
 	for {
+		if p := l.proven; p != nil {
+			l.proven = nil
+			agent, resumed, err := l.conclude(p.o, p.f, p.auth)
+			if errors.Is(err, errRetryHello) {
+				continue
+			}
+			return agent, resumed, err
+		}
 		f := l.pending
 		l.pending = nil
 		if f == nil {
@@ -497,21 +507,11 @@ func (l *Link) authenticate(ctx context.Context, hf *wire.Frame, hello *wire.Hel
 	// Resume the current session if the agent asks for it and it still
 	// lives; otherwise start a new one (the agent then drops the steps of
 	// the session it asked for: nobody can report them).
-	s.mu.Lock()
-	cur, live := s.ep, s.ended == nil
-	s.mu.Unlock()
-	resume := hello.Resume && cur != nil && live && cur.Session() == hf.Session
-	ep, id := cur, hf.Session
-	if !resume {
-		ep, id = reliable.NewEndpoint(DefaultOutboxBytes), newSessionID()
-	}
-	// Nothing of the session changes before the agent proved the secret:
-	// the challenge goes outside the session's epoch.
-	nonceM := make([]byte, wire.NonceSize)
-	_, _ = rand.Read(nonceM)
-	if err := l.sendRaw(&wire.Challenge{Nonce: nonceM, Proof: wire.MasterProof(l.secret, hello.Nonce, nonceM)}, id); err != nil {
+	o, err := l.challenge(hello, hf)
+	if err != nil {
 		return nil, false, err
 	}
+	id := o.id
 	deadline := time.After(s.opts.HeartbeatTimeout)
 	for {
 		f, err := l.next(ctx, deadline)
@@ -538,21 +538,137 @@ func (l *Link) authenticate(ctx context.Context, hf *wire.Frame, hello *wire.Hel
 			l.pending = f // the agent gave up on this handshake and started another
 			return nil, false, errRetryHello
 		case *wire.Auth:
-			if wire.ProofEqual(m.Proof, wire.LegacyAgentProof(l.secret, nonceM, hello.Nonce)) {
-				_ = l.sendRaw(&wire.AuthResult{OK: false, Reason: ErrAgentOutdated.Error()}, id)
-				s.log.Warn("agent refused: it predates direction-bound frame keys", "node", s.opts.Node, "version", hello.AgentVersion)
-				return nil, false, ErrAgentOutdated
-			}
-			if !wire.ProofEqual(m.Proof, wire.AgentProof(l.secret, nonceM, hello.Nonce)) {
-				_ = l.sendRaw(&wire.AuthResult{OK: false, Reason: ErrAuth.Error()}, id)
-				s.log.Warn("agent failed authentication", "node", s.opts.Node)
-				return nil, false, ErrAuth
-			}
-			return l.established(ep, id, resume, f, hello, nonceM)
+			return l.conclude(o, f, m)
 		default:
 			s.stale.Add(1)
 		}
 	}
+}
+
+// offer is a challenge the master sent for an agent's Hello: the session
+// it would start, or resume, once the agent proves the secret.
+type offer struct {
+	hello  *wire.Hello
+	ep     *reliable.Endpoint
+	id     uint64
+	resume bool
+	nonceM []byte
+	by     time.Time // an answer after it is ignored
+}
+
+// answer is the agent's Auth for an offer.
+type answer struct {
+	o    *offer
+	f    *wire.Frame
+	auth *wire.Auth
+}
+
+// challenge answers the Hello hf with a Challenge: for the current session
+// if the agent asks to resume it and it lives, else for a new one (the
+// agent then drops the steps of the session it asked for: nobody can
+// report them). Nothing of the session changes before the agent proved
+// the secret: the challenge goes outside the session's epoch.
+func (l *Link) challenge(hello *wire.Hello, hf *wire.Frame) (*offer, error) {
+	s := l.s
+	s.mu.Lock()
+	cur, live := s.ep, s.ended == nil
+	s.mu.Unlock()
+	o := &offer{hello: hello, ep: cur, id: hf.Session, by: time.Now().Add(s.opts.HeartbeatTimeout)}
+	o.resume = hello.Resume && cur != nil && live && cur.Session() == hf.Session
+	if !o.resume {
+		o.ep, o.id = reliable.NewEndpoint(DefaultOutboxBytes), newSessionID()
+	}
+	o.nonceM = make([]byte, wire.NonceSize)
+	_, _ = rand.Read(o.nonceM)
+	if err := l.sendRaw(&wire.Challenge{Nonce: o.nonceM, Proof: wire.MasterProof(l.secret, hello.Nonce, o.nonceM)}, o.id); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+// conclude checks the agent's answer to offer o: a genuine proof
+// establishes the session; a proof of an agent that predates
+// direction-bound frame keys is refused with ErrAgentOutdated, any other
+// with ErrAuth, telling the agent why.
+func (l *Link) conclude(o *offer, f *wire.Frame, m *wire.Auth) (*Agent, bool, error) {
+	s := l.s
+	if wire.ProofEqual(m.Proof, wire.LegacyAgentProof(l.secret, o.nonceM, o.hello.Nonce)) {
+		_ = l.sendRaw(&wire.AuthResult{OK: false, Reason: ErrAgentOutdated.Error()}, o.id)
+		s.log.Warn("agent refused: it predates direction-bound frame keys", "node", s.opts.Node, "version", o.hello.AgentVersion)
+		return nil, false, ErrAgentOutdated
+	}
+	if !wire.ProofEqual(m.Proof, wire.AgentProof(l.secret, o.nonceM, o.hello.Nonce)) {
+		_ = l.sendRaw(&wire.AuthResult{OK: false, Reason: ErrAuth.Error()}, o.id)
+		s.log.Warn("agent failed authentication", "node", s.opts.Node)
+		return nil, false, ErrAuth
+	}
+	return l.established(o.ep, o.id, o.resume, f, o.hello, o.nonceM)
+}
+
+// maxOffers bounds the challenges a serving link waits answers for.
+const maxOffers = 8
+
+// offerHello answers a Hello that came while the session is served and
+// its agent heard: anyone able to write to the transport can send one, so
+// the session goes on, untouched, and the Hello only gets a Challenge. An
+// Auth proving the secret for it (the agent restarted, or resumes after
+// losing its own link) ends the serving with ErrRehello, and Handshake
+// concludes it (resume or new session); an Auth that does not is counted
+// as forged and changes nothing, the node's state included.
+func (l *Link) offerHello(hf *wire.Frame, hello *wire.Hello) error {
+	s := l.s
+	o, err := l.challenge(hello, hf)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrClosed, err)
+	}
+	if len(l.offers) >= maxOffers {
+		l.offers = l.offers[1:]
+	}
+	l.offers = append(l.offers, o)
+	s.log.Info("hello while serving the session: challenged it, the session goes on until the secret is proven",
+		"resume", o.resume, "session", fmt.Sprintf("%016x", o.id))
+	return nil
+}
+
+// answerOffer handles an Auth for a challenge offerHello sent; it reports
+// whether f was one.
+func (l *Link) answerOffer(f *wire.Frame) (bool, error) {
+	s := l.s
+	now := time.Now()
+	l.offers = slices.DeleteFunc(l.offers, func(o *offer) bool { return now.After(o.by) })
+	var mine []*offer
+	for _, o := range l.offers {
+		if o.id == f.Session {
+			mine = append(mine, o)
+		}
+	}
+	if len(mine) == 0 {
+		return false, nil
+	}
+	msg, err := f.Message()
+	if err != nil {
+		s.malformed.Add(1)
+		return true, nil
+	}
+	m := msg.(*wire.Auth)
+	for _, o := range mine {
+		if wire.ProofEqual(m.Proof, wire.AgentProof(l.secret, o.nonceM, o.hello.Nonce)) ||
+			wire.ProofEqual(m.Proof, wire.LegacyAgentProof(l.secret, o.nonceM, o.hello.Nonce)) {
+			l.offers, l.proven = nil, &answer{o: o, f: f, auth: m}
+			return true, ErrRehello
+		}
+	}
+	l.offers = slices.DeleteFunc(l.offers, func(o *offer) bool { return slices.Contains(mine, o) })
+	s.forged.Add(1)
+	s.log.Warn("dropped an answer to a challenge that does not prove the secret: the session goes on", "session", fmt.Sprintf("%016x", f.Session))
+	return true, nil
+}
+
+// heard reports whether an authentic frame of the agent arrived within
+// the heartbeat timeout.
+func (s *Session) heard() bool {
+	ns := s.traffic.lastHeard.Load()
+	return ns != 0 && time.Since(time.Unix(0, ns)) < s.opts.HeartbeatTimeout
 }
 
 // established installs the authenticated session (new or resumed) and
@@ -571,6 +687,7 @@ func (l *Link) established(ep *reliable.Endpoint, id uint64, resume bool, auth *
 			return nil, false, errRetryHello
 		}
 	}
+	s.traffic.heard(time.Now()) // its Auth proved the secret
 	ep.Begin(l.conn)
 	ep.Established(id, wire.KeysFor(wire.SessionKey(l.secret, hello.Nonce, nonceM, id), wire.RoleMaster), auth.Seq)
 	// The AuthResult goes first: a step sent in the new session before it
@@ -765,13 +882,23 @@ func (l *Link) handle(ep *reliable.Endpoint, f *wire.Frame) (bool, error) {
 		// next Handshake checks it again and changes nothing until the
 		// agent proved the secret.
 		if m, err := f.Message(); err == nil {
-			if h := m.(*wire.Hello); len(h.Nonce) == wire.NonceSize && (h.Node == "" || h.Node == s.opts.Node) {
+			if h := m.(*wire.Hello); len(h.Nonce) == wire.NonceSize && (h.Node == "" || h.Node == s.opts.Node) &&
+				(f.Session == 0 || h.Resume) {
+				if s.heard() {
+					return false, l.offerHello(f, h)
+				}
+				// The agent is silent: it most likely says hello again.
 				l.pending = f
 				return false, ErrRehello
 			}
 		}
 		s.stale.Add(1)
 		return false, nil
+	}
+	if f.Type == wire.TypeAuth {
+		if mine, err := l.answerOffer(f); mine {
+			return false, err
+		}
 	}
 	if f.Session != ep.Session() {
 		l.closeStale(f.Session)

@@ -403,6 +403,14 @@ func (a *testAgent) challenge(wantProofOK bool) (uint64, []byte) {
 // to resend).
 func (a *testAgent) authenticate(session uint64, nonceM []byte) *wire.Frame {
 	a.t.Helper()
+	a.sendAuth(session, nonceM)
+	return a.accepted(session, nonceM)
+}
+
+// sendAuth answers a challenge for session with the genuine proof (the
+// first half of authenticate).
+func (a *testAgent) sendAuth(session uint64, nonceM []byte) {
+	a.t.Helper()
 	if a.ep == nil || session != a.session {
 		a.ep = reliable.NewEndpoint(DefaultOutboxBytes)
 	}
@@ -410,6 +418,12 @@ func (a *testAgent) authenticate(session uint64, nonceM []byte) *wire.Frame {
 	if err := a.ep.SendControl(&wire.Auth{Proof: wire.AgentProof(a.secret, nonceM, a.nonce)}, session); err != nil {
 		a.t.Fatalf("agent send Auth: %v", err)
 	}
+}
+
+// accepted waits for the master's acceptance of the proof sendAuth sent
+// and establishes the agent's end (the second half of authenticate).
+func (a *testAgent) accepted(session uint64, nonceM []byte) *wire.Frame {
+	a.t.Helper()
 	f, res := expect[*wire.AuthResult](a)
 	if !res.OK || res.Session != session || f.Session != session {
 		a.t.Fatalf("AuthResult %+v in session %x, want ok for session %x", res, f.Session, session)
@@ -1281,12 +1295,18 @@ func TestServeEnds(t *testing.T) {
 		{name: "connection cut", end: func(h *harness) { h.conn.cut() }, wantErr: ErrClosed},
 		{name: "master closes the connection", end: func(h *harness) { _ = h.conn.Close() }, wantErr: ErrClosed},
 		{name: "agent says close", end: func(h *harness) { h.agent.send(&wire.Close{Reason: "agent shutting down"}) }, wantErr: ErrClosed},
-		{name: "second hello", end: func(h *harness) { h.agent.hello(2) }, wantErr: ErrRehello},
+		{name: "second hello, secret proven", end: func(h *harness) {
+			h.agent.hello(2)
+			h.agent.sendAuth(h.agent.challenge(true))
+		}, wantErr: ErrRehello},
 		{name: "context cancelled", end: func(h *harness) { h.cancel() }, wantErr: context.Canceled},
 
 		{name: "resumable: connection EOF", resumable: true, end: func(h *harness) { _ = h.agent.conn.Close() }, wantErr: ErrClosed, held: true},
 		{name: "resumable: connection cut", resumable: true, end: func(h *harness) { h.conn.cut() }, wantErr: ErrClosed, held: true},
-		{name: "resumable: second hello", resumable: true, end: func(h *harness) { h.agent.hello(2) }, wantErr: ErrRehello, held: true},
+		{name: "resumable: second hello, secret proven", resumable: true, end: func(h *harness) {
+			h.agent.hello(2)
+			h.agent.sendAuth(h.agent.challenge(true))
+		}, wantErr: ErrRehello, held: true},
 		{name: "resumable: agent says close", resumable: true, end: func(h *harness) { h.agent.send(&wire.Close{Reason: "agent shutting down"}) }, wantErr: ErrClosed},
 		{name: "resumable: context cancelled", resumable: true, end: func(h *harness) { h.cancel() }, wantErr: context.Canceled},
 	}
@@ -1340,34 +1360,38 @@ func TestServeCloseReason(t *testing.T) {
 }
 
 // rehello establishes a session on a link that cannot resume, ends it with
-// a second Hello (the agent restarted) and returns the first Serve's
-// result, already delivered.
-func rehello(t *testing.T) (*harness, <-chan error) {
+// a second Hello (the agent restarted) and the agent's proof answering the
+// serving link's challenge, and returns the first Serve's result, already
+// delivered, and the challenge answered (the next Handshake concludes it).
+func rehello(t *testing.T) (*harness, <-chan error, uint64, []byte) {
 	t.Helper()
 	h, serve := established(t, Options{}, false)
+	old := h.agent.session
 	h.agent.hello(2)
+	session, nonceM := h.agent.challenge(true)
+	if session == old {
+		t.Fatalf("new session reuses id %x", old)
+	}
+	notYet(t, serve, "Serve before the agent proved the secret")
+	h.agent.sendAuth(session, nonceM)
 	err := wait(t, serve, "Serve")
 	if !errors.Is(err, ErrRehello) {
 		t.Fatalf("Serve = %v, want ErrRehello", err)
 	}
 	c := make(chan error, 1)
 	c <- err
-	return h, c
+	return h, c, session, nonceM
 }
 
 // After a second Hello ends a session, the next Handshake answers that
 // Hello (the agent does not have to repeat it) and starts a new session in
 // which frames of the old one are stale.
 func TestRehelloStartsNewSession(t *testing.T) {
-	h, serve := rehello(t)
+	h, serve, session, nonceM := rehello(t)
 	a := h.agent
 	old, oldKey := a.session, a.key
-	hs := h.startHandshake()
-	session, nonceM := a.challenge(true) // answers the pending Hello
-	if session == old {
-		t.Fatalf("new session reuses id %x", old)
-	}
-	a.authenticate(session, nonceM)
+	hs := h.startHandshake() // concludes the answered challenge
+	a.accepted(session, nonceM)
 	handshakeOK(t, hs, false)
 	if err := <-serve; !errors.Is(err, ErrRehello) {
 		t.Fatalf("first Serve = %v", err)
@@ -1387,10 +1411,10 @@ func TestRehelloStartsNewSession(t *testing.T) {
 
 // Steps run in a session that followed a re-hello on the same link.
 func TestRunStepAfterRehello(t *testing.T) {
-	h, _ := rehello(t)
+	h, _, session, nonceM := rehello(t)
 	a := h.agent
 	hs := h.startHandshake()
-	a.authenticate(a.challenge(true))
+	a.accepted(session, nonceM)
 	handshakeOK(t, hs, false)
 	h.startServe()
 	var out chunkWriter
@@ -2098,8 +2122,9 @@ func TestResumeWrongProof(t *testing.T) {
 }
 
 // The agent may also resume on the same connection (its own end of the
-// transport broke and came back): a resuming Hello ends Serve with
-// ErrRehello, and Handshake resumes.
+// transport broke and came back): the serving link challenges its
+// resuming Hello, its proof ends Serve with ErrRehello, and Handshake
+// resumes.
 func TestResumeOnSameLink(t *testing.T) {
 	h, serve := established(t, Options{}, true)
 	a := h.agent
@@ -2109,6 +2134,12 @@ func TestResumeOnSameLink(t *testing.T) {
 	a.send(stdout("job#1", 0, "one "))
 	a.sync(1)
 	a.helloResume(2, id, a.ep.Acked())
+	sid, nonceM := a.challenge(true) // the serving link answers the Hello
+	if sid != id {
+		t.Fatalf("challenge for session %x, want %x", sid, id)
+	}
+	notYet(t, serve, "Serve before the agent proved the secret")
+	a.sendAuth(sid, nonceM)
 	if err := wait(t, serve, "Serve"); !errors.Is(err, ErrRehello) {
 		t.Fatalf("Serve = %v, want ErrRehello", err)
 	}
@@ -2116,11 +2147,7 @@ func TestResumeOnSameLink(t *testing.T) {
 		t.Fatalf("Held() = %v, Live() = %v; want held", held, h.s.Live())
 	}
 	hs := h.startHandshake()
-	sid, nonceM := a.challenge(true) // answers the pending Hello
-	if sid != id {
-		t.Fatalf("challenge for session %x, want %x", sid, id)
-	}
-	a.resendAfter(a.authenticate(sid, nonceM).Ack)
+	a.resendAfter(a.accepted(sid, nonceM).Ack)
 	handshakeOK(t, hs, true)
 	h.startServe()
 	a.send(stdout("job#1", 0, "two"))
@@ -2246,6 +2273,9 @@ func TestAgentRestartEndsOldSession(t *testing.T) {
 		name string
 		// restart makes the restarted agent say hello.
 		restart func(h *harness, serve <-chan error)
+		// serving: the link still serves the session, and challenges
+		// the Hello itself.
+		serving bool
 	}{
 		{
 			name: "held session, hello on a new connection",
@@ -2256,15 +2286,9 @@ func TestAgentRestartEndsOldSession(t *testing.T) {
 			},
 		},
 		{
-			name: "live session, hello on its link",
+			name: "live session, hello on its link", serving: true,
 			restart: func(h *harness, serve <-chan error) {
 				h.agent.hello(2)
-				if err := wait(h.t, serve, "Serve"); !errors.Is(err, ErrRehello) {
-					h.t.Fatalf("Serve = %v, want ErrRehello", err)
-				}
-				if held, _ := h.s.Held(); !held || !h.s.Live() {
-					h.t.Fatalf("Held() = %v, Live() = %v after a hello; want held until the agent proves the secret", held, h.s.Live())
-				}
 			},
 		},
 		{
@@ -2290,13 +2314,29 @@ func TestAgentRestartEndsOldSession(t *testing.T) {
 			}
 
 			tt.restart(h, serve)
-			hs := h.startHandshake()
+			var hs <-chan handshakeResult
+			if !tt.serving {
+				hs = h.startHandshake()
+			}
 			id, nonceM := a.challenge(true)
 			if id == old {
 				t.Fatalf("a fresh hello got the old session %x", old)
 			}
 			notYet(t, step, "RunStep before the restarted agent proved the secret")
-			a.authenticate(id, nonceM)
+			if tt.serving {
+				notYet(t, serve, "Serve before the restarted agent proved the secret")
+				a.sendAuth(id, nonceM)
+				if err := wait(h.t, serve, "Serve"); !errors.Is(err, ErrRehello) {
+					h.t.Fatalf("Serve = %v, want ErrRehello", err)
+				}
+				if held, _ := h.s.Held(); !held || !h.s.Live() {
+					h.t.Fatalf("Held() = %v, Live() = %v after the proof; want held until the handshake concludes", held, h.s.Live())
+				}
+				hs = h.startHandshake()
+				a.accepted(id, nonceM)
+			} else {
+				a.authenticate(id, nonceM)
+			}
 			handshakeOK(t, hs, false)
 			r := wait(t, step, "RunStep")
 			if !errors.Is(r.err, ErrAgentLost) || !strings.Contains(r.err.Error(), "restarted") || r.res != nil {
@@ -2557,5 +2597,53 @@ func TestReflectedFramesForgedAtMaster(t *testing.T) {
 	}
 	if c := h.s.Counters(); c.Forged < 2 || c.Duplicate != 0 || c.Unexpect != 0 {
 		t.Fatalf("counters %+v: the reflected frames must count as forged", c)
+	}
+}
+
+// TestInjectedHelloLeavesSessionAlone: Hellos injected into a healthy
+// session (a new session, a resume of it) only get a challenge: Serve
+// goes on, the steps keep running, nothing tells the node unreachable;
+// an Auth that does not prove the secret (empty, or under another
+// secret) is counted as forged and refused nothing; the session then
+// works as before. Before, a Hello alone ended Serve (ErrRehello) and
+// a wrong Auth made the node "authentication failed: wrong secret".
+func TestInjectedHelloLeavesSessionAlone(t *testing.T) {
+	for _, resumable := range []bool{false, true} {
+		t.Run(fmt.Sprintf("resumable=%v", resumable), func(t *testing.T) {
+			h, serve := established(t, Options{}, resumable)
+			a := h.agent
+			step := h.running(context.Background(), &wire.RunStep{BuildID: "job#1"}, io.Discard)
+			id := a.session
+			attacker := &testAgent{t: t, conn: a.conn, node: testNode, secret: []byte("guessed")}
+			attacker.hello(7)
+			f, _ := expect[*wire.Challenge](a)
+			attacker.sendRaw(&wire.Auth{}, f.Session, 1, nil)
+			attacker.helloResume(8, id, 0)
+			f, ch := expect[*wire.Challenge](a)
+			if f.Session != id {
+				t.Fatalf("challenge of the resuming hello for session %x, want %x", f.Session, id)
+			}
+			attacker.sendRaw(&wire.Auth{Proof: wire.AgentProof(attacker.secret, ch.Nonce, attacker.nonce)}, id, 1, nil)
+			attacker.hello(9) // never answered
+			expect[*wire.Challenge](a)
+			a.sync(1)
+			notYet(t, serve, "Serve")
+			notYet(t, step, "RunStep")
+			select {
+			case ev := <-h.reach:
+				t.Fatalf("the node was told reachable=%v (%v) by an injected hello", ev.reachable, ev.why)
+			default:
+			}
+			if c := h.s.Counters(); c.Forged != 2 {
+				t.Errorf("counters %+v, want the 2 wrong answers forged", c)
+			}
+			a.send(&wire.Exit{BuildID: "job#1", Code: 0})
+			if r := wait(t, step, "RunStep"); r.err != nil || r.res.Code != 0 {
+				t.Fatalf("RunStep = %+v, %v; want exit 0 in the untouched session", r.res, r.err)
+			}
+			if h.s.ID() != id || !h.s.Live() {
+				t.Errorf("ID() = %x, live %v; want the session %x", h.s.ID(), h.s.Live(), id)
+			}
+		})
 	}
 }
