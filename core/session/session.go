@@ -49,6 +49,10 @@ var (
 	// ErrRehello: the agent started a handshake on the connection (it
 	// restarted, or it resumes after losing its own link).
 	ErrRehello = errors.New("agent said hello again")
+	// ErrUnacknowledged: the agent, heard all along, did not acknowledge
+	// frames of the master (a RunStep, a Cancel) even after they were sent
+	// again: the session is reset, its steps fail with it (see watchAcks).
+	ErrUnacknowledged = errors.New("the agent did not acknowledge the master's frames")
 	// ErrClosed: the agent or the connection ended.
 	ErrClosed = errors.New("connection closed")
 )
@@ -762,7 +766,7 @@ func (l *Link) Serve(ctx context.Context) error {
 	err := l.serve(ctx, ep)
 	var closed *closedError
 	switch {
-	case errors.As(err, &closed), !l.resumable, ctx.Err() != nil:
+	case errors.As(err, &closed), !l.resumable, ctx.Err() != nil, errors.Is(err, ErrUnacknowledged):
 		s.end(ep, err)
 	default:
 		ep.Detach()
@@ -789,6 +793,7 @@ func (l *Link) serve(ctx context.Context, ep *reliable.Endpoint) error {
 	lastSeen, lastPing := time.Now(), time.Now()
 	silent := false
 	var pingNonce uint64
+	var unacked ackWatch
 	broken := ep.Broken()
 	for {
 		select {
@@ -813,6 +818,11 @@ func (l *Link) serve(ctx context.Context, ep *reliable.Endpoint) error {
 				s.mu.Unlock()
 				if l.OnReachable != nil {
 					l.OnReachable(false, err)
+				}
+			}
+			if !silent {
+				if err := l.watchAcks(ep, &unacked); err != nil {
+					return err
 				}
 			}
 			if time.Since(lastPing) < s.opts.Heartbeat-interval/2 { // ticks jitter
@@ -861,6 +871,48 @@ func (l *Link) serve(ctx context.Context, ep *reliable.Endpoint) error {
 			}
 		}
 	}
+}
+
+// ackWatch follows the master's frames waiting for the agent's
+// acknowledgement while the agent is heard (see watchAcks).
+type ackWatch struct {
+	acked  uint64    // the outbox's highest acknowledged number when since was set
+	since  time.Time // since when frames wait without the acknowledgement moving
+	resent bool
+}
+
+// watchAcks bounds how long a numbered frame of the master (a RunStep, a
+// Cancel, Stdin, Collect) may wait for the agent's acknowledgement while
+// the agent is heard. The agent acknowledges what it handled within its
+// heartbeat, so frames still waiting after half the heartbeat timeout
+// were lost on the way (or dropped by the agent): they are sent again, in
+// order, in the same epoch (the agent's inbox drops what it has). Still
+// unacknowledged after the heartbeat timeout more, the session is reset:
+// serving ends with ErrUnacknowledged, the session ends and its steps fail
+// with that reason (the agent's frames of it are then stale, and it says
+// hello again), instead of a build waiting for a step that never started.
+func (l *Link) watchAcks(ep *reliable.Endpoint, w *ackWatch) error {
+	s := l.s
+	p := ep.Pending()
+	now := time.Now()
+	if p.Frames == 0 || p.Acked != w.acked || w.since.IsZero() {
+		*w = ackWatch{acked: p.Acked, since: now}
+		return nil
+	}
+	waited := now.Sub(w.since)
+	resendAfter := s.opts.HeartbeatTimeout / 2
+	switch {
+	case waited >= resendAfter+s.opts.HeartbeatTimeout:
+		return fmt.Errorf("%w: frames %d to %d waited %s, sent again after %s: session reset",
+			ErrUnacknowledged, p.Acked+1, p.Last, waited.Round(time.Millisecond), resendAfter)
+	case waited >= resendAfter && !w.resent:
+		w.resent = true
+		s.log.Warn("the agent did not acknowledge frames of the master: sending them again", "from", p.Acked+1, "to", p.Last, "waited", waited.Round(time.Millisecond))
+		if err := ep.Resend(p.Acked); err != nil {
+			return fmt.Errorf("%w: %v", ErrClosed, err)
+		}
+	}
+	return nil
 }
 
 // endedErr is why ep ended, nil while it is the living session.

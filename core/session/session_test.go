@@ -2647,3 +2647,97 @@ func TestInjectedHelloLeavesSessionAlone(t *testing.T) {
 		})
 	}
 }
+
+// TestUnacknowledgedCommandResentThenReset: a RunStep the agent, heard all
+// along, does not acknowledge is sent again after half the heartbeat
+// timeout; one never acknowledged resets the session after the heartbeat
+// timeout more, and the step fails saying so. Before, the step waited
+// forever: a lost command (or one swallowed by a reflected frame) kept
+// its build running.
+func TestUnacknowledgedCommandResentThenReset(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		resumable bool
+		drop      int // RunStep frames the agent drops (-1: all)
+	}{
+		{name: "resent once", drop: 1},
+		{name: "never acknowledged", drop: -1},
+		{name: "never acknowledged, resumable", resumable: true, drop: -1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h, serve := established(t, Options{Heartbeat: 20 * time.Millisecond, HeartbeatTimeout: 400 * time.Millisecond}, tt.resumable)
+			a := h.agent
+			start := time.Now()
+			step := h.startStep(context.Background(), &wire.RunStep{BuildID: "job#1", Command: "true"}, io.Discard)
+			dropped := 0
+			var served error
+			// The agent answers every ping (it is heard all along) and drops
+			// RunSteps as a lossy transport would.
+			for served == nil && time.Since(start) < guard {
+				select {
+				case served = <-serve:
+					continue
+				default:
+				}
+				raw, err := a.conn.in.pop(time.After(50 * time.Millisecond))
+				if errors.Is(err, errTimeout) {
+					continue
+				}
+				if err != nil {
+					t.Fatalf("agent: %v", err)
+				}
+				f, m := a.decode(raw)
+				if f.Type == wire.TypeRunStep && (tt.drop < 0 || dropped < tt.drop) {
+					dropped++ // lost on the way: never delivered, never acknowledged
+					continue
+				}
+				if v := a.ep.Receive(f); v != reliable.Deliver {
+					t.Fatalf("agent: %v from the master: %v", f.Type, v)
+				}
+				switch m := m.(type) {
+				case *wire.Ping:
+					a.send(&wire.Pong{Nonce: m.Nonce, UnixNano: m.UnixNano})
+				case *wire.RunStep:
+					if err := a.ep.Handled(); err != nil {
+						t.Fatal(err)
+					}
+					a.send(&wire.Exit{BuildID: m.BuildID, Code: 0})
+				}
+				select {
+				case r := <-step:
+					if tt.drop < 0 {
+						t.Fatalf("RunStep = %+v, %v, though the agent never got it", r.res, r.err)
+					}
+					if r.err != nil || r.res.Code != 0 {
+						t.Fatalf("RunStep = %+v, %v; want the resent step's exit 0", r.res, r.err)
+					}
+					if dropped != tt.drop {
+						t.Errorf("the agent dropped %d RunSteps, want %d", dropped, tt.drop)
+					}
+					notYet(t, serve, "Serve")
+					return
+				default:
+				}
+			}
+			if tt.drop > 0 {
+				t.Fatalf("the step never ended (Serve: %v): the dropped RunStep was not sent again", served)
+			}
+			if !errors.Is(served, ErrUnacknowledged) {
+				t.Fatalf("Serve = %v, want ErrUnacknowledged", served)
+			}
+			if took := time.Since(start); took < 600*time.Millisecond {
+				t.Errorf("the session was reset after %v, before the heartbeat timeout and a half", took)
+			}
+			if dropped != 2 {
+				t.Errorf("the agent got the RunStep %d times, want 2 (sent again once)", dropped)
+			}
+			r := wait(t, step, "RunStep")
+			if !errors.Is(r.err, ErrUnacknowledged) || !strings.Contains(r.err.Error(), "session reset") {
+				t.Fatalf("RunStep = %+v, %v; want the session reset as the reason", r.res, r.err)
+			}
+			if h.s.Live() {
+				t.Error("the session lives on after the reset")
+			}
+		})
+	}
+}
