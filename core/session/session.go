@@ -593,13 +593,21 @@ func (l *Link) challenge(hello *wire.Hello, hf *wire.Frame) (*offer, error) {
 // conclude checks the agent's answer to offer o: a genuine proof
 // establishes the session; a proof of an agent that predates
 // direction-bound frame keys is refused with ErrAgentOutdated, any other
-// with ErrAuth, telling the agent why.
+// with ErrAuth, telling the agent why. While a session lives (held for its
+// agent) a wrong proof is no evidence about that agent — anyone can send
+// one —: it is counted as forged and the handshake waits for the next
+// Hello (errRetryHello), the node's state untouched.
 func (l *Link) conclude(o *offer, f *wire.Frame, m *wire.Auth) (*Agent, bool, error) {
 	s := l.s
 	if wire.ProofEqual(m.Proof, wire.LegacyAgentProof(l.secret, o.nonceM, o.hello.Nonce)) {
 		_ = l.sendRaw(&wire.AuthResult{OK: false, Reason: ErrAgentOutdated.Error()}, o.id)
 		s.log.Warn("agent refused: it predates direction-bound frame keys", "node", s.opts.Node, "version", o.hello.AgentVersion)
 		return nil, false, ErrAgentOutdated
+	}
+	if !wire.ProofEqual(m.Proof, wire.AgentProof(l.secret, o.nonceM, o.hello.Nonce)) && s.Live() {
+		s.forged.Add(1)
+		s.log.Warn("dropped an answer to a challenge that does not prove the secret: the held session waits for its agent", "session", fmt.Sprintf("%016x", o.id))
+		return nil, false, errRetryHello
 	}
 	if !wire.ProofEqual(m.Proof, wire.AgentProof(l.secret, o.nonceM, o.hello.Nonce)) {
 		_ = l.sendRaw(&wire.AuthResult{OK: false, Reason: ErrAuth.Error()}, o.id)
@@ -612,9 +620,10 @@ func (l *Link) conclude(o *offer, f *wire.Frame, m *wire.Auth) (*Agent, bool, er
 // maxOffers bounds the challenges a serving link waits answers for.
 const maxOffers = 8
 
-// offerHello answers a Hello that came while the session is served and
-// its agent heard: anyone able to write to the transport can send one, so
-// the session goes on, untouched, and the Hello only gets a Challenge. An
+// offerHello answers a Hello that came while the session is served (its
+// agent heard, or silent and the session held): anyone able to write to
+// the transport can send one, so the session goes on, untouched, and the
+// Hello only gets a Challenge. An
 // Auth proving the secret for it (the agent restarted, or resumes after
 // losing its own link) ends the serving with ErrRehello, and Handshake
 // concludes it (resume or new session); an Auth that does not is counted
@@ -668,13 +677,6 @@ func (l *Link) answerOffer(f *wire.Frame) (bool, error) {
 	return true, nil
 }
 
-// heard reports whether an authentic frame of the agent arrived within
-// the heartbeat timeout.
-func (s *Session) heard() bool {
-	ns := s.traffic.lastHeard.Load()
-	return ns != 0 && time.Since(time.Unix(0, ns)) < s.opts.HeartbeatTimeout
-}
-
 // established installs the authenticated session (new or resumed) and
 // sends what the agent lacks.
 func (l *Link) established(ep *reliable.Endpoint, id uint64, resume bool, auth *wire.Frame, hello *wire.Hello, nonceM []byte) (*Agent, bool, error) {
@@ -691,7 +693,6 @@ func (l *Link) established(ep *reliable.Endpoint, id uint64, resume bool, auth *
 			return nil, false, errRetryHello
 		}
 	}
-	s.traffic.heard(time.Now()) // its Auth proved the secret
 	ep.Begin(l.conn)
 	ep.Established(id, wire.KeysFor(wire.SessionKey(l.secret, hello.Nonce, nonceM, id), wire.RoleMaster), auth.Seq)
 	// The AuthResult goes first: a step sent in the new session before it
@@ -884,8 +885,8 @@ type ackWatch struct {
 // watchAcks bounds how long a numbered frame of the master (a RunStep, a
 // Cancel, Stdin, Collect) may wait for the agent's acknowledgement while
 // the agent is heard. The agent acknowledges what it handled within its
-// heartbeat, so frames still waiting after half the heartbeat timeout
-// were lost on the way (or dropped by the agent): they are sent again, in
+// heartbeat (and in its Pongs), so frames still waiting after half the
+// heartbeat timeout (at least two heartbeats) were lost on the way (or dropped by the agent): they are sent again, in
 // order, in the same epoch (the agent's inbox drops what it has). Still
 // unacknowledged after the heartbeat timeout more, the session is reset:
 // serving ends with ErrUnacknowledged, the session ends and its steps fail
@@ -900,7 +901,7 @@ func (l *Link) watchAcks(ep *reliable.Endpoint, w *ackWatch) error {
 		return nil
 	}
 	waited := now.Sub(w.since)
-	resendAfter := s.opts.HeartbeatTimeout / 2
+	resendAfter := max(s.opts.HeartbeatTimeout/2, 2*s.opts.Heartbeat) // the agent's Pongs carry its Ack
 	switch {
 	case waited >= resendAfter+s.opts.HeartbeatTimeout:
 		return fmt.Errorf("%w: frames %d to %d waited %s, sent again after %s: session reset",
@@ -936,12 +937,7 @@ func (l *Link) handle(ep *reliable.Endpoint, f *wire.Frame) (bool, error) {
 		if m, err := f.Message(); err == nil {
 			if h := m.(*wire.Hello); len(h.Nonce) == wire.NonceSize && (h.Node == "" || h.Node == s.opts.Node) &&
 				(f.Session == 0 || h.Resume) {
-				if s.heard() {
-					return false, l.offerHello(f, h)
-				}
-				// The agent is silent: it most likely says hello again.
-				l.pending = f
-				return false, ErrRehello
+				return false, l.offerHello(f, h)
 			}
 		}
 		s.stale.Add(1)
