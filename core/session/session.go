@@ -508,9 +508,6 @@ const maxClosedSessions = 64
 
 func (l *Link) authenticate(ctx context.Context, hf *wire.Frame, hello *wire.Hello) (*Agent, bool, error) {
 	s := l.s
-	// Resume the current session if the agent asks for it and it still
-	// lives; otherwise start a new one (the agent then drops the steps of
-	// the session it asked for: nobody can report them).
 	o, err := l.challenge(hello, hf)
 	if err != nil {
 		return nil, false, err
@@ -604,12 +601,13 @@ func (l *Link) conclude(o *offer, f *wire.Frame, m *wire.Auth) (*Agent, bool, er
 		s.log.Warn("agent refused: it predates direction-bound frame keys", "node", s.opts.Node, "version", o.hello.AgentVersion)
 		return nil, false, ErrAgentOutdated
 	}
-	if !wire.ProofEqual(m.Proof, wire.AgentProof(l.secret, o.nonceM, o.hello.Nonce)) && s.Live() {
+	genuine := wire.ProofEqual(m.Proof, wire.AgentProof(l.secret, o.nonceM, o.hello.Nonce))
+	if !genuine && s.Live() {
 		s.forged.Add(1)
 		s.log.Warn("dropped an answer to a challenge that does not prove the secret: the held session waits for its agent", "session", fmt.Sprintf("%016x", o.id))
 		return nil, false, errRetryHello
 	}
-	if !wire.ProofEqual(m.Proof, wire.AgentProof(l.secret, o.nonceM, o.hello.Nonce)) {
+	if !genuine {
 		_ = l.sendRaw(&wire.AuthResult{OK: false, Reason: ErrAuth.Error()}, o.id)
 		s.log.Warn("agent failed authentication", "node", s.opts.Node)
 		return nil, false, ErrAuth
@@ -623,8 +621,7 @@ const maxOffers = 8
 // offerHello answers a Hello that came while the session is served (its
 // agent heard, or silent and the session held): anyone able to write to
 // the transport can send one, so the session goes on, untouched, and the
-// Hello only gets a Challenge. An
-// Auth proving the secret for it (the agent restarted, or resumes after
+// Hello only gets a Challenge. An Auth proving the secret for it (the agent restarted, or resumes after
 // losing its own link) ends the serving with ErrRehello, and Handshake
 // concludes it (resume or new session); an Auth that does not is counted
 // as forged and changes nothing, the node's state included.
@@ -886,8 +883,9 @@ type ackWatch struct {
 // Cancel, Stdin, Collect) may wait for the agent's acknowledgement while
 // the agent is heard. The agent acknowledges what it handled within its
 // heartbeat (and in its Pongs), so frames still waiting after half the
-// heartbeat timeout (at least two heartbeats) were lost on the way (or dropped by the agent): they are sent again, in
-// order, in the same epoch (the agent's inbox drops what it has). Still
+// heartbeat timeout (at least two heartbeats) were lost on the way (or
+// dropped by the agent): they are sent again, in order, in the same epoch
+// (the agent's inbox drops what it has). Still
 // unacknowledged after the heartbeat timeout more, the session is reset:
 // serving ends with ErrUnacknowledged, the session ends and its steps fail
 // with that reason (the agent's frames of it are then stale, and it says
@@ -931,9 +929,9 @@ func (s *Session) endedErr(ep *reliable.Endpoint) error {
 func (l *Link) handle(ep *reliable.Endpoint, f *wire.Frame) (bool, error) {
 	s := l.s
 	if f.Type == wire.TypeHello {
-		// Only a plausible Hello of this node restarts the handshake; the
-		// next Handshake checks it again and changes nothing until the
-		// agent proved the secret.
+		// Only a plausible Hello of this node gets a challenge; the
+		// session goes on until the agent proves the secret for it
+		// (offerHello, answerOffer).
 		if m, err := f.Message(); err == nil {
 			if h := m.(*wire.Hello); len(h.Nonce) == wire.NonceSize && (h.Node == "" || h.Node == s.opts.Node) &&
 				(f.Session == 0 || h.Resume) {
