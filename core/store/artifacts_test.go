@@ -91,7 +91,7 @@ func TestArtifactWriterRefuses(t *testing.T) {
 		{"not from 0", []chunk{{"a", 5, "x", true}}, "first chunk at offset 5"},
 		{"twice", []chunk{{"a", 0, "x", true}, {"a", 0, "x", true}}, "sent twice"},
 		{"interleaved", []chunk{{"a", 0, "x", false}, {"b", 0, "y", true}}, "b starts before its last chunk"},
-		{"file under a file", []chunk{{"a", 0, "x", true}, {"a/b", 0, "y", true}}, "artifact a/b: mkdirat a: file exists"},
+		{"file under a file", []chunk{{"a", 0, "x", true}, {"a/b", 0, "y", true}}, "/a/b: mkdirat a: file exists"},
 		{"incomplete", []chunk{{"a", 0, "x", false}}, "incomplete (1 bytes came)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
