@@ -114,7 +114,7 @@ func (s *Session) deliver(ep *reliable.Endpoint, seq uint64, msg wire.Message) {
 	w.backlog = append(w.backlog, pendingFrame{seq: seq, msg: msg})
 	w.bytes += payload(msg)
 	w.head.Store(seq)
-	w.since, w.failed = time.Now(), 0
+	w.since, w.failed = time.Now(), 1
 	s.writeFailed(we)
 }
 
@@ -133,12 +133,13 @@ func (s *Session) stalled() bool {
 func (s *Session) retryWrites(ep *reliable.Endpoint) error {
 	w := &s.w
 	w.mu.Lock()
-	hadBacklog := len(w.backlog) > 0
+	stored := false
 	for len(w.backlog) > 0 {
 		p := w.backlog[0]
 		err := s.store(ep, p.seq, p.msg)
 		if err == nil {
 			w.pop()
+			stored = true
 			continue
 		}
 		var we *WriteError
@@ -153,9 +154,11 @@ func (s *Session) retryWrites(ep *reliable.Endpoint) error {
 		}
 		s.failStep(ep, p.msg, err)
 	}
-	if hadBacklog && len(w.backlog) == 0 {
-		s.log.Info("storing works again: what waited is stored and acknowledged",
-			"waited", time.Since(w.since).Round(time.Millisecond), "failed_attempts", w.failed)
+	if len(w.backlog) == 0 && !w.since.IsZero() {
+		if stored {
+			s.log.Info("storing works again: what waited is stored and acknowledged",
+				"waited", time.Since(w.since).Round(time.Millisecond), "failed_attempts", w.failed)
+		}
 		w.since, w.failed, w.logged = time.Time{}, 0, ""
 	}
 	w.mu.Unlock()
