@@ -106,12 +106,11 @@ func (l *Log) write(p []byte) error {
 		l.size += int64(n)
 		return nil
 	}
-	if n > 0 {
-		// Cut the part the file system took: the next write (the same
-		// bytes again, or others) starts where the log ends. Writing at
-		// the log's size keeps that true even if the cut fails.
-		_ = l.f.Truncate(l.size)
-	}
+	// Cut the part the file system took (WriteAt does not say how much):
+	// the next write (the same bytes again, or others) starts where the
+	// log ends. Writing at the log's size keeps that true even if the cut
+	// fails.
+	_ = l.f.Truncate(l.size)
 	return fmt.Errorf("writing the log %s: %w", l.path, osErr(err))
 }
 

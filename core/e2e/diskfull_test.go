@@ -18,32 +18,9 @@ import (
 	"time"
 
 	"github.com/conveyor-ci/conveyor/core/e2e/cluster"
+	"github.com/conveyor-ci/conveyor/core/internal/tmpfstest"
 	"github.com/conveyor-ci/conveyor/core/store"
 )
-
-// mountTmpfs mounts a tmpfs of size (mount's notation: "1m") over dir,
-// a really small disk, unmounted when the test ends. Where mounting is
-// impossible (not root, no CAP_SYS_ADMIN in a container) the test is
-// skipped, saying so: the suite runs as root in CI.
-func mountTmpfs(t *testing.T, dir, size string) {
-	t.Helper()
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size+",mode=0700", "tmpfs", dir).CombinedOutput()
-	if err != nil {
-		if os.Geteuid() != 0 || strings.Contains(string(out), "permission denied") || strings.Contains(string(out), "not permitted") {
-			t.Skipf("cannot mount a small tmpfs to fill a disk (%v: %s): the disk-full tests need root (CI runs them as root)", err, bytes.TrimSpace(out))
-		}
-		t.Fatalf("mount a tmpfs over %s: %v: %s", dir, err, out)
-	}
-	t.Cleanup(func() {
-		// Lazily: the master may still hold a file open there.
-		if out, err := exec.Command("umount", "-l", dir).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", dir, err, out)
-		}
-	})
-}
 
 // fill writes a file of size bytes at path (on a tmpfs: it takes that
 // much of its space).
@@ -151,7 +128,7 @@ job "art-full" {
 
 	t.Run("log space back", func(t *testing.T) {
 		dir := filepath.Join(logs, "recover")
-		mountTmpfs(t, dir, "8m")
+		tmpfstest.Mount(t, dir, "8m")
 		filler := filepath.Join(dir, "filler")
 		fill(t, filler, 7<<20+512<<10) // half a MiB free: the log stops at it
 		before := metric(t, c, writeErrors("log"))
@@ -178,7 +155,7 @@ job "art-full" {
 
 	t.Run("log space never back", func(t *testing.T) {
 		dir := filepath.Join(logs, "full")
-		mountTmpfs(t, dir, "1m")
+		tmpfstest.Mount(t, dir, "1m")
 		before := metric(t, c, writeErrors("log"))
 		// The CLI triggers the build and reports its end.
 		cli := exec.Command(c.Bin("conveyor"), "build", "-follow", "full")
@@ -214,7 +191,7 @@ job "art-full" {
 
 	t.Run("artifact space back", func(t *testing.T) {
 		dir := filepath.Join(logs, "art-recover")
-		mountTmpfs(t, dir, "8m")
+		tmpfstest.Mount(t, dir, "8m")
 		filler := filepath.Join(dir, "filler")
 		fill(t, filler, 6<<20) // 2 MiB free, the artifact takes 3
 		before := metric(t, c, writeErrors("artifact"))
@@ -240,7 +217,7 @@ job "art-full" {
 
 	t.Run("artifact space never back", func(t *testing.T) {
 		dir := filepath.Join(logs, "art-full")
-		mountTmpfs(t, dir, "1m")
+		tmpfstest.Mount(t, dir, "1m")
 		before := metric(t, c, writeErrors("artifact"))
 		n := trigger("art-full")
 		stalled("artifact", before)
