@@ -122,8 +122,16 @@ job "art-full" {
 		}
 		return b.Number
 	}
-	stalled := func(kind string, before float64) {
-		c.WaitFor("a write of kind "+kind+" to fail", 2*time.Minute, func() bool { return metric(t, c, writeErrors(kind)) > before })
+	// The server logs a refused write (at least once): the test waits for
+	// that; at the end /metrics must have counted it.
+	refusals := func() int { return strings.Count(c.ServerLog(), "no space left on device") }
+	stalled := func(t *testing.T, kind string, before float64, logged int) {
+		c.WaitFor("a write of kind "+kind+" to fail", 2*time.Minute, func() bool { return refusals() > logged })
+		t.Cleanup(func() {
+			if v := metric(t, c, writeErrors(kind)); v <= before {
+				t.Errorf("/metrics: %s = %v, want more than %v", writeErrors(kind), v, before)
+			}
+		})
 	}
 
 	t.Run("log space back", func(t *testing.T) {
@@ -132,8 +140,9 @@ job "art-full" {
 		filler := filepath.Join(dir, "filler")
 		fill(t, filler, 7<<20+512<<10) // half a MiB free: the log stops at it
 		before := metric(t, c, writeErrors("log"))
+		logged := refusals()
 		n := trigger("recover")
-		stalled("log", before)
+		stalled(t, "log", before, logged)
 		if b := c.Build("recover", n); b == nil || b.FinishedAt != nil {
 			t.Fatalf("the build did not wait for space: %+v", b)
 		}
@@ -157,6 +166,7 @@ job "art-full" {
 		dir := filepath.Join(logs, "full")
 		tmpfstest.Mount(t, dir, "1m")
 		before := metric(t, c, writeErrors("log"))
+		logged := refusals()
 		// The CLI triggers the build and reports its end.
 		cli := exec.Command(c.Bin("conveyor"), "build", "-follow", "full")
 		cli.Env = append(os.Environ(), "CONVEYOR_ADDR="+c.HTTPAddr, "CONVEYOR_TOKEN="+c.Token)
@@ -165,7 +175,7 @@ job "art-full" {
 		if err := cli.Start(); err != nil {
 			t.Fatal(err)
 		}
-		stalled("log", before)
+		stalled(t, "log", before, logged)
 		// Meanwhile another node's build, whose writes succeed, runs.
 		if b, log := c.Run("fine", nil); b.Status != store.StatusSuccess || string(log) != "fine\n" {
 			t.Fatalf("another node's build while k2's log is full: %s (%s), log %q", b.Status, b.Reason, log)
@@ -195,8 +205,9 @@ job "art-full" {
 		filler := filepath.Join(dir, "filler")
 		fill(t, filler, 6<<20) // 2 MiB free, the artifact takes 3
 		before := metric(t, c, writeErrors("artifact"))
+		logged := refusals()
 		n := trigger("art-recover")
-		stalled("artifact", before)
+		stalled(t, "artifact", before, logged)
 		if err := os.Remove(filler); err != nil {
 			t.Fatal(err)
 		}
@@ -219,8 +230,9 @@ job "art-full" {
 		dir := filepath.Join(logs, "art-full")
 		tmpfstest.Mount(t, dir, "1m")
 		before := metric(t, c, writeErrors("artifact"))
+		logged := refusals()
 		n := trigger("art-full")
-		stalled("artifact", before)
+		stalled(t, "artifact", before, logged)
 		b := c.WaitBuild("art-full", n, 2*time.Minute)
 		wantReason := "artifacts: storing them: writing the artifact " + filepath.Join(dir, strconv.Itoa(n)+".artifacts", "big.bin") + ": no space left on device"
 		if b.Status != store.StatusFailure || !strings.Contains(b.Reason, wantReason) || len(b.Artifacts) != 0 {
