@@ -134,7 +134,7 @@ func (s *Session) checkpointThrough(ep *reliable.Endpoint, delivered uint64) err
 	for i, st := range steps {
 		n, err := syncOut(st.out)
 		if err != nil {
-			return err
+			return &WriteError{Kind: KindLog, Err: err}
 		}
 		sizes[i] = n
 	}

@@ -142,7 +142,8 @@ type Session struct {
 	ck         Record
 	restored   map[stepKey]int64 // steps of a restored session not yet re-attached: their log size
 
-	w writes // what the agent sent that could not be stored yet (writes.go)
+	w         writes           // what the agent sent that could not be stored yet (writes.go)
+	abandoned map[stepKey]bool // steps failed for a write error: their frames are dropped (guarded by mu)
 }
 
 // Record is the persisted state of a session: what a restarted master

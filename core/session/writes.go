@@ -72,7 +72,6 @@ type writes struct {
 	logged    string    // the error logged last
 	ckSince   time.Time // when checkpoints began to fail (zero: they work)
 	ckFailed  int
-	abandoned map[stepKey]bool // steps failed for a write error: their frames are dropped
 
 	head atomic.Uint64 // the number of the first frame of the backlog, 0 when none
 }
@@ -92,7 +91,7 @@ func (s *Session) deliver(ep *reliable.Endpoint, seq uint64, msg wire.Message) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if len(w.backlog) > 0 {
-		if k, ok := frameStep(msg); ok && w.abandoned[k] {
+		if k, ok := frameStep(msg); ok && s.isAbandoned(k) {
 			return
 		}
 		w.backlog = append(w.backlog, pendingFrame{seq: seq, msg: msg})
@@ -269,9 +268,26 @@ func (s *Session) store(ep *reliable.Endpoint, seq uint64, msg wire.Message) err
 // when the step failed for a write error (the agent sent its output
 // before the cancel reached it).
 func (s *Session) dropUnknown(k stepKey) {
-	if !s.w.abandoned[k] {
+	if !s.isAbandoned(k) {
 		s.unexpected.Add(1)
 	}
+}
+
+// abandon makes the session drop the frames of a step failed for a write
+// error quietly (the agent sent them before the cancel reached it).
+func (s *Session) abandon(k stepKey) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.abandoned == nil {
+		s.abandoned = map[stepKey]bool{}
+	}
+	s.abandoned[k] = true
+}
+
+func (s *Session) isAbandoned(k stepKey) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.abandoned[k]
 }
 
 // frameStep is the step a frame of the agent is about.
@@ -327,13 +343,10 @@ func (s *Session) failStep(ep *reliable.Endpoint, msg wire.Message, err error) {
 		delete(s.steps, k)
 	}
 	s.mu.Unlock()
-	if s.w.abandoned == nil {
-		s.w.abandoned = map[stepKey]bool{}
-	}
-	s.w.abandoned[k] = true
+	s.abandon(k)
 	files := st != nil && st.files != nil
 	if files {
-		s.w.abandoned[chunkKey(k.build)] = true
+		s.abandon(chunkKey(k.build))
 	}
 	s.w.backlog = slices.DeleteFunc(s.w.backlog, func(p pendingFrame) bool {
 		pk, _ := frameStep(p.msg)
@@ -355,7 +368,7 @@ func (s *Session) failStep(ep *reliable.Endpoint, msg wire.Message, err error) {
 		we = &WriteError{Kind: kindOf(msg), Err: err}
 	}
 	s.log.Error("giving up storing what the agent sends: the step fails and is cancelled",
-		"build", k.build, "step", k.index, "error", we)
+		"build", k.build, "step", k.index, "error", we, "failed_attempts", s.w.failed)
 	st.err = we
 	close(st.exit)
 	go func() {
@@ -369,8 +382,9 @@ func (s *Session) failStep(ep *reliable.Endpoint, msg wire.Message, err error) {
 
 // checkpointed handles a checkpoint's outcome: a failed one is retried
 // (nothing more is acknowledged meanwhile) until the session timeout, then
-// every step of the session fails with its error. Only the serving
-// goroutine calls it.
+// every step of the session fails with its error and the session is no
+// longer persisted (acknowledged once stored, as on a link that cannot
+// resume: a master restart loses it). Only the serving goroutine calls it.
 func (s *Session) checkpointed(ep *reliable.Endpoint, err error) {
 	w := &s.w
 	if err == nil {
@@ -400,8 +414,25 @@ func (s *Session) checkpointed(ep *reliable.Endpoint, err error) {
 	steps := s.steps
 	s.steps = map[stepKey]*step{}
 	s.mu.Unlock()
-	s.log.Error("giving up checkpointing the session: its steps fail and are cancelled", "steps", len(steps), "error", we)
+	// The session goes on unpersisted only once its stale checkpoint is
+	// deleted: a restarted master must not restore it. Until then nothing
+	// more is acknowledged, and the checkpoint is tried again.
+	s.persistMu.Lock()
+	ferr := s.opts.Persist(nil)
+	if ferr == nil {
+		s.mu.Lock()
+		s.persisting = false
+		s.mu.Unlock()
+	}
+	s.persistMu.Unlock()
+	s.log.Error("giving up checkpointing the session: its steps fail and are cancelled",
+		"steps", len(steps), "error", we, "failed_attempts", w.ckFailed, "persisted_no_more", ferr == nil)
+	w.ckSince, w.ckFailed = time.Time{}, 0
 	for k, st := range steps {
+		s.abandon(k)
+		if st.files != nil {
+			s.abandon(chunkKey(k.build))
+		}
 		st.err = we
 		close(st.exit)
 		go func() {
@@ -420,6 +451,9 @@ func (s *Session) resetWrites() {
 	s.w.mu.Lock()
 	defer s.w.mu.Unlock()
 	s.w.backlog, s.w.bytes, s.w.since, s.w.failed, s.w.logged = nil, 0, time.Time{}, 0, ""
-	s.w.ckSince, s.w.ckFailed, s.w.abandoned = time.Time{}, 0, nil
+	s.w.ckSince, s.w.ckFailed = time.Time{}, 0
 	s.w.head.Store(0)
+	s.mu.Lock()
+	s.abandoned = nil
+	s.mu.Unlock()
 }

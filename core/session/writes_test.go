@@ -177,3 +177,85 @@ func TestWriteRefusedIsNeverAcknowledged(t *testing.T) {
 		})
 	}
 }
+
+// TestCheckpointRefusedIsNeverAcknowledged: while a persisted session's
+// checkpoint cannot be written (the store's disk is full), nothing more is
+// acknowledged; once it can, everything stored is; never, the session's
+// running steps fail with the checkpoint's error and are cancelled.
+func TestCheckpointRefusedIsNeverAcknowledged(t *testing.T) {
+	defer func(d time.Duration) { WriteRetry = d }(WriteRetry)
+	WriteRetry = 5 * time.Millisecond
+	for _, back := range []bool{true, false} {
+		t.Run(fmt.Sprintf("space back %v", back), func(t *testing.T) {
+			var mu sync.Mutex
+			var full bool
+			kinds := map[string]int{}
+			opts := Options{SessionTimeout: never,
+				OnWriteError: func(kind string) {
+					mu.Lock()
+					kinds[kind]++
+					mu.Unlock()
+				},
+				Persist: func(rec *Record) error {
+					mu.Lock()
+					defer mu.Unlock()
+					if full {
+						return fmt.Errorf("save session: %w", syscall.ENOSPC)
+					}
+					return nil
+				}}
+			if !back {
+				opts.SessionTimeout = 2 * time.Second
+			}
+			h, _ := established(t, opts, true)
+			a := h.agent
+			var out chunkWriter
+			step := h.running(context.Background(), &wire.RunStep{BuildID: "job#1"}, &out)
+			setFull := func(v bool) {
+				mu.Lock()
+				full = v
+				mu.Unlock()
+			}
+			setFull(true)
+			const lines = reliable.AckEvery + 5
+			for i := range lines {
+				a.send(stdout("job#1", 0, fmt.Sprintf("line %d\n", i)))
+			}
+			a.sync(1)
+			if p := a.ep.Pending(); p.Acked != 0 || p.Frames != lines {
+				t.Fatalf("the agent's outbox while checkpoints fail: %+v; want all %d frames kept", p, lines)
+			}
+			eventually(t, "the checkpoint is tried again", func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				return kinds[KindCheckpoint] >= 3
+			})
+			if !back {
+				r := wait(t, step, "RunStep")
+				var we *WriteError
+				if !errors.As(r.err, &we) || we.Kind != KindCheckpoint || !errors.Is(r.err, syscall.ENOSPC) || !strings.HasPrefix(r.err.Error(), "writing the session checkpoint: ") {
+					t.Fatalf("RunStep = %+v, %v; want the checkpoint's WriteError", r.res, r.err)
+				}
+				// The cancel is kept, not sent, while the store cannot record
+				// it (a master frame is persisted before it goes).
+				if p := h.s.Pending(); p.Frames != 1 {
+					t.Errorf("master's outbox %+v, want the cancel kept", p)
+				}
+				return
+			}
+			notYet(t, step, "RunStep")
+			setFull(false)
+			eventually(t, "the master acknowledges everything", func() bool {
+				a.sync(2)
+				return a.ep.Pending().Frames == 0
+			})
+			a.send(&wire.Exit{BuildID: "job#1"})
+			if r := wait(t, step, "RunStep"); r.err != nil || r.res.Code != 0 {
+				t.Fatalf("RunStep = %+v, %v", r.res, r.err)
+			}
+			if got := len(out.nonEmpty()); got != lines {
+				t.Errorf("%d writes, want %d", got, lines)
+			}
+		})
+	}
+}
