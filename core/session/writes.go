@@ -64,14 +64,14 @@ type pendingFrame struct {
 
 // writes is the state of a session's writes that failed.
 type writes struct {
-	mu        sync.Mutex // held while storing the agent's frames
-	backlog   []pendingFrame
-	bytes     int
-	since     time.Time // when the first write of the backlog failed
-	failed    int       // failed attempts since
-	logged    string    // the error logged last
-	ckSince   time.Time // when checkpoints began to fail (zero: they work)
-	ckFailed  int
+	mu       sync.Mutex // held while storing the agent's frames
+	backlog  []pendingFrame
+	bytes    int
+	since    time.Time // when the first write of the backlog failed
+	failed   int       // failed attempts since
+	logged   string    // the error logged last
+	ckSince  time.Time // when checkpoints began to fail (zero: they work)
+	ckFailed int
 
 	head atomic.Uint64 // the number of the first frame of the backlog, 0 when none
 }
