@@ -53,6 +53,7 @@ type Metrics struct {
 	started  *prometheus.CounterVec
 	wait     *prometheus.HistogramVec
 	writes   *prometheus.CounterVec
+	authFail *prometheus.CounterVec
 	handler  http.Handler
 	snapshot *snapshot
 }
@@ -80,8 +81,17 @@ func New(src Sources) *Metrics {
 	for _, k := range []string{session.KindLog, session.KindArtifact, session.KindCheckpoint, session.KindStore} {
 		m.writes.WithLabelValues(k)
 	}
+	m.authFail = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "auth_failures_total",
+		Help: "API and UI sign-in requests refused for their token, by surface (api, ui) and reason (invalid_token; rate_limited: refused unchecked, the address sent too many wrong tokens).",
+	}, []string{"surface", "reason"})
+	for _, surface := range []string{"api", "ui"} {
+		for _, reason := range []string{"invalid_token", "rate_limited"} {
+			m.authFail.WithLabelValues(surface, reason)
+		}
+	}
 	m.snapshot = &snapshot{src: src}
-	m.reg.MustRegister(m.builds, m.started, m.wait, m.writes, m.snapshot,
+	m.reg.MustRegister(m.builds, m.started, m.wait, m.writes, m.authFail, m.snapshot,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.handler = promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
 	return m
@@ -99,6 +109,12 @@ func (m *Metrics) Finished(job, status string) { m.builds.WithLabelValues(job, s
 // WriteFailed implements builds.Observer; it counts session write errors
 // too (nodes.Options.OnWriteError).
 func (m *Metrics) WriteFailed(kind string) { m.writes.WithLabelValues(kind).Inc() }
+
+// AuthFailure counts a request refused for its token: surface is "api" or
+// "ui", reason "invalid_token" or "rate_limited".
+func (m *Metrics) AuthFailure(surface, reason string) {
+	m.authFail.WithLabelValues(surface, reason).Inc()
+}
 
 // ServeHTTP serves the metrics in the Prometheus text format.
 func (m *Metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) { m.handler.ServeHTTP(w, r) }
