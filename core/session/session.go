@@ -664,11 +664,11 @@ func (l *Link) serve(ctx context.Context, ep *reliable.Endpoint) error {
 	silent := false
 	var pingNonce uint64
 	broken := ep.Broken()
-	// While a write failed, it is tried again every WriteRetry.
+	// While a write failed, it is tried again every writeRetry.
 	var retry <-chan time.Time
 	for {
 		if retry == nil && s.stalled() {
-			retry = time.After(WriteRetry)
+			retry = time.After(writeRetry)
 		}
 		select {
 		case <-retry:

@@ -21,15 +21,15 @@ import (
 // acknowledged, so it stays in the agent's outbox. When the operating
 // system refuses a write (the disk is full, say), the session keeps the
 // frame and every later one of the agent, in order and unacknowledged,
-// and writes them again every WriteRetry; the agent's outbox filling up
+// and writes them again every writeRetry; the agent's outbox filling up
 // makes its steps wait. A disk that gets space back within the session
 // timeout loses nothing: the log ends byte-identical. Past it, the steps
 // whose writes fail end with a WriteError and are cancelled on the agent;
 // the rest goes on (docs/sessions.md, "Disk full and write errors").
 
-// WriteRetry is how often the session writes again what the file system
+// writeRetry is how often the session writes again what the file system
 // refused.
-var WriteRetry = time.Second
+var writeRetry = time.Second
 
 // maxBacklogBytes bounds the agent's frames the session keeps while a
 // write fails: normally the agent's outbox (its -buffer-mib) bounds them
@@ -67,10 +67,11 @@ type writes struct {
 	mu       sync.Mutex // held while storing the agent's frames
 	backlog  []pendingFrame
 	bytes    int
-	since    time.Time // when the first write of the backlog failed
-	failed   int       // failed attempts since
-	logged   string    // the error logged last
-	ckSince  time.Time // when checkpoints began to fail (zero: they work)
+	since    time.Time  // when the first write of the backlog failed
+	failed   int        // failed attempts since
+	logged   string     // the error logged last
+	ckMu     sync.Mutex // guards what follows (the session timeout's goroutine resets it)
+	ckSince  time.Time  // when checkpoints began to fail (zero: they work)
 	ckFailed int
 
 	head atomic.Uint64 // the number of the first frame of the backlog, 0 when none
@@ -120,9 +121,13 @@ func (s *Session) deliver(ep *reliable.Endpoint, seq uint64, msg wire.Message) {
 // stalled reports whether writes or checkpoints wait to be retried. Only
 // the serving goroutine calls it.
 func (s *Session) stalled() bool {
-	s.w.mu.Lock()
-	defer s.w.mu.Unlock()
-	return len(s.w.backlog) > 0 || !s.w.ckSince.IsZero()
+	return s.w.pending() || !s.ckOK()
+}
+
+func (w *writes) pending() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.backlog) > 0
 }
 
 // retryWrites writes again what the file system refused, in order,
@@ -207,7 +212,7 @@ func (s *Session) writeFailed(we *WriteError) {
 	if msg := we.Error(); msg != s.w.logged {
 		s.w.logged = msg
 		s.log.Error("cannot store what the agent sent: it stays unacknowledged in the agent's outbox, retrying",
-			"error", we, "every", WriteRetry, "give_up_after", s.opts.SessionTimeout)
+			"error", we, "every", writeRetry, "give_up_after", s.opts.SessionTimeout)
 	}
 }
 
@@ -382,18 +387,33 @@ func (s *Session) failStep(ep *reliable.Endpoint, msg wire.Message, err error) {
 
 // checkpointed handles a checkpoint's outcome: a failed one is retried
 // (nothing more is acknowledged meanwhile) until the session timeout, then
-// every step of the session fails with its error and the session is no
-// longer persisted (acknowledged once stored, as on a link that cannot
-// resume: a master restart loses it). Only the serving goroutine calls it.
+// every step of the session fails with its error and, once its stale
+// checkpoint is deleted, the session is no longer persisted (acknowledged
+// once stored, as on a link that cannot resume: a master restart loses
+// it). Only the serving goroutine calls it.
 func (s *Session) checkpointed(ep *reliable.Endpoint, err error) {
 	w := &s.w
+	w.ckMu.Lock()
+	since, failed := w.ckSince, w.ckFailed
 	if err == nil {
-		if !w.ckSince.IsZero() {
-			s.log.Info("checkpoints work again", "waited", time.Since(w.ckSince).Round(time.Millisecond), "failed_attempts", w.ckFailed)
-			w.ckSince, w.ckFailed = time.Time{}, 0
+		w.ckSince, w.ckFailed = time.Time{}, 0
+		w.ckMu.Unlock()
+		if !since.IsZero() {
+			s.log.Info("checkpoints work again", "waited", time.Since(since).Round(time.Millisecond), "failed_attempts", failed)
 		}
 		return
 	}
+	first := since.IsZero()
+	if first {
+		since, w.ckSince = time.Now(), time.Now()
+	}
+	w.ckFailed++
+	failed = w.ckFailed
+	giveUp := time.Since(since) >= s.opts.SessionTimeout
+	if giveUp {
+		w.ckSince, w.ckFailed = time.Time{}, 0
+	}
+	w.ckMu.Unlock()
 	we := &WriteError{Kind: KindCheckpoint, Err: err}
 	if !errors.As(err, &we) {
 		we = &WriteError{Kind: KindCheckpoint, Err: fmt.Errorf("writing the session checkpoint: %w", err)}
@@ -401,13 +421,11 @@ func (s *Session) checkpointed(ep *reliable.Endpoint, err error) {
 	if s.opts.OnWriteError != nil {
 		s.opts.OnWriteError(we.Kind)
 	}
-	if w.ckSince.IsZero() {
-		w.ckSince = time.Now()
+	if first {
 		s.log.Error("cannot checkpoint the session: what the agent sent stays unacknowledged, retrying",
-			"error", we, "every", WriteRetry, "give_up_after", s.opts.SessionTimeout)
+			"error", we, "every", writeRetry, "give_up_after", s.opts.SessionTimeout)
 	}
-	w.ckFailed++
-	if time.Since(w.ckSince) < s.opts.SessionTimeout {
+	if !giveUp {
 		return
 	}
 	s.mu.Lock()
@@ -418,7 +436,10 @@ func (s *Session) checkpointed(ep *reliable.Endpoint, err error) {
 	// deleted: a restarted master must not restore it. Until then nothing
 	// more is acknowledged, and the checkpoint is tried again.
 	s.persistMu.Lock()
-	ferr := s.opts.Persist(nil)
+	var ferr error
+	if s.opts.Persist != nil {
+		ferr = s.opts.Persist(nil)
+	}
 	if ferr == nil {
 		s.mu.Lock()
 		s.persisting = false
@@ -426,8 +447,7 @@ func (s *Session) checkpointed(ep *reliable.Endpoint, err error) {
 	}
 	s.persistMu.Unlock()
 	s.log.Error("giving up checkpointing the session: its steps fail and are cancelled",
-		"steps", len(steps), "error", we, "failed_attempts", w.ckFailed, "persisted_no_more", ferr == nil)
-	w.ckSince, w.ckFailed = time.Time{}, 0
+		"steps", len(steps), "error", we, "failed_attempts", failed, "persisted_no_more", ferr == nil)
 	for k, st := range steps {
 		s.abandon(k)
 		if st.files != nil {
@@ -444,15 +464,21 @@ func (s *Session) checkpointed(ep *reliable.Endpoint, err error) {
 }
 
 // ckOK reports whether the last checkpoint worked.
-func (s *Session) ckOK() bool { return s.w.ckSince.IsZero() }
+func (s *Session) ckOK() bool {
+	s.w.ckMu.Lock()
+	defer s.w.ckMu.Unlock()
+	return s.w.ckSince.IsZero()
+}
 
 // resetWrites forgets the failed writes of a session that ended.
 func (s *Session) resetWrites() {
 	s.w.mu.Lock()
 	defer s.w.mu.Unlock()
 	s.w.backlog, s.w.bytes, s.w.since, s.w.failed, s.w.logged = nil, 0, time.Time{}, 0, ""
-	s.w.ckSince, s.w.ckFailed = time.Time{}, 0
 	s.w.head.Store(0)
+	s.w.ckMu.Lock()
+	s.w.ckSince, s.w.ckFailed = time.Time{}, 0
+	s.w.ckMu.Unlock()
 	s.mu.Lock()
 	s.abandoned = nil
 	s.mu.Unlock()

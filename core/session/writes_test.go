@@ -58,8 +58,8 @@ var errNoSpace = fmt.Errorf("writing the log data/logs/x/9.log: %w", syscall.ENO
 // refuses the data) fails it at once. A persisted session's checkpoint
 // never claims a frame not stored.
 func TestWriteRefusedIsNeverAcknowledged(t *testing.T) {
-	defer func(d time.Duration) { WriteRetry = d }(WriteRetry)
-	WriteRetry = 5 * time.Millisecond
+	defer func(d time.Duration) { writeRetry = d }(writeRetry)
+	writeRetry = 5 * time.Millisecond
 	const lines = 2*reliable.AckEvery + 5
 	tests := []struct {
 		name      string
@@ -183,8 +183,8 @@ func TestWriteRefusedIsNeverAcknowledged(t *testing.T) {
 // acknowledged; once it can, everything stored is; never, the session's
 // running steps fail with the checkpoint's error and are cancelled.
 func TestCheckpointRefusedIsNeverAcknowledged(t *testing.T) {
-	defer func(d time.Duration) { WriteRetry = d }(WriteRetry)
-	WriteRetry = 5 * time.Millisecond
+	defer func(d time.Duration) { writeRetry = d }(writeRetry)
+	writeRetry = 5 * time.Millisecond
 	for _, back := range []bool{true, false} {
 		t.Run(fmt.Sprintf("space back %v", back), func(t *testing.T) {
 			var mu sync.Mutex
