@@ -405,7 +405,8 @@ func (s *Session) checkpointed(ep *reliable.Endpoint, err error) {
 	}
 	first := since.IsZero()
 	if first {
-		since, w.ckSince = time.Now(), time.Now()
+		since = time.Now()
+		w.ckSince = since
 	}
 	w.ckFailed++
 	failed = w.ckFailed
