@@ -445,7 +445,9 @@ func genPKI(t *testing.T) string {
 // runGenCerts runs the certificate script into dir; it returns its stderr.
 func runGenCerts(t *testing.T, dir string) string {
 	t.Helper()
-	testenv.Command(t, "openssl", "openssl") // gen-certs.sh runs it
+	// gen-certs.sh makes its keys and certificates with these.
+	testenv.Command(t, "openssl", "openssl")
+	testenv.Command(t, "ssh-keygen", "openssh-client")
 	cmd := exec.Command("bash", filepath.Join(dockerDir, "gen-certs.sh"), dir)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
