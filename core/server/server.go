@@ -93,11 +93,12 @@ func New(ctx context.Context, cfg *config.Config, opts Options, logger hclog.Log
 	if err := st.RecordNodes(recs, time.Now()); err != nil {
 		return fail(err)
 	}
-	nopts := opts.Nodes
-	nopts.Store = st
-	s.nodes = nodes.NewManager(cfg, s.plugins, nopts, logger.Named("node"))
 	s.metrics = metrics.New(metrics.Sources{Nodes: s.metricNodes, Queued: func() int { return s.builds.Queued() }, Plugins: s.metricPlugins,
 		LinkMalformed: func() map[string]uint64 { return s.nodes.LinkMalformed(context.Background()) }})
+	nopts := opts.Nodes
+	nopts.Store = st
+	nopts.OnWriteError = s.metrics.WriteFailed
+	s.nodes = nodes.NewManager(cfg, s.plugins, nopts, logger.Named("node"))
 	s.auth.onFailure = s.metrics.AuthFailure
 	s.builds = builds.New(cfg, st, s.nodes, s.metrics, logger.Named("build"))
 	if err := s.builds.Recover(); err != nil {
