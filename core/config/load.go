@@ -507,7 +507,7 @@ func (c *Config) buildNodes(blocks []*nodeBlock) hcl.Diagnostics {
 			n.Executors = *b.Executors
 			if n.Executors < 1 || n.Executors > MaxExecutors {
 				diags = diags.Append(errorAt(b.ExecutorsRange, "Invalid executors",
-					fmt.Sprintf("A node has between 1 and %d executors, not %d.", MaxExecutors, n.Executors)))
+					fmt.Sprintf("A node has between 1 and %d executors.", MaxExecutors)))
 			}
 		}
 
@@ -583,7 +583,7 @@ func (c *Config) buildJobs(blocks []*jobBlock) hcl.Diagnostics {
 		if b.MaxMiB != nil {
 			if *b.MaxMiB < 1 || *b.MaxMiB > MaxArtifactsMaxMiB {
 				diags = diags.Append(errorAt(b.MaxMiBRange, "Invalid artifacts_max_mib",
-					fmt.Sprintf("The artifacts of a build may take between 1 and %d MiB, not %d.", MaxArtifactsMaxMiB, *b.MaxMiB)))
+					fmt.Sprintf("The artifacts of a build may take between 1 and %d MiB.", MaxArtifactsMaxMiB)))
 			}
 			j.ArtifactsMaxBytes = int64(*b.MaxMiB) << 20
 		}

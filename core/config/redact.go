@@ -17,8 +17,9 @@ import (
 // variable holds. It covers our own messages, hcl's and the plugins'
 // (whose free text may quote a value): a value is found as it is, quoted
 // the ways Go quotes strings, trimmed, and line by line. Values shorter than
-// four characters are only found quoted, or when they are numbers, so as
-// not to rewrite ordinary words. Load and DecodePlugins return redacted
+// four characters are only found quoted, so as not to rewrite ordinary
+// words and numbers; our own messages quote strings, and do not repeat
+// numbers (executors, artifacts_max_mib). Load and DecodePlugins return redacted
 // diagnostics; a caller making more diagnostics about the configuration
 // (such as the plugins' answers) runs them through Redact. It returns
 // diags, changed in place.
@@ -83,7 +84,7 @@ func forms(v, with string) []replacement {
 		for _, q := range []string{strconv.Quote(x), strconv.QuoteToASCII(x), timeQuote(x)} {
 			reps = append(reps, replacement{form: q, with: with})
 		}
-		if _, err := strconv.ParseFloat(x, 64); err == nil || len(x) >= 4 {
+		if len(x) >= 4 {
 			reps = append(reps, replacement{form: x, with: with, word: true})
 		}
 	}

@@ -92,9 +92,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-// loadConfig loads files and prints diagnostics; ok is false on errors.
-func loadConfig(stderr io.Writer, paths ...string) (*config.Config, bool) {
-	cfg, diags := config.Load(paths...)
+// loadConfig loads files and prints diagnostics; ok is false on errors,
+// and when ctx ends first (SIGINT, SIGTERM).
+func loadConfig(ctx context.Context, stderr io.Writer, paths ...string) (*config.Config, bool) {
+	cfg, diags := config.LoadContext(ctx, paths...)
 	if len(diags) > 0 {
 		_ = config.WriteDiagnostics(stderr, cfg.Files, diags)
 	}
@@ -123,7 +124,7 @@ func cmdServer(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "conveyor server: -config is required")
 		return 2
 	}
-	cfg, ok := loadConfig(stderr, *path)
+	cfg, ok := loadConfig(ctx, stderr, *path)
 	if !ok {
 		return 1
 	}
@@ -153,7 +154,7 @@ func cmdServer(ctx context.Context, args []string, stderr io.Writer) int {
 
 // loadPlugins loads a configuration and its plugins in validate-only mode.
 func loadPlugins(ctx context.Context, stderr io.Writer, path string) (*plugins.Manager, bool) {
-	cfg, ok := loadConfig(stderr, path)
+	cfg, ok := loadConfig(ctx, stderr, path)
 	if !ok {
 		return nil, false
 	}
