@@ -17,9 +17,10 @@ import (
 // variable holds. It covers our own messages, hcl's and the plugins'
 // (whose free text may quote a value): a value is found as it is, quoted
 // the ways Go quotes strings, trimmed, and line by line. Values shorter than
-// four characters are only found quoted, so as not to rewrite ordinary
-// words and numbers; our own messages quote strings, and do not repeat
-// numbers (executors, artifacts_max_mib). Load and DecodePlugins return redacted
+// four characters are only found quoted, and values shorter than eight
+// only as whole words, so as not to rewrite ordinary words and numbers; our
+// own messages quote strings, and do not repeat numbers (executors,
+// artifacts_max_mib). Load and DecodePlugins return redacted
 // diagnostics; a caller making more diagnostics about the configuration
 // (such as the plugins' answers) runs them through Redact. It returns
 // diags, changed in place.
@@ -85,7 +86,7 @@ func forms(v, with string) []replacement {
 			reps = append(reps, replacement{form: q, with: with})
 		}
 		if len(x) >= 4 {
-			reps = append(reps, replacement{form: x, with: with, word: true})
+			reps = append(reps, replacement{form: x, with: with, word: len(x) < 8})
 		}
 	}
 	return reps

@@ -22,6 +22,10 @@ const (
 	// or a newline between items of a block or an object) at one level:
 	// a+b+c... builds one level of the expression tree per operator.
 	MaxOperators = 256
+	// MaxItems bounds the items of one list, tuple, object or map (not of
+	// a block body): converting a list to a typed one takes time growing
+	// with the square of its length (30,000 labels took half a minute).
+	MaxItems = 512
 )
 
 // closerOf maps each opening token to the token that closes it.
@@ -55,12 +59,36 @@ var operators = map[hclsyntax.TokenType]bool{
 func checkShape(src []byte, filename string) hcl.Diagnostics {
 	toks, _ := hclsyntax.LexConfig(src, filename, hcl.InitialPos)
 	type frame struct {
-		open hclsyntax.TokenType
-		ops  int
+		open  hclsyntax.TokenType
+		block bool // the body of a block (or the file), not an object
+		ops   int  // operators since the last separator
+		items int  // separators so far, in a collection
+		item  bool // a token since the last separator
 	}
-	stack := []frame{{open: hclsyntax.TokenOBrace}} // the file's body
+	stack := []frame{{open: hclsyntax.TokenOBrace, block: true}} // the file's body
+	var prev hclsyntax.TokenType
 	for i, tok := range toks {
 		top := &stack[len(stack)-1]
+		separator := tok.Type == hclsyntax.TokenComma ||
+			(top.open == hclsyntax.TokenOBrace && (tok.Type == hclsyntax.TokenNewline || (tok.Type == hclsyntax.TokenComment && len(tok.Bytes) > 0 && tok.Bytes[len(tok.Bytes)-1] == '\n')))
+		if separator && top.item && !top.block {
+			top.items++
+			if top.items >= MaxItems {
+				return hcl.Diagnostics{errorAt(tok.Range, "Too many items",
+					fmt.Sprintf("A list, tuple, object or map holds at most %d items.", MaxItems))}
+			}
+		}
+		if separator {
+			top.item = false
+		} else if tok.Type != hclsyntax.TokenNewline && tok.Type != hclsyntax.TokenComment {
+			top.item = true
+		}
+		// A brace after a name or a label opens a block's body; anywhere
+		// else, an object.
+		block := tok.Type == hclsyntax.TokenOBrace && (prev == hclsyntax.TokenIdent || prev == hclsyntax.TokenCQuote)
+		if tok.Type != hclsyntax.TokenNewline && tok.Type != hclsyntax.TokenComment {
+			prev = tok.Type
+		}
 		switch {
 		case closerOf[tok.Type] != 0:
 			if len(stack) > MaxNesting {
@@ -75,15 +103,11 @@ func checkShape(src []byte, filename string) hcl.Diagnostics {
 			if top.ops > MaxOperators {
 				return tooManyOperators(tok.Range)
 			}
-			stack = append(stack, frame{open: tok.Type})
+			stack = append(stack, frame{open: tok.Type, block: block})
 		case tok.Type == closerOf[top.open] && len(stack) > 1:
 			stack = stack[:len(stack)-1]
-		case tok.Type == hclsyntax.TokenComma:
-			top.ops = 0
-		case tok.Type == hclsyntax.TokenNewline || (tok.Type == hclsyntax.TokenComment && len(tok.Bytes) > 0 && tok.Bytes[len(tok.Bytes)-1] == '\n'):
-			if top.open == hclsyntax.TokenOBrace {
-				top.ops = 0 // newlines separate the items of a body or an object
-			}
+		case separator:
+			top.ops = 0 // newlines separate the items of a body or an object
 		case operators[tok.Type]:
 			top.ops++
 			if top.ops > MaxOperators {
