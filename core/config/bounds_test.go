@@ -116,8 +116,8 @@ func TestLoadBoundedInput(t *testing.T) {
 			sep := strings.Repeat("s", 256<<10)
 			return write(t, dir, jobRunning("join(\""+sep+"\", ["+strings.Repeat(`"",`, 500)+"])"))
 		}, "4:", "would return more than 64 MiB in all"},
-		{"30000_labels", generated("job \"j\" {\n  labels = ["+strings.Repeat(`"l",`, 30000)+"]\n}\n"), "2:", "holds at most 512 items"},
-		{"30000_entries", generated("job \"j\" {\n  env = {\n"+strings.Repeat("A = \"x\"\n", 30000)+"}\n}\n"), "", "holds at most 512 items"},
+		{"30000_labels", generated("job \"j\" {\n  labels = [" + strings.Repeat(`"l",`, 30000) + "]\n}\n"), "2:", "holds at most 512 items"},
+		{"30000_entries", generated("job \"j\" {\n  env = {\n" + strings.Repeat("A = \"x\"\n", 30000) + "}\n}\n"), "", "holds at most 512 items"},
 		{"http_port", attack("http_port.hcl"), "2:15", `The port "99999" of the HTTP address "127.0.0.1:99999" is not a TCP port number`},
 		{"executors", attack("executors.hcl"), "5:15", "between 1 and 1024 executors"},
 	}
