@@ -2,6 +2,7 @@ package config
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -280,5 +281,16 @@ func TestRedactPluginMessages(t *testing.T) {
 		if d[0].Detail != tt.want {
 			t.Errorf("redact(%q) = %q, want %q", tt.in, d[0].Detail, tt.want)
 		}
+	}
+}
+
+// TestLoadContextInterrupted: a load whose context has ended (SIGTERM in
+// conveyor validate) returns at once with an "Interrupted" error.
+func TestLoadContextInterrupted(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	c, diags := LoadContext(ctx, "testdata/good.hcl")
+	if c == nil || c.Files == nil || !diags.HasErrors() || diags[0].Summary != "Interrupted" {
+		t.Fatalf("LoadContext with an ended context = %v, %v; want an Interrupted error", c, diags)
 	}
 }
