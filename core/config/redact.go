@@ -38,10 +38,18 @@ type replacement struct {
 }
 
 func (st *evalState) redact(diags hcl.Diagnostics) hcl.Diagnostics {
+	// Every form of a value is at least as long as the value: a value
+	// longer than every message cannot be in one.
+	longest := 0
+	for _, d := range diags {
+		if d != nil {
+			longest = max(longest, len(d.Summary), len(d.Detail))
+		}
+	}
 	st.mu.Lock()
 	var reps []replacement
 	for v, src := range st.secrets {
-		reps = append(reps, forms(v, "(value from "+src+")")...)
+		reps = append(reps, forms(v, "(value from "+src+")", longest)...)
 	}
 	st.mu.Unlock()
 	if len(reps) == 0 {
@@ -64,14 +72,15 @@ func (st *evalState) redact(diags hcl.Diagnostics) hcl.Diagnostics {
 	return diags
 }
 
-// forms returns the forms in which v could appear in a message.
-func forms(v, with string) []replacement {
+// forms returns the forms in which v, or a part of it, could appear in a
+// message of at most longest bytes.
+func forms(v, with string, longest int) []replacement {
 	cands := []string{v}
 	if t := strings.TrimSpace(v); t != v {
 		cands = append(cands, t)
 	}
 	if strings.Contains(v, "\n") {
-		for _, line := range strings.Split(v, "\n") {
+		for line := range strings.SplitSeq(v, "\n") {
 			if t := strings.TrimSpace(line); len(t) >= 8 {
 				cands = append(cands, t)
 			}
@@ -79,7 +88,7 @@ func forms(v, with string) []replacement {
 	}
 	var reps []replacement
 	for _, x := range cands {
-		if x == "" {
+		if x == "" || len(x) > longest {
 			continue
 		}
 		for _, q := range []string{strconv.Quote(x), strconv.QuoteToASCII(x), timeQuote(x)} {
