@@ -183,10 +183,16 @@ func (s *Service) Run(ctx context.Context) {
 }
 
 // Trigger queues a new build of job; params become environment variables.
+// Only the parameters the job declares are taken, their defaults applied:
+// anything else is a *config.ParamError and queues nothing.
 func (s *Service) Trigger(job string, params map[string]string) (*store.Build, error) {
 	j := s.cfg.Job(job)
 	if j == nil {
 		return nil, fmt.Errorf("%w: %q", ErrUnknownJob, job)
+	}
+	params, err := j.ResolveParams(params)
+	if err != nil {
+		return nil, err
 	}
 	b := &store.Build{Job: job, Status: store.StatusQueued, Params: params, QueuedAt: time.Now().UTC(), Steps: []store.Step{}}
 	s.mu.Lock()

@@ -40,6 +40,9 @@ func uiJob(gate string) string {
 	return `
 job "ui-demo" {
   labels = ["linux"]
+  param "GREETING" {
+    description = "printed by the first step"
+  }
   step "greet" {
     run = "echo \"greeting=$GREETING\"; printf '\\033[1;31mred bold\\033[0m plain \\033[38;5;208morange\\033[0m\\n'; echo '<b>bold</b><script>window.pwned=1</script>'"
   }
@@ -133,9 +136,8 @@ func TestWebUI(t *testing.T) {
 
 	do("trigger a build with a parameter",
 		chromedp.Navigate(base+"/ui/jobs/ui-demo"),
-		chromedp.WaitVisible(chromedp.CSS(`#trigger-form input[name="key"]`)),
-		chromedp.SendKeys(chromedp.CSS(`#trigger-form input[name="key"]`), "GREETING"),
-		chromedp.SendKeys(chromedp.CSS(`#trigger-form input[name="value"]`), "hello-from-the-browser"),
+		chromedp.WaitVisible(chromedp.ID("param-GREETING")),
+		chromedp.SendKeys(chromedp.ID("param-GREETING"), "hello-from-the-browser"),
 		chromedp.Click(chromedp.ID("trigger-submit")),
 		chromedp.WaitVisible(chromedp.ID("log")),
 	)

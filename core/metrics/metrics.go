@@ -52,6 +52,7 @@ type Metrics struct {
 	builds   *prometheus.CounterVec
 	started  *prometheus.CounterVec
 	wait     *prometheus.HistogramVec
+	authFail *prometheus.CounterVec
 	handler  http.Handler
 	snapshot *snapshot
 }
@@ -72,8 +73,17 @@ func New(src Sources) *Metrics {
 		Help:    "How long builds waited in the queue before starting, by job.",
 		Buckets: []float64{.005, .025, .1, .5, 1, 5, 15, 60, 300, 900, 3600},
 	}, []string{"job"})
+	m.authFail = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "auth_failures_total",
+		Help: "API and UI sign-in requests refused for their token, by surface (api, ui) and reason (invalid_token; rate_limited: refused unchecked, the address sent too many wrong tokens).",
+	}, []string{"surface", "reason"})
+	for _, surface := range []string{"api", "ui"} {
+		for _, reason := range []string{"invalid_token", "rate_limited"} {
+			m.authFail.WithLabelValues(surface, reason)
+		}
+	}
 	m.snapshot = &snapshot{src: src}
-	m.reg.MustRegister(m.builds, m.started, m.wait, m.snapshot,
+	m.reg.MustRegister(m.builds, m.started, m.wait, m.authFail, m.snapshot,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.handler = promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
 	return m
@@ -87,6 +97,12 @@ func (m *Metrics) Started(job string, waited time.Duration) {
 
 // Finished implements builds.Observer.
 func (m *Metrics) Finished(job, status string) { m.builds.WithLabelValues(job, status).Inc() }
+
+// AuthFailure counts a request refused for its token: surface is "api" or
+// "ui", reason "invalid_token" or "rate_limited".
+func (m *Metrics) AuthFailure(surface, reason string) {
+	m.authFail.WithLabelValues(surface, reason).Inc()
+}
 
 // ServeHTTP serves the metrics in the Prometheus text format.
 func (m *Metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) { m.handler.ServeHTTP(w, r) }
