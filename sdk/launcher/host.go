@@ -41,7 +41,9 @@ type Process struct {
 }
 
 // Start starts the plugin binary, negotiates the protocol and dispenses
-// its launcher (and secret manager when the plugin has one).
+// its launcher (and secret manager when the plugin has one). It returns
+// when ctx ends, even while the plugin has not completed its handshake;
+// the plugin is then killed.
 func Start(ctx context.Context, opts ClientOptions) (*Process, error) {
 	logger := opts.Logger
 	if logger == nil {
