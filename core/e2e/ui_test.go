@@ -5,7 +5,6 @@ import (
 	"context"
 	"image/png"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -17,6 +16,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/conveyor-ci/conveyor/core/e2e/cluster"
+	"github.com/conveyor-ci/conveyor/sdk/testenv"
 )
 
 // screenshot is where TestWebUI keeps its screenshot of a finished build:
@@ -59,10 +59,7 @@ job "ui-demo" {
 // follow its live log to the end across a restart of the master, and look
 // at the transport page.
 func TestWebUI(t *testing.T) {
-	browser, err := exec.LookPath("chromium")
-	if err != nil {
-		t.Fatalf("the web UI test needs Debian's chromium (apt-get install chromium; .ci/run installs it): %v", err)
-	}
+	browser := testenv.Command(t, "chromium", "chromium")
 	gate := filepath.Join(t.TempDir(), "gate")
 	c := start(t, uiNodes, uiJob(gate))
 	secret := c.Secret("ui-1")

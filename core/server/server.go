@@ -93,10 +93,11 @@ func New(ctx context.Context, cfg *config.Config, opts Options, logger hclog.Log
 	if err := st.RecordNodes(recs, time.Now()); err != nil {
 		return fail(err)
 	}
+	s.metrics = metrics.New(metrics.Sources{Nodes: s.metricNodes, Queued: func() int { return s.builds.Queued() }, Plugins: s.metricPlugins})
 	nopts := opts.Nodes
 	nopts.Store = st
+	nopts.OnWriteError = s.metrics.WriteFailed
 	s.nodes = nodes.NewManager(cfg, s.plugins, nopts, logger.Named("node"))
-	s.metrics = metrics.New(metrics.Sources{Nodes: s.metricNodes, Queued: func() int { return s.builds.Queued() }, Plugins: s.metricPlugins})
 	s.auth.onFailure = s.metrics.AuthFailure
 	s.builds = builds.New(cfg, st, s.nodes, s.metrics, logger.Named("build"))
 	if err := s.builds.Recover(); err != nil {
