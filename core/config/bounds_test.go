@@ -294,3 +294,17 @@ func TestLoadContextInterrupted(t *testing.T) {
 		t.Fatalf("LoadContext with an ended context = %v, %v; want an Interrupted error", c, diags)
 	}
 }
+
+// TestNoCascadeAfterFunctionError: a file() that fails is reported once,
+// not also as an invalid value of its attribute.
+func TestNoCascadeAfterFunctionError(t *testing.T) {
+	dir := t.TempDir()
+	if err := syscall.Mkfifo(filepath.Join(dir, "fifo"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := write(t, dir, "launcher \"local\" {}\nnode \"n1\" { launcher = \"local\" }\njob \"j\" {\n  timeout = file(\"fifo\")\n  step \"s\" { run = \"true\" }\n}\n")
+	_, diags := loadWithin(t, p)
+	if len(diags) != 1 || diags[0].Summary != "Invalid function argument" {
+		t.Errorf("diags = %v, want only the file() error", diags)
+	}
+}

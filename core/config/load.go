@@ -330,13 +330,30 @@ func sortDiags(diags hcl.Diagnostics, files []string) hcl.Diagnostics {
 // dropUnknownCascades removes gohcl's "value must be known" errors. With no
 // variables in scope, a value is only unknown when evaluating it failed (say
 // env() of an unset variable), and that failure has been reported already.
+// It also removes our own checks' errors about such a value (gohcl leaves
+// the zero value behind: `timeout = file("fifo")` was also reported as the
+// timeout "" not being a duration).
 func dropUnknownCascades(diags hcl.Diagnostics) hcl.Diagnostics {
 	if !diags.HasErrors() {
 		return diags
 	}
+	isUnknown := func(d *hcl.Diagnostic) bool {
+		return d.Summary == "Unsuitable value type" && strings.HasSuffix(d.Detail, "value must be known")
+	}
+	type at struct {
+		file string
+		byte int
+	}
+	failed := map[at]bool{} // where the unknown values' expressions start
+	for _, d := range diags {
+		if isUnknown(d) && d.Subject != nil {
+			failed[at{d.Subject.Filename, d.Subject.Start.Byte}] = true
+		}
+	}
 	out := diags[:0]
 	for _, d := range diags {
-		if d.Summary == "Unsuitable value type" && strings.HasSuffix(d.Detail, "value must be known") {
+		_, ours := d.Extra.(ownCheck)
+		if isUnknown(d) || (ours && d.Subject != nil && failed[at{d.Subject.Filename, d.Subject.Start.Byte}]) {
 			continue
 		}
 		out = append(out, d)
@@ -344,9 +361,13 @@ func dropUnknownCascades(diags hcl.Diagnostics) hcl.Diagnostics {
 	return out
 }
 
+// ownCheck marks, in hcl.Diagnostic.Extra, the diagnostics of our own checks
+// (errorAt), as opposed to hcl's.
+type ownCheck struct{}
+
 // errorAt returns an error diagnostic whose subject is rng.
 func errorAt(rng hcl.Range, summary, detail string) *hcl.Diagnostic {
-	return &hcl.Diagnostic{Severity: hcl.DiagError, Summary: summary, Detail: detail, Subject: rng.Ptr()}
+	return &hcl.Diagnostic{Severity: hcl.DiagError, Summary: summary, Detail: detail, Subject: rng.Ptr(), Extra: ownCheck{}}
 }
 
 // pos formats the start of rng as FILE:LINE for messages.
