@@ -47,6 +47,12 @@ type conn struct {
 	closeOnce sync.Once
 	causeMu   sync.Mutex
 	cause     error
+
+	// helloSeen: a frame came from the agent. Until then helloTimer may
+	// stop the agent, with helloErr as the reason.
+	helloSeen  atomic.Bool
+	helloTimer *time.Timer
+	helloErr   error
 }
 
 func newConn(client *ssh.Client, sess *ssh.Session, s *settings, log hclog.Logger) (*conn, error) {
@@ -118,7 +124,16 @@ func (c *conn) Send(frame []byte) error {
 func (c *conn) Recv() ([]byte, error) {
 	frame, err := c.stream.Recv()
 	if err == nil {
+		if !c.helloSeen.Swap(true) && c.helloTimer != nil {
+			c.helloTimer.Stop()
+		}
 		return frame, nil
+	}
+	c.causeMu.Lock()
+	helloErr := c.helloErr
+	c.causeMu.Unlock()
+	if helloErr != nil {
+		return nil, helloErr
 	}
 	if c.closing.Load() {
 		return nil, io.EOF
@@ -173,6 +188,29 @@ func (c *conn) Recv() ([]byte, error) {
 	return nil, fmt.Errorf("node %s: agent session on %s: %w", c.node, c.desc, c.sessErr)
 }
 
+// awaitHello gives the agent d from now to send its first frame (its
+// Hello): an agent that does not (a prefix_command that never ends, an
+// agent stuck before it speaks) is stopped with the connection, which ends
+// its remote command (see watchdog), and Recv fails saying so.
+func (c *conn) awaitHello(d time.Duration) {
+	c.causeMu.Lock()
+	defer c.causeMu.Unlock()
+	c.helloTimer = time.AfterFunc(d, func() {
+		if c.helloSeen.Load() || c.closing.Load() {
+			return
+		}
+		err := fmt.Errorf("node %s: the agent on %s sent nothing within launch_timeout %s of its start (a prefix_command that does not end?): its remote command was stopped", c.node, c.desc, d)
+		if t := c.stderr.String(); t != "" {
+			err = fmt.Errorf("%w; its stderr: %s", err, t)
+		}
+		c.causeMu.Lock()
+		c.helloErr = err
+		c.causeMu.Unlock()
+		c.logger.Error("launch abandoned: the agent did not start", "launch_timeout", d)
+		_ = c.Close()
+	})
+}
+
 // lost is the error of a connection that went down.
 func (c *conn) lost() error {
 	c.causeMu.Lock()
@@ -195,6 +233,11 @@ func (c *conn) Close() error {
 
 func (c *conn) shutdown() error {
 	c.closing.Store(true)
+	c.causeMu.Lock()
+	if c.helloTimer != nil {
+		c.helloTimer.Stop()
+	}
+	c.causeMu.Unlock()
 	_ = c.sess.Signal(ssh.SIGTERM)
 	_ = c.stdin.Close()
 	_ = c.sess.Close()
