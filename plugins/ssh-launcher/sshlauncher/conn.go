@@ -1,6 +1,7 @@
 package sshlauncher
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -34,6 +35,7 @@ type conn struct {
 	sess      *ssh.Session
 	stdin     io.WriteCloser
 	stderr    *tail
+	marker    *markerWriter
 	logger    hclog.Logger
 	keepalive time.Duration
 	onClose   func()
@@ -78,7 +80,8 @@ func newConn(client *ssh.Client, sess *ssh.Session, s *settings, log hclog.Logge
 		sessDone:  make(chan struct{}),
 	}
 	agentLog := log.Named("agent").StandardWriter(&hclog.StandardLoggerOptions{InferLevels: true})
-	sess.Stderr = io.MultiWriter(agentLog, c.stderr)
+	c.marker = &markerWriter{w: io.MultiWriter(agentLog, c.stderr), seen: make(chan struct{})}
+	sess.Stderr = c.marker
 	c.stream = launcher.NewStreamConn(stdout, stdin, c.shutdown, c.desc)
 	return c, nil
 }
@@ -238,6 +241,16 @@ func (c *conn) shutdown() error {
 		c.helloTimer.Stop()
 	}
 	c.causeMu.Unlock()
+	// A connection closed before the remote script started its watchdog
+	// could leave the script running: give it a moment to.
+	wait := time.NewTimer(startWait)
+	select {
+	case <-c.marker.seen:
+	case <-c.connDone:
+	case <-c.sessDone:
+	case <-wait.C:
+	}
+	wait.Stop()
 	_ = c.sess.Signal(ssh.SIGTERM)
 	_ = c.stdin.Close()
 	_ = c.sess.Close()
@@ -288,6 +301,46 @@ func (c *conn) keepaliveLoop() {
 			return
 		}
 	}
+}
+
+// startWait bounds how long Close waits for the remote script to start
+// its watchdog.
+const startWait = 5 * time.Second
+
+// markerWriter passes the agent's stderr on, less a first line that is
+// startMarker; seen closes once the first line is in (whatever it is).
+type markerWriter struct {
+	w    io.Writer
+	mu   sync.Mutex
+	buf  []byte
+	done bool
+	seen chan struct{}
+}
+
+func (m *markerWriter) Write(p []byte) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.done {
+		return m.w.Write(p)
+	}
+	m.buf = append(m.buf, p...)
+	i := bytes.IndexByte(m.buf, '\n')
+	if i < 0 && len(m.buf) < 4096 {
+		return len(p), nil
+	}
+	m.done = true
+	close(m.seen)
+	rest := m.buf
+	if i >= 0 && string(m.buf[:i]) == startMarker {
+		rest = m.buf[i+1:]
+	}
+	m.buf = nil
+	if len(rest) > 0 {
+		if _, err := m.w.Write(rest); err != nil {
+			return 0, err
+		}
+	}
+	return len(p), nil
 }
 
 // tail keeps the last bytes written to it.

@@ -472,16 +472,25 @@ func (l *Launcher) startAgent(client *ssh.Client, s *settings, bin string, plat 
 // (sshd makes each session's command a session leader), so that nothing
 // the launcher started remotely outlives its connection: not the agent,
 // not a prefix_command that never started it.
-const watchdog = `trap "" TERM; while kill -0 "$2" 2>/dev/null || ps -p "$2" >/dev/null 2>&1; do sleep 1; done; kill -TERM -"$1" 2>/dev/null; sleep 5; kill -KILL -"$1" 2>/dev/null`
+//
+// A parent that is already init (the connection closed before the script
+// ran) counts as gone.
+const watchdog = `trap "" TERM; while [ "$2" != 1 ] && { kill -0 "$2" 2>/dev/null || ps -p "$2" >/dev/null 2>&1; }; do sleep 1; done; kill -TERM -"$1" 2>/dev/null; sleep 5; kill -KILL -"$1" 2>/dev/null`
+
+// startMarker is the first line the remote script writes to stderr, once
+// its watchdog runs: closing the connection before it could leave the
+// script running with no watchdog, so Close waits for it (a moment).
+const startMarker = "conveyor-ssh-launcher: watchdog running"
 
 // agentCommand is the remote shell command that starts the agent: a
-// /bin/sh script that starts the watchdog, reads the env (when there is
+// /bin/sh script that starts the watchdog, says so on stderr, reads the env (when there is
 // one) from stdin up to the line envEnd, then changes to the workdir and
 // runs the agent, through prefix_command when one is set.
 func agentCommand(s *settings, agentPath, workdir, envEnd string) string {
 	q := upload.Quote
 	var b strings.Builder
 	b.WriteString("/bin/sh -c " + q(watchdog) + ` conveyor-ssh-watchdog $$ $PPID </dev/null >/dev/null 2>&1 &` + "\n")
+	b.WriteString("echo " + q(startMarker) + " >&2\n")
 	if len(s.Env) > 0 {
 		b.WriteString(`e=; while IFS= read -r l && [ "$l" != ` + q(envEnd) + ` ]; do e="$e$l` + "\n" + `"; done; eval "$e"; unset e l` + "\n")
 	}
