@@ -244,11 +244,29 @@ func TestEnvNeverOnACommandLine(t *testing.T) {
 	script := filepath.Join(dir, "agent.sh")
 	writeFile(t, script, fmt.Sprintf("#!/bin/sh\necho \"SECRET_TOKEN=$SECRET_TOKEN\" > %q\nexec %q\n", record, pongAgent))
 	global := fmt.Sprintf("agent_binary = %q", script)
-	for _, prefix := range []string{"", `"nice -n 1"`} {
+	for _, prefix := range []string{"", `"sleep 2 &&"`} {
 		n := f.mustConfigure(global, f.node("prefix_command", prefix, "env", fmt.Sprintf(`{ SECRET_TOKEN = %q }`, secret)))
+		// Watch every command line on the host while the agent starts
+		// (the prefix holds the remote shell for 2 s) and runs.
+		stop, seen := make(chan struct{}), make(chan []string, 1)
+		go func() {
+			var found []string
+			defer func() { seen <- found }()
+			for {
+				if ps := hostProcesses(secret); len(ps) > 0 && found == nil {
+					found = ps
+				}
+				select {
+				case <-stop:
+					return
+				case <-time.After(20 * time.Millisecond):
+				}
+			}
+		}()
 		c := f.launch(n)
 		pingPong(t, c, 1)
-		if ps := hostProcesses(secret); len(ps) > 0 {
+		close(stop)
+		if ps := <-seen; len(ps) > 0 {
 			t.Errorf("prefix %s: the env value is on a command line on the build host: %q", prefix, ps)
 		}
 		rec, err := os.ReadFile(record)
