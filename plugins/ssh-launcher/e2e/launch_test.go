@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -17,12 +18,14 @@ import (
 	"github.com/conveyor-ci/conveyor/plugins/ssh-launcher/sshdtest"
 )
 
-// TestSSHLaunchesThatEnd runs four SSH nodes under one master: "good"
+// TestSSHLaunchesThatEnd runs five SSH nodes under one master: "good"
 // runs a build; "hung" has a prefix_command that never starts the agent;
 // "refused" presents a host key its known_hosts file does not list;
-// "closed" points at a port nothing listens on. Each launch ends, with a
-// reason that says why, and what the launcher started remotely does not
-// outlive the master.
+// "closed" points at a port nothing listens on; "silent" at one that
+// accepts connections and never speaks, so that its three attempts take
+// longer than the 2 minutes the master used to cut launches at. Each
+// launch ends, with a reason that says why, and what the launcher started
+// remotely does not outlive the master.
 func TestSSHLaunchesThatEnd(t *testing.T) {
 	srv := sshdtest.Start(t, sshdtest.Options{})
 	other := sshdtest.Start(t, sshdtest.Options{}) // only "refused" connects to it
@@ -45,22 +48,47 @@ func TestSSHLaunchesThatEnd(t *testing.T) {
 	refused.KnownHosts = wrongKnownHosts
 	closedPort := cluster.FreeAddr(t)
 	_, port, _ := strings.Cut(closedPort, ":")
-	closed := fmt.Sprintf(`
-node "closed" {
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	go func() {
+		var held []net.Conn // accepted, never answered
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	_, silentPort, _ := strings.Cut(silent.Addr().String(), ":")
+	unreachable := func(name, port, launchTimeout string) string {
+		return fmt.Sprintf(`
+node %q {
   launcher = "ssh"
-  labels   = ["closed"]
+  labels   = [%q]
   ssh {
     host             = "127.0.0.1"
     port             = %s
     private_key_file = %s
     max_retries      = 2
     retry_wait       = "100ms"
+    launch_timeout   = %q
     host_key_verification {
       known_hosts_file = %s
     }
   }
 }
-`, port, cluster.HCLString(srv.ClientKeyFile), cluster.HCLString(srv.KnownHostsFile))
+`, name, name, port, cluster.HCLString(srv.ClientKeyFile), launchTimeout, cluster.HCLString(srv.KnownHostsFile))
+	}
+	closed := unreachable("closed", port, "60s") + unreachable("silent", silentPort, "41s")
 	jobs := `
 job "ticks" {
   labels = ["good"]
@@ -96,6 +124,14 @@ job "ticks" {
 	c.WaitFor("node hung to fail its launch", 3*time.Minute, func() bool {
 		return strings.Contains(c.Node("hung").Reason, "sent nothing within launch_timeout 30s")
 	})
+
+	// Three attempts of 41 s: longer than the master's old 2-minute cut.
+	c.WaitFor("node silent to give up with its last error", 4*time.Minute, func() bool {
+		return strings.Contains(c.Node("silent").Reason, "failed after 3 attempt(s)")
+	})
+	if r := c.Node("silent").Reason; !strings.Contains(r, "not done within launch_timeout 41s") {
+		t.Errorf("node silent's reason %q: want the last attempt's error", r)
+	}
 
 	// By now (over 30 s later), the refused host was contacted once and the
 	// refusal logged at ERROR once: it is not retried while nothing changed.

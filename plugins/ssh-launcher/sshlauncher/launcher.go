@@ -489,10 +489,11 @@ const startMarker = "conveyor-ssh-launcher: watchdog running"
 func agentCommand(s *settings, agentPath, workdir, envEnd string) string {
 	q := upload.Quote
 	var b strings.Builder
-	b.WriteString("/bin/sh -c " + q(watchdog) + ` conveyor-ssh-watchdog $$ $PPID </dev/null >/dev/null 2>&1 &` + "\n")
-	b.WriteString("echo " + q(startMarker) + " >&2\n")
+	// One line, as before: a csh login shell refuses newlines in quotes.
+	b.WriteString("/bin/sh -c " + q(watchdog) + ` conveyor-ssh-watchdog $$ $PPID </dev/null >/dev/null 2>&1 & `)
+	b.WriteString("echo " + q(startMarker) + " >&2; ")
 	if len(s.Env) > 0 {
-		b.WriteString(`e=; while IFS= read -r l && [ "$l" != ` + q(envEnd) + ` ]; do e="$e$l` + "\n" + `"; done; eval "$e"; unset e l` + "\n")
+		b.WriteString(`nl=$(printf '\nx'); nl=${nl%x}; e=; while IFS= read -r l && [ "$l" != ` + q(envEnd) + ` ]; do e="$e$l$nl"; done; eval "$e"; unset e l nl; `)
 	}
 	b.WriteString("mkdir -p " + q(workdir) + " && cd " + q(workdir) + " && ")
 	if s.PrefixCommand == "" {

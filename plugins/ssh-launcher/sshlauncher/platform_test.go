@@ -1,7 +1,12 @@
 package sshlauncher
 
 import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/conveyor-ci/conveyor/plugins/ssh-launcher/upload"
@@ -81,5 +86,40 @@ func TestAgentCommand(t *testing.T) {
 	tail := "&& sudo -u build " + q("/agent") + " -transport stdio -name " + q("n") + " -workdir " + q("/w") + " 2>>/tmp/agent.log"
 	if qt := q(tail); !strings.Contains(got, qt[1:len(qt)-1]) {
 		t.Errorf("agentCommand with prefix and suffix = %s", got)
+	}
+}
+
+// TestAgentCommandInSh runs the remote command in this machine's /bin/sh
+// as sshd would (a session leader, stdin carrying the env then the
+// frames): the agent gets every value byte for byte, and every byte of
+// stdin after the env.
+func TestAgentCommandInSh(t *testing.T) {
+	dir := t.TempDir()
+	agent := filepath.Join(dir, "agent")
+	out := filepath.Join(dir, "out")
+	if err := os.WriteFile(agent, []byte(fmt.Sprintf("#!/bin/sh\n{ printf '%%s|' \"$A\" \"$B\" \"$C\"; cat; } > %q\n", out)), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"A": "two\nlines\n", "B": `it's "quoted" $HOME \n \\ ` + "`x`", "C": ""}
+	s := &settings{Node: "n", Env: env}
+	end := envTerminator()
+	cmd := exec.Command("/bin/sh", "-c", agentCommand(s, agent, filepath.Join(dir, "work"), end))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.Stdin = strings.NewReader(envScript(env, end) + "frames\x00after\n")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%v: %s", err, stderr.String())
+	}
+	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // the watchdog
+	got, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := env["A"] + "|" + env["B"] + "||frames\x00after\n"; string(got) != want {
+		t.Errorf("the agent saw %q, want %q", got, want)
+	}
+	if !strings.HasPrefix(stderr.String(), startMarker+"\n") {
+		t.Errorf("stderr %q does not start with the marker", stderr.String())
 	}
 }
