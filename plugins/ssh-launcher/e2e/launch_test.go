@@ -98,11 +98,6 @@ job "ticks" {
 	c := cluster.Start(t, cluster.Options{Bin: bin, Launchers: sshLauncher(), Jobs: jobs,
 		Nodes: node("good", good) + node("hung", hung) + node("refused", refused) + closed})
 	c.WaitOnline("good")
-	ctx := context.Background()
-	b, err := c.API.Trigger(ctx, "ticks", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 
 	// The real last error, the node named once.
 	c.WaitFor("node closed to give up with its last error", 2*time.Minute, func() bool {
@@ -142,6 +137,10 @@ job "ticks" {
 		t.Errorf("the refusal was logged %d times, want once at ERROR", n)
 	}
 
+	b, err := c.API.Trigger(context.Background(), "ticks", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	c.WaitFor("the build to print", time.Minute, func() bool {
 		return strings.Contains(string(c.Log("ticks", b.Number)), "tick 2\n")
 	})
