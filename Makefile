@@ -1,9 +1,11 @@
 # Conveyor: `make run` starts a demo, `make test` runs the whole suite.
+# Both first install the Debian packages they need (see DEPS below).
+SHELL   := /bin/bash
 GO      ?= go
 BIN     := $(CURDIR)/bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/conveyor-ci/conveyor/core/version.Version=$(VERSION)
-MODULES := agent bench core docker plugins/kafka-launcher plugins/ssh-launcher sdk
+MODULES := agent bench core docker plugins/kafka-launcher plugins/ssh-launcher sdk tools
 PKGS    := $(addprefix ./,$(addsuffix /...,$(MODULES)))
 # Execution counts, not durations: a -fuzztime duration races Go's fuzz
 # coordinator (golang/go#75804, fixed in Go 1.27) and fails with a bare
@@ -12,9 +14,25 @@ FUZZ_DECODE ?= 400000x
 FUZZ_LOAD   ?= 20000x
 PROTOC  ?= protoc
 
-.PHONY: all build run test fuzz bench proto lint clean docker-up docker-down
+# The Debian packages each target needs are listed once, in
+# scripts/debian-packages; scripts/deps installs those missing (apt-get, as
+# root or through sudo) and does nothing when all are there. `make deps`
+# installs them all; `make test DEPS=` (or run, bench, proto) installs nothing.
+DEPS ?= scripts/deps
+# Under make (test, bench) a test whose real component (sshd, chromium...)
+# is missing fails, saying how to install it (sdk/testenv);
+# CONVEYOR_TEST_REQUIRE=0 lets such tests skip instead.
+export CONVEYOR_TEST_REQUIRE ?= 1
+
+.PHONY: all build run test fuzz bench proto lint clean docker-up docker-down deps deps-test deps-run deps-bench deps-proto
 
 all: build
+
+deps:
+	$(if $(strip $(DEPS)),$(DEPS),@echo "DEPS is empty: installing nothing")
+
+deps-test deps-run deps-bench deps-proto: deps-%:
+	$(if $(strip $(DEPS)),@$(DEPS) $*,@echo "DEPS is empty: not installing the packages that make $* needs (scripts/debian-packages)")
 
 build:
 	@mkdir -p $(BIN)
@@ -26,7 +44,7 @@ build:
 
 # The demo: master + embedded Kafka broker + an agent per Kafka node + the
 # jobs of examples/config.hcl. Ctrl-C stops everything.
-run: build
+run: deps-run build
 	examples/run.sh
 
 # The Docker demo (docker/): a real Kafka broker with SSL and SASL/SCRAM,
@@ -47,9 +65,13 @@ docker-up:
 docker-down:
 	$(COMPOSE) down
 
-test: lint
-	$(GO) test -count=1 -timeout 15m $(PKGS)
-	$(MAKE) fuzz
+# The suite prints a line per package, the output of what failed, and at
+# the end every skipped test with its reason (tools/testsummary). The short
+# fuzz runs come first, so that summary ends the output.
+test: deps-test lint fuzz
+	@mkdir -p $(BIN)
+	@$(GO) build -o $(BIN)/testsummary ./tools/testsummary
+	set -o pipefail; $(GO) test -json -count=1 -timeout 15m $(PKGS) | $(BIN)/testsummary
 
 # Short fuzz runs; the committed seeds under testdata/fuzz run with every `go test`.
 fuzz:
@@ -61,17 +83,14 @@ fuzz:
 # docs/PERFORMANCE.md. A quick smoke run:
 #   make bench BENCH_FLAGS="-size 16MiB -runs 100 -agents 100"
 BENCH_FLAGS ?=
-bench: build
-	@command -v kcat >/dev/null || apt-get install -y kcat || (apt-get update && apt-get install -y kcat)
-	@{ test -x /usr/sbin/sshd && command -v ssh >/dev/null; } || apt-get install -y openssh-server openssh-client || \
-		(apt-get update && apt-get install -y openssh-server openssh-client)
+bench: deps-bench build
 	$(GO) test -run='^$$' -bench=. -benchmem $(PKGS)
 	$(GO) build -o $(BIN)/conveyor-bench ./bench/cmd/conveyor-bench
 	$(BIN)/conveyor-bench -bin $(BIN) -out docs/PERFORMANCE.md $(BENCH_FLAGS)
 
 # Regenerates the committed gRPC code (needs protoc from Debian's
 # protobuf-compiler; the Go generators are installed on demand).
-proto:
+proto: deps-proto
 	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 	$(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 	cd sdk && PATH="$$($(GO) env GOPATH)/bin:$$PATH" $(PROTOC) -I . \

@@ -89,8 +89,13 @@ job "hello" {
   env = {
     GREETING = "hello from Conveyor"
   }
+  # Build parameters: only declared ones are accepted (SECURITY.md).
+  param "NAME" {
+    description = "who is greeted"
+    default     = "world"
+  }
   step "greet" {
-    run = "echo \"$GREETING, build $CONVEYOR_BUILD_NUMBER on $CONVEYOR_NODE\""
+    run = "echo \"$GREETING to $NAME, build $CONVEYOR_BUILD_NUMBER on $CONVEYOR_NODE\""
   }
 }
 

@@ -40,6 +40,7 @@ import (
 	"github.com/conveyor-ci/conveyor/core/nodes"
 	"github.com/conveyor-ci/conveyor/core/store"
 	"github.com/conveyor-ci/conveyor/plugins/ssh-launcher/sshdtest"
+	"github.com/conveyor-ci/conveyor/sdk/testenv"
 )
 
 // dockerDir is the demo's directory: this package's own.
@@ -444,9 +445,9 @@ func genPKI(t *testing.T) string {
 // runGenCerts runs the certificate script into dir; it returns its stderr.
 func runGenCerts(t *testing.T, dir string) string {
 	t.Helper()
-	if _, err := exec.LookPath("openssl"); err != nil {
-		t.Fatalf("docker/gen-certs.sh needs openssl (Debian: apt-get install openssl): %v", err)
-	}
+	// gen-certs.sh makes its keys and certificates with these.
+	testenv.Command(t, "openssl", "openssl")
+	testenv.Command(t, "ssh-keygen", "openssh-client")
 	cmd := exec.Command("bash", filepath.Join(dockerDir, "gen-certs.sh"), dir)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -733,9 +734,7 @@ func TestDockerKafkaProperties(t *testing.T) {
 // the keys gen-certs.sh wrote, and lets in the user config.hcl's SSH node
 // logs in as.
 func TestDockerSSHDConfig(t *testing.T) {
-	if _, err := os.Stat(sshdtest.SSHD); err != nil {
-		t.Skipf("%s not installed: %v", sshdtest.SSHD, err)
-	}
+	testenv.Command(t, sshdtest.SSHD, "openssh-server")
 	if os.Geteuid() == 0 {
 		_ = os.MkdirAll("/run/sshd", 0o755) // the privilege separation directory
 	}

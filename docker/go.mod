@@ -6,6 +6,7 @@ require (
 	github.com/compose-spec/compose-go/v2 v2.16.2
 	github.com/conveyor-ci/conveyor/core v0.0.0-00010101000000-000000000000
 	github.com/conveyor-ci/conveyor/plugins/ssh-launcher v0.0.0-00010101000000-000000000000
+	github.com/conveyor-ci/conveyor/sdk v0.0.0-00010101000000-000000000000
 	github.com/hashicorp/hcl/v2 v2.25.0
 	golang.org/x/crypto v0.57.0
 	gopkg.in/yaml.v3 v3.0.1
@@ -18,7 +19,6 @@ require (
 	github.com/apparentlymart/go-textseg/v17 v17.0.1 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
-	github.com/conveyor-ci/conveyor/sdk v0.0.0-00010101000000-000000000000 // indirect
 	github.com/distribution/reference v0.5.0 // indirect
 	github.com/docker/go-connections v0.4.0 // indirect
 	github.com/docker/go-units v0.5.0 // indirect

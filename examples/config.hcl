@@ -123,14 +123,32 @@ node "kafka-2" {
 
 # A job runs its steps in order on a node that carries all of its labels
 # (a node's name is one of its labels).
+#
+# param blocks declare the build parameters a trigger may set
+# (conveyor build -p NAME=VALUE, the UI's form, the API): each becomes an
+# environment variable of the steps. A trigger with any other name, or a
+# value outside choices, is refused. Without a default the parameter is
+# required. Names match [A-Z_][A-Z0-9_]*; names the shell, the loader or the
+# agent interpret (PATH, LD_*, BASH_ENV, ENV, IFS, HOME, CONVEYOR_*, ...) are
+# refused: see SECURITY.md.
 job "hello" {
   labels = ["linux"]
   env = {
     GREETING = "hello from Conveyor"
   }
 
+  param "NAME" {
+    description = "who is greeted"
+    default     = "world"
+  }
+  param "MOOD" {
+    description = "how"
+    default     = "cheerful"
+    choices     = ["cheerful", "calm"]
+  }
+
   step "greet" {
-    run = "echo \"$GREETING, build $CONVEYOR_BUILD_NUMBER on $CONVEYOR_NODE\""
+    run = "echo \"$GREETING to $NAME ($MOOD), build $CONVEYOR_BUILD_NUMBER on $CONVEYOR_NODE\""
   }
 }
 

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -13,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/conveyor-ci/conveyor/sdk/testenv"
 )
 
 // collector gathers a step's output per stream.
@@ -199,9 +200,7 @@ func TestExitKillsLeftovers(t *testing.T) {
 // TestEscapedProcessDoesNotHang: a process that left the step's process
 // group while holding its output does not keep the step running.
 func TestEscapedProcessDoesNotHang(t *testing.T) {
-	if _, err := exec.LookPath("setsid"); err != nil {
-		t.Skip("no setsid")
-	}
+	testenv.Command(t, "setsid", "util-linux")
 	defer func(d time.Duration) { outputLinger = d }(outputLinger)
 	outputLinger = 100 * time.Millisecond
 	c := newCollector()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 
 	"github.com/conveyor-ci/conveyor/core/buildlog"
@@ -27,7 +26,7 @@ var ErrNoArtifact = errors.New("no such artifact")
 // build did not deliver what it was asked to keep.
 func (s *Service) collectArtifacts(ctx context.Context, a *active, job *config.Job, n *nodes.Node, logf *buildlog.Log, key, status, reason string) (string, string) {
 	fail := func(what string) (string, string) {
-		fmt.Fprintf(logf, "conveyor: artifacts: %s\n", what)
+		logf.Printf("conveyor: artifacts: %s\n", what)
 		return store.StatusFailure, joinReason(reason, "artifacts: "+what)
 	}
 	sess := n.Session()
@@ -38,17 +37,16 @@ func (s *Service) collectArtifacts(ctx context.Context, a *active, job *config.J
 	if err != nil {
 		return fail(err.Error())
 	}
-	sink := &artifactSink{w: w}
 	idx := uint32(len(job.Steps))
 	req := &wire.Collect{BuildID: key, StepIndex: idx, Workdir: workspace(job, a.build), Patterns: job.Artifacts}
-	res, err := sess.Collect(ctx, req, logf, sink)
+	res, err := sess.Collect(ctx, req, logf, w)
 	if res != nil {
 		sess.Recorded(key, idx)
 	}
 	list, cerr := w.Close()
 	s.update(a, func(b *store.Build) { b.Artifacts = list })
 	for _, f := range list {
-		fmt.Fprintf(logf, "conveyor: artifact %s: %d bytes, mode %04o, sha256 %s\n", f.Path, f.Size, f.Mode, f.SHA256)
+		logf.Printf("conveyor: artifact %s: %d bytes, mode %04o, sha256 %s\n", f.Path, f.Size, f.Mode, f.SHA256)
 	}
 	switch {
 	case ctx.Err() != nil:
@@ -56,10 +54,12 @@ func (s *Service) collectArtifacts(ctx context.Context, a *active, job *config.J
 		return store.StatusCancelled, context.Cause(ctx).Error()
 	case errors.Is(err, session.ErrUnsupported):
 		return fail(err.Error())
+	case errors.As(err, new(*session.WriteError)):
+		// A file that could not be stored (the session retried a full
+		// disk's refusals for the session timeout), or refused.
+		return fail("storing them: " + err.Error())
 	case err != nil:
 		return fail(fmt.Sprintf("node %s went offline: %v", n.Name(), err))
-	case sink.err != nil:
-		return fail("storing them: " + sink.err.Error())
 	case cerr != nil:
 		return fail("storing them: " + cerr.Error())
 	case res.Code == 1:
@@ -76,21 +76,6 @@ func joinReason(reason, more string) string {
 		return more
 	}
 	return reason + "; " + more
-}
-
-// artifactSink writes a collection's chunks, keeping the first error (the
-// rest of the transfer is then dropped: the build fails).
-type artifactSink struct {
-	w   *store.ArtifactWriter
-	err error
-}
-
-func (a *artifactSink) Chunk(path string, mode fs.FileMode, off int64, data []byte, final bool) error {
-	if a.err != nil {
-		return nil
-	}
-	a.err = a.w.Chunk(path, mode, off, data, final)
-	return a.err
 }
 
 // Artifacts lists the files build n of job archived.

@@ -60,6 +60,9 @@ type Observer interface {
 	Started(job string, waited time.Duration)
 	// Finished: a build of job ended with status.
 	Finished(job, status string)
+	// WriteFailed: writing to storage of kind (session.KindStore: the
+	// build's record) failed.
+	WriteFailed(kind string)
 }
 
 // New returns a service over the store and nodes; obs, when not nil, is
@@ -183,10 +186,16 @@ func (s *Service) Run(ctx context.Context) {
 }
 
 // Trigger queues a new build of job; params become environment variables.
+// Only the parameters the job declares are taken, their defaults applied:
+// anything else is a *config.ParamError and queues nothing.
 func (s *Service) Trigger(job string, params map[string]string) (*store.Build, error) {
 	j := s.cfg.Job(job)
 	if j == nil {
 		return nil, fmt.Errorf("%w: %q", ErrUnknownJob, job)
+	}
+	params, err := j.ResolveParams(params)
+	if err != nil {
+		return nil, err
 	}
 	b := &store.Build{Job: job, Status: store.StatusQueued, Params: params, QueuedAt: time.Now().UTC(), Steps: []store.Step{}}
 	s.mu.Lock()
@@ -323,6 +332,9 @@ func (s *Service) update(a *active, fn func(b *store.Build)) {
 	s.mu.Unlock()
 	if err := s.store.Save(b); err != nil {
 		s.log.Error("saving build", "build", Key(b.Job, b.Number), "error", err)
+		if s.obs != nil {
+			s.obs.WriteFailed(session.KindStore)
+		}
 	}
 }
 
@@ -400,7 +412,7 @@ func (s *Service) run(a *active, job *config.Job, n *nodes.Node, logf *buildlog.
 		}
 	}
 	if err := logf.Close(); err != nil && status == store.StatusSuccess {
-		status, reason = store.StatusFailure, "writing the log: "+err.Error()
+		status, reason = store.StatusFailure, err.Error()
 	}
 	size := logf.Size()
 	s.finish(a, status, reason, &size)
@@ -440,10 +452,15 @@ func (s *Service) runSteps(ctx context.Context, a *active, job *config.Job, n *n
 		}
 		finished := time.Now().UTC()
 		status, reason := store.StatusSuccess, ""
+		var writeErr *session.WriteError
 		switch {
 		case errors.Is(err, session.ErrUnsupported):
 			status, reason = store.StatusFailure, fmt.Sprintf("step %q on node %s: %v", st.Name, n.Name(), err)
-			fmt.Fprintf(logf, "conveyor: %s\n", reason)
+			logf.Printf("conveyor: %s\n", reason)
+		case errors.As(err, &writeErr):
+			// What the step printed could not be stored: the build fails
+			// with the file and the system's error.
+			status, reason = store.StatusFailure, writeErr.Error()
 		case err != nil:
 			status, reason = store.StatusFailure, fmt.Sprintf("node %s went offline during step %q: %v", n.Name(), st.Name, err)
 		case ctx.Err() != nil:

@@ -109,6 +109,10 @@ func (e *APIError) Error() string { return fmt.Sprintf("server answered %d: %s",
 // the right API token.
 func (e *APIError) Unauthorized() bool { return e.Status == http.StatusUnauthorized }
 
+// Forbidden reports whether the server refused the request because the
+// token's role does not allow it.
+func (e *APIError) Forbidden() bool { return e.Status == http.StatusForbidden }
+
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
 	var rd io.Reader
 	if body != nil {
@@ -169,6 +173,12 @@ func (c *Client) Trigger(ctx context.Context, job string, params map[string]stri
 	var b store.Build
 	err := c.do(ctx, http.MethodPost, "/v1/jobs/"+url.PathEscape(job)+"/builds", server.TriggerRequest{Params: params}, &b)
 	return &b, err
+}
+
+// Builds lists job's builds, newest first.
+func (c *Client) Builds(ctx context.Context, job string) ([]*store.Build, error) {
+	var out []*store.Build
+	return out, c.do(ctx, http.MethodGet, "/v1/jobs/"+url.PathEscape(job)+"/builds", nil, &out)
 }
 
 // Build returns build n of job.
@@ -263,4 +273,23 @@ func (c *Client) DownloadArtifact(ctx context.Context, job string, n int, path s
 
 func buildPath(job string, n int) string {
 	return "/v1/jobs/" + url.PathEscape(job) + "/builds/" + strconv.Itoa(n)
+}
+
+// Tokens lists the API tokens (admin role), the bootstrap token first.
+func (c *Client) Tokens(ctx context.Context) ([]store.Token, error) {
+	var out []store.Token
+	return out, c.do(ctx, http.MethodGet, "/v1/tokens", nil, &out)
+}
+
+// CreateToken issues a token named name with role (admin role); the
+// answer holds the token, which the server does not keep.
+func (c *Client) CreateToken(ctx context.Context, name string, role store.Role) (*server.TokenResponse, error) {
+	var out server.TokenResponse
+	return &out, c.do(ctx, http.MethodPost, "/v1/tokens", server.TokenRequest{Name: name, Role: role}, &out)
+}
+
+// RevokeToken revokes the token named name (admin role).
+func (c *Client) RevokeToken(ctx context.Context, name string) (*store.Token, error) {
+	var out store.Token
+	return &out, c.do(ctx, http.MethodDelete, "/v1/tokens/"+url.PathEscape(name), nil, &out)
 }

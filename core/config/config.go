@@ -137,6 +137,9 @@ type Job struct {
 	Timeout time.Duration
 	// Env holds extra environment variables for the steps; nil when unset.
 	Env map[string]string
+	// Params are the build parameters a trigger may set (param blocks),
+	// in declaration order; a trigger may set no other.
+	Params []Param
 	// Steps are run in order; there is at least one.
 	Steps []Step
 	// Artifacts are glob patterns, relative to the build's workspace, of

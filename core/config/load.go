@@ -93,8 +93,20 @@ type jobBlock struct {
 	Artifacts    hcl.Expression    `hcl:"artifacts,optional"`
 	MaxMiB       *int              `hcl:"artifacts_max_mib,optional"`
 	MaxMiBRange  hcl.Range         `hcl:"artifacts_max_mib,attr_value_range"`
+	Params       []*paramBlock     `hcl:"param,block"`
 	Steps        []*stepBlock      `hcl:"step,block"`
 	DefRange     hcl.Range         `hcl:",def_range"`
+}
+
+type paramBlock struct {
+	Name         string    `hcl:"name,label"`
+	NameRange    hcl.Range `hcl:"name,label_range"`
+	Default      *string   `hcl:"default,optional"`
+	DefaultRange hcl.Range `hcl:"default,attr_value_range"`
+	Description  *string   `hcl:"description,optional"`
+	Choices      []string  `hcl:"choices,optional"`
+	ChoicesRange hcl.Range `hcl:"choices,attr_value_range"`
+	DefRange     hcl.Range `hcl:",def_range"`
 }
 
 type stepBlock struct {
@@ -513,6 +525,9 @@ func (c *Config) buildJobs(blocks []*jobBlock) hcl.Diagnostics {
 			}
 			j.ArtifactsMaxBytes = int64(*b.MaxMiB) << 20
 		}
+		var d2 hcl.Diagnostics
+		j.Params, d2 = buildParams(b.Params)
+		diags = append(diags, d2...)
 		steps := map[string]hcl.Range{}
 		for _, s := range b.Steps {
 			diags = append(diags, checkName("step", s.Name, s.NameRange)...)

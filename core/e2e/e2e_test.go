@@ -7,9 +7,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -17,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/conveyor-ci/conveyor/core/client"
 	"github.com/conveyor-ci/conveyor/core/e2e/cluster"
 	"github.com/conveyor-ci/conveyor/core/nodes"
 	"github.com/conveyor-ci/conveyor/core/store"
@@ -30,6 +33,10 @@ const jobs = `
 job "hello" {
   labels = ["linux"]
   env = { GREETING = "hello" }
+  param "P" {
+    description = "printed by the step"
+    default     = ""
+  }
   step "greet" { run = "echo \"$GREETING from $CONVEYOR_NODE build $CONVEYOR_BUILD_NUMBER param=$P\"" }
 }
 job "steps" {
@@ -101,6 +108,32 @@ func TestKafkaBuildsEndToEnd(t *testing.T) {
 		}
 		if len(b.Steps) != 1 || b.Steps[0].ExitCode == nil || *b.Steps[0].ExitCode != 0 {
 			t.Fatalf("steps %+v", b.Steps)
+		}
+	})
+	// Issue 13: -p BASH_ENV='$(...)' on a job whose step runs bash ran
+	// the command as the agent's user. Only declared parameters pass.
+	t.Run("undeclared-param-refused", func(t *testing.T) {
+		ctx := context.Background()
+		marker := filepath.Join(t.TempDir(), "pwned")
+		before, err := c.API.Builds(ctx, "hello")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, params := range []map[string]string{
+			{"BASH_ENV": "$(touch " + marker + ")"}, {"ENV": "$(touch " + marker + ")"}, {"LD_PRELOAD": marker}, {"P": "x", "A=B": "y"},
+		} {
+			_, err := c.API.Trigger(ctx, "hello", params)
+			var apiErr *client.APIError
+			if !errors.As(err, &apiErr) || apiErr.Status != http.StatusBadRequest || !strings.Contains(apiErr.Message, "it declares P") {
+				t.Errorf("trigger with %v: %v, want 400 naming the declared parameters", params, err)
+			}
+		}
+		after, err := c.API.Builds(ctx, "hello")
+		if err != nil || len(after) != len(before) {
+			t.Errorf("refused triggers queued builds: %d before, %d after (%v)", len(before), len(after), err)
+		}
+		if _, err := os.Stat(marker); err == nil {
+			t.Errorf("the injected command ran")
 		}
 	})
 	t.Run("steps-in-order", func(t *testing.T) {

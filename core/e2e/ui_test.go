@@ -5,7 +5,6 @@ import (
 	"context"
 	"image/png"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -17,6 +16,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/conveyor-ci/conveyor/core/e2e/cluster"
+	"github.com/conveyor-ci/conveyor/sdk/testenv"
 )
 
 // screenshot is where TestWebUI keeps its screenshot of a finished build:
@@ -40,6 +40,9 @@ func uiJob(gate string) string {
 	return `
 job "ui-demo" {
   labels = ["linux"]
+  param "GREETING" {
+    description = "printed by the first step"
+  }
   step "greet" {
     run = "echo \"greeting=$GREETING\"; printf '\\033[1;31mred bold\\033[0m plain \\033[38;5;208morange\\033[0m\\n'; echo '<b>bold</b><script>window.pwned=1</script>'"
   }
@@ -56,10 +59,7 @@ job "ui-demo" {
 // follow its live log to the end across a restart of the master, and look
 // at the transport page.
 func TestWebUI(t *testing.T) {
-	browser, err := exec.LookPath("chromium")
-	if err != nil {
-		t.Fatalf("the web UI test needs Debian's chromium (apt-get install chromium; .ci/run installs it): %v", err)
-	}
+	browser := testenv.Command(t, "chromium", "chromium")
 	gate := filepath.Join(t.TempDir(), "gate")
 	c := start(t, uiNodes, uiJob(gate))
 	secret := c.Secret("ui-1")
@@ -133,9 +133,8 @@ func TestWebUI(t *testing.T) {
 
 	do("trigger a build with a parameter",
 		chromedp.Navigate(base+"/ui/jobs/ui-demo"),
-		chromedp.WaitVisible(chromedp.CSS(`#trigger-form input[name="key"]`)),
-		chromedp.SendKeys(chromedp.CSS(`#trigger-form input[name="key"]`), "GREETING"),
-		chromedp.SendKeys(chromedp.CSS(`#trigger-form input[name="value"]`), "hello-from-the-browser"),
+		chromedp.WaitVisible(chromedp.ID("param-GREETING")),
+		chromedp.SendKeys(chromedp.ID("param-GREETING"), "hello-from-the-browser"),
 		chromedp.Click(chromedp.ID("trigger-submit")),
 		chromedp.WaitVisible(chromedp.ID("log")),
 	)

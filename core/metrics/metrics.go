@@ -52,6 +52,8 @@ type Metrics struct {
 	builds   *prometheus.CounterVec
 	started  *prometheus.CounterVec
 	wait     *prometheus.HistogramVec
+	writes   *prometheus.CounterVec
+	authFail *prometheus.CounterVec
 	handler  http.Handler
 	snapshot *snapshot
 }
@@ -72,8 +74,24 @@ func New(src Sources) *Metrics {
 		Help:    "How long builds waited in the queue before starting, by job.",
 		Buckets: []float64{.005, .025, .1, .5, 1, 5, 15, 60, 300, 900, 3600},
 	}, []string{"job"})
+	m.writes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "storage_write_errors_total",
+		Help: "Failed attempts to write to the master's storage, by kind: log (a build log), artifact, checkpoint (an agent session's), store (a build's record). A refused write of an agent's data is retried (docs/sessions.md).",
+	}, []string{"kind"})
+	for _, k := range []string{session.KindLog, session.KindArtifact, session.KindCheckpoint, session.KindStore} {
+		m.writes.WithLabelValues(k)
+	}
+	m.authFail = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "auth_failures_total",
+		Help: "API and UI sign-in requests refused for their token, by surface (api, ui) and reason (invalid_token; rate_limited: refused unchecked, the address sent too many wrong tokens).",
+	}, []string{"surface", "reason"})
+	for _, surface := range []string{"api", "ui"} {
+		for _, reason := range []string{"invalid_token", "rate_limited"} {
+			m.authFail.WithLabelValues(surface, reason)
+		}
+	}
 	m.snapshot = &snapshot{src: src}
-	m.reg.MustRegister(m.builds, m.started, m.wait, m.snapshot,
+	m.reg.MustRegister(m.builds, m.started, m.wait, m.writes, m.authFail, m.snapshot,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.handler = promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
 	return m
@@ -87,6 +105,16 @@ func (m *Metrics) Started(job string, waited time.Duration) {
 
 // Finished implements builds.Observer.
 func (m *Metrics) Finished(job, status string) { m.builds.WithLabelValues(job, status).Inc() }
+
+// WriteFailed implements builds.Observer; it counts session write errors
+// too (nodes.Options.OnWriteError).
+func (m *Metrics) WriteFailed(kind string) { m.writes.WithLabelValues(kind).Inc() }
+
+// AuthFailure counts a request refused for its token: surface is "api" or
+// "ui", reason "invalid_token" or "rate_limited".
+func (m *Metrics) AuthFailure(surface, reason string) {
+	m.authFail.WithLabelValues(surface, reason).Inc()
+}
 
 // ServeHTTP serves the metrics in the Prometheus text format.
 func (m *Metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) { m.handler.ServeHTTP(w, r) }

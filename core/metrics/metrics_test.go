@@ -50,6 +50,9 @@ func TestMetrics(t *testing.T) {
 	m.Finished("hello", "success")
 	m.Finished("hello", "success")
 	m.Finished("fails", "failure")
+	m.WriteFailed(session.KindLog)
+	m.WriteFailed(session.KindLog)
+	m.WriteFailed(session.KindCheckpoint)
 	out := scrape(t, m)
 	for _, want := range []string{
 		`conveyor_builds_finished_total{job="hello",result="success"} 2`,
@@ -76,6 +79,10 @@ func TestMetrics(t *testing.T) {
 		`conveyor_rejected_frames_total{node="k1",reason="stale"} 1`,
 		`conveyor_rejected_frames_total{node="s1",reason="forged"} 0`,
 		`conveyor_plugin_restarts_total{plugin="kafka"} 2`,
+		`conveyor_storage_write_errors_total{kind="log"} 2`,
+		`conveyor_storage_write_errors_total{kind="checkpoint"} 1`,
+		`conveyor_storage_write_errors_total{kind="artifact"} 0`,
+		`conveyor_storage_write_errors_total{kind="store"} 0`,
 		`conveyor_plugin_up{plugin="kafka"} 1`,
 		`go_goroutines`,
 	} {

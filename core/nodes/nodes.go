@@ -133,6 +133,9 @@ type Options struct {
 	// Store, when set, persists the sessions of resumable links, so that a
 	// restarted master resumes them.
 	Store SessionStore
+	// OnWriteError, when set, is told of every failed attempt to store
+	// what an agent sent (session.Options.OnWriteError).
+	OnWriteError func(kind string)
 }
 
 // SessionStore persists the nodes' agent sessions (core/store does).
@@ -154,7 +157,7 @@ func NewManager(cfg *config.Config, pm *plugins.Manager, opts Options, logger hc
 			hbTimeout = c.HeartbeatTimeout
 		}
 		so := session.Options{Node: c.Name, Heartbeat: opts.Heartbeat, HeartbeatTimeout: hbTimeout,
-			SessionTimeout: c.SessionTimeout, Logger: logger.Named(c.Name),
+			SessionTimeout: c.SessionTimeout, Logger: logger.Named(c.Name), OnWriteError: opts.OnWriteError,
 			OnEnd: func(err error) {
 				if n.Status().State == StateUnreachable {
 					m.set(n, StateOffline, err.Error())

@@ -127,8 +127,12 @@ func configureOne(ctx context.Context, cfg *config.Config, p *Plugin, l *config.
 		if len(ce.Path) > 0 {
 			detail = fmt.Sprintf("%s: %s", strings.Join(ce.Path, "."), ce.Message)
 		}
-		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError,
-			Summary: fmt.Sprintf("Invalid %s configuration", l.Name), Detail: detail, Subject: rng.Ptr()})
+		d := &hcl.Diagnostic{Severity: hcl.DiagError,
+			Summary: fmt.Sprintf("Invalid %s configuration", l.Name), Detail: detail, Subject: rng.Ptr()}
+		if ce.Warning {
+			d.Severity, d.Summary = hcl.DiagWarning, fmt.Sprintf("Suspicious %s configuration", l.Name)
+		}
+		diags = append(diags, d)
 	}
 	return diags
 }

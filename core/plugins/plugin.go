@@ -86,15 +86,17 @@ func (p *Plugin) Restarts() int {
 }
 
 // Configure hands the plugin its configuration and keeps it to hand again
-// after a restart.
+// after a restart. Warnings (launcher.ConfigErrors holding warnings only)
+// are returned, the configuration kept.
 func (p *Plugin) Configure(ctx context.Context, cfg *launcher.Config) error {
-	if err := p.Launcher().Configure(ctx, cfg); err != nil {
+	err := p.Launcher().Configure(ctx, cfg)
+	if launcher.ConfigureFailed(err) {
 		return err
 	}
 	p.mu.Lock()
 	p.config = cfg
 	p.mu.Unlock()
-	return nil
+	return err
 }
 
 // Subscribe returns a channel that receives a value after every restart
@@ -156,7 +158,7 @@ func (p *Plugin) restart() error {
 	cfg := p.config
 	p.mu.Unlock()
 	if cfg != nil {
-		if err := p.Launcher().Configure(ctx, cfg); err != nil {
+		if err := p.Launcher().Configure(ctx, cfg); launcher.ConfigureFailed(err) {
 			err = fmt.Errorf("configure after restart: %w", err)
 			p.setErr(err)
 			p.Process().Kill()

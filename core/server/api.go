@@ -1,6 +1,8 @@
 package server
 
 import (
+	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -9,10 +11,12 @@ import (
 	"mime"
 	"net/http"
 	"path"
+	"regexp"
 	"strconv"
 	"time"
 
 	"github.com/conveyor-ci/conveyor/core/builds"
+	"github.com/conveyor-ci/conveyor/core/config"
 	"github.com/conveyor-ci/conveyor/core/nodes"
 	"github.com/conveyor-ci/conveyor/core/store"
 	"github.com/conveyor-ci/conveyor/sdk/launcher"
@@ -20,11 +24,22 @@ import (
 
 // JobStatus is a job in the API.
 type JobStatus struct {
-	Name      string       `json:"name"`
-	Labels    []string     `json:"labels"`
-	Timeout   string       `json:"timeout,omitempty"`
-	Steps     []string     `json:"steps"`
-	LastBuild *store.Build `json:"last_build,omitempty"`
+	Name      string        `json:"name"`
+	Labels    []string      `json:"labels"`
+	Timeout   string        `json:"timeout,omitempty"`
+	Params    []ParamStatus `json:"params,omitempty"`
+	Steps     []string      `json:"steps"`
+	LastBuild *store.Build  `json:"last_build,omitempty"`
+}
+
+// ParamStatus is a job's declared parameter in the API.
+type ParamStatus struct {
+	Name        string   `json:"name"`
+	Description string   `json:"description,omitempty"`
+	Default     *string  `json:"default,omitempty"`
+	Choices     []string `json:"choices,omitempty"`
+	// Required: it has no default, a trigger must set it.
+	Required bool `json:"required"`
 }
 
 // TriggerRequest is the body of POST /v1/jobs/{job}/builds.
@@ -47,8 +62,8 @@ func (s *Server) apiRoutes(rt router) {
 		}
 		writeJSON(w, http.StatusOK, out)
 	})
-	rt.handle("GET /v1/nodes/{node}/secret", write, s.handleSecret)
-	rt.handle("DELETE /v1/nodes/{node}", write, s.handleDeleteNode)
+	rt.handle("GET /v1/nodes/{node}/secret", admin, s.handleSecret)
+	rt.handle("DELETE /v1/nodes/{node}", admin, s.handleDeleteNode)
 	rt.handle("GET /v1/jobs", read, func(w http.ResponseWriter, r *http.Request) {
 		out := []JobStatus{}
 		for _, j := range s.cfg.Jobs {
@@ -59,6 +74,10 @@ func (s *Server) apiRoutes(rt router) {
 			for _, st := range j.Steps {
 				js.Steps = append(js.Steps, st.Name)
 			}
+			for _, p := range j.Params {
+				js.Params = append(js.Params, ParamStatus{Name: p.Name, Description: p.Description, Default: p.Default,
+					Choices: p.Choices, Required: p.Default == nil})
+			}
 			if last, err := s.builds.List(j.Name, 1); err == nil && len(last) > 0 {
 				js.LastBuild = last[0]
 			}
@@ -66,7 +85,7 @@ func (s *Server) apiRoutes(rt router) {
 		}
 		writeJSON(w, http.StatusOK, out)
 	})
-	rt.handle("POST /v1/jobs/{job}/builds", write, func(w http.ResponseWriter, r *http.Request) {
+	rt.handle("POST /v1/jobs/{job}/builds", trigger, func(w http.ResponseWriter, r *http.Request) {
 		var req TriggerRequest
 		if r.ContentLength != 0 {
 			if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&req); err != nil {
@@ -101,7 +120,7 @@ func (s *Server) apiRoutes(rt router) {
 		}
 		writeJSON(w, http.StatusOK, b)
 	}))
-	rt.handle("POST /v1/jobs/{job}/builds/{n}/cancel", write, s.withBuild(func(w http.ResponseWriter, r *http.Request, job string, n int) {
+	rt.handle("POST /v1/jobs/{job}/builds/{n}/cancel", trigger, s.withBuild(func(w http.ResponseWriter, r *http.Request, job string, n int) {
 		reason := r.URL.Query().Get("reason")
 		if reason == "" {
 			reason = "by request through the API"
@@ -287,7 +306,10 @@ func (s *Server) handleDeleteNode(w http.ResponseWriter, r *http.Request) {
 }
 
 func writeServiceError(w http.ResponseWriter, err error) {
+	var pe *config.ParamError
 	switch {
+	case errors.As(err, &pe):
+		writeError(w, http.StatusBadRequest, err.Error())
 	case errors.Is(err, builds.ErrUnknownJob), errors.Is(err, store.ErrNotFound), errors.Is(err, builds.ErrNoArtifact):
 		writeError(w, http.StatusNotFound, err.Error())
 	default:
@@ -297,4 +319,116 @@ func writeServiceError(w http.ResponseWriter, err error) {
 
 func writeError(w http.ResponseWriter, code int, msg string) {
 	writeJSON(w, code, map[string]string{"error": msg})
+}
+
+// TokenRequest is the body of POST /v1/tokens.
+type TokenRequest struct {
+	Name string     `json:"name"`
+	Role store.Role `json:"role"`
+}
+
+// TokenResponse is the body of POST /v1/tokens: the token itself, shown
+// this once (the server keeps only its SHA-256).
+type TokenResponse struct {
+	store.Token
+	// Secret is the token to send as a bearer token.
+	Secret string `json:"token"`
+}
+
+// tokenNameRE is what a token's name must match.
+var tokenNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+// tokenRoutes registers the token management routes (admin).
+func (s *Server) tokenRoutes(rt router) {
+	rt.handle("GET /v1/tokens", admin, func(w http.ResponseWriter, r *http.Request) {
+		list, err := s.store.Tokens()
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+		out := []store.Token{{ID: BootstrapToken, Name: BootstrapToken, Role: store.RoleAdmin}}
+		for _, t := range list {
+			t.SHA256 = ""
+			out = append(out, t)
+		}
+		writeJSON(w, http.StatusOK, out)
+	})
+	rt.handle("POST /v1/tokens", admin, s.handleCreateToken)
+	rt.handle("DELETE /v1/tokens/{name}", admin, s.handleRevokeToken)
+}
+
+// handleCreateToken issues a new token: 32 random bytes, hex; only its
+// SHA-256 is stored.
+func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
+	var req TokenRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10)).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid request body: "+err.Error())
+		return
+	}
+	if !tokenNameRE.MatchString(req.Name) || req.Name == BootstrapToken {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("%q cannot name a token: use letters, digits, '.', '_' and '-' (at most 63), and not %q", req.Name, BootstrapToken))
+		return
+	}
+	role, err := store.ParseRole(string(req.Role))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	var raw [32]byte
+	var id [8]byte
+	_, _ = rand.Read(raw[:])
+	_, _ = rand.Read(id[:])
+	tok := hex.EncodeToString(raw[:])
+	sum := sha256.Sum256([]byte(tok))
+	t := store.Token{ID: hex.EncodeToString(id[:]), Name: req.Name, Role: role, SHA256: hex.EncodeToString(sum[:]), CreatedAt: time.Now().UTC()}
+	if err := s.store.CreateToken(t); errors.Is(err, store.ErrTokenExists) {
+		writeError(w, http.StatusConflict, fmt.Sprintf("a token named %q exists: revoke it first or pick another name", req.Name))
+		return
+	} else if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	if err := s.reloadTokens(); err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	by, _ := identityOf(r.Context())
+	s.logger.Info("API token created", "name", t.Name, "role", t.Role, "by", by.Name)
+	t.SHA256 = ""
+	writeJSON(w, http.StatusCreated, TokenResponse{Token: t, Secret: tok})
+}
+
+// handleRevokeToken deletes a token: its API requests and its UI sessions
+// are refused from now on.
+func (s *Server) handleRevokeToken(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if name == BootstrapToken {
+		writeError(w, http.StatusBadRequest, "the bootstrap token is server.api.token or data_dir/"+TokenFileName+": change it there and restart the server")
+		return
+	}
+	t, err := s.store.RevokeToken(name)
+	if errors.Is(err, store.ErrTokenNotFound) {
+		writeError(w, http.StatusNotFound, "no such token: "+name)
+		return
+	} else if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	if err := s.reloadTokens(); err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	by, _ := identityOf(r.Context())
+	s.logger.Info("API token revoked", "name", t.Name, "role", t.Role, "by", by.Name)
+	t.SHA256 = ""
+	writeJSON(w, http.StatusOK, t)
+}
+
+// reloadTokens has the authenticator take the store's tokens.
+func (s *Server) reloadTokens() error {
+	list, err := s.store.Tokens()
+	if err != nil {
+		return fmt.Errorf("API tokens: %w", err)
+	}
+	return s.auth.setTokens(list)
 }

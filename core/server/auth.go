@@ -22,41 +22,98 @@ import (
 	"time"
 
 	"github.com/conveyor-ci/conveyor/core/config"
+	"github.com/conveyor-ci/conveyor/core/store"
 )
 
 // TokenFileName is the file under data_dir holding the API token the
 // server generated, used when the configuration sets none.
 const TokenFileName = "api-token"
 
-// access is what a route asks of a request.
+// access is what a route asks of a request: the least role that may use
+// it, or open.
 type access int
 
 const (
 	// open routes need no token (GET /healthz).
 	open access = iota
-	// read routes need the token unless server.api.public_read is set.
+	// read routes need a token of any role, unless server.api.public_read
+	// is set.
 	read
-	// write routes always need the token: they change something or, like
-	// node secrets, give away what lets an agent in.
-	write
+	// signedIn UI actions need a session of any role, and its CSRF token
+	// (signing out); public_read does not open them.
+	signedIn
+	// trigger routes trigger and cancel builds: the trigger role.
+	trigger
+	// admin routes give away what lets an agent in (node secrets), delete
+	// nodes or manage tokens: the admin role.
+	admin
 )
+
+// role is the least role that level needs.
+func (level access) role() store.Role {
+	switch level {
+	case trigger:
+		return store.RoleTrigger
+	case admin:
+		return store.RoleAdmin
+	}
+	return store.RoleRead
+}
+
+// BootstrapToken is the name of the first token: the one in
+// server.api.token or data_dir/api-token, with the admin role. It is not
+// in the token store and cannot be revoked there: change the
+// configuration or the file and restart.
+const BootstrapToken = "bootstrap"
+
+// identity is who a valid token or UI session speaks for.
+type identity struct {
+	// ID is the token's ID (BootstrapToken for the first token).
+	ID   string
+	Name string
+	Role store.Role
+}
+
+type identityCtxKey struct{}
+
+// identityOf is the identity a request was authenticated as.
+func identityOf(ctx context.Context) (identity, bool) {
+	id, ok := ctx.Value(identityCtxKey{}).(identity)
+	return id, ok
+}
+
+// issued is a token of the store, its hash decoded for comparing.
+type issued struct {
+	identity
+	sum [sha256.Size]byte
+}
 
 // authenticator checks the bearer token of API requests and the session
 // cookie of the web UI's.
 type authenticator struct {
-	// sum is the SHA-256 of the token: requests are compared against it
-	// in constant time, whatever their length.
+	// sum is the SHA-256 of the bootstrap token: requests are compared
+	// against it, and against every issued token's, in constant time,
+	// whatever their length.
 	sum        [sha256.Size]byte
 	publicRead bool
 	// sessionKey signs the UI's session cookies and derives their CSRF
-	// tokens: HMAC-SHA256 of a label under the API token. Sessions
+	// tokens: HMAC-SHA256 of a label under the bootstrap token. Sessions
 	// survive a restart (a live log page resumes after one), and a new
-	// token signs every browser out.
+	// bootstrap token signs every browser out.
 	sessionKey []byte
-	// now is the clock of session expiry (time.Now; tests move it).
+	// now is the clock of session expiry and of the failure limiter
+	// (time.Now; tests move it).
 	now func() time.Time
+	// limiter slows down the addresses that send wrong tokens.
+	limiter *failureLimiter
+	// onFailure counts an authentication failure (metrics), when set:
+	// surface is "api" or "ui", reason "invalid_token" or "rate_limited".
+	onFailure func(surface, reason string)
 
 	mu sync.Mutex
+	// tokens are the issued tokens (the store's), kept in step by the
+	// token routes.
+	tokens []issued
 	// revoked holds the sessions signed out before they expire, with
 	// their expiry, after which they are dropped from it; revokedPath,
 	// when set, keeps them across restarts.
@@ -67,11 +124,40 @@ type authenticator struct {
 func newAuthenticator(token string, publicRead bool) *authenticator {
 	mac := hmac.New(sha256.New, []byte(token))
 	mac.Write([]byte("conveyor ui session key"))
-	return &authenticator{sum: sha256.Sum256([]byte(token)), publicRead: publicRead,
+	a := &authenticator{sum: sha256.Sum256([]byte(token)), publicRead: publicRead,
 		sessionKey: mac.Sum(nil), now: time.Now, revoked: map[string]time.Time{}}
+	a.limiter = newFailureLimiter(func() time.Time { return a.now() })
+	return a
 }
 
-// wrap guards h with the token check that level requires.
+// setTokens replaces the issued tokens the authenticator knows.
+func (a *authenticator) setTokens(list []store.Token) error {
+	out := make([]issued, 0, len(list))
+	for _, t := range list {
+		sum, err := hex.DecodeString(t.SHA256)
+		if err != nil || len(sum) != sha256.Size {
+			return fmt.Errorf("token %q: its stored hash is damaged", t.Name)
+		}
+		it := issued{identity: identity{ID: t.ID, Name: t.Name, Role: t.Role}}
+		copy(it.sum[:], sum)
+		out = append(out, it)
+	}
+	a.mu.Lock()
+	a.tokens = out
+	a.mu.Unlock()
+	return nil
+}
+
+// failed counts a failure on surface.
+func (a *authenticator) failed(surface, reason string) {
+	if a.onFailure != nil {
+		a.onFailure(surface, reason)
+	}
+}
+
+// wrap guards h with the token check that level requires. A request from
+// an address that sent too many wrong tokens is answered 429 before its
+// token is looked at.
 func (a *authenticator) wrap(level access, h http.HandlerFunc) http.HandlerFunc {
 	if level == open {
 		return h
@@ -81,29 +167,80 @@ func (a *authenticator) wrap(level access, h http.HandlerFunc) http.HandlerFunc 
 			h(w, r)
 			return
 		}
-		switch tok, ok := bearer(r); {
-		case !ok:
+		tok, ok := bearer(r)
+		if !ok {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="conveyor"`)
-			writeError(w, http.StatusUnauthorized, "this endpoint needs the API token: send it as \"Authorization: Bearer TOKEN\"")
-		case !a.valid(tok):
+			writeError(w, http.StatusUnauthorized, "this endpoint needs an API token: send it as \"Authorization: Bearer TOKEN\"")
+			return
+		}
+		key := clientKey(r)
+		if d := a.limiter.wait(key); d > 0 {
+			a.failed("api", "rate_limited")
+			w.Header().Set("Retry-After", strconv.Itoa(retryAfter(d)))
+			writeError(w, http.StatusTooManyRequests, "too many wrong API tokens from this address: try again later")
+			return
+		}
+		id, ok := a.identify(tok)
+		if !ok {
+			a.limiter.fail(key)
+			a.failed("api", "invalid_token")
 			w.Header().Set("WWW-Authenticate", `Bearer realm="conveyor", error="invalid_token"`)
 			writeError(w, http.StatusUnauthorized, "wrong API token")
-		default:
-			h(w, r)
+			return
 		}
+		if !id.Role.Allows(level.role()) {
+			writeError(w, http.StatusForbidden, fmt.Sprintf("token %q has the %s role; this needs the %s role", id.Name, id.Role, level.role()))
+			return
+		}
+		h(w, r.WithContext(context.WithValue(r.Context(), identityCtxKey{}, id)))
 	}
 }
 
-// valid compares tok with the token in constant time.
-func (a *authenticator) valid(tok string) bool {
+// identify returns who tok speaks for. Its hash is compared with every
+// token's in constant time, all of them each time.
+func (a *authenticator) identify(tok string) (identity, bool) {
 	sum := sha256.Sum256([]byte(tok))
-	return subtle.ConstantTimeCompare(sum[:], a.sum[:]) == 1
+	var found identity
+	ok := false
+	if subtle.ConstantTimeCompare(sum[:], a.sum[:]) == 1 {
+		found, ok = a.bootstrap(), true
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, t := range a.tokens {
+		if subtle.ConstantTimeCompare(sum[:], t.sum[:]) == 1 {
+			found, ok = t.identity, true
+		}
+	}
+	return found, ok
+}
+
+// bootstrap is the bootstrap token's identity.
+func (a *authenticator) bootstrap() identity {
+	return identity{ID: BootstrapToken, Name: BootstrapToken, Role: store.RoleAdmin}
+}
+
+// byID returns the identity of a token that is still valid.
+func (a *authenticator) byID(id string) (identity, bool) {
+	if id == BootstrapToken {
+		return a.bootstrap(), true
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, t := range a.tokens {
+		if t.ID == id {
+			return t.identity, true
+		}
+	}
+	return identity{}, false
 }
 
 // UI sessions: a browser proves once, on the login page, that its user
-// holds the API token and gets a session cookie instead. The cookie holds
-// a random session id, its expiry and an HMAC of both under sessionKey:
-// neither the token nor anything that works as a bearer token.
+// holds an API token and gets a session cookie instead. The cookie holds
+// a random session id, its expiry, the token's ID and an HMAC of the three
+// under sessionKey: neither the token nor anything that works as a bearer
+// token. The token's role is looked up at each request, so revoking the
+// token ends its sessions.
 const (
 	// sessionCookie is the session cookie's name.
 	sessionCookie = "conveyor_session"
@@ -117,6 +254,8 @@ const (
 type uiSession struct {
 	id      string
 	expires time.Time
+	// who is the token the browser signed in with.
+	who identity
 }
 
 type sessionCtxKey struct{}
@@ -139,26 +278,30 @@ func (a *authenticator) mac(use string, parts ...string) []byte {
 	return m.Sum(nil)
 }
 
-// newSession starts a UI session and returns it with its cookie value.
-func (a *authenticator) newSession() (uiSession, string) {
+// newSession starts a UI session for who and returns it with its cookie
+// value.
+func (a *authenticator) newSession(who identity) (uiSession, string) {
 	var raw [16]byte
 	_, _ = rand.Read(raw[:])
-	s := uiSession{id: hex.EncodeToString(raw[:]), expires: a.now().Add(sessionTTL).Truncate(time.Second)}
+	s := uiSession{id: hex.EncodeToString(raw[:]), expires: a.now().Add(sessionTTL).Truncate(time.Second), who: who}
 	exp := strconv.FormatInt(s.expires.Unix(), 10)
-	return s, s.id + "." + exp + "." + hex.EncodeToString(a.mac("session", s.id, exp))
+	return s, s.id + "." + exp + "." + who.ID + "." + hex.EncodeToString(a.mac("session", s.id, exp, who.ID))
 }
 
 // session returns the valid, unexpired and not revoked session of r's
-// cookie.
+// cookie, whose token is still valid.
 func (a *authenticator) session(r *http.Request) (uiSession, bool) {
 	c, err := r.Cookie(sessionCookie)
 	if err != nil {
 		return uiSession{}, false
 	}
-	id, rest, _ := strings.Cut(c.Value, ".")
-	exp, sig, _ := strings.Cut(rest, ".")
+	parts := strings.Split(c.Value, ".")
+	if len(parts) != 4 {
+		return uiSession{}, false
+	}
+	id, exp, tokenID, sig := parts[0], parts[1], parts[2], parts[3]
 	got, err := hex.DecodeString(sig)
-	if err != nil || !hmac.Equal(got, a.mac("session", id, exp)) {
+	if err != nil || !hmac.Equal(got, a.mac("session", id, exp, tokenID)) {
 		return uiSession{}, false
 	}
 	unix, err := strconv.ParseInt(exp, 10, 64)
@@ -168,6 +311,10 @@ func (a *authenticator) session(r *http.Request) (uiSession, bool) {
 	s := uiSession{id: id, expires: time.Unix(unix, 0)}
 	if !a.now().Before(s.expires) {
 		return uiSession{}, false
+	}
+	var ok bool
+	if s.who, ok = a.byID(tokenID); !ok {
+		return uiSession{}, false // its token was revoked
 	}
 	a.mu.Lock()
 	_, revoked := a.revoked[id]
@@ -274,14 +421,21 @@ func sameOrigin(r *http.Request) bool {
 		return true // not a browser, or a browser that sends none: the CSRF token decides
 	}
 	u, err := url.Parse(o)
-	return err == nil && u.Host == r.Host
+	if err != nil || u.Host != r.Host {
+		return false
+	}
+	scheme := "http"
+	if secureRequest(r) {
+		scheme = "https"
+	}
+	return u.Scheme == scheme
 }
 
 // wrapUI guards a web UI handler. Pages (read) show to a signed-in
-// browser, or to anyone with public_read; the rest (write) needs a
-// session, and its POSTs the session's CSRF token as well. A browser
-// without a session that asks for a page is sent to the login page; a
-// script gets 401.
+// browser, or to anyone with public_read; the rest (trigger, admin) needs
+// a session whose token has the role, and its POSTs the session's CSRF
+// token as well. A browser without a session that asks for a page is sent
+// to the login page; a script gets 401.
 func (a *authenticator) wrapUI(level access, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		safe := r.Method == http.MethodGet || r.Method == http.MethodHead
@@ -298,6 +452,9 @@ func (a *authenticator) wrapUI(level access, h http.HandlerFunc) http.HandlerFun
 		}
 		switch {
 		case level == open, level == read && (signedIn || a.publicRead):
+		case signedIn && !s.who.Role.Allows(level.role()):
+			http.Error(w, fmt.Sprintf("you signed in with token %q, whose %s role may not do this: it needs the %s role", s.who.Name, s.who.Role, level.role()), http.StatusForbidden)
+			return
 		case signedIn && (safe || a.validCSRF(r, s)):
 		case signedIn:
 			http.Error(w, "this form is missing its CSRF token or holds a stale one: reload the page and try again", http.StatusForbidden)

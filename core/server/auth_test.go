@@ -40,6 +40,7 @@ func (s *syncBuffer) String() string {
 // testServer is a server without launchers, nodes or jobs, serving on a
 // loopback port until the test ends.
 type testServer struct {
+	srv     *Server
 	url     string
 	dataDir string
 	log     *syncBuffer
@@ -80,7 +81,7 @@ func startServer(t *testing.T, cfg *config.Config) *testServer {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return &testServer{url: "http://" + s.Addr(), dataDir: cfg.Server.DataDir, log: log}
+	return &testServer{srv: s, url: "http://" + s.Addr(), dataDir: cfg.Server.DataDir, log: log}
 }
 
 // do sends a request with the token (none when empty) and returns the
@@ -165,6 +166,7 @@ func TestAPIAuth(t *testing.T) {
 					if cred.token == token || (!ep.write && tt.publicRead) {
 						want = ep.ok
 					}
+					ts.srv.auth.limiter.reset() // this test's wrong tokens are not a brute force
 					code, challenge, body := ts.do(t, ep.method, ep.path, cred.token)
 					if code != want {
 						t.Errorf("%s %s with %s: %d %s, want %d", ep.method, ep.path, cred.name, code, body, want)

@@ -72,10 +72,13 @@ func New(ctx context.Context, cfg *config.Config, opts Options, logger hclog.Log
 		return fail(err)
 	}
 	s.auth = newAuthenticator(token, cfg.Server.API.PublicRead)
+	if err := s.reloadTokens(); err != nil {
+		return fail(err)
+	}
 	if generated {
-		logger.Info("generated the API token: clients send it as a bearer token (conveyor: CONVEYOR_TOKEN or -token-file)", "file", source)
+		logger.Info("generated the bootstrap API token (admin role): clients send it as a bearer token (conveyor: CONVEYOR_TOKEN or -token-file); create narrower ones with conveyor token create", "file", source)
 	} else {
-		logger.Info("API token loaded", "from", source)
+		logger.Info("bootstrap API token (admin role) loaded", "from", source)
 	}
 	if cfg.Server.API.PublicRead {
 		logger.Warn("read-only API endpoints are public (server.api.public_read): anyone reaching http_addr may read nodes, jobs, builds and logs")
@@ -90,10 +93,12 @@ func New(ctx context.Context, cfg *config.Config, opts Options, logger hclog.Log
 	if err := st.RecordNodes(recs, time.Now()); err != nil {
 		return fail(err)
 	}
+	s.metrics = metrics.New(metrics.Sources{Nodes: s.metricNodes, Queued: func() int { return s.builds.Queued() }, Plugins: s.metricPlugins})
 	nopts := opts.Nodes
 	nopts.Store = st
+	nopts.OnWriteError = s.metrics.WriteFailed
 	s.nodes = nodes.NewManager(cfg, s.plugins, nopts, logger.Named("node"))
-	s.metrics = metrics.New(metrics.Sources{Nodes: s.metricNodes, Queued: func() int { return s.builds.Queued() }, Plugins: s.metricPlugins})
+	s.auth.onFailure = s.metrics.AuthFailure
 	s.builds = builds.New(cfg, st, s.nodes, s.metrics, logger.Named("build"))
 	if err := s.builds.Recover(); err != nil {
 		return fail(err)
@@ -165,6 +170,7 @@ func (s *Server) routes() http.Handler {
 		writeJSON(w, http.StatusOK, s.pluginStatus())
 	})
 	s.apiRoutes(rt)
+	s.tokenRoutes(rt)
 	s.uiRoutes(rt)
 	return rt.mux
 }

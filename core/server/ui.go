@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -68,6 +67,12 @@ type uiPage struct {
 	// SignedIn: the browser holds a session; CSRF is its token for forms.
 	SignedIn bool
 	CSRF     string
+	// TokenName and Role are the session's token; CanTrigger and IsAdmin
+	// say what its role allows, to show only the actions it may take.
+	TokenName  string
+	Role       store.Role
+	CanTrigger bool
+	IsAdmin    bool
 	// PublicRead: pages show without signing in.
 	PublicRead bool
 	Server     string
@@ -82,6 +87,8 @@ func (s *Server) render(w http.ResponseWriter, r *http.Request, code int, name, 
 		Version: version.Version, Data: data}
 	if sess, ok := sessionOf(r.Context()); ok {
 		p.SignedIn, p.CSRF = true, s.auth.csrf(sess)
+		p.TokenName, p.Role = sess.who.Name, sess.who.Role
+		p.CanTrigger, p.IsAdmin = sess.who.Role.Allows(store.RoleTrigger), sess.who.Role.Allows(store.RoleAdmin)
 	}
 	var buf bytes.Buffer
 	if err := t.ExecuteTemplate(&buf, "layout", p); err != nil {
@@ -138,18 +145,18 @@ func (s *Server) uiRoutes(rt router) {
 	rt.handleUI("GET /ui/{$}", open, home)
 	rt.handleUI("GET /ui/login", open, s.uiLogin)
 	rt.handleUI("POST /ui/login", open, s.uiLogin)
-	rt.handleUI("POST /ui/logout", write, s.uiLogout)
+	rt.handleUI("POST /ui/logout", signedIn, s.uiLogout)
 	rt.handleUI("GET /ui/nodes", read, s.uiNodes)
-	rt.handleUI("GET /ui/nodes/{node}/secret", write, func(w http.ResponseWriter, r *http.Request) {
+	rt.handleUI("GET /ui/nodes/{node}/secret", admin, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Cache-Control", "no-store")
 		s.handleSecret(w, r)
 	})
 	rt.handleUI("GET /ui/builds", read, s.uiBuilds)
 	rt.handleUI("GET /ui/jobs", read, s.uiJobs)
 	rt.handleUI("GET /ui/jobs/{job}", read, s.uiJob)
-	rt.handleUI("POST /ui/jobs/{job}/builds", write, s.uiTrigger)
+	rt.handleUI("POST /ui/jobs/{job}/builds", trigger, s.uiTrigger)
 	rt.handleUI("GET /ui/jobs/{job}/builds/{n}", read, s.withBuild(s.uiBuild))
-	rt.handleUI("POST /ui/jobs/{job}/builds/{n}/cancel", write, s.withBuild(s.uiCancel))
+	rt.handleUI("POST /ui/jobs/{job}/builds/{n}/cancel", trigger, s.withBuild(s.uiCancel))
 	rt.handleUI("GET /ui/jobs/{job}/builds/{n}/log", read, s.withBuild(s.handleLog))
 	rt.handleUI("GET /ui/jobs/{job}/builds/{n}/artifacts/{path...}", read, s.withBuild(s.handleArtifact))
 	rt.handleUI("GET /ui/transport", read, s.uiTransport)
@@ -192,15 +199,26 @@ func (s *Server) uiLogin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
-	if !s.auth.valid(strings.TrimSpace(r.PostFormValue("token"))) {
-		s.logger.Warn("UI sign-in refused: wrong API token", "remote", r.RemoteAddr)
-		s.render(w, r, http.StatusUnauthorized, "login", "Sign in", "", loginData{Next: next, Error: "That is not the API token."})
+	key := clientKey(r)
+	if d := s.auth.limiter.wait(key); d > 0 {
+		s.auth.failed("ui", "rate_limited")
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfter(d)))
+		s.render(w, r, http.StatusTooManyRequests, "login", "Sign in", "", loginData{Next: next,
+			Error: fmt.Sprintf("Too many wrong tokens from your address: wait %d seconds and try again.", retryAfter(d))})
 		return
 	}
-	sess, value := s.auth.newSession()
+	who, ok := s.auth.identify(strings.TrimSpace(r.PostFormValue("token")))
+	if !ok {
+		s.auth.limiter.fail(key)
+		s.auth.failed("ui", "invalid_token")
+		s.logger.Warn("UI sign-in refused: wrong API token", "remote", r.RemoteAddr)
+		s.render(w, r, http.StatusUnauthorized, "login", "Sign in", "", loginData{Next: next, Error: "That is not an API token of this server."})
+		return
+	}
+	sess, value := s.auth.newSession(who)
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: value, Path: cookiePath, Expires: sess.expires,
 		MaxAge: int(sessionTTL / time.Second), HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: secureRequest(r)})
-	s.logger.Info("UI signed in", "remote", r.RemoteAddr)
+	s.logger.Info("UI signed in", "token", who.Name, "role", who.Role, "remote", r.RemoteAddr)
 	http.Redirect(w, r, next, http.StatusSeeOther)
 }
 
@@ -354,10 +372,17 @@ type jobView struct {
 	LastBuild *store.Build
 	// Active counts its running and queued builds.
 	Active int
+	// Params counts its declared parameters; Required: some have no
+	// default, so the job cannot be built without the form.
+	Params   int
+	Required bool
 }
 
 func (s *Server) jobView(j *config.Job, recent []*store.Build) jobView {
-	v := jobView{Name: j.Name, Labels: j.Labels, Timeout: j.Timeout}
+	v := jobView{Name: j.Name, Labels: j.Labels, Timeout: j.Timeout, Params: len(j.Params)}
+	for _, p := range j.Params {
+		v.Required = v.Required || p.Default == nil
+	}
 	for _, st := range j.Steps {
 		v.Steps = append(v.Steps, st.Name)
 	}
@@ -385,8 +410,20 @@ func (s *Server) uiJobs(w http.ResponseWriter, r *http.Request) {
 	s.render(w, r, http.StatusOK, "jobs", "Jobs", "jobs", jobs)
 }
 
-// param is one row of the trigger form.
+// param is a parameter and its value, as a build carries it.
 type param struct{ Key, Value string }
+
+// paramField is one declared parameter on the trigger form.
+type paramField struct {
+	Name, Description string
+	// Default is the declared default ("" and HasDefault false: required).
+	Default    string
+	HasDefault bool
+	Choices    []string
+	// Value is what the field holds: the value given (a refused form, a
+	// rebuild), else the default.
+	Value string
+}
 
 // jobData is the job page's.
 type jobData struct {
@@ -395,25 +432,26 @@ type jobData struct {
 	// More: older builds exist beyond Builds; MoreLimit shows them.
 	More      bool
 	MoreLimit int
-	// Params are the trigger form's rows; Error says why a trigger was
-	// refused.
-	Params []param
+	// Params are the trigger form's fields, one per declared parameter;
+	// Error says why a trigger was refused.
+	Params []paramField
 	Error  string
 }
 
 // uiJob shows a job, its trigger form and its history; ?from=N fills
 // the form with build N's parameters.
 func (s *Server) uiJob(w http.ResponseWriter, r *http.Request) {
-	var params []param
+	var given map[string]string
 	if from, err := strconv.Atoi(r.URL.Query().Get("from")); err == nil && from > 0 {
 		if b, err := s.builds.Get(r.PathValue("job"), from); err == nil {
-			params = sortedParams(b.Params)
+			given = b.Params
 		}
 	}
-	s.renderJob(w, r, http.StatusOK, params, "")
+	s.renderJob(w, r, http.StatusOK, given, "")
 }
 
-func (s *Server) renderJob(w http.ResponseWriter, r *http.Request, code int, params []param, msg string) {
+// renderJob shows the job page, its form filled with the given values.
+func (s *Server) renderJob(w http.ResponseWriter, r *http.Request, code int, given map[string]string, msg string) {
 	j := s.cfg.Job(r.PathValue("job"))
 	if j == nil {
 		s.uiError(w, r, http.StatusNotFound, "no such job: "+r.PathValue("job"))
@@ -428,13 +466,20 @@ func (s *Server) renderJob(w http.ResponseWriter, r *http.Request, code int, par
 		s.uiServiceError(w, r, err)
 		return
 	}
-	d := jobData{Job: s.jobView(j, list), Params: params, Error: msg}
+	d := jobData{Job: s.jobView(j, list), Error: msg}
 	if len(list) > limit {
 		d.More, d.MoreLimit, list = true, limit*4, list[:limit]
 	}
 	d.Builds = list
-	if len(d.Params) == 0 {
-		d.Params = []param{{}}
+	for _, p := range j.Params {
+		f := paramField{Name: p.Name, Description: p.Description, Choices: p.Choices}
+		if p.Default != nil {
+			f.Default, f.HasDefault, f.Value = *p.Default, true, *p.Default
+		}
+		if v, ok := given[p.Name]; ok {
+			f.Value = v
+		}
+		d.Params = append(d.Params, f)
 	}
 	s.render(w, r, code, "job", j.Name, "jobs", d)
 }
@@ -448,16 +493,13 @@ func sortedParams(m map[string]string) []param {
 	return out
 }
 
-// envName is what a parameter's name must look like: it becomes an
-// environment variable of the steps.
-var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-
 // uiTrigger queues a build with the form's parameters and sends the
-// browser to it.
+// browser to it. The job's declarations decide what is accepted (see
+// config.Job.ResolveParams): a refused form comes back with its values
+// and the reasons.
 func (s *Server) uiTrigger(w http.ResponseWriter, r *http.Request) {
 	job := r.PathValue("job")
 	keys, values := r.PostForm["key"], r.PostForm["value"]
-	var rows []param
 	params := map[string]string{}
 	var problems []string
 	for i, k := range keys {
@@ -469,24 +511,22 @@ func (s *Server) uiTrigger(w http.ResponseWriter, r *http.Request) {
 		if k == "" && v == "" {
 			continue
 		}
-		rows = append(rows, param{k, v})
-		switch _, dup := params[k]; {
-		case !envName.MatchString(k):
-			problems = append(problems, fmt.Sprintf("%q is no parameter name: use letters, digits and _, not starting with a digit", k))
-		case dup:
+		if _, dup := params[k]; dup {
 			problems = append(problems, fmt.Sprintf("parameter %s is given twice", k))
-		default:
-			params[k] = v
+			continue
 		}
+		params[k] = v
 	}
 	if len(problems) > 0 {
-		s.renderJob(w, r, http.StatusBadRequest, rows, strings.Join(problems, "; "))
+		s.renderJob(w, r, http.StatusBadRequest, params, strings.Join(problems, "; "))
 		return
 	}
-	if len(params) == 0 {
-		params = nil
-	}
 	b, err := s.builds.Trigger(job, params)
+	var pe *config.ParamError
+	if errors.As(err, &pe) {
+		s.renderJob(w, r, http.StatusBadRequest, params, strings.Join(pe.Problems, "; "))
+		return
+	}
 	if err != nil {
 		s.uiServiceError(w, r, err)
 		return

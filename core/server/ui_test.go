@@ -17,6 +17,7 @@ import (
 
 	"github.com/conveyor-ci/conveyor/core/builds"
 	"github.com/conveyor-ci/conveyor/core/config"
+	"github.com/conveyor-ci/conveyor/core/metrics"
 	"github.com/conveyor-ci/conveyor/core/nodes"
 	"github.com/conveyor-ci/conveyor/core/plugins"
 	"github.com/conveyor-ci/conveyor/core/session"
@@ -40,7 +41,11 @@ func newUIServer(t *testing.T, publicRead bool) *uiServer {
 		Server: config.Server{Name: "ui-test", DataDir: dir, API: config.API{Token: configuredToken, PublicRead: publicRead}},
 		Nodes:  []*config.Node{{Name: "n1", Launcher: "gone", Labels: []string{"linux"}, Executors: 2}},
 		Jobs: []*config.Job{{Name: "hello", Labels: []string{"linux"},
-			Steps: []config.Step{{Name: "greet", Run: "echo hi"}, {Name: "after", Run: "true"}}}},
+			Params: []config.Param{{Name: "MSG", Default: ptr(""), Description: "what to say"},
+				{Name: "N", Default: ptr("1"), Choices: []string{"1", "42"}}},
+			Steps: []config.Step{{Name: "greet", Run: "echo hi"}, {Name: "after", Run: "true"}}},
+			{Name: "deploy", Labels: []string{"linux"}, Params: []config.Param{{Name: "VERSION", Description: "the <version> to deploy"}},
+				Steps: []config.Step{{Name: "go", Run: "true"}}}},
 	}
 	st, err := store.Open(dir)
 	if err != nil {
@@ -50,13 +55,16 @@ func newUIServer(t *testing.T, publicRead bool) *uiServer {
 	log := &syncBuffer{}
 	logger := hclog.New(&hclog.LoggerOptions{Level: hclog.Trace, Output: log})
 	s := &Server{cfg: cfg, logger: logger, store: st, plugins: plugins.NewManager(logger.Named("launcher")),
-		auth: newAuthenticator(configuredToken, publicRead)}
+		auth: newAuthenticator(configuredToken, publicRead), metrics: metrics.New(metrics.Sources{})}
+	s.auth.onFailure = s.metrics.AuthFailure
 	s.nodes = nodes.NewManager(cfg, s.plugins, nodes.Options{Store: st}, logger.Named("node"))
 	s.builds = builds.New(cfg, st, s.nodes, nil, logger.Named("build"))
 	ts := httptest.NewServer(s.routes())
 	t.Cleanup(ts.Close)
 	return &uiServer{s: s, url: ts.URL, log: log}
 }
+
+func ptr[T any](v T) *T { return &v }
 
 // browser is an HTTP client that keeps cookies and does not follow
 // redirects, so tests see them.
@@ -101,10 +109,18 @@ func (u *uiServer) call(t *testing.T, c *http.Client, method, path string, form 
 
 var csrfRE = regexp.MustCompile(`name="csrf" value="([0-9a-f]+)"`)
 
-// signIn logs c in and returns the CSRF token of its session.
+// signIn logs c in with the bootstrap token and returns the CSRF token of
+// its session.
 func (u *uiServer) signIn(t *testing.T, c *http.Client) string {
 	t.Helper()
-	resp, body := u.call(t, c, "POST", "/ui/login", url.Values{"token": {configuredToken}, "next": {"/ui/jobs"}}, true)
+	return u.signInWith(t, c, configuredToken)
+}
+
+// signInWith logs c in with token and returns the CSRF token of its
+// session.
+func (u *uiServer) signInWith(t *testing.T, c *http.Client, token string) string {
+	t.Helper()
+	resp, body := u.call(t, c, "POST", "/ui/login", url.Values{"token": {token}, "next": {"/ui/jobs"}}, true)
 	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/ui/jobs" {
 		t.Fatalf("sign in: %d %s %s", resp.StatusCode, resp.Header.Get("Location"), body)
 	}
@@ -222,7 +238,7 @@ func TestUISignIn(t *testing.T) {
 	u := newUIServer(t, false)
 	c := u.browser(t)
 	if resp, body := u.call(t, c, "POST", "/ui/login", url.Values{"token": {"not-" + configuredToken}}, true); resp.StatusCode != http.StatusUnauthorized ||
-		resp.Header.Get("Set-Cookie") != "" || !strings.Contains(body, "not the API token") {
+		resp.Header.Get("Set-Cookie") != "" || !strings.Contains(body, "not an API token of this server") {
 		t.Errorf("wrong token: %d, cookie %q", resp.StatusCode, resp.Header.Get("Set-Cookie"))
 	}
 	req, _ := http.NewRequest("POST", u.url+"/ui/login", strings.NewReader(url.Values{"token": {configuredToken}}.Encode()))
@@ -306,16 +322,16 @@ func TestSessionCookie(t *testing.T) {
 	a := newAuthenticator(configuredToken, false)
 	now := time.Now()
 	a.now = func() time.Time { return now }
-	sess, value := a.newSession()
-	other, otherValue := a.newSession()
-	revoked, revokedValue := a.newSession()
+	sess, value := a.newSession(a.bootstrap())
+	other, otherValue := a.newSession(a.bootstrap())
+	revoked, revokedValue := a.newSession(a.bootstrap())
 	if err := a.revoke(revoked); err != nil {
 		t.Fatal(err)
 	}
 	id, rest, _ := strings.Cut(value, ".")
 	exp, sig, _ := strings.Cut(rest, ".")
 	otherID, _, _ := strings.Cut(otherValue, ".")
-	_, otherToken := newAuthenticator("another-token-0123456789", false).newSession()
+	_, otherToken := newAuthenticator("another-token-0123456789", false).newSession(identity{ID: BootstrapToken, Role: store.RoleAdmin})
 	tests := []struct {
 		name  string
 		value string
@@ -362,8 +378,8 @@ func TestSignOutsKept(t *testing.T) {
 	if err := a.keepSignOuts(path); err != nil {
 		t.Fatal(err)
 	}
-	out, outValue := a.newSession()
-	_, inValue := a.newSession()
+	out, outValue := a.newSession(a.bootstrap())
+	_, inValue := a.newSession(a.bootstrap())
 	if err := a.revoke(out); err != nil {
 		t.Fatal(err)
 	}
@@ -402,8 +418,10 @@ func TestUITrigger(t *testing.T) {
 		code   int
 		want   string // in the answer: an error, or the build's page
 	}{
-		{"bad name", []string{"1BAD"}, []string{"x"}, http.StatusBadRequest, "is no parameter name"},
-		{"twice", []string{"A", "A"}, []string{"1", "2"}, http.StatusBadRequest, "parameter A is given twice"},
+		{"bad name", []string{"MSG", "1BAD"}, []string{"kept", "x"}, http.StatusBadRequest, `&#34;1BAD&#34; is no parameter name`},
+		{"undeclared", []string{"MSG", "BASH_ENV"}, []string{"kept", "$(id)"}, http.StatusBadRequest, "BASH_ENV is not a parameter of the job (it declares MSG, N)"},
+		{"outside choices", []string{"MSG", "N"}, []string{"kept", "7"}, http.StatusBadRequest, `N=&#34;7&#34; is not one of the choices`},
+		{"twice", []string{"MSG", "MSG"}, []string{"kept", "2"}, http.StatusBadRequest, "parameter MSG is given twice"},
 		{"params", []string{"MSG", "", "N"}, []string{evil, "", "42"}, http.StatusSeeOther, "/ui/jobs/hello/builds/1"},
 		{"none", []string{""}, []string{""}, http.StatusSeeOther, "/ui/jobs/hello/builds/2"},
 	}
@@ -417,7 +435,7 @@ func TestUITrigger(t *testing.T) {
 			if got := resp.Header.Get("Location") + body; !strings.Contains(got, tt.want) {
 				t.Errorf("answer %q lacks %q", got, tt.want)
 			}
-			if tt.code == http.StatusBadRequest && !strings.Contains(body, `value="`+tt.keys[0]+`"`) {
+			if tt.code == http.StatusBadRequest && !strings.Contains(body, `id="param-MSG" name="value" value="kept"`) {
 				t.Errorf("the refused form lost its rows:\n%s", body)
 			}
 		})
@@ -425,6 +443,9 @@ func TestUITrigger(t *testing.T) {
 	b, err := u.s.builds.Get("hello", 1)
 	if err != nil || b.Params["MSG"] != evil || b.Params["N"] != "42" || len(b.Params) != 2 {
 		t.Fatalf("build 1: %+v, %v", b, err)
+	}
+	if b, err := u.s.builds.Get("hello", 2); err != nil || b.Params["MSG"] != "" || b.Params["N"] != "1" || len(b.Params) != 2 {
+		t.Fatalf("build 2 did not get the defaults: %+v, %v", b, err)
 	}
 	_, page := u.call(t, c, "GET", "/ui/jobs/hello/builds/1", nil, true)
 	if strings.Contains(page, evil) || !strings.Contains(page, "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;") {
@@ -443,7 +464,7 @@ func TestUITrigger(t *testing.T) {
 		t.Errorf("the jobs page has no Build now button for a signed-in user")
 	}
 	// Rebuild: the job page's form comes filled with build 1's parameters.
-	if _, page := u.call(t, c, "GET", "/ui/jobs/hello?from=1", nil, true); !strings.Contains(page, `value="MSG"`) || !strings.Contains(page, `value="42"`) {
+	if _, page := u.call(t, c, "GET", "/ui/jobs/hello?from=1", nil, true); !strings.Contains(page, `value="MSG"`) || !strings.Contains(page, `<option value="42" selected>`) {
 		t.Errorf("the rebuild form lacks build 1's parameters:\n%s", page)
 	}
 	if resp, _ := u.call(t, c, "POST", "/ui/jobs/hello/builds/1/cancel", url.Values{"csrf": {csrf}}, true); resp.StatusCode != http.StatusSeeOther {

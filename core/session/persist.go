@@ -115,10 +115,15 @@ func (s *Session) isPersisting() bool {
 	return s.persisting
 }
 
-// checkpoint makes the output of every frame delivered so far durable,
+// checkpoint makes the output of every frame stored so far durable,
 // persists it and acknowledges it. Only the serving goroutine calls it.
 func (s *Session) checkpoint(ep *reliable.Endpoint) error {
-	delivered := ep.Delivered()
+	return s.checkpointThrough(ep, s.storedThrough(ep))
+}
+
+// checkpointThrough is checkpoint for the frames up to delivered, every
+// one of them stored (the logs hold nothing of a later frame).
+func (s *Session) checkpointThrough(ep *reliable.Endpoint, delivered uint64) error {
 	s.mu.Lock()
 	steps := make([]*step, 0, len(s.steps))
 	for _, st := range s.steps {
@@ -129,7 +134,7 @@ func (s *Session) checkpoint(ep *reliable.Endpoint) error {
 	for i, st := range steps {
 		n, err := syncOut(st.out)
 		if err != nil {
-			return err
+			return &WriteError{Kind: KindLog, Err: err}
 		}
 		sizes[i] = n
 	}
@@ -142,7 +147,7 @@ func (s *Session) checkpoint(ep *reliable.Endpoint) error {
 	if err := s.persist(); err != nil {
 		return err
 	}
-	if err := ep.Handled(); err != nil {
+	if err := ep.HandledThrough(delivered); err != nil {
 		return err
 	}
 	return ep.FlushAck()
@@ -151,7 +156,7 @@ func (s *Session) checkpoint(ep *reliable.Endpoint) error {
 // checkpointDue reports whether reliable.AckEvery frames or AckBytes were
 // delivered since the last checkpoint (any: whether anything was).
 func (s *Session) checkpointDue(ep *reliable.Endpoint, any bool) bool {
-	delivered := ep.Delivered()
+	delivered := s.storedThrough(ep)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if any {
@@ -166,11 +171,7 @@ func syncOut(w any) (int64, error) {
 	if !ok {
 		return -1, nil
 	}
-	n, err := sy.Sync()
-	if err != nil {
-		return 0, fmt.Errorf("sync build log: %w", err)
-	}
-	return n, nil
+	return sy.Sync()
 }
 
 // Restore makes rec, the persisted session of a master that stopped

@@ -80,6 +80,9 @@ type Options struct {
 	// the agent's frames only once their output is durable: it syncs each
 	// step's writer (a Syncer) and persists before acknowledging.
 	Persist func(rec *Record) error
+	// OnWriteError, when set, is told of every failed attempt to store
+	// what the agent sent, by kind (KindLog, KindArtifact, KindCheckpoint).
+	OnWriteError func(kind string)
 	// Logger logs the session's events.
 	Logger hclog.Logger
 }
@@ -138,6 +141,9 @@ type Session struct {
 	persistMu  sync.Mutex
 	ck         Record
 	restored   map[stepKey]int64 // steps of a restored session not yet re-attached: their log size
+
+	w         writes           // what the agent sent that could not be stored yet (writes.go)
+	abandoned map[stepKey]bool // steps failed for a write error: their frames are dropped (guarded by mu)
 }
 
 // Record is the persisted state of a session: what a restarted master
@@ -290,6 +296,7 @@ func (s *Session) end(ep *reliable.Endpoint, err error) bool {
 	if len(steps) > 0 {
 		s.log.Warn("session ended: its running steps fail", "steps", len(steps), "error", err)
 	}
+	s.resetWrites()
 	s.forget()
 	return true
 }
@@ -661,8 +668,18 @@ func (l *Link) serve(ctx context.Context, ep *reliable.Endpoint) error {
 	silent := false
 	var pingNonce uint64
 	broken := ep.Broken()
+	// While a write failed, it is tried again every writeRetry.
+	var retry <-chan time.Time
 	for {
+		if retry == nil && s.stalled() {
+			retry = time.After(writeRetry)
+		}
 		select {
+		case <-retry:
+			retry = nil
+			if err := s.retryWrites(ep); err != nil {
+				return fmt.Errorf("%w: %v", ErrClosed, err)
+			}
 		case <-ctx.Done():
 			return context.Cause(ctx) // "master stopped" when the master stops
 		case <-broken:
@@ -697,9 +714,7 @@ func (l *Link) serve(ctx context.Context, ep *reliable.Endpoint) error {
 			}
 			if s.isPersisting() {
 				if s.checkpointDue(ep, true) {
-					if err := s.checkpoint(ep); err != nil {
-						s.log.Error("checkpoint", "error", err)
-					}
+					s.checkpointed(ep, s.checkpoint(ep))
 				}
 			} else if err := ep.FlushAck(); err != nil {
 				return fmt.Errorf("%w: %v", ErrClosed, err)
@@ -796,41 +811,9 @@ func (l *Link) handle(ep *reliable.Endpoint, f *wire.Frame) (bool, error) {
 	case *wire.Pong:
 		s.traffic.pong(m.UnixNano, time.Now())
 	case *wire.Ack:
-	case *wire.Output:
-		if st := s.step(m.BuildID, m.StepIndex, false); st != nil {
-			if _, err := st.out.Write(m.Data); err != nil {
-				s.log.Error("writing build log", "build", m.BuildID, "error", err)
-			}
-		} else {
-			s.unexpected.Add(1)
-		}
-	case *wire.Exit:
-		st := s.step(m.BuildID, m.StepIndex, true)
-		if st == nil {
-			s.unexpected.Add(1)
-			break
-		}
-		if s.isPersisting() {
-			// The result is durable before anyone acts on it.
-			if _, err := syncOut(st.out); err != nil {
-				s.log.Error("syncing the step's log", "build", m.BuildID, "error", err)
-			}
-			s.mu.Lock()
-			s.ck.Exits = append(s.ck.Exits, ExitRecord{Build: m.BuildID, Index: m.StepIndex, Code: int(m.Code), Error: m.Error})
-			s.mu.Unlock()
-			if err := s.checkpoint(ep); err != nil {
-				s.log.Error("checkpoint", "error", err)
-			}
-		}
-		st.exit <- m
-	case *wire.FileChunk:
-		if st := s.collecting(m.BuildID); st != nil {
-			if err := st.files.Chunk(m.Path, fs.FileMode(m.Mode), int64(m.Offset), m.Data, m.Final); err != nil {
-				s.log.Error("writing an artifact", "build", m.BuildID, "path", m.Path, "error", err)
-			}
-		} else {
-			s.unexpected.Add(1)
-		}
+	case *wire.Output, *wire.Exit, *wire.FileChunk:
+		// Stored, or kept unacknowledged until it is (writes.go).
+		s.deliver(ep, f.Seq, m)
 	case *wire.Close:
 		_ = ep.Handled()
 		return true, &closedError{reason: m.Reason}
@@ -842,14 +825,13 @@ func (l *Link) handle(ep *reliable.Endpoint, f *wire.Frame) (bool, error) {
 	}
 	if s.isPersisting() {
 		// Acknowledged only once durable: at a checkpoint.
-		if s.checkpointDue(ep, false) {
-			if err := s.checkpoint(ep); err != nil {
-				s.log.Error("checkpoint", "error", err)
-			}
+		if s.checkpointDue(ep, false) && s.ckOK() {
+			s.checkpointed(ep, s.checkpoint(ep))
 		}
 		return true, nil
 	}
-	if err := ep.Handled(); err != nil {
+	// Acknowledged only once stored.
+	if err := ep.HandledThrough(s.storedThrough(ep)); err != nil {
 		return true, fmt.Errorf("%w: %v", ErrClosed, err)
 	}
 	return true, nil

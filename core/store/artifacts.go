@@ -102,6 +102,11 @@ func (s *Store) NewArtifactWriter(job string, n int, limit int64) (*ArtifactWrit
 // permission bits on the agent are mode; final ends the file: it is
 // synced and recorded. Files must come one after the other, each once,
 // their chunks in order without gaps.
+//
+// A chunk is written whole or not at all: when the file system refuses it
+// (the disk is full: "writing the artifact PATH: no space left on
+// device"), what it took is cut off again and the same chunk may be
+// written again later (the master's session retries it).
 func (w *ArtifactWriter) Chunk(p string, mode fs.FileMode, offset int64, data []byte, final bool) error {
 	if w.cur != nil && p != w.name {
 		return fmt.Errorf("artifact %s: %s starts before its last chunk came", w.name, p)
@@ -117,10 +122,17 @@ func (w *ArtifactWriter) Chunk(p string, mode fs.FileMode, offset int64, data []
 	if w.total+int64(len(data)) > w.limit {
 		return fmt.Errorf("artifact %s: the build's artifacts exceed their limit of %d MiB (artifacts_max_mib)", p, w.limit>>20)
 	}
-	w.total += int64(len(data))
-	if _, err := w.cur.Write(data); err != nil {
-		return fmt.Errorf("artifact %s: %w", p, err)
+	if _, err := w.cur.WriteAt(data, w.size); err != nil {
+		_ = w.cur.Truncate(w.size)
+		return fmt.Errorf("writing the artifact %s: %w", w.path(), osErr(err))
 	}
+	if final {
+		if err := w.cur.Sync(); err != nil {
+			_ = w.cur.Truncate(w.size)
+			return fmt.Errorf("syncing the artifact %s: %w", w.path(), osErr(err))
+		}
+	}
+	w.total += int64(len(data))
 	w.sum.Write(data)
 	w.size += int64(len(data))
 	if !final {
@@ -128,15 +140,26 @@ func (w *ArtifactWriter) Chunk(p string, mode fs.FileMode, offset int64, data []
 	}
 	f := w.cur
 	w.cur = nil
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("artifact %s: sync: %w", p, err)
-	}
 	if err := f.Close(); err != nil {
-		return fmt.Errorf("artifact %s: %w", p, err)
+		return fmt.Errorf("closing the artifact %s: %w", w.path(), osErr(err))
 	}
 	w.done = append(w.done, Artifact{Path: p, Size: w.size, Mode: uint32(w.mode.Perm()), SHA256: hex.EncodeToString(w.sum.Sum(nil))})
 	return nil
+}
+
+// path is where the file being written is stored.
+func (w *ArtifactWriter) path() string {
+	return filepath.Join(w.dir, filepath.FromSlash(w.name))
+}
+
+// osErr is the operating system's error inside a file operation's error,
+// without the operation and path it repeats (the caller names them).
+func osErr(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }
 
 // open starts the file at p.
@@ -150,11 +173,10 @@ func (w *ArtifactWriter) open(p string, mode fs.FileMode, offset int64) error {
 	if offset != 0 {
 		return fmt.Errorf("artifact %s: first chunk at offset %d", p, offset)
 	}
-	w.seen[p] = true
 	name := filepath.FromSlash(p)
 	if d := filepath.Dir(name); !w.dirs[d] {
 		if err := w.root.MkdirAll(d, 0o700); err != nil {
-			return fmt.Errorf("artifact %s: %w", p, err)
+			return fmt.Errorf("writing the artifact %s: %w", filepath.Join(w.dir, name), err)
 		}
 		for ; !w.dirs[d]; d = filepath.Dir(d) {
 			w.dirs[d] = true
@@ -164,8 +186,9 @@ func (w *ArtifactWriter) open(p string, mode fs.FileMode, offset int64) error {
 	// whatever the agent's (recorded in Mode).
 	f, err := w.root.OpenFile(name, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
-		return fmt.Errorf("artifact %s: %w", p, err)
+		return fmt.Errorf("writing the artifact %s: %w", filepath.Join(w.dir, name), osErr(err))
 	}
+	w.seen[p] = true
 	w.cur, w.name, w.mode, w.size, w.sum = f, p, mode, 0, sha256.New()
 	return nil
 }

@@ -5,11 +5,15 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+
+	"github.com/conveyor-ci/conveyor/core/internal/tmpfstest"
 )
 
 func TestArtifactWriter(t *testing.T) {
@@ -91,7 +95,7 @@ func TestArtifactWriterRefuses(t *testing.T) {
 		{"not from 0", []chunk{{"a", 5, "x", true}}, "first chunk at offset 5"},
 		{"twice", []chunk{{"a", 0, "x", true}, {"a", 0, "x", true}}, "sent twice"},
 		{"interleaved", []chunk{{"a", 0, "x", false}, {"b", 0, "y", true}}, "b starts before its last chunk"},
-		{"file under a file", []chunk{{"a", 0, "x", true}, {"a/b", 0, "y", true}}, "artifact a/b: mkdirat a: file exists"},
+		{"file under a file", []chunk{{"a", 0, "x", true}, {"a/b", 0, "y", true}}, "/a/b: mkdirat a: file exists"},
 		{"incomplete", []chunk{{"a", 0, "x", false}}, "incomplete (1 bytes came)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -142,5 +146,50 @@ func TestArtifactWriterLimit(t *testing.T) {
 	}
 	if fi, err := os.Stat(filepath.Join(s.ArtifactsDir("j", 1), "b")); err != nil || fi.Size() != int64(len(half)) {
 		t.Fatalf("the refused chunk was written: %v %v", fi, err)
+	}
+}
+
+// TestArtifactWriterFullDisk: on a really full file system a chunk is
+// written whole or not at all, and the same chunk written again once
+// space is back lands once: the file and its recorded sha256 match what
+// was sent.
+func TestArtifactWriterFullDisk(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	disk := filepath.Dir(s.ArtifactsDir("j", 1))
+	tmpfstest.Mount(t, disk, "1m")
+	w, err := s.NewArtifactWriter("j", 1, 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 1200<<10)
+	_, _ = rand.Read(data)
+	first, second := data[:600<<10], data[600<<10:]
+	if err := w.Chunk("out/a.bin", 0o644, 0, first, false); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(s.ArtifactsDir("j", 1), "out", "a.bin")
+	err = w.Chunk("out/a.bin", 0o644, int64(len(first)), second, true)
+	if want := "writing the artifact " + path + ": no space left on device"; err == nil || err.Error() != want || !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("Chunk on a full disk = %v, want %q", err, want)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Size() != int64(len(first)) {
+		t.Fatalf("after the refused chunk the file is %v bytes (%v), want %d", fi.Size(), err, len(first))
+	}
+	tmpfstest.Resize(t, disk, "4m")
+	if err := w.Chunk("out/a.bin", 0o644, int64(len(first)), second, true); err != nil {
+		t.Fatalf("the same chunk once space is back: %v", err)
+	}
+	list, err := w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(path)
+	sum := sha256.Sum256(data)
+	if err != nil || !bytes.Equal(got, data) || len(list) != 1 || list[0].Size != int64(len(data)) || list[0].SHA256 != hex.EncodeToString(sum[:]) {
+		t.Fatalf("stored %d bytes (%v), record %+v; want %d bytes, sha256 %x", len(got), err, list, len(data), sum)
 	}
 }

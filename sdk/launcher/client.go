@@ -63,7 +63,7 @@ func (c *client) Configure(ctx context.Context, cfg *Config) error {
 	}
 	ces := make(ConfigErrors, len(r.Errors))
 	for i, e := range r.Errors {
-		ces[i] = ConfigError{Node: e.Node, Path: e.Path, Message: e.Message}
+		ces[i] = ConfigError{Node: e.Node, Path: e.Path, Message: e.Message, Warning: e.Warning}
 	}
 	return ces
 }

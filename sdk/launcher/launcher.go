@@ -15,6 +15,7 @@ package launcher
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -54,6 +55,8 @@ type Launcher interface {
 	// Configure receives the decoded global block and every node's block.
 	// Invalid values are reported as ConfigErrors so the host can point at
 	// the offending line; any other error fails the plugin's start.
+	// ConfigErrors holding warnings only (ConfigError.Warning) report a
+	// successful configuration with values that are likely mistakes.
 	Configure(ctx context.Context, cfg *Config) error
 	// Launch starts (or waits for) the agent of one node and returns the
 	// connection to it. ctx is cancelled when the host abandons the
@@ -262,11 +265,18 @@ type ConfigError struct {
 	Path []string
 	// Message says what is wrong.
 	Message string
+	// Warning: the value is accepted, but likely a mistake. Configure
+	// returns ConfigErrors holding warnings only once it has done all it
+	// does on success: the host shows them and goes on.
+	Warning bool
 }
 
 // Error implements error.
 func (e ConfigError) Error() string {
 	where := "launcher block"
+	if e.Warning {
+		where = "warning: " + where
+	}
 	if e.Node != "" {
 		where = fmt.Sprintf("node %q", e.Node)
 	}
@@ -276,8 +286,31 @@ func (e ConfigError) Error() string {
 	return where + ": " + e.Message
 }
 
-// ConfigErrors is returned by Configure when values are invalid.
+// ConfigErrors is returned by Configure when values are invalid, or, all
+// of them warnings, when the configuration succeeded with values that are
+// likely mistakes.
 type ConfigErrors []ConfigError
+
+// ConfigureFailed reports whether err, returned by Configure, means that
+// the configuration failed: any error but ConfigErrors holding warnings
+// only.
+func ConfigureFailed(err error) bool {
+	var ces ConfigErrors
+	if errors.As(err, &ces) {
+		return ces.HasErrors()
+	}
+	return err != nil
+}
+
+// HasErrors reports whether any of es is an error, not a warning.
+func (es ConfigErrors) HasErrors() bool {
+	for _, e := range es {
+		if !e.Warning {
+			return true
+		}
+	}
+	return false
+}
 
 // Error implements error.
 func (es ConfigErrors) Error() string {

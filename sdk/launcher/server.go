@@ -73,7 +73,7 @@ func (s *server) Configure(ctx context.Context, req *pb.ConfigureRequest) (*pb.C
 	}
 	resp := &pb.ConfigureResponse{}
 	for _, e := range ces {
-		resp.Errors = append(resp.Errors, &pb.ConfigError{Node: e.Node, Path: e.Path, Message: e.Message})
+		resp.Errors = append(resp.Errors, &pb.ConfigError{Node: e.Node, Path: e.Path, Message: e.Message, Warning: e.Warning})
 	}
 	return resp, nil
 }

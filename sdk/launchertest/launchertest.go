@@ -257,7 +257,7 @@ func (k *kit) configure(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("valid configuration does not match the plugin's schema: %w", err)
 	}
-	if err := k.proc.Launcher.Configure(ctx, cfg); err != nil {
+	if err := k.proc.Launcher.Configure(ctx, cfg); launcher.ConfigureFailed(err) {
 		return fmt.Errorf("valid configuration refused: %w", err)
 	}
 	return nil
@@ -277,7 +277,7 @@ func (k *kit) configErrors(ctx context.Context) error {
 			continue // rejected by the schema: good
 		}
 		err = k.proc.Launcher.Configure(ctx, cfg)
-		if err == nil {
+		if !launcher.ConfigureFailed(err) {
 			return fmt.Errorf("bad configuration %q was accepted", bad.Name)
 		}
 		var ces launcher.ConfigErrors

@@ -265,10 +265,17 @@ func (e *Endpoint) Receive(f *wire.Frame) Verdict {
 // Handled records that every numbered frame delivered so far was handled:
 // the next frames carry it as Ack. It sends an explicit Ack once AckEvery
 // frames went unacknowledged.
-func (e *Endpoint) Handled() error {
-	last := e.in.Last()
+func (e *Endpoint) Handled() error { return e.HandledThrough(e.in.Last()) }
+
+// HandledThrough is Handled for the frames numbered up to seq only: those
+// after it were delivered but are not handled yet (the receiver could not
+// store them), so they are not acknowledged and stay in the peer's outbox
+// until a later call covers them. A seq beyond the frames delivered counts
+// as all of them; the Ack never goes back.
+func (e *Endpoint) HandledThrough(seq uint64) error {
+	seq = min(seq, e.in.Last())
 	e.mu.Lock()
-	e.acked = last
+	e.acked = max(e.acked, seq)
 	due := e.acked >= e.ackSent+AckEvery || e.unacked.Load() >= AckBytes
 	e.mu.Unlock()
 	if due {

@@ -212,3 +212,45 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestKafkaAuthFailureLogged: an agent whose Kafka credentials the broker
+// refuses says so in its log, naming its user, instead of only "run out
+// of available brokers: EOF" (issue 13 §4).
+func TestKafkaAuthFailureLogged(t *testing.T) {
+	const mech = kafkatransport.MechanismSCRAMSHA512
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(0), kfake.EnableSASL(), kfake.Superuser(mech, "k1", "right-pw"))
+	if err != nil {
+		t.Fatalf("start kfake: %v", err)
+	}
+	defer cluster.Close()
+	dir := t.TempDir()
+	secretFile, pwFile := filepath.Join(dir, "secret"), filepath.Join(dir, "kafka.password")
+	if err := os.WriteFile(secretFile, []byte(strings.Repeat("ab", 32)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(pwFile, []byte("wrong-pw\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{t: t, workdir: t.TempDir(), exited: make(chan struct{})}
+	p.cmd = exec.Command(agentBin, "-name", "k1", "-secret-file", secretFile, "-brokers", strings.Join(cluster.ListenAddrs(), ","),
+		"-sasl-mechanism", mech, "-sasl-user", "k1", "-sasl-password-file", pwFile, "-workdir", p.workdir)
+	p.cmd.Stderr = syncWriter{p}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+		if t.Failed() {
+			t.Logf("agent log:\n%s", p.logText())
+		}
+	})
+	waitFor(t, func() bool { return strings.Contains(p.logText(), "disconnected; reconnecting") })
+	if log := p.logText(); !strings.Contains(log, `kafka authentication failed for user \"k1\" (SCRAM-SHA-512)`) {
+		t.Errorf("the agent's log does not say that authentication failed:\n%s", log)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"github.com/conveyor-ci/conveyor/core/store"
 	"github.com/conveyor-ci/conveyor/plugins/kafka-launcher/kafkatransport"
 	"github.com/conveyor-ci/conveyor/plugins/ssh-launcher/sshdtest"
+	"github.com/conveyor-ci/conveyor/sdk/testenv"
 )
 
 // serverJobs are, per node N, "true-N" (one step running true), "cat-N"
@@ -165,14 +166,15 @@ func (b *bench) streaming(ctx context.Context, t *harness.T, c *cluster.Cluster,
 // second kcat consumes it, and returns the end-to-end throughput (first
 // byte produced to last byte consumed) and the producer's alone.
 func (b *bench) kcat(ctx context.Context, t *harness.T, addr, topic string) (endToEnd, produce float64) {
-	cons := exec.CommandContext(ctx, "kcat", "-C", "-b", addr, "-t", topic, "-p", "0", "-o", "beginning", "-q", "-u")
+	kcat := testenv.Command(t, "kcat", "kcat")
+	cons := exec.CommandContext(ctx, kcat, "-C", "-b", addr, "-t", topic, "-p", "0", "-o", "beginning", "-q", "-u")
 	cons.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := cons.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := cons.Start(); err != nil {
-		t.Fatalf("kcat (apt-get install kcat): %v", err)
+		t.Fatalf("kcat: %v", err)
 	}
 	defer func() { _ = cons.Process.Kill(); _ = cons.Wait() }()
 	got := make(chan int64, 1)
@@ -181,7 +183,7 @@ func (b *bench) kcat(ctx context.Context, t *harness.T, addr, topic string) (end
 		got <- n
 	}()
 	start := time.Now()
-	prod := exec.CommandContext(ctx, "kcat", "-P", "-b", addr, "-t", topic, "-p", "0", "-l", b.data)
+	prod := exec.CommandContext(ctx, kcat, "-P", "-b", addr, "-t", topic, "-p", "0", "-l", b.data)
 	if msg, err := prod.CombinedOutput(); err != nil {
 		t.Fatalf("kcat -P: %v\n%s", err, msg)
 	}
@@ -200,7 +202,7 @@ func (b *bench) kcat(ctx context.Context, t *harness.T, addr, topic string) (end
 // sshCat runs `ssh host cat DATA` with OpenSSH against sshd and returns
 // its throughput.
 func (b *bench) sshCat(ctx context.Context, t *harness.T, srv *sshdtest.Server) float64 {
-	cmd := exec.CommandContext(ctx, "ssh", "-T", "-i", srv.ClientKeyFile, "-p", fmt.Sprint(srv.Port),
+	cmd := exec.CommandContext(ctx, testenv.Command(t, "ssh", "openssh-client"), "-T", "-i", srv.ClientKeyFile, "-p", fmt.Sprint(srv.Port),
 		"-o", "BatchMode=yes", "-o", "UserKnownHostsFile="+srv.KnownHostsFile, "-o", "StrictHostKeyChecking=yes",
 		srv.User+"@"+srv.Host, "cat "+shellQuote(b.data))
 	out := &counter{}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -81,7 +82,10 @@ func cmdArtifacts(ctx context.Context, args []string, stdout, stderr io.Writer) 
 
 // download writes artifact a into dir, at its path, through an os.Root of
 // dir (a path from the server cannot lead out of it): into a temporary
-// file first, renamed once its sha256 matches the record.
+// file first, renamed once its sha256 matches the record. The file is
+// created with the recorded permission bits, so the umask masks them as
+// it does for any file the user creates (a -rwxrwxrwx artifact does not
+// land world-writable); setuid, setgid and sticky bits are never set.
 func download(ctx context.Context, c *client.Client, job string, n int, a store.Artifact, dir string) error {
 	if err := store.CheckArtifactPath(a.Path); err != nil {
 		return err
@@ -99,7 +103,13 @@ func download(ctx context.Context, c *client.Client, job string, n int, a store.
 		return err
 	}
 	part := name + ".part"
-	f, err := root.OpenFile(part, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err := root.Remove(part); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	// O_EXCL: the mode given applies (umask masked) to a file this call
+	// creates, and the descriptor writes even when the mode has no write
+	// bit.
+	f, err := root.OpenFile(part, os.O_CREATE|os.O_EXCL|os.O_WRONLY, fs.FileMode(a.Mode).Perm())
 	if err != nil {
 		return err
 	}
@@ -110,9 +120,6 @@ func download(ctx context.Context, c *client.Client, job string, n int, a store.
 	}
 	if err == nil && (got != a.Size || hex.EncodeToString(h.Sum(nil)) != a.SHA256) {
 		err = fmt.Errorf("got %d bytes with sha256 %x, want %d bytes with sha256 %s", got, h.Sum(nil), a.Size, a.SHA256)
-	}
-	if err == nil {
-		err = root.Chmod(part, fs.FileMode(a.Mode).Perm())
 	}
 	if err == nil {
 		err = root.Rename(part, name)

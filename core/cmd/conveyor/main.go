@@ -38,6 +38,9 @@ Commands:
   node delete NAME [-purge]
                           forget a node removed from the configuration;
                           -purge also deletes its launcher data (Kafka topics)
+  token create -name NAME -role read|trigger|admin
+                          issue an API token (printed once); token list,
+                          token revoke NAME (an admin token may)
   version                 print the version
   LAUNCHER [COMMAND] -config FILE
                           run an operator command of a configured launcher's
@@ -47,8 +50,8 @@ Commands:
 Commands that talk to a server take -address (default $CONVEYOR_ADDR,
 else http://127.0.0.1:8080) and the API token: -token-file FILE (default
 $CONVEYOR_TOKEN_FILE) or -token TOKEN (default $CONVEYOR_TOKEN). Unless
-server.api.token is set, the server generates the token into
-DATA_DIR/api-token at first start.
+server.api.token is set, the server generates its bootstrap token (admin
+role) into DATA_DIR/api-token at first start.
 `
 
 func main() {
@@ -81,6 +84,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdNode(ctx, rest, stdout, stderr)
 	case "secret":
 		return cmdSecret(ctx, rest, stdout, stderr)
+	case "token":
+		return cmdToken(ctx, rest, stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintf(stdout, "conveyor %s\n", version.Version)
 		return 0

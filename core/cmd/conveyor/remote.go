@@ -16,7 +16,8 @@ import (
 	"github.com/conveyor-ci/conveyor/core/store"
 )
 
-// paramsFlag collects -p KEY=VALUE flags.
+// paramsFlag collects -p NAME=VALUE flags. Which names and values a job
+// takes is the server's to say (the job's param blocks).
 type paramsFlag map[string]string
 
 func (p paramsFlag) String() string { return "" }
@@ -24,7 +25,10 @@ func (p paramsFlag) String() string { return "" }
 func (p paramsFlag) Set(v string) error {
 	k, val, ok := strings.Cut(v, "=")
 	if !ok || k == "" {
-		return fmt.Errorf("parameter %q is not KEY=VALUE", v)
+		return fmt.Errorf("parameter %q is not NAME=VALUE", v)
+	}
+	if _, dup := p[k]; dup {
+		return fmt.Errorf("parameter %s is given twice", k)
 	}
 	p[k] = val
 	return nil
@@ -81,10 +85,16 @@ func resolveToken(flagToken, flagFile, envToken, envFile string) (string, error)
 func remoteError(stderr io.Writer, cmd, msg string, err error) {
 	fmt.Fprintf(stderr, "conveyor %s: %s\n", cmd, msg)
 	var apiErr *client.APIError
-	if errors.As(err, &apiErr) && apiErr.Unauthorized() {
+	switch {
+	case errors.As(err, &apiErr) && apiErr.Unauthorized():
 		fmt.Fprintln(stderr, tokenHint)
+	case errors.As(err, &apiErr) && apiErr.Forbidden():
+		fmt.Fprintln(stderr, roleHint)
 	}
 }
+
+// roleHint is printed under an error when the token's role is too small.
+const roleHint = "hint: tokens have roles (read < trigger < admin); an admin creates one that may do this with: conveyor token create -role ROLE -name NAME"
 
 // parseArgs parses flags wherever they appear among the positional
 // arguments ("build JOB -follow" as well as "build -follow JOB") and returns
@@ -156,13 +166,13 @@ func cmdBuild(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	rf := remoteFlags(fs)
 	follow := fs.Bool("follow", false, "print the log live and exit with the build's result")
 	params := paramsFlag{}
-	fs.Var(params, "p", "build parameter KEY=VALUE, passed to the steps as an environment variable (repeatable)")
+	fs.Var(params, "p", "build parameter NAME=VALUE, one the job declares (param block), passed to the steps as an environment variable (repeatable)")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return 2
 	}
 	if len(pos) != 1 {
-		fmt.Fprintln(stderr, "Usage: conveyor build [-follow] [-p KEY=VALUE]... JOB")
+		fmt.Fprintln(stderr, "Usage: conveyor build [-follow] [-p NAME=VALUE]... JOB")
 		return 2
 	}
 	job := pos[0]
@@ -173,7 +183,7 @@ func cmdBuild(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	b, err := c.Trigger(ctx, job, params)
 	if err != nil {
-		remoteError(stderr, "build", err.Error(), err)
+		remoteError(stderr, "build", apiMessage(err), err)
 		return 1
 	}
 	fmt.Fprintf(stderr, "Build %s#%d queued\n", b.Job, b.Number)

@@ -106,8 +106,9 @@ func NodeACLs(prefix, node, user string) []ACL {
 // topics, writing commands, reading events, purging a node); on every
 // consumer group whose name starts with prefix, Read and Delete
 // (committing its offsets, purging a node's groups); IdempotentWrite on
-// the cluster as in NodeACLs. The embedded broker's master is a superuser
-// and needs none of these.
+// the cluster as in NodeACLs. No ACL or user administration: with Alter on
+// the cluster a master could grant itself everything. The embedded broker
+// gives its master exactly these.
 func MasterACLs(prefix, user string) []ACL {
 	if prefix == "" {
 		prefix = kafkatransport.DefaultTopicPrefix
@@ -260,7 +261,7 @@ func ApplyACLs(ctx context.Context, cfg kafkatransport.Config, acls []ACL) error
 		return err
 	}
 	// The client finds the controller through a metadata request naming
-	// no topic, which sarama only sends with full metadata (as withAdmin).
+	// no topic, which sarama only sends with full metadata (as WithAdmin).
 	sc.Metadata.Full = true
 	if err := ctx.Err(); err != nil {
 		return err

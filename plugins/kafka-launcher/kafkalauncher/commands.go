@@ -42,15 +42,23 @@ func (l *Launcher) RunCommand(ctx context.Context, req *launcher.CommandRequest)
 	return "", fmt.Errorf("unknown command %q (the kafka launcher has: acls)", req.Name)
 }
 
-const aclsUsage = `Usage: conveyor kafka acls -config FILE [-apply] [-principal TEMPLATE] [NODE...]
+const aclsUsage = `Usage: conveyor kafka acls -config FILE [-apply] [-principal TEMPLATE] [-master-principal User:NAME] [NODE...]
 
-Prints the Kafka ACLs that let each node's agent read only its own commands
-topic, commit offsets only in its own consumer group and write only its
-own events topic (of every configured kafka node, or of the NODEs named).
+Prints the Kafka ACLs that confine Conveyor on a cluster with an
+authorizer, where whatever no ACL allows is denied:
+  - the master's (of the launcher block's sasl user, or -master-principal):
+    create, write, read and delete the topics under the topic prefix, read
+    and delete the consumer groups under it, idempotent writes; no topic
+    or group outside the prefix, no ACL or user administration;
+  - each node's agent's (of every configured kafka node, or of the NODEs
+    named): read only its own commands topic, commit offsets only in its
+    own consumer group, write only its own events topic.
 With -apply it creates them through the admin API of the configured
 brokers, as the launcher block's sasl user, who needs Alter on the
-cluster. On a cluster with an authorizer whatever no ACL allows is denied,
-so an agent's user can then reach no other node's topics.
+cluster: run it once as an administrator (a sasl block naming one, and
+-master-principal naming the master's own user), so that the master's
+user itself needs no Alter. The embedded broker (no brokers configured)
+sets up the same ACLs itself.
 
 Options:
 `
@@ -61,6 +69,7 @@ func (l *Launcher) acls(ctx context.Context, args []string, nodes []*launcher.No
 	fs.SetOutput(io.Discard)
 	apply := fs.Bool("apply", false, "create the ACLs (the embedded broker takes its ACLs from its configuration instead)")
 	principal := fs.String("principal", DefaultAgentPrincipal, "each node's agent's Kafka principal, User:NAME, as a `TEMPLATE` where "+nodePlaceholder+" stands for the node's name; with the embedded broker the default is "+embeddedAgentPrincipal)
+	masterFlag := fs.String("master-principal", "", "the master's Kafka principal, `User:NAME` (default: the launcher block's sasl username; none without a sasl block)")
 	if err := fs.Parse(args); err != nil {
 		var usage strings.Builder
 		usage.WriteString(aclsUsage)
@@ -79,9 +88,6 @@ func (l *Launcher) acls(ctx context.Context, args []string, nodes []*launcher.No
 	if err != nil {
 		return "", err
 	}
-	if len(nodes) == 0 {
-		return "No node uses the kafka launcher: there are no agents to grant anything.\n", nil
-	}
 	if set.embedded && !flagSet(fs, "principal") {
 		*principal = embeddedAgentPrincipal
 	}
@@ -89,39 +95,83 @@ func (l *Launcher) acls(ctx context.Context, args []string, nodes []*launcher.No
 	if err != nil {
 		return "", err
 	}
+	masterUser := ""
+	if set.transport.SASL != nil {
+		masterUser = set.transport.SASL.Username
+	}
+	if flagSet(fs, "master-principal") {
+		u, ok := strings.CutPrefix(*masterFlag, "User:")
+		if !ok || u == "" {
+			return "", fmt.Errorf("-master-principal %q: want User:NAME", *masterFlag)
+		}
+		masterUser = u
+	}
+	for i, n := range nodes {
+		if masterUser != "" && byNode[i][0].Principal == Principal(masterUser) {
+			return "", fmt.Errorf("node %s's agent would be the master's own principal %s: the agent could then write its own commands; give the agents their own principals", n.Name, Principal(masterUser))
+		}
+	}
+	var master []ACL
+	if masterUser != "" {
+		master = MasterACLs(set.transport.TopicPrefix, masterUser)
+	}
+	if len(nodes) == 0 && master == nil {
+		return "No node uses the kafka launcher and the master has no sasl user: there is nothing to grant.\n", nil
+	}
 
 	var out strings.Builder
-	total := 0
-	for i, n := range nodes {
-		if i > 0 {
+	table := func(title string, acls []ACL) {
+		if out.Len() > 0 {
 			out.WriteString("\n")
 		}
-		fmt.Fprintf(&out, "Node %s:\n", n.Name)
+		out.WriteString(title + ":\n")
 		tw := tabwriter.NewWriter(&out, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "  PRINCIPAL\tPERMISSION\tOPERATION\tRESOURCE\tNAME\tPATTERN\tHOST")
-		for _, a := range byNode[i] {
+		for _, a := range acls {
 			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.Principal, a.Permission, a.Operation, a.Resource, a.Name, a.Pattern, a.Host)
 		}
 		_ = tw.Flush()
+	}
+	if master != nil {
+		table("Master "+Principal(masterUser), master)
+	}
+	total := len(master)
+	for i, n := range nodes {
+		table("Node "+n.Name, byNode[i])
 		total += len(byNode[i])
 	}
 	out.WriteString("\n")
+	whom := fmt.Sprintf("%d nodes", len(nodes))
+	if master != nil {
+		whom = "the master and " + whom
+	}
 	if set.embedded {
 		out.WriteString("These are the ACLs the embedded broker (no brokers configured) sets up itself for the\n" +
-			"agents' users that embedded { sasl { users = { NODE = PASSWORD } } } names after their\n" +
-			"nodes; its ACLs are configured in that block, not through -apply.\n")
+			"master's user (the launcher's sasl block) and for the agents' users that\n" +
+			"embedded { sasl { users = { NODE = PASSWORD } } } names after their nodes; its ACLs\n" +
+			"are configured in that block, not through -apply.\n")
 		if *apply {
 			return out.String(), errors.New("-apply: nothing created: the embedded broker's users and ACLs are configured in its embedded {} block")
 		}
 		return out.String(), nil
 	}
 	if !*apply {
-		fmt.Fprintf(&out, "%d ACLs for %d nodes; nothing changed: -apply creates them.\n", total, len(nodes))
+		fmt.Fprintf(&out, "%d ACLs for %s; nothing changed: -apply creates them.\n", total, whom)
 		return out.String(), nil
 	}
 
 	fmt.Fprintf(&out, "Creating them on %s as %s:\n", strings.Join(set.transport.Brokers, ","), masterPrincipal(set))
 	created := 0
+	if master != nil {
+		if err := ApplyACLs(ctx, set.transport, master); err != nil {
+			fmt.Fprintf(&out, "Created no ACL: failed on the master's.\n")
+			return out.String(), fmt.Errorf("the master's ACLs: %w", err)
+		}
+		for _, a := range master {
+			fmt.Fprintf(&out, "  created %s\n", a)
+		}
+		created += len(master)
+	}
 	for i, n := range nodes {
 		if err := ApplyACLs(ctx, set.transport, byNode[i]); err != nil {
 			fmt.Fprintf(&out, "Created %d ACLs for %d of %d nodes, then failed on node %s.\n", created, i, len(nodes), n.Name)
@@ -132,7 +182,7 @@ func (l *Launcher) acls(ctx context.Context, args []string, nodes []*launcher.No
 		}
 		created += len(byNode[i])
 	}
-	fmt.Fprintf(&out, "Created %d ACLs for %d nodes (creating an ACL that exists changes nothing).\n", created, len(nodes))
+	fmt.Fprintf(&out, "Created %d ACLs for %s (creating an ACL that exists changes nothing).\n", created, whom)
 	return out.String(), nil
 }
 

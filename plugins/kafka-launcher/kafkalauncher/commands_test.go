@@ -70,6 +70,30 @@ Node web_1:
 		t.Errorf("output:\n%s\nwant:\n%s", out, want)
 	}
 
+	// The master's principal named: its ACLs come first.
+	out, err = aclsCommand(t, l, []string{"-master-principal", "User:conveyor", "a"}, "a", "web_1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantMaster := `Master User:conveyor:
+  PRINCIPAL      PERMISSION  OPERATION        RESOURCE  NAME           PATTERN   HOST
+  User:conveyor  Allow       Create           Topic     ci.            Prefixed  *
+  User:conveyor  Allow       Write            Topic     ci.            Prefixed  *
+  User:conveyor  Allow       Read             Topic     ci.            Prefixed  *
+  User:conveyor  Allow       Delete           Topic     ci.            Prefixed  *
+  User:conveyor  Allow       Read             Group     ci.            Prefixed  *
+  User:conveyor  Allow       Delete           Group     ci.            Prefixed  *
+  User:conveyor  Allow       IdempotentWrite  Cluster   kafka-cluster  Literal   *
+
+Node a:
+`
+	if !strings.HasPrefix(out, wantMaster) || !strings.HasSuffix(out, "11 ACLs for the master and 1 nodes; nothing changed: -apply creates them.\n") {
+		t.Errorf("output:\n%s\nwant it to start with:\n%s", out, wantMaster)
+	}
+	if _, err := aclsCommand(t, l, []string{"-master-principal", "User:conveyor-agent-a"}, "a", "web_1"); err == nil || !strings.Contains(err.Error(), "master's own principal") {
+		t.Errorf("an agent with the master's principal: %v", err)
+	}
+
 	// A principal template, a subset of the nodes.
 	out, err = aclsCommand(t, l, []string{"-principal", "User:{node}@ci", "web_1"}, "a", "web_1")
 	if err != nil {
@@ -88,6 +112,7 @@ Node web_1:
 		{[]string{"-principal", "conveyor-agent-{node}"}, "want User:NAME"},
 		{[]string{"-principal", "User:"}, "want User:NAME"},
 		{[]string{"nosuch"}, `no kafka node "nosuch"`},
+		{[]string{"-master-principal", "conveyor"}, "want User:NAME"},
 		{[]string{"-frobnicate"}, "flag provided but not defined: -frobnicate\n\nUsage: conveyor kafka acls"},
 	} {
 		if out, err := aclsCommand(t, l, tc.args, "a", "web_1"); err == nil || !strings.Contains(err.Error(), tc.err) || out != "" {
@@ -130,7 +155,8 @@ func TestACLsEmbedded(t *testing.T) {
 }
 
 // TestACLsApply runs `acls -apply` in the plugin process against a broker
-// with SASL SCRAM-SHA-512 and ACLs on, as its superuser; afterwards node
+// with SASL SCRAM-SHA-512 and ACLs on, as its administrator (granting the
+// master's user, no superuser, MasterACLs); afterwards node
 // a's agent user can work as an agent on a's topics and can neither read
 // node b's commands nor write commands.
 func TestACLsApply(t *testing.T) {
@@ -143,7 +169,8 @@ func TestACLsApply(t *testing.T) {
 	cluster, err := kfake.NewCluster(
 		kfake.NumBrokers(1),
 		kfake.EnableSASL(),
-		kfake.Superuser(mech, "conveyor", "master-pw"),
+		kfake.Superuser(mech, "admin", "admin-pw"),
+		kfake.User(mech, "conveyor", "master-pw"),
 		kfake.User(mech, "conveyor-agent-a", "pw-a"),
 		kfake.User(mech, "conveyor-agent-b", "pw-b"),
 		kfake.EnableACLs(),
@@ -158,9 +185,12 @@ func TestACLsApply(t *testing.T) {
 	agentA := kafkatransport.Config{Brokers: brokers, SASL: &kafkatransport.SASL{Mechanism: mech, Username: "conveyor-agent-a", Password: "pw-a"}}
 	topicsA, topicsB := kafkatransport.TopicsFor("", "a"), kafkatransport.TopicsFor("", "b")
 
-	// Without ACLs, the agent's user may do nothing.
+	// Without ACLs, the agent's user may do nothing, nor the master's.
 	if err := consumeOne(agentA, topicsA.Commands); !errors.Is(err, sarama.ErrTopicAuthorizationFailed) {
 		t.Fatalf("before -apply, agent a reading its commands: %v, want %v", err, sarama.ErrTopicAuthorizationFailed)
+	}
+	if err := produceOne(master, topicsA.Commands); !errors.Is(err, sarama.ErrClusterAuthorizationFailed) {
+		t.Fatalf("before -apply, the master writing a command (an idempotent producer): %v, want %v", err, sarama.ErrClusterAuthorizationFailed)
 	}
 
 	p := startPlugin(t)
@@ -177,36 +207,52 @@ func TestACLsApply(t *testing.T) {
 
 	// A user without Alter on the cluster creates nothing, and says so.
 	validateOnly(t, p.Launcher, global("conveyor-agent-a", "pw-a"), "a", "b")
-	out, err := aclsCommand(t, c, []string{"-apply"}, "a", "b")
-	if err == nil || !strings.HasPrefix(err.Error(), "node a: ") || !strings.Contains(err.Error(), "not authorized") {
+	if _, err := aclsCommand(t, c, []string{"-apply"}, "a", "b"); err == nil || !strings.Contains(err.Error(), "master's own principal User:conveyor-agent-a") {
+		t.Errorf("-apply with the master as a's agent: %v", err)
+	}
+	out, err := aclsCommand(t, c, []string{"-apply", "-master-principal", "User:conveyor"}, "a", "b")
+	if err == nil || !strings.HasPrefix(err.Error(), "the master's ACLs: ") || !strings.Contains(err.Error(), "not authorized") {
 		t.Errorf("-apply as an agent's user: %v", err)
 	}
-	if !strings.HasSuffix(out, "Creating them on "+brokers[0]+" as User:conveyor-agent-a:\nCreated 0 ACLs for 0 of 2 nodes, then failed on node a.\n") {
+	if !strings.HasSuffix(out, "Creating them on "+brokers[0]+" as User:conveyor-agent-a:\nCreated no ACL: failed on the master's.\n") {
 		t.Errorf("-apply as an agent's user, output:\n%s", out)
 	}
 
-	validateOnly(t, p.Launcher, global("conveyor", "master-pw"), "a", "b")
-	out, err = aclsCommand(t, c, []string{"-apply"}, "a", "b")
+	// An administrator grants the master's user (no superuser) and the
+	// agents' what they need.
+	validateOnly(t, p.Launcher, global("admin", "admin-pw"), "a", "b")
+	out, err = aclsCommand(t, c, []string{"-apply", "-master-principal", "User:conveyor"}, "a", "b")
 	t.Logf("acls -apply:\n%s", out)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, line := range []string{
-		"Creating them on " + brokers[0] + " as User:conveyor:\n",
+		"Creating them on " + brokers[0] + " as User:admin:\n",
+		"  created User:conveyor Allow Create Topic conveyor. (Prefixed) from *\n",
 		"  created User:conveyor-agent-a Allow Read Topic conveyor.a.commands (Literal) from *\n",
 		"  created User:conveyor-agent-b Allow Write Topic conveyor.b.events (Literal) from *\n",
-		"Created 8 ACLs for 2 nodes (creating an ACL that exists changes nothing).\n",
+		"Created 15 ACLs for the master and 2 nodes (creating an ACL that exists changes nothing).\n",
 	} {
 		if !strings.Contains(out, line) {
 			t.Errorf("output lacks %q", line)
 		}
 	}
 	// Applying again changes nothing and is no error.
-	if _, err := aclsCommand(t, c, []string{"-apply"}, "a", "b"); err != nil {
+	if _, err := aclsCommand(t, c, []string{"-apply", "-master-principal", "User:conveyor"}, "a", "b"); err != nil {
 		t.Errorf("second -apply: %v", err)
 	}
 
-	// Agent a works on its own topics and group, as the real agent does.
+	// The master's user stays out of other topics and cannot grant itself
+	// more.
+	if err := kafkatransport.EnsureTopics(ctxT(t), master, []string{"other.topic"}, 1, 1); !errors.Is(err, sarama.ErrTopicAuthorizationFailed) {
+		t.Errorf("the master creating a topic outside its prefix: %v, want %v", err, sarama.ErrTopicAuthorizationFailed)
+	}
+	if err := ApplyACLs(ctxT(t), master, MasterACLs("other.", "conveyor")); !errors.Is(err, sarama.ErrClusterAuthorizationFailed) {
+		t.Errorf("the master granting itself another prefix: %v, want %v", err, sarama.ErrClusterAuthorizationFailed)
+	}
+
+	// Agent a works on its own topics and group, as the real agent does,
+	// with a master that is no superuser.
 	mconn, err := kafkatransport.OpenMaster(ctxT(t), master, "a", testLogger(t))
 	if err != nil {
 		t.Fatal(err)

@@ -88,6 +88,9 @@ type settings struct {
 	// TLS, users and ACLs.
 	embedded     bool
 	embeddedAddr embeddedSpec
+	// nodeless are the users of embedded.sasl.users named after no kafka
+	// node, which the embedded broker does not create (nodelessUsers).
+	nodeless []string
 }
 
 // globalSpec is the schema of the global block.

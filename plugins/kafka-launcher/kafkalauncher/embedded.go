@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/IBM/sarama"
 	"github.com/hashicorp/go-hclog"
 	"github.com/twmb/franz-go/pkg/kfake"
 
@@ -40,12 +41,13 @@ type embeddedSpec struct {
 	// tls secures the listener; nil: plaintext.
 	tls *brokerTLS
 	// mechanism and users are the agents' SASL users (named after their
-	// nodes) and passwords. The master's user, the broker's superuser, is
-	// client.SASL.
+	// nodes) and passwords. The master's user, which holds MasterACLs,
+	// is client.SASL.
 	mechanism string
 	users     map[string]string
 	// acls turns on authorization: each agent user gets NodeACLs of its
-	// node; the master, a superuser, needs none.
+	// node, the master MasterACLs of the prefix, and nothing else is
+	// allowed.
 	acls bool
 	// prefix is the topic prefix the ACLs name.
 	prefix string
@@ -91,13 +93,21 @@ type embeddedBroker struct {
 	dir     string
 	spec    embeddedSpec
 	sasl    *kafkatransport.SASL
+	// admin is how the plugin reaches the broker as its own superuser
+	// (embeddedAdminUser), with SASL only: the master's client settings
+	// with the administrator's user.
+	admin kafkatransport.Config
+	// guard checks PLAIN logins; nil when no user logs in with PLAIN.
+	guard *plainGuard
 }
 
 // startEmbedded starts a broker as spec says, keeping its state in
 // dataDir/broker, so topics, records and committed offsets survive a
 // restart of the plugin. sasl is the master's user: with it, the broker
-// requires SASL and the master is its superuser; spec's users are the
-// agents', and with spec.acls each may do what NodeACLs allows.
+// requires SASL; the master may do what MasterACLs allows, spec's users
+// (the agents') what NodeACLs allows (everything without spec.acls). The
+// broker's own administrator (embeddedAdminUser, a random password drawn
+// here) installs the ACLs; PLAIN logins pass plainGuard first.
 func startEmbedded(ctx context.Context, dataDir string, spec embeddedSpec, sasl *kafkatransport.SASL, logger hclog.Logger) (*embeddedBroker, error) {
 	dir := filepath.Join(dataDir, "broker")
 	addr := spec.addr
@@ -137,10 +147,41 @@ func startEmbedded(ctx context.Context, dataDir string, spec embeddedSpec, sasl 
 	if spec.tls != nil {
 		opts = append(opts, kfake.TLS(spec.tls.config.Clone()))
 	}
+	var admin *kafkatransport.SASL
+	var guard *plainGuard
 	if sasl != nil {
-		opts = append(opts, kfake.EnableSASL(), kfake.Superuser(sasl.Mechanism, sasl.Username, sasl.Password))
+		if admin, err = newAdminSASL(); err != nil {
+			return nil, err
+		}
+		// The master is no superuser: on its prefix's topics and groups it
+		// may do what MasterACLs says, and nothing else. The broker's own
+		// administrator, whose password never leaves this process,
+		// installs and removes the agents' ACLs.
+		var masterACLs []kfake.ACL
+		if spec.acls {
+			for _, a := range MasterACLs(spec.prefix, sasl.Username) {
+				k, err := a.Kfake()
+				if err != nil {
+					return nil, fmt.Errorf("embedded broker: %w", err)
+				}
+				masterACLs = append(masterACLs, k)
+			}
+		}
+		opts = append(opts, kfake.EnableSASL(),
+			kfake.Superuser(admin.Mechanism, admin.Username, admin.Password),
+			kfake.User(sasl.Mechanism, sasl.Username, sasl.Password, masterACLs...))
 		if spec.acls {
 			opts = append(opts, kfake.EnableACLs())
+		}
+		plain := map[string]string{}
+		if sasl.Mechanism == kafkatransport.MechanismPlain {
+			plain[sasl.Username] = sasl.Password
+		}
+		if spec.mechanism == kafkatransport.MechanismPlain {
+			maps.Copy(plain, spec.users)
+		}
+		if len(plain) > 0 {
+			guard = newPlainGuard(plain)
 		}
 		for _, u := range slices.Sorted(maps.Keys(spec.users)) {
 			var acls []kfake.ACL
@@ -173,14 +214,24 @@ func startEmbedded(ctx context.Context, dataDir string, spec embeddedSpec, sasl 
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	b := &embeddedBroker{cluster: c, addr: addr, dir: dir, spec: spec, sasl: sasl}
+	if guard != nil {
+		guard.install(c)
+	}
+	b := &embeddedBroker{cluster: c, addr: addr, dir: dir, spec: spec, sasl: sasl, guard: guard}
+	if admin != nil {
+		b.admin = spec.client
+		b.admin.SASL = admin
+		b.admin.ClientID = "conveyor-embedded-admin"
+	}
 	if sasl != nil && spec.acls {
 		// kfake seeds a user's ACLs only into a new data directory; one it
 		// reloads starts without (removeAuthState): install them as the
-		// master. Creating an existing ACL is no error.
-		if err := ApplyACLs(ctx, spec.client, spec.nodeACLs()); err != nil {
+		// broker's administrator, and the master's own too. Creating an
+		// existing ACL is no error.
+		acls := append(MasterACLs(spec.prefix, sasl.Username), spec.nodeACLs()...)
+		if err := ApplyACLs(ctx, b.admin, acls); err != nil {
 			b.close()
-			return nil, fmt.Errorf("embedded kafka broker on %s: install the agents' ACLs as the master: %w", addr, err)
+			return nil, fmt.Errorf("embedded kafka broker on %s: install the ACLs: %w", addr, err)
 		}
 	}
 	logSecurity(logger, spec, sasl)
@@ -264,4 +315,56 @@ func (l kfakeLogger) Logf(level kfake.LogLevel, msg string, args ...any) {
 	case kfake.LogLevelWarn:
 		l.log.Warn(fmt.Sprintf(msg, args...))
 	}
+}
+
+// errResourceNotFound is Kafka's RESOURCE_NOT_FOUND (91), which sarama
+// does not name: deleting SCRAM credentials that do not exist.
+const errResourceNotFound = sarama.KError(91)
+
+// forgetUser removes the agent user user from the running broker: its
+// ACLs, its SCRAM credentials (kfake deletes those), its PLAIN logins (the
+// guard stops them; kfake cannot delete a PLAIN user). It returns what it
+// removed, in words. The next start creates users for the configured
+// nodes only (nodelessUsers), so a removed node's user stays gone. The
+// master's and the administrator's users are never touched.
+func (b *embeddedBroker) forgetUser(ctx context.Context, user string) ([]string, error) {
+	if b.sasl == nil || user == b.sasl.Username || user == embeddedAdminUser {
+		return nil, nil
+	}
+	var removed []string
+	if b.guard != nil && b.guard.revoke(user) {
+		removed = append(removed, "its PLAIN login")
+	}
+	err := kafkatransport.WithAdmin(ctx, b.admin, func(admin sarama.ClusterAdmin) error {
+		if b.spec.acls {
+			p := Principal(user)
+			matched, err := admin.DeleteACL(sarama.AclFilter{
+				ResourceType: sarama.AclResourceAny, ResourcePatternTypeFilter: sarama.AclPatternAny,
+				Principal: &p, Operation: sarama.AclOperationAny, PermissionType: sarama.AclPermissionAny,
+			}, false)
+			if err != nil {
+				return fmt.Errorf("delete the ACLs of %s: %w", p, err)
+			}
+			if len(matched) > 0 {
+				removed = append(removed, fmt.Sprintf("its %d ACLs", len(matched)))
+			}
+		}
+		for _, m := range []sarama.ScramMechanismType{sarama.SCRAM_MECHANISM_SHA_256, sarama.SCRAM_MECHANISM_SHA_512} {
+			res, err := admin.DeleteUserScramCredentials([]sarama.AlterUserScramCredentialsDelete{{Name: user, Mechanism: m}})
+			if err != nil {
+				return fmt.Errorf("delete the %s credentials of %s: %w", m, user, err)
+			}
+			for _, r := range res {
+				switch r.ErrorCode {
+				case sarama.ErrNoError:
+					removed = append(removed, "its "+m.String()+" credentials")
+				case errResourceNotFound: // no such credentials: nothing to delete
+				default:
+					return fmt.Errorf("delete the %s credentials of %s: %w", m, user, r.ErrorCode)
+				}
+			}
+		}
+		return nil
+	})
+	return removed, err
 }

@@ -18,7 +18,7 @@ import (
 )
 
 // aclTest is an embedded broker with SASL SCRAM-SHA-512 and ACLs, a master
-// (its superuser) and agent users "a" and "b".
+// (holding MasterACLs) and agent users "a" and "b".
 type aclTest struct {
 	t      *testing.T
 	addr   string
@@ -145,7 +145,7 @@ func wantDenied(t *testing.T, what string, err, want error) {
 
 // TestEmbeddedACLs: on the embedded broker with SASL and ACLs, each
 // agent's user reads only its own commands topic (in its own consumer
-// group) and writes only its own events topic; the master, a superuser,
+// group) and writes only its own events topic; the master,
 // does the rest.
 func TestEmbeddedACLs(t *testing.T) {
 	at := newACLTest(t)

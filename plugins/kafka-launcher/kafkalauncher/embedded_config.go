@@ -41,12 +41,15 @@ func validateEmbedded(g globalConfig, client kafkatransport.Config, bad func(msg
 		}
 	}
 
+	if master != nil && master.Username == embeddedAdminUser {
+		bad(fmt.Sprintf("%q is the embedded broker's own administrator: name the master otherwise", embeddedAdminUser), "sasl", "username")
+	}
 	if master != nil && master.Password == "" {
-		bad("must not be empty with the embedded broker, which makes the master its superuser", "sasl", "password")
+		bad("must not be empty with the embedded broker, which makes it the master's user", "sasl", "password")
 	}
 	if s := e.SASL; s != nil {
 		if master == nil {
-			bad("the agents' users need the master's own: add a sasl block (mechanism, username, password), which makes the master the embedded broker's superuser", "embedded", "sasl")
+			bad("the agents' users need the master's own: add a sasl block (mechanism, username, password), the master's user on the embedded broker", "embedded", "sasl")
 		}
 		spec.mechanism = strings.ToUpper(s.Mechanism)
 		if !slices.Contains(kafkatransport.Mechanisms, spec.mechanism) {
@@ -62,7 +65,7 @@ func validateEmbedded(g globalConfig, client kafkatransport.Config, bad func(msg
 			case s.Users[name] == "":
 				bad(fmt.Sprintf("user %q has an empty password", name), "embedded", "sasl", "users")
 			case master != nil && name == master.Username:
-				bad(fmt.Sprintf("user %q is the master's own (sasl.username), a superuser: name the master otherwise", name), "embedded", "sasl", "users")
+				bad(fmt.Sprintf("user %q is the master's own (sasl.username): name the master otherwise", name), "embedded", "sasl", "users")
 			}
 		}
 		spec.users = maps.Clone(s.Users)
@@ -73,7 +76,7 @@ func validateEmbedded(g globalConfig, client kafkatransport.Config, bad func(msg
 		spec.acls = *e.ACLs
 	}
 	if spec.acls && e.SASL == nil {
-		bad("ACLs need the agents' own users, embedded { sasl { users = { NODE = PASSWORD } } }: without them every agent connects as the master, a superuser", "embedded", "acls")
+		bad("ACLs need the agents' own users, embedded { sasl { users = { NODE = PASSWORD } } }: without them every agent connects as the master", "embedded", "acls")
 	}
 
 	if msg := checkEmbeddedAddr(g.EmbeddedAddr, e.TLS != nil && master != nil); msg != "" {

@@ -27,6 +27,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 
@@ -125,11 +127,16 @@ func (l *Launcher) Configure(ctx context.Context, cfg *launcher.Config) error {
 	if len(errs) > 0 {
 		return errs
 	}
+	warnings := nodelessUsers(set, cfg.Nodes)
 	l.mu.Lock()
 	l.checked = set
 	l.mu.Unlock()
 	if cfg.Host.ValidateOnly {
-		return nil
+		return warningsOrNil(warnings)
+	}
+	for _, w := range warnings {
+		// The server does not print a plugin's warnings: the log does.
+		l.log.Warn(w.Message)
 	}
 	if cfg.Host.DataDir == "" {
 		return errors.New("kafka launcher: the host gave no data directory")
@@ -159,7 +166,42 @@ func (l *Launcher) Configure(ctx context.Context, cfg *launcher.Config) error {
 	l.set, l.key = set, key
 	l.mu.Unlock()
 	l.log.Info("configured", "brokers", strings.Join(set.transport.Brokers, ","), "embedded", set.embedded, "nodes", len(cfg.Nodes))
-	return nil
+	return warningsOrNil(warnings)
+}
+
+// nodelessUsers drops from the embedded broker's users those named after
+// no kafka node of nodes (a node removed from the configuration, a typo):
+// the broker does not create them, so a removed node's agent can no
+// longer log in. It returns a warning for each.
+func nodelessUsers(set *settings, nodes []*launcher.Node) launcher.ConfigErrors {
+	if !set.embedded || len(set.embeddedAddr.users) == 0 {
+		return nil
+	}
+	known := map[string]bool{}
+	for _, n := range nodes {
+		known[n.Name] = true
+	}
+	var warnings launcher.ConfigErrors
+	users := map[string]string{}
+	for _, u := range slices.Sorted(maps.Keys(set.embeddedAddr.users)) {
+		if known[u] {
+			users[u] = set.embeddedAddr.users[u]
+			continue
+		}
+		set.nodeless = append(set.nodeless, u)
+		warnings = append(warnings, launcher.ConfigError{Path: []string{"embedded", "sasl", "users"}, Warning: true,
+			Message: fmt.Sprintf("user %q is named after no kafka node: the embedded broker does not create it (if its node was removed, remove the user too; `conveyor node delete %s -purge` deletes the node's topics and groups)", u, u)})
+	}
+	set.embeddedAddr.users = users
+	return warnings
+}
+
+// warningsOrNil returns ws as an error, or nil if there are none.
+func warningsOrNil(ws launcher.ConfigErrors) error {
+	if len(ws) == 0 {
+		return nil
+	}
+	return ws
 }
 
 // ensureBroker starts the embedded broker, or restarts it if it runs with
@@ -341,7 +383,39 @@ func (l *Launcher) Purge(ctx context.Context, node string) error {
 	if err := kafkatransport.DeleteGroups(ctx, set.transport, []string{g.Master, g.Agent}); err != nil {
 		return fmt.Errorf("purge %s: %w", node, err)
 	}
-	l.log.Info("node purged", "node", node, "topics", t.Commands+","+t.Events)
+	l.log.Info("node purged", "node", node, "topics", t.Commands+","+t.Events, "groups", g.Master+","+g.Agent)
+	if !set.embedded {
+		if set.transport.SASL != nil {
+			// The master has no right to administer ACLs or users here
+			// (MasterACLs): what the agent's identity holds is left.
+			user := agentUser(node)
+			userHow := fmt.Sprintf("kafka-configs.sh --alter --delete-config %s --entity-type users --entity-name %s", set.transport.SASL.Mechanism, user)
+			if set.transport.SASL.Mechanism == kafkatransport.MechanismPlain {
+				userHow = fmt.Sprintf("remove %s from the brokers' PLAIN users (their JAAS configuration)", user)
+			}
+			l.log.Warn("purge: the node's Kafka user and ACLs on the external cluster are left: an administrator removes them",
+				"node", node, "principal", Principal(user),
+				"acls", fmt.Sprintf("kafka-acls.sh --remove --allow-principal %s (the principal `conveyor kafka acls -principal` named, %s by default)", Principal(user), DefaultAgentPrincipal),
+				"user", userHow)
+		}
+		return nil
+	}
+	l.mu.Lock()
+	b := l.broker
+	l.mu.Unlock()
+	if b == nil {
+		return nil
+	}
+	removed, err := b.forgetUser(ctx, node)
+	if err != nil {
+		return fmt.Errorf("purge %s: remove its Kafka user from the embedded broker: %w", node, err)
+	}
+	if len(removed) > 0 {
+		l.log.Info("node's Kafka user removed from the embedded broker", "node", node, "removed", strings.Join(removed, ", "))
+	}
+	if slices.Contains(set.nodeless, node) {
+		l.log.Warn("purge: embedded.sasl.users still names the node: its user returns on the next start if the node is configured again; remove it from the configuration", "node", node)
+	}
 	return nil
 }
 
@@ -365,8 +439,8 @@ func (l *Launcher) NodeSecret(_ context.Context, node string) (*launcher.NodeSec
 }
 
 // agentCommand is the conveyor-agent command line for node. It names the
-// node's own Kafka identity, never the master's (on the embedded broker a
-// superuser): the SASL user of agentSASL, its password in
+// node's own Kafka identity, never the master's (the holder of
+// MasterACLs): the SASL user of agentSASL, its password in
 // AgentSASLPasswordFile, and where the brokers require client
 // certificates the agent's own in AgentTLSCertFile and AgentTLSKeyFile.
 // Of the launcher's tls block only what the agent shares with the master

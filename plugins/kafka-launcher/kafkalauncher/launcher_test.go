@@ -22,6 +22,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+	"github.com/twmb/franz-go/pkg/kfake"
+
 	"github.com/conveyor-ci/conveyor/sdk/launcher"
 
 	"github.com/conveyor-ci/conveyor/plugins/kafka-launcher/kafkatransport"
@@ -372,5 +375,39 @@ func writeCA(t *testing.T, path string) {
 	}
 	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestPurgeExternalReportsWhatItLeaves: against an external cluster the
+// master may not administer ACLs or users (MasterACLs), so purge deletes
+// the node's topics and groups and says precisely what it left: the
+// agent's principal, and how an administrator removes its ACLs and user.
+func TestPurgeExternalReportsWhatItLeaves(t *testing.T) {
+	const mech = kafkatransport.MechanismSCRAMSHA512
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.EnableSASL(), kfake.Superuser(mech, "conveyor", "master-pw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	var logs syncBuffer
+	l := New(hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Info, Output: &logs}))
+	defer l.Close()
+	global := fmt.Sprintf("brokers = [%q]\nsasl {\n mechanism = %q\n username = \"conveyor\"\n password = \"master-pw\"\n}", cluster.ListenAddrs()[0], mech)
+	if err := l.Configure(ctxT(t), config(t, t.TempDir(), global)); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Purge(ctxT(t), "gone"); err != nil {
+		t.Fatalf("purge: %v", err)
+	}
+	out := logs.String()
+	for _, want := range []string{
+		"purge: the node's Kafka user and ACLs on the external cluster are left",
+		"principal=User:conveyor-agent-gone",
+		"kafka-acls.sh --remove --allow-principal User:conveyor-agent-gone",
+		"kafka-configs.sh --alter --delete-config SCRAM-SHA-512 --entity-type users --entity-name conveyor-agent-gone",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the log lacks %q:\n%s", want, out)
+		}
 	}
 }

@@ -159,7 +159,7 @@ func open(ctx context.Context, cfg Config, node string, s side, logger hclog.Log
 	// sarama's constructors block on metadata requests with their own
 	// retries; run them aside so ctx can abandon them.
 	done := make(chan error, 1)
-	go func() { done <- c.connect(cfg, sc) }()
+	go func() { done <- explainAuth(cfg, sc, c.connect(cfg, sc)) }()
 	select {
 	case err := <-done:
 		if err != nil {

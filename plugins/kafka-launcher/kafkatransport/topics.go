@@ -123,9 +123,9 @@ func validPrefix(s string) error {
 	return nil
 }
 
-// withAdmin runs fn with a cluster admin client, giving up when ctx ends
+// WithAdmin runs fn with a cluster admin client connected as cfg says, giving up when ctx ends
 // (the admin call then finishes in the background and its client is closed).
-func withAdmin(ctx context.Context, cfg Config, fn func(sarama.ClusterAdmin) error) error {
+func WithAdmin(ctx context.Context, cfg Config, fn func(sarama.ClusterAdmin) error) error {
 	sc, err := cfg.Sarama()
 	if err != nil {
 		return err
@@ -140,7 +140,7 @@ func withAdmin(ctx context.Context, cfg Config, fn func(sarama.ClusterAdmin) err
 	go func() {
 		admin, err := sarama.NewClusterAdmin(cfg.Brokers, sc)
 		if err != nil {
-			done <- fmt.Errorf("connect to kafka %s: %w", strings.Join(cfg.Brokers, ","), err)
+			done <- fmt.Errorf("connect to kafka %s: %w", strings.Join(cfg.Brokers, ","), explainAuth(cfg, sc, err))
 			return
 		}
 		err = fn(admin)
@@ -188,7 +188,7 @@ func EnsureTopics(ctx context.Context, cfg Config, topics []string, partitions i
 	if len(topics) == 0 {
 		return nil
 	}
-	return withAdmin(ctx, cfg, func(admin sarama.ClusterAdmin) error {
+	return WithAdmin(ctx, cfg, func(admin sarama.ClusterAdmin) error {
 		for _, t := range topics {
 			err := admin.CreateTopic(t, &sarama.TopicDetail{NumPartitions: partitions, ReplicationFactor: replication}, false)
 			if err != nil && !errors.Is(err, sarama.ErrTopicAlreadyExists) {
@@ -236,7 +236,7 @@ func missingTopics(brokers []string, sc *sarama.Config, topics []string) ([]stri
 
 // DeleteTopics deletes the topics; topics that do not exist are no error.
 func DeleteTopics(ctx context.Context, cfg Config, topics []string) error {
-	return withAdmin(ctx, cfg, func(admin sarama.ClusterAdmin) error {
+	return WithAdmin(ctx, cfg, func(admin sarama.ClusterAdmin) error {
 		for _, t := range topics {
 			err := admin.DeleteTopic(t)
 			if err != nil && !errors.Is(err, sarama.ErrUnknownTopicOrPartition) {
@@ -250,7 +250,7 @@ func DeleteTopics(ctx context.Context, cfg Config, topics []string) error {
 // DeleteGroups deletes the consumer groups (and so their committed
 // offsets); groups that do not exist are no error.
 func DeleteGroups(ctx context.Context, cfg Config, groups []string) error {
-	return withAdmin(ctx, cfg, func(admin sarama.ClusterAdmin) error {
+	return WithAdmin(ctx, cfg, func(admin sarama.ClusterAdmin) error {
 		for _, g := range groups {
 			err := admin.DeleteConsumerGroup(g)
 			if err != nil && !errors.Is(err, sarama.ErrGroupIDNotFound) {
@@ -264,7 +264,7 @@ func DeleteGroups(ctx context.Context, cfg Config, groups []string) error {
 // TopicExists reports whether topic exists in the cluster.
 func TopicExists(ctx context.Context, cfg Config, topic string) (bool, error) {
 	var exists bool
-	err := withAdmin(ctx, cfg, func(admin sarama.ClusterAdmin) error {
+	err := WithAdmin(ctx, cfg, func(admin sarama.ClusterAdmin) error {
 		ts, err := admin.ListTopics()
 		if err != nil {
 			return fmt.Errorf("list topics: %w", err)

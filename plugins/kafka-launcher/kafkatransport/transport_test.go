@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"math/big"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -519,4 +520,64 @@ func TestSmallRecordLimit(t *testing.T) {
 	if got := recvT(t, a); string(got) != "after" {
 		t.Fatalf("then %q", got)
 	}
+}
+
+// TestAuthFailureSaysSo: a client whose SASL credentials the broker refuses
+// (a wrong password, a user it does not know) is told that authentication
+// failed, for which user, not only "run out of available brokers: EOF"
+// (kfake closes the connection on a wrong SCRAM proof, as it does on a
+// wrong PLAIN password). Other failures are not called authentication
+// failures.
+func TestAuthFailureSaysSo(t *testing.T) {
+	for _, mech := range []string{MechanismSCRAMSHA512, MechanismSCRAMSHA256, MechanismPlain} {
+		t.Run(mech, func(t *testing.T) {
+			c := newCluster(t, kfake.EnableSASL(), kfake.Superuser(mech, "conveyor", "s3cret"))
+			good := Config{Brokers: c.ListenAddrs(), SASL: &SASL{Mechanism: mech, Username: "conveyor", Password: "s3cret"}}
+			ensure(t, good, "n")
+			for _, creds := range []SASL{
+				{Mechanism: mech, Username: "conveyor", Password: "wrong"},
+				{Mechanism: mech, Username: "nobody", Password: "s3cret"},
+			} {
+				cfg := good
+				cfg.SASL = &creds
+				conn, err := DialAgent(ctxT(t), cfg, "n", nil)
+				if err == nil {
+					conn.Close()
+					t.Fatalf("%s/%s accepted", creds.Username, creds.Password)
+				}
+				want := fmt.Sprintf("kafka authentication failed for user %q (%s)", creds.Username, mech)
+				if !errors.Is(err, ErrAuthentication) || !strings.Contains(err.Error(), want) {
+					t.Errorf("%s/%s: %v; want ErrAuthentication, saying %q", creds.Username, creds.Password, err, want)
+				}
+				t.Logf("%s/%s: %v", creds.Username, creds.Password, err)
+				if err := EnsureTopics(ctxT(t), cfg, []string{"x"}, 1, 1); !errors.Is(err, ErrAuthentication) {
+					t.Errorf("%s/%s creating topics: %v; want ErrAuthentication", creds.Username, creds.Password, err)
+				}
+			}
+			// A node without topics: no authentication failure.
+			if conn, err := DialAgent(ctxT(t), good, "no-topics", nil); err == nil {
+				conn.Close()
+				t.Error("opened a node without topics")
+			} else if errors.Is(err, ErrAuthentication) {
+				t.Errorf("a missing topic reported as %v", err)
+			}
+		})
+	}
+	// No broker at all: no authentication failure either.
+	cfg := Config{Brokers: []string{closedAddr(t)}, SASL: &SASL{Mechanism: MechanismPlain, Username: "u", Password: "p"}}
+	if _, err := DialAgent(ctxT(t), cfg, "n", nil); err == nil || errors.Is(err, ErrAuthentication) {
+		t.Errorf("no broker: %v", err)
+	}
+}
+
+// closedAddr returns a loopback address nothing listens on.
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
 }

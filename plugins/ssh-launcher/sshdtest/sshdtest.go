@@ -2,7 +2,8 @@
 // a throwaway host key, an authorized client key and a known_hosts file, all
 // under the test's temporary directory. It can kill every session (to
 // simulate a dropped connection), restart on the same port and change its
-// host key. It needs /usr/sbin/sshd and skips the test without it.
+// host key. It needs /usr/sbin/sshd: without it the test fails under
+// `make test` and is skipped under a plain `go test` (sdk/testenv).
 package sshdtest
 
 import (
@@ -25,6 +26,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/conveyor-ci/conveyor/sdk/testenv"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 )
@@ -44,8 +46,9 @@ type Options struct {
 	// authentication and gives the login user this password. Nothing on
 	// the system changes: sshd runs in a private mount namespace where a
 	// copy of /etc/shadow carrying the password's hash is mounted over the
-	// real one. Needs root, unshare(1) and openssl(1); the test is skipped
-	// otherwise.
+	// real one. Needs unshare(1), mount(8) and openssl(1) (missing, they
+	// fail the test under `make test`, see sdk/testenv) and root (the test
+	// is skipped otherwise).
 	Password string
 	// NoKbdInteractive turns keyboard-interactive authentication off. By
 	// default it is on, as in sshd's own default: with UsePAM no it has
@@ -83,22 +86,20 @@ type Server struct {
 // Start starts sshd and stops it when the test ends.
 func Start(t testing.TB, opts Options) *Server {
 	t.Helper()
-	if _, err := os.Stat(SSHD); err != nil {
-		t.Skipf("sshdtest: %s not installed (Debian: apt-get install openssh-server)", SSHD)
-	}
+	testenv.Command(t, SSHD, "openssh-server")
 	u, err := user.Current()
 	if err != nil {
 		t.Fatalf("sshdtest: current user: %v", err)
 	}
 	if opts.Password != "" {
+		// No package gives a non-root user a private mount: this skip
+		// stays, and `make test` lists it in its skip summary.
 		if os.Geteuid() != 0 {
 			t.Skip("sshdtest: a password login needs root (to mount a private /etc/shadow in a mount namespace)")
 		}
-		for _, tool := range []string{"unshare", "openssl", "mount"} {
-			if _, err := exec.LookPath(tool); err != nil {
-				t.Skipf("sshdtest: a password login needs %s: %v", tool, err)
-			}
-		}
+		testenv.Command(t, "unshare", "util-linux")
+		testenv.Command(t, "mount", "mount")
+		testenv.Command(t, "openssl", "openssl")
 	}
 	// The privilege separation directory; a fresh container lacks it.
 	if os.Geteuid() == 0 {
@@ -307,11 +308,11 @@ func (s *Server) writeShadow() {
 	cmd.Stdin = strings.NewReader(s.opts.Password + "\n")
 	hash, err := cmd.Output()
 	if err != nil {
-		s.t.Skipf("sshdtest: openssl passwd: %v", err)
+		s.t.Fatalf("sshdtest: openssl passwd: %v", err)
 	}
 	orig, err := os.ReadFile("/etc/shadow")
 	if err != nil {
-		s.t.Skipf("sshdtest: read /etc/shadow: %v", err)
+		s.t.Fatalf("sshdtest: read /etc/shadow: %v", err)
 	}
 	var out []string
 	found := false

@@ -455,12 +455,15 @@ func (x *ConfigureRequest) GetNodes() []*NodeConfig {
 }
 
 // ConfigError points at one bad value: node is empty for the global block,
-// path names the attribute (and enclosing blocks) inside that block.
+// path names the attribute (and enclosing blocks) inside that block. A
+// warning points at a value that is accepted but likely a mistake: a
+// response holding warnings only means the plugin is configured.
 type ConfigError struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
 	Path          []string               `protobuf:"bytes,2,rep,name=path,proto3" json:"path,omitempty"`
 	Message       string                 `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	Warning       bool                   `protobuf:"varint,4,opt,name=warning,proto3" json:"warning,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -514,6 +517,13 @@ func (x *ConfigError) GetMessage() string {
 		return x.Message
 	}
 	return ""
+}
+
+func (x *ConfigError) GetWarning() bool {
+	if x != nil {
+		return x.Warning
+	}
+	return false
 }
 
 type ConfigureResponse struct {
@@ -1606,11 +1616,12 @@ const file_launcher_proto_launcher_proto_rawDesc = "" +
 	"\x10ConfigureRequest\x12.\n" +
 	"\x04host\x18\x01 \x01(\v2\x1a.conveyor.launcher.v1.HostR\x04host\x123\n" +
 	"\x06global\x18\x02 \x01(\v2\x1b.conveyor.launcher.v1.ValueR\x06global\x126\n" +
-	"\x05nodes\x18\x03 \x03(\v2 .conveyor.launcher.v1.NodeConfigR\x05nodes\"O\n" +
+	"\x05nodes\x18\x03 \x03(\v2 .conveyor.launcher.v1.NodeConfigR\x05nodes\"i\n" +
 	"\vConfigError\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
 	"\x04path\x18\x02 \x03(\tR\x04path\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"N\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x12\x18\n" +
+	"\awarning\x18\x04 \x01(\bR\awarning\"N\n" +
 	"\x11ConfigureResponse\x129\n" +
 	"\x06errors\x18\x01 \x03(\v2!.conveyor.launcher.v1.ConfigErrorR\x06errors\"\xcb\x01\n" +
 	"\x13LaunchClientMessage\x12:\n" +

@@ -19,7 +19,12 @@ node "n1" {
 
 job "hello" {
   labels = ["linux"]
+  param "TARGET" {
+    description = "who is greeted"
+    default     = "world"
+    choices     = ["world", "moon"]
+  }
   step "greet" {
-    run = "echo hello"
+    run = "echo hello $TARGET"
   }
 }

@@ -122,23 +122,6 @@
       document.getElementById('connect-cmd').textContent = '';
       return;
     }
-    if (t.id === 'add-param') {
-      var body = document.querySelector('#params tbody');
-      var row = body.querySelector('.param-row').cloneNode(true);
-      row.querySelectorAll('input').forEach(function (inp) { inp.value = ''; });
-      body.appendChild(row);
-      row.querySelector('input').focus();
-      return;
-    }
-    if (t.hasAttribute('data-remove-param')) {
-      var rows = document.querySelectorAll('#params .param-row');
-      var r = t.closest('.param-row');
-      if (rows.length > 1) {
-        r.remove();
-      } else {
-        r.querySelectorAll('input').forEach(function (inp) { inp.value = ''; });
-      }
-    }
   });
 
   window.Conveyor = {refresh: refresh};

@@ -1,0 +1,3 @@
+module github.com/conveyor-ci/conveyor/tools
+
+go 1.26.8
