@@ -135,7 +135,7 @@ type master struct {
 
 	ep  *reliable.Endpoint // the session; nil before the first handshake
 	id  uint64
-	key []byte // the current epoch's key
+	key []byte // the current epoch's key of the master's frames
 
 	// backlog holds the agent's delivered frames not yet taken.
 	backlog []*wire.Frame
@@ -352,12 +352,12 @@ func (m *master) accept(hf *wire.Frame, h *wire.Hello, id uint64) {
 	if af.Seq != 1 || len(af.MAC) != 0 {
 		m.t.Fatalf("auth: seq %d, %d bytes of MAC; want seq 1, unsigned", af.Seq, len(af.MAC))
 	}
-	key := wire.SessionKey(m.secret, h.Nonce, nonceM, id)
-	ep.Established(id, key, af.Seq)
+	keys := wire.KeysFor(wire.SessionKey(m.secret, h.Nonce, nonceM, id), wire.RoleMaster)
+	ep.Established(id, keys, af.Seq)
 	if !resume {
 		m.backlog, m.pings = nil, 0
 	}
-	m.ep, m.id, m.key = ep, id, key
+	m.ep, m.id, m.key = ep, id, keys.Send
 	if err := ep.SendControl(&wire.AuthResult{OK: true, Session: id}, id); err != nil {
 		m.t.Fatal(err)
 	}

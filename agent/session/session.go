@@ -17,6 +17,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -428,7 +429,7 @@ type handshake struct {
 	nonces   [][]byte                      // of the latest Hellos, newest last
 	answered map[uint64]bool               // challenges answered, genuine or not
 	genuine  map[uint64]*reliable.Endpoint // the endpoint of each challenge whose master proved the secret
-	keys     map[uint64][]byte             // session keys of the genuine challenges
+	keys     map[uint64]wire.Keys          // frame keys of the genuine challenges
 	authBy   time.Time                     // when a genuine challenge's AuthResult is due
 }
 
@@ -443,7 +444,7 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 	var hs handshake
 	sendHello := func(fresh bool) error {
 		if fresh {
-			hs = handshake{answered: map[uint64]bool{}, genuine: map[uint64]*reliable.Endpoint{}, keys: map[uint64][]byte{}}
+			hs = handshake{answered: map[uint64]bool{}, genuine: map[uint64]*reliable.Endpoint{}, keys: map[uint64]wire.Keys{}}
 		}
 		nonce := make([]byte, wire.NonceSize)
 		_, _ = rand.Read(nonce)
@@ -709,7 +710,7 @@ func (a *Agent) handshakeFrame(c Conn, cur *sess, hs *handshake, f *wire.Frame, 
 				}
 				ep.Begin(c)
 				hs.answered[f.Session], hs.genuine[f.Session] = true, ep
-				hs.keys[f.Session] = wire.SessionKey(a.cfg.Secret, nonceA, m.Nonce, f.Session)
+				hs.keys[f.Session] = wire.KeysFor(wire.SessionKey(a.cfg.Secret, nonceA, m.Nonce, f.Session), wire.RoleAgent)
 				hs.authBy = time.Now().Add(a.cfg.HeartbeatTimeout)
 				a.log.Debug("the master proved the secret: answering its challenge", "session", fmt.Sprintf("%016x", f.Session))
 				return nil, nil, ep.SendControl(&wire.Auth{Proof: wire.AgentProof(a.cfg.Secret, m.Nonce, nonceA)}, f.Session)
@@ -732,12 +733,17 @@ func (a *Agent) handshakeFrame(c Conn, cur *sess, hs *handshake, f *wire.Frame, 
 		switch {
 		case !hs.answered[f.Session]:
 			a.stale.Add(1)
+		case !m.OK && ep != nil && strings.Contains(m.Reason, "wrong secret"):
+			// The master proved the secret, so a refusal of our proof as
+			// a wrong secret means it does not take this agent's proof: it
+			// predates the direction-bound frame keys (docs/protocol.md).
+			return nil, nil, fmt.Errorf("%w: %s (the master proved it holds the node's secret: a master older than this agent refuses its proof; upgrade the master)", ErrRefused, m.Reason)
 		case !m.OK:
 			return nil, nil, fmt.Errorf("%w: %s", ErrRefused, m.Reason)
 		case ep == nil || m.Session != f.Session:
 			a.stale.Add(1) // accepted without our proof: not our master
 			a.log.Warn("ignored an acceptance of a challenge that did not prove the secret", "session", fmt.Sprintf("%016x", f.Session))
-		case !wire.Verify(hs.keys[f.Session], f):
+		case !wire.Verify(hs.keys[f.Session].Receive, f):
 			n := a.forged.Add(1)
 			a.log.Warn("dropped a frame with a bad MAC", "type", f.Type, "forged", n)
 		default:

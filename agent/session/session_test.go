@@ -194,19 +194,20 @@ func TestHandshakeAttacks(t *testing.T) {
 	if f.Type != wire.TypeAuth || f.Session != 0x42 || !wire.ProofEqual(msg.(*wire.Auth).Proof, wire.AgentProof(secret, nonceM, hello.Nonce)) {
 		t.Fatalf("%v %+v on %x: want the agent's proof", f.Type, msg, f.Session)
 	}
-	key := wire.SessionKey(secret, hello.Nonce, nonceM, 0x42)
+	sessionKey := wire.SessionKey(secret, hello.Nonce, nonceM, 0x42)
+	key := wire.FrameKey(sessionKey, wire.RoleMaster)
 	// The same challenge again is not answered again.
 	m.raw(craft(&wire.Challenge{Nonce: nonceM, Proof: proof}, 0x42, 2, nil))
 	// An acceptance without the session key's MAC, or with another key's.
 	m.raw(craft(&wire.AuthResult{OK: true, Session: 0x42}, 0x42, 2, nil))
-	m.raw(craft(&wire.AuthResult{OK: true, Session: 0x42}, 0x42, 2, wire.SessionKey([]byte("other"), hello.Nonce, nonceM, 0x42)))
+	m.raw(craft(&wire.AuthResult{OK: true, Session: 0x42}, 0x42, 2, wire.FrameKey(wire.SessionKey([]byte("other"), hello.Nonce, nonceM, 0x42), wire.RoleMaster)))
 	// A step before the acceptance.
 	m.raw(craft(&wire.RunStep{BuildID: "x#1", Command: "touch pwned"}, 0x42, 1, key))
 	// The genuine acceptance establishes the session: the master's frames
 	// count on from its counter.
 	m.raw(craft(&wire.AuthResult{OK: true, Session: 0x42}, 0x42, 2, key))
 	m.raw(craft(&wire.Ping{Nonce: 5}, 0x42, 3, key))
-	if f := m.handshakeFrame(); f.Type != wire.TypePong || f.Session != 0x42 || !wire.Verify(key, f) {
+	if f := m.handshakeFrame(); f.Type != wire.TypePong || f.Session != 0x42 || !wire.Verify(wire.FrameKey(sessionKey, wire.RoleAgent), f) {
 		t.Fatalf("got %v on %x, want a signed pong", f.Type, f.Session)
 	}
 	if c := a.Counters(); c.Stale != 3 || c.Forged != 2 {
@@ -753,9 +754,9 @@ func TestResumeOfEndedSession(t *testing.T) {
 		case f.Type == wire.TypeHello && f.Session == 0:
 			return
 		case f.Type == wire.TypeAuth:
-			key := wire.SessionKey(secret, hello.Nonce, nonceM, id)
-			m.ep.Established(id, key, f.Seq)
-			m.key = key
+			keys := wire.KeysFor(wire.SessionKey(secret, hello.Nonce, nonceM, id), wire.RoleMaster)
+			m.ep.Established(id, keys, f.Seq)
+			m.key = keys.Send
 			if err := m.ep.SendControl(&wire.AuthResult{OK: true, Session: id}, id); err != nil {
 				t.Fatal(err)
 			}
@@ -1026,5 +1027,63 @@ func TestDrainCloseWhileOutboxFull(t *testing.T) {
 	m.next(wire.TypeClose)
 	if err := served(t, done); !errors.Is(err, ErrDrained) {
 		t.Fatalf("Serve: %v", err)
+	}
+}
+
+// TestReflectedFramesForged: the agent's own signed frames written back to
+// it with the number the master's next frame gets (an Exit copied from
+// the events topic into the commands topic) are forged: the genuine
+// RunStep and Cancel that follow with that number run. With one key for
+// both directions the reflected frame was delivered and the genuine
+// command dropped as a duplicate.
+func TestReflectedFramesForged(t *testing.T) {
+	m, a, _ := start(t, Config{Node: "n1", Secret: secret, Workdir: t.TempDir()})
+	m.handshake(0x1234)
+	sent := map[uint64]*wire.Frame{} // the agent's numbered frames by number
+	until := func(typ wire.Type) wire.Message {
+		t.Helper()
+		deadline := time.Now().Add(guard) // the agent's pings come meanwhile
+		for {
+			if time.Now().After(deadline) {
+				t.Fatalf("no %v from the agent within %v: the command was lost", typ, guard)
+			}
+			f := m.recv()
+			if reliable.Sequenced(f.Type) {
+				sent[f.Seq] = f
+			}
+			if f.Type == typ {
+				msg, err := f.Message()
+				if err != nil {
+					t.Fatal(err)
+				}
+				return msg
+			}
+		}
+	}
+	reflect := func() {
+		t.Helper()
+		f := sent[m.nextSeq()]
+		if f == nil {
+			t.Fatalf("no frame of the agent numbered %d to reflect", m.nextSeq())
+		}
+		m.raw(f)
+	}
+	m.send(&wire.RunStep{BuildID: "a#1", Command: "echo a"}) // the master's #1
+	until(wire.TypeExit)                                     // the agent's #1 (Output), #2 (Exit)
+	reflect()                                                // its Exit as the master's #2
+	m.send(&wire.RunStep{BuildID: "b#1", Command: "echo b"}) // the master's #2
+	if out := until(wire.TypeOutput).(*wire.Output); out.BuildID != "b#1" || string(out.Data) != "b\n" {
+		t.Fatalf("output %+v, want b#1's", out)
+	}
+	until(wire.TypeExit)                                                     // the agent's #4
+	m.send(&wire.RunStep{BuildID: "c#1", Command: "echo started; sleep 60"}) // the master's #3
+	until(wire.TypeOutput)
+	reflect() // the agent's Exit #4 as the master's #4
+	m.send(&wire.Cancel{BuildID: "c#1", Reason: "stop"})
+	if exit := until(wire.TypeExit).(*wire.Exit); exit.BuildID != "c#1" || exit.Code != -1 {
+		t.Fatalf("exit %+v, want c#1 cancelled", exit)
+	}
+	if c := a.Counters(); c.Forged != 2 || c.Unexpected != 0 {
+		t.Fatalf("counters %+v, want the 2 reflected frames forged", c)
 	}
 }

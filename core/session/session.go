@@ -38,6 +38,10 @@ import (
 var (
 	// ErrAuth: the agent failed to prove it holds the node's secret.
 	ErrAuth = errors.New("authentication failed: wrong secret")
+	// ErrAgentOutdated: the agent proved the secret the way agents did
+	// before frame keys were bound to the direction (docs/protocol.md);
+	// it is refused, saying so. It matches ErrAuth (errors.Is).
+	ErrAgentOutdated error = &authError{"authentication refused: the agent predates direction-bound frame keys (protocol 2): upgrade conveyor-agent"}
 	// ErrAgentLost: the agent is gone: it restarted, or stayed out of
 	// reach for the session timeout (or the heartbeat timeout, on a
 	// connection that cannot resume).
@@ -45,6 +49,10 @@ var (
 	// ErrRehello: the agent started a handshake on the connection (it
 	// restarted, or it resumes after losing its own link).
 	ErrRehello = errors.New("agent said hello again")
+	// ErrUnacknowledged: the agent, heard all along, did not acknowledge
+	// frames of the master (a RunStep, a Cancel) even after they were sent
+	// again: the session is reset, its steps fail with it (see watchAcks).
+	ErrUnacknowledged = errors.New("the agent did not acknowledge the master's frames")
 	// ErrClosed: the agent or the connection ended.
 	ErrClosed = errors.New("connection closed")
 )
@@ -344,6 +352,8 @@ type Link struct {
 	stopRead  context.CancelFunc
 	pending   *wire.Frame // a Hello that arrived while serving
 	hinted    bool        // the agent was asked to resume the held session
+	offers    []*offer    // challenges sent while serving, newest last (see offerHello)
+	proven    *answer     // an offer the agent answered proving the secret: Handshake concludes it
 
 	// OnReachable, when set, is told when a resumable link's agent falls
 	// silent for the heartbeat timeout (the session is held, Serve goes on
@@ -410,6 +420,14 @@ func (l *Link) sendRaw(m wire.Message, session uint64) error {
 func (l *Link) Handshake(ctx context.Context) (*Agent, bool, error) {
 	s := l.s
 	for {
+		if p := l.proven; p != nil {
+			l.proven = nil
+			agent, resumed, err := l.conclude(p.o, p.f, p.auth)
+			if errors.Is(err, errRetryHello) {
+				continue
+			}
+			return agent, resumed, err
+		}
 		f := l.pending
 		l.pending = nil
 		if f == nil {
@@ -444,6 +462,13 @@ func (l *Link) Handshake(ctx context.Context) (*Agent, bool, error) {
 }
 
 var errRetryHello = errors.New("handshake restarted")
+
+// authError is a refusal of the agent's proof other than ErrAuth's
+// wrong secret, matching ErrAuth for errors.Is.
+type authError struct{ msg string }
+
+func (e *authError) Error() string        { return e.msg }
+func (e *authError) Is(target error) bool { return target == ErrAuth }
 
 // closeStale drops a frame that arrived outside a handshake or belongs to a
 // session this master does not know (its agent still talks to a master
@@ -490,24 +515,11 @@ const maxClosedSessions = 64
 
 func (l *Link) authenticate(ctx context.Context, hf *wire.Frame, hello *wire.Hello) (*Agent, bool, error) {
 	s := l.s
-	// Resume the current session if the agent asks for it and it still
-	// lives; otherwise start a new one (the agent then drops the steps of
-	// the session it asked for: nobody can report them).
-	s.mu.Lock()
-	cur, live := s.ep, s.ended == nil
-	s.mu.Unlock()
-	resume := hello.Resume && cur != nil && live && cur.Session() == hf.Session
-	ep, id := cur, hf.Session
-	if !resume {
-		ep, id = reliable.NewEndpoint(DefaultOutboxBytes), newSessionID()
-	}
-	// Nothing of the session changes before the agent proved the secret:
-	// the challenge goes outside the session's epoch.
-	nonceM := make([]byte, wire.NonceSize)
-	_, _ = rand.Read(nonceM)
-	if err := l.sendRaw(&wire.Challenge{Nonce: nonceM, Proof: wire.MasterProof(l.secret, hello.Nonce, nonceM)}, id); err != nil {
+	o, err := l.challenge(hello, hf)
+	if err != nil {
 		return nil, false, err
 	}
+	id := o.id
 	deadline := time.After(s.opts.HeartbeatTimeout)
 	for {
 		f, err := l.next(ctx, deadline)
@@ -534,16 +546,139 @@ func (l *Link) authenticate(ctx context.Context, hf *wire.Frame, hello *wire.Hel
 			l.pending = f // the agent gave up on this handshake and started another
 			return nil, false, errRetryHello
 		case *wire.Auth:
-			if !wire.ProofEqual(m.Proof, wire.AgentProof(l.secret, nonceM, hello.Nonce)) {
-				_ = l.sendRaw(&wire.AuthResult{OK: false, Reason: ErrAuth.Error()}, id)
-				s.log.Warn("agent failed authentication", "node", s.opts.Node)
-				return nil, false, ErrAuth
-			}
-			return l.established(ep, id, resume, f, hello, nonceM)
+			return l.conclude(o, f, m)
 		default:
 			s.stale.Add(1)
 		}
 	}
+}
+
+// offer is a challenge the master sent for an agent's Hello: the session
+// it would start, or resume, once the agent proves the secret.
+type offer struct {
+	hello  *wire.Hello
+	ep     *reliable.Endpoint
+	id     uint64
+	resume bool
+	nonceM []byte
+	by     time.Time // an answer after it is ignored
+}
+
+// answer is the agent's Auth for an offer.
+type answer struct {
+	o    *offer
+	f    *wire.Frame
+	auth *wire.Auth
+}
+
+// challenge answers the Hello hf with a Challenge: for the current session
+// if the agent asks to resume it and it lives, else for a new one (the
+// agent then drops the steps of the session it asked for: nobody can
+// report them). Nothing of the session changes before the agent proved
+// the secret: the challenge goes outside the session's epoch.
+func (l *Link) challenge(hello *wire.Hello, hf *wire.Frame) (*offer, error) {
+	s := l.s
+	s.mu.Lock()
+	cur, live := s.ep, s.ended == nil
+	s.mu.Unlock()
+	o := &offer{hello: hello, ep: cur, id: hf.Session, by: time.Now().Add(s.opts.HeartbeatTimeout)}
+	o.resume = hello.Resume && cur != nil && live && cur.Session() == hf.Session
+	if !o.resume {
+		o.ep, o.id = reliable.NewEndpoint(DefaultOutboxBytes), newSessionID()
+	}
+	o.nonceM = make([]byte, wire.NonceSize)
+	_, _ = rand.Read(o.nonceM)
+	if err := l.sendRaw(&wire.Challenge{Nonce: o.nonceM, Proof: wire.MasterProof(l.secret, hello.Nonce, o.nonceM)}, o.id); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+// conclude checks the agent's answer to offer o: a genuine proof
+// establishes the session; a proof of an agent that predates
+// direction-bound frame keys is refused with ErrAgentOutdated, any other
+// with ErrAuth, telling the agent why. While a session lives (held for its
+// agent) a wrong proof is no evidence about that agent — anyone can send
+// one —: it is counted as forged and the handshake waits for the next
+// Hello (errRetryHello), the node's state untouched.
+func (l *Link) conclude(o *offer, f *wire.Frame, m *wire.Auth) (*Agent, bool, error) {
+	s := l.s
+	if wire.ProofEqual(m.Proof, wire.LegacyAgentProof(l.secret, o.nonceM, o.hello.Nonce)) {
+		_ = l.sendRaw(&wire.AuthResult{OK: false, Reason: ErrAgentOutdated.Error()}, o.id)
+		s.log.Warn("agent refused: it predates direction-bound frame keys", "node", s.opts.Node, "version", o.hello.AgentVersion)
+		return nil, false, ErrAgentOutdated
+	}
+	genuine := wire.ProofEqual(m.Proof, wire.AgentProof(l.secret, o.nonceM, o.hello.Nonce))
+	if !genuine && s.Live() {
+		s.forged.Add(1)
+		s.log.Warn("dropped an answer to a challenge that does not prove the secret: the held session waits for its agent", "session", fmt.Sprintf("%016x", o.id))
+		return nil, false, errRetryHello
+	}
+	if !genuine {
+		_ = l.sendRaw(&wire.AuthResult{OK: false, Reason: ErrAuth.Error()}, o.id)
+		s.log.Warn("agent failed authentication", "node", s.opts.Node)
+		return nil, false, ErrAuth
+	}
+	return l.established(o.ep, o.id, o.resume, f, o.hello, o.nonceM)
+}
+
+// maxOffers bounds the challenges a serving link waits answers for.
+const maxOffers = 8
+
+// offerHello answers a Hello that came while the session is served (its
+// agent heard, or silent and the session held): anyone able to write to
+// the transport can send one, so the session goes on, untouched, and the
+// Hello only gets a Challenge. An Auth proving the secret for it (the agent restarted, or resumes after
+// losing its own link) ends the serving with ErrRehello, and Handshake
+// concludes it (resume or new session); an Auth that does not is counted
+// as forged and changes nothing, the node's state included.
+func (l *Link) offerHello(hf *wire.Frame, hello *wire.Hello) error {
+	s := l.s
+	o, err := l.challenge(hello, hf)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrClosed, err)
+	}
+	if len(l.offers) >= maxOffers {
+		l.offers = l.offers[1:]
+	}
+	l.offers = append(l.offers, o)
+	s.log.Info("hello while serving the session: challenged it, the session goes on until the secret is proven",
+		"resume", o.resume, "session", fmt.Sprintf("%016x", o.id))
+	return nil
+}
+
+// answerOffer handles an Auth for a challenge offerHello sent; it reports
+// whether f was one.
+func (l *Link) answerOffer(f *wire.Frame) (bool, error) {
+	s := l.s
+	now := time.Now()
+	l.offers = slices.DeleteFunc(l.offers, func(o *offer) bool { return now.After(o.by) })
+	var mine []*offer
+	for _, o := range l.offers {
+		if o.id == f.Session {
+			mine = append(mine, o)
+		}
+	}
+	if len(mine) == 0 {
+		return false, nil
+	}
+	msg, err := f.Message()
+	if err != nil {
+		s.malformed.Add(1)
+		return true, nil
+	}
+	m := msg.(*wire.Auth)
+	for _, o := range mine {
+		if wire.ProofEqual(m.Proof, wire.AgentProof(l.secret, o.nonceM, o.hello.Nonce)) ||
+			wire.ProofEqual(m.Proof, wire.LegacyAgentProof(l.secret, o.nonceM, o.hello.Nonce)) {
+			l.offers, l.proven = nil, &answer{o: o, f: f, auth: m}
+			return true, ErrRehello
+		}
+	}
+	l.offers = slices.DeleteFunc(l.offers, func(o *offer) bool { return slices.Contains(mine, o) })
+	s.forged.Add(1)
+	s.log.Warn("dropped an answer to a challenge that does not prove the secret: the session goes on", "session", fmt.Sprintf("%016x", f.Session))
+	return true, nil
 }
 
 // established installs the authenticated session (new or resumed) and
@@ -563,7 +698,7 @@ func (l *Link) established(ep *reliable.Endpoint, id uint64, resume bool, auth *
 		}
 	}
 	ep.Begin(l.conn)
-	ep.Established(id, wire.SessionKey(l.secret, hello.Nonce, nonceM, id), auth.Seq)
+	ep.Established(id, wire.KeysFor(wire.SessionKey(l.secret, hello.Nonce, nonceM, id), wire.RoleMaster), auth.Seq)
 	// The AuthResult goes first: a step sent in the new session before it
 	// would reach an agent without the key.
 	if err := ep.SendControl(&wire.AuthResult{OK: true, Session: id}, id); err != nil {
@@ -640,7 +775,7 @@ func (l *Link) Serve(ctx context.Context) error {
 	}
 	var closed *closedError
 	switch {
-	case errors.As(err, &closed), !l.resumable, ctx.Err() != nil:
+	case errors.As(err, &closed), !l.resumable, ctx.Err() != nil, errors.Is(err, ErrUnacknowledged):
 		s.end(ep, err)
 	default:
 		ep.Detach()
@@ -667,6 +802,7 @@ func (l *Link) serve(ctx context.Context, ep *reliable.Endpoint) error {
 	lastSeen, lastPing := time.Now(), time.Now()
 	silent := false
 	var pingNonce uint64
+	var unacked ackWatch
 	broken := ep.Broken()
 	// While a write failed, it is tried again every writeRetry.
 	var retry <-chan time.Time
@@ -701,6 +837,11 @@ func (l *Link) serve(ctx context.Context, ep *reliable.Endpoint) error {
 				s.mu.Unlock()
 				if l.OnReachable != nil {
 					l.OnReachable(false, err)
+				}
+			}
+			if !silent {
+				if err := l.watchAcks(ep, &unacked); err != nil {
+					return err
 				}
 			}
 			if time.Since(lastPing) < s.opts.Heartbeat-interval/2 { // ticks jitter
@@ -749,6 +890,49 @@ func (l *Link) serve(ctx context.Context, ep *reliable.Endpoint) error {
 	}
 }
 
+// ackWatch follows the master's frames waiting for the agent's
+// acknowledgement while the agent is heard (see watchAcks).
+type ackWatch struct {
+	acked  uint64    // the outbox's highest acknowledged number when since was set
+	since  time.Time // since when frames wait without the acknowledgement moving
+	resent bool
+}
+
+// watchAcks bounds how long a numbered frame of the master (a RunStep, a
+// Cancel, Stdin, Collect) may wait for the agent's acknowledgement while
+// the agent is heard. The agent acknowledges what it handled within its
+// heartbeat (and in its Pongs), so frames still waiting after half the
+// heartbeat timeout (at least two heartbeats) were lost on the way (or
+// dropped by the agent): they are sent again, in order, in the same epoch
+// (the agent's inbox drops what it has). Still
+// unacknowledged after the heartbeat timeout more, the session is reset:
+// serving ends with ErrUnacknowledged, the session ends and its steps fail
+// with that reason (the agent's frames of it are then stale, and it says
+// hello again), instead of a build waiting for a step that never started.
+func (l *Link) watchAcks(ep *reliable.Endpoint, w *ackWatch) error {
+	s := l.s
+	p := ep.Pending()
+	now := time.Now()
+	if p.Frames == 0 || p.Acked != w.acked || w.since.IsZero() {
+		*w = ackWatch{acked: p.Acked, since: now}
+		return nil
+	}
+	waited := now.Sub(w.since)
+	resendAfter := max(s.opts.HeartbeatTimeout/2, 2*s.opts.Heartbeat) // the agent's Pongs carry its Ack
+	switch {
+	case waited >= resendAfter+s.opts.HeartbeatTimeout:
+		return fmt.Errorf("%w: frames %d to %d waited %s, sent again after %s: session reset",
+			ErrUnacknowledged, p.Acked+1, p.Last, waited.Round(time.Millisecond), resendAfter)
+	case waited >= resendAfter && !w.resent:
+		w.resent = true
+		s.log.Warn("the agent did not acknowledge frames of the master: sending them again", "from", p.Acked+1, "to", p.Last, "waited", waited.Round(time.Millisecond))
+		if err := ep.Resend(p.Acked); err != nil {
+			return fmt.Errorf("%w: %v", ErrClosed, err)
+		}
+	}
+	return nil
+}
+
 // endedErr is why ep ended, nil while it is the living session.
 func (s *Session) endedErr(ep *reliable.Endpoint) error {
 	s.mu.Lock()
@@ -764,17 +948,22 @@ func (s *Session) endedErr(ep *reliable.Endpoint) error {
 func (l *Link) handle(ep *reliable.Endpoint, f *wire.Frame) (bool, error) {
 	s := l.s
 	if f.Type == wire.TypeHello {
-		// Only a plausible Hello of this node restarts the handshake; the
-		// next Handshake checks it again and changes nothing until the
-		// agent proved the secret.
+		// Only a plausible Hello of this node gets a challenge; the
+		// session goes on until the agent proves the secret for it
+		// (offerHello, answerOffer).
 		if m, err := f.Message(); err == nil {
-			if h := m.(*wire.Hello); len(h.Nonce) == wire.NonceSize && (h.Node == "" || h.Node == s.opts.Node) {
-				l.pending = f
-				return false, ErrRehello
+			if h := m.(*wire.Hello); len(h.Nonce) == wire.NonceSize && (h.Node == "" || h.Node == s.opts.Node) &&
+				(f.Session == 0 || h.Resume) {
+				return false, l.offerHello(f, h)
 			}
 		}
 		s.stale.Add(1)
 		return false, nil
+	}
+	if f.Type == wire.TypeAuth {
+		if mine, err := l.answerOffer(f); mine {
+			return false, err
+		}
 	}
 	if f.Session != ep.Session() {
 		l.closeStale(f.Session)

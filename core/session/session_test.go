@@ -222,7 +222,7 @@ type testAgent struct {
 	nonce   []byte             // nonceA of the last Hello
 	ep      *reliable.Endpoint // the agent's session; nil before the first
 	session uint64             // once authenticated
-	key     []byte             // the current epoch's key
+	key     []byte             // the current epoch's key of the agent's frames
 }
 
 func newNonce(b byte) []byte { return bytes.Repeat([]byte{b}, wire.NonceSize) }
@@ -403,6 +403,14 @@ func (a *testAgent) challenge(wantProofOK bool) (uint64, []byte) {
 // to resend).
 func (a *testAgent) authenticate(session uint64, nonceM []byte) *wire.Frame {
 	a.t.Helper()
+	a.sendAuth(session, nonceM)
+	return a.accepted(session, nonceM)
+}
+
+// sendAuth answers a challenge for session with the genuine proof (the
+// first half of authenticate).
+func (a *testAgent) sendAuth(session uint64, nonceM []byte) {
+	a.t.Helper()
 	if a.ep == nil || session != a.session {
 		a.ep = reliable.NewEndpoint(DefaultOutboxBytes)
 	}
@@ -410,16 +418,22 @@ func (a *testAgent) authenticate(session uint64, nonceM []byte) *wire.Frame {
 	if err := a.ep.SendControl(&wire.Auth{Proof: wire.AgentProof(a.secret, nonceM, a.nonce)}, session); err != nil {
 		a.t.Fatalf("agent send Auth: %v", err)
 	}
+}
+
+// accepted waits for the master's acceptance of the proof sendAuth sent
+// and establishes the agent's end (the second half of authenticate).
+func (a *testAgent) accepted(session uint64, nonceM []byte) *wire.Frame {
+	a.t.Helper()
 	f, res := expect[*wire.AuthResult](a)
 	if !res.OK || res.Session != session || f.Session != session {
 		a.t.Fatalf("AuthResult %+v in session %x, want ok for session %x", res, f.Session, session)
 	}
-	key := wire.SessionKey(a.secret, a.nonce, nonceM, session)
-	if !wire.Verify(key, f) {
-		a.t.Fatalf("AuthResult carries no valid MAC under the session key")
+	keys := wire.KeysFor(wire.SessionKey(a.secret, a.nonce, nonceM, session), wire.RoleAgent)
+	if !wire.Verify(keys.Receive, f) {
+		a.t.Fatalf("AuthResult carries no valid MAC under the master's frame key")
 	}
-	a.ep.Established(session, key, f.Seq)
-	a.session, a.key = session, key
+	a.ep.Established(session, keys, f.Seq)
+	a.session, a.key = session, keys.Send
 	return f
 }
 
@@ -1281,12 +1295,18 @@ func TestServeEnds(t *testing.T) {
 		{name: "connection cut", end: func(h *harness) { h.conn.cut() }, wantErr: ErrClosed},
 		{name: "master closes the connection", end: func(h *harness) { _ = h.conn.Close() }, wantErr: ErrClosed},
 		{name: "agent says close", end: func(h *harness) { h.agent.send(&wire.Close{Reason: "agent shutting down"}) }, wantErr: ErrClosed},
-		{name: "second hello", end: func(h *harness) { h.agent.hello(2) }, wantErr: ErrRehello},
+		{name: "second hello, secret proven", end: func(h *harness) {
+			h.agent.hello(2)
+			h.agent.sendAuth(h.agent.challenge(true))
+		}, wantErr: ErrRehello},
 		{name: "context cancelled", end: func(h *harness) { h.cancel() }, wantErr: context.Canceled},
 
 		{name: "resumable: connection EOF", resumable: true, end: func(h *harness) { _ = h.agent.conn.Close() }, wantErr: ErrClosed, held: true},
 		{name: "resumable: connection cut", resumable: true, end: func(h *harness) { h.conn.cut() }, wantErr: ErrClosed, held: true},
-		{name: "resumable: second hello", resumable: true, end: func(h *harness) { h.agent.hello(2) }, wantErr: ErrRehello, held: true},
+		{name: "resumable: second hello, secret proven", resumable: true, end: func(h *harness) {
+			h.agent.hello(2)
+			h.agent.sendAuth(h.agent.challenge(true))
+		}, wantErr: ErrRehello, held: true},
 		{name: "resumable: agent says close", resumable: true, end: func(h *harness) { h.agent.send(&wire.Close{Reason: "agent shutting down"}) }, wantErr: ErrClosed},
 		{name: "resumable: context cancelled", resumable: true, end: func(h *harness) { h.cancel() }, wantErr: context.Canceled},
 	}
@@ -1340,34 +1360,38 @@ func TestServeCloseReason(t *testing.T) {
 }
 
 // rehello establishes a session on a link that cannot resume, ends it with
-// a second Hello (the agent restarted) and returns the first Serve's
-// result, already delivered.
-func rehello(t *testing.T) (*harness, <-chan error) {
+// a second Hello (the agent restarted) and the agent's proof answering the
+// serving link's challenge, and returns the first Serve's result, already
+// delivered, and the challenge answered (the next Handshake concludes it).
+func rehello(t *testing.T) (*harness, <-chan error, uint64, []byte) {
 	t.Helper()
 	h, serve := established(t, Options{}, false)
+	old := h.agent.session
 	h.agent.hello(2)
+	session, nonceM := h.agent.challenge(true)
+	if session == old {
+		t.Fatalf("new session reuses id %x", old)
+	}
+	notYet(t, serve, "Serve before the agent proved the secret")
+	h.agent.sendAuth(session, nonceM)
 	err := wait(t, serve, "Serve")
 	if !errors.Is(err, ErrRehello) {
 		t.Fatalf("Serve = %v, want ErrRehello", err)
 	}
 	c := make(chan error, 1)
 	c <- err
-	return h, c
+	return h, c, session, nonceM
 }
 
 // After a second Hello ends a session, the next Handshake answers that
 // Hello (the agent does not have to repeat it) and starts a new session in
 // which frames of the old one are stale.
 func TestRehelloStartsNewSession(t *testing.T) {
-	h, serve := rehello(t)
+	h, serve, session, nonceM := rehello(t)
 	a := h.agent
 	old, oldKey := a.session, a.key
-	hs := h.startHandshake()
-	session, nonceM := a.challenge(true) // answers the pending Hello
-	if session == old {
-		t.Fatalf("new session reuses id %x", old)
-	}
-	a.authenticate(session, nonceM)
+	hs := h.startHandshake() // concludes the answered challenge
+	a.accepted(session, nonceM)
 	handshakeOK(t, hs, false)
 	if err := <-serve; !errors.Is(err, ErrRehello) {
 		t.Fatalf("first Serve = %v", err)
@@ -1387,10 +1411,10 @@ func TestRehelloStartsNewSession(t *testing.T) {
 
 // Steps run in a session that followed a re-hello on the same link.
 func TestRunStepAfterRehello(t *testing.T) {
-	h, _ := rehello(t)
+	h, _, session, nonceM := rehello(t)
 	a := h.agent
 	hs := h.startHandshake()
-	a.authenticate(a.challenge(true))
+	a.accepted(session, nonceM)
 	handshakeOK(t, hs, false)
 	h.startServe()
 	var out chunkWriter
@@ -2054,7 +2078,9 @@ func TestCancelWhileHeld(t *testing.T) {
 }
 
 // A resume must prove the secret like a new session; a failed attempt
-// leaves the session held for the genuine agent.
+// (anyone can send one) is counted as forged, gets no answer and leaves
+// the session held for the genuine agent, whose resume the same
+// Handshake then concludes.
 func TestResumeWrongProof(t *testing.T) {
 	h, serve := established(t, Options{}, true)
 	a := h.agent
@@ -2072,18 +2098,16 @@ func TestResumeWrongProof(t *testing.T) {
 		t.Fatalf("challenge for session %x, want %x", f.Session, id)
 	}
 	a.sendRaw(&wire.Auth{Proof: wire.AgentProof([]byte("guessed"), ch.Nonce, a.nonce)}, id, 1, nil)
-	if _, res := expect[*wire.AuthResult](a); res.OK {
-		t.Fatalf("AuthResult %+v for a wrong proof", res)
+	eventually(t, "the wrong proof counted as forged", func() bool { return h.s.Counters().Forged == 1 })
+	if f, m, ok := a.tryRecv(); ok {
+		t.Fatalf("the master answered a wrong proof: %v %+v", f.Type, m)
 	}
-	if r := wait(t, hs, "Handshake"); !errors.Is(r.err, ErrAuth) || r.resumed {
-		t.Fatalf("Handshake = %+v, %v, %v; want ErrAuth", r.agent, r.resumed, r.err)
-	}
+	notYet(t, hs, "Handshake after a wrong proof while the session is held")
 	if held, _ := h.s.Held(); !held || !h.s.Live() || h.s.ID() != id {
 		t.Fatalf("after a failed resume: Held() = %v, Live() = %v, ID() = %x; want session %x still held", held, h.s.Live(), h.s.ID(), id)
 	}
 	notYet(t, step, "RunStep")
 
-	hs = h.startHandshake()
 	a.resendAfter(a.resume(3).Ack)
 	handshakeOK(t, hs, true)
 	h.startServe()
@@ -2098,8 +2122,9 @@ func TestResumeWrongProof(t *testing.T) {
 }
 
 // The agent may also resume on the same connection (its own end of the
-// transport broke and came back): a resuming Hello ends Serve with
-// ErrRehello, and Handshake resumes.
+// transport broke and came back): the serving link challenges its
+// resuming Hello, its proof ends Serve with ErrRehello, and Handshake
+// resumes.
 func TestResumeOnSameLink(t *testing.T) {
 	h, serve := established(t, Options{}, true)
 	a := h.agent
@@ -2109,6 +2134,12 @@ func TestResumeOnSameLink(t *testing.T) {
 	a.send(stdout("job#1", 0, "one "))
 	a.sync(1)
 	a.helloResume(2, id, a.ep.Acked())
+	sid, nonceM := a.challenge(true) // the serving link answers the Hello
+	if sid != id {
+		t.Fatalf("challenge for session %x, want %x", sid, id)
+	}
+	notYet(t, serve, "Serve before the agent proved the secret")
+	a.sendAuth(sid, nonceM)
 	if err := wait(t, serve, "Serve"); !errors.Is(err, ErrRehello) {
 		t.Fatalf("Serve = %v, want ErrRehello", err)
 	}
@@ -2116,11 +2147,7 @@ func TestResumeOnSameLink(t *testing.T) {
 		t.Fatalf("Held() = %v, Live() = %v; want held", held, h.s.Live())
 	}
 	hs := h.startHandshake()
-	sid, nonceM := a.challenge(true) // answers the pending Hello
-	if sid != id {
-		t.Fatalf("challenge for session %x, want %x", sid, id)
-	}
-	a.resendAfter(a.authenticate(sid, nonceM).Ack)
+	a.resendAfter(a.accepted(sid, nonceM).Ack)
 	handshakeOK(t, hs, true)
 	h.startServe()
 	a.send(stdout("job#1", 0, "two"))
@@ -2246,6 +2273,9 @@ func TestAgentRestartEndsOldSession(t *testing.T) {
 		name string
 		// restart makes the restarted agent say hello.
 		restart func(h *harness, serve <-chan error)
+		// serving: the link still serves the session, and challenges
+		// the Hello itself.
+		serving bool
 	}{
 		{
 			name: "held session, hello on a new connection",
@@ -2256,15 +2286,9 @@ func TestAgentRestartEndsOldSession(t *testing.T) {
 			},
 		},
 		{
-			name: "live session, hello on its link",
+			name: "live session, hello on its link", serving: true,
 			restart: func(h *harness, serve <-chan error) {
 				h.agent.hello(2)
-				if err := wait(h.t, serve, "Serve"); !errors.Is(err, ErrRehello) {
-					h.t.Fatalf("Serve = %v, want ErrRehello", err)
-				}
-				if held, _ := h.s.Held(); !held || !h.s.Live() {
-					h.t.Fatalf("Held() = %v, Live() = %v after a hello; want held until the agent proves the secret", held, h.s.Live())
-				}
 			},
 		},
 		{
@@ -2290,13 +2314,29 @@ func TestAgentRestartEndsOldSession(t *testing.T) {
 			}
 
 			tt.restart(h, serve)
-			hs := h.startHandshake()
+			var hs <-chan handshakeResult
+			if !tt.serving {
+				hs = h.startHandshake()
+			}
 			id, nonceM := a.challenge(true)
 			if id == old {
 				t.Fatalf("a fresh hello got the old session %x", old)
 			}
 			notYet(t, step, "RunStep before the restarted agent proved the secret")
-			a.authenticate(id, nonceM)
+			if tt.serving {
+				notYet(t, serve, "Serve before the restarted agent proved the secret")
+				a.sendAuth(id, nonceM)
+				if err := wait(h.t, serve, "Serve"); !errors.Is(err, ErrRehello) {
+					h.t.Fatalf("Serve = %v, want ErrRehello", err)
+				}
+				if held, _ := h.s.Held(); !held || !h.s.Live() {
+					h.t.Fatalf("Held() = %v, Live() = %v after the proof; want held until the handshake concludes", held, h.s.Live())
+				}
+				hs = h.startHandshake()
+				a.accepted(id, nonceM)
+			} else {
+				a.authenticate(id, nonceM)
+			}
 			handshakeOK(t, hs, false)
 			r := wait(t, step, "RunStep")
 			if !errors.Is(r.err, ErrAgentLost) || !strings.Contains(r.err.Error(), "restarted") || r.res != nil {
@@ -2509,4 +2549,195 @@ func TestResumeTrustsUnauthenticatedLastSeq(t *testing.T) {
 	expectInSession[*wire.RunStep](a) // never comes: the master forgot it
 	a.send(&wire.Exit{BuildID: "job#1"})
 	wait(t, step, "RunStep")
+}
+
+// TestHandshakeOutdatedAgent: an agent proving the secret the way agents
+// did before frame keys were bound to the direction is refused with a
+// reason saying to upgrade it, not "wrong secret".
+func TestHandshakeOutdatedAgent(t *testing.T) {
+	h := newHarness(t, Options{})
+	h.connect(false)
+	a := h.agent
+	hs := h.startHandshake()
+	a.hello(1)
+	session, nonceM := a.challenge(true)
+	a.sendRaw(&wire.Auth{Proof: wire.LegacyAgentProof(a.secret, nonceM, a.nonce)}, session, 1, nil)
+	_, res := expect[*wire.AuthResult](a)
+	if res.OK || res.Reason != ErrAgentOutdated.Error() || !strings.Contains(res.Reason, "upgrade conveyor-agent") {
+		t.Errorf("AuthResult %+v, want a refusal saying to upgrade the agent", res)
+	}
+	r := wait(t, hs, "Handshake")
+	if r.err != ErrAgentOutdated || !errors.Is(r.err, ErrAuth) || h.s.Live() {
+		t.Fatalf("Handshake = %v (live %v), want ErrAgentOutdated matching ErrAuth and no session", r.err, h.s.Live())
+	}
+}
+
+// TestReflectedFramesForgedAtMaster: the master's own signed frames
+// written back to it with the number the agent's next frame gets (a
+// RunStep copied from the commands topic into the events topic) are
+// forged; the agent's genuine Exit with that number ends the step. With
+// one key for both directions the reflected frame was delivered and the
+// Exit dropped as a duplicate: the build ran forever.
+func TestReflectedFramesForgedAtMaster(t *testing.T) {
+	h, _ := established(t, Options{}, false)
+	a := h.agent
+	step := h.running(context.Background(), &wire.RunStep{BuildID: "job#1", Command: "true"}, io.Discard)
+	a.sync(1)
+	if a.nextSeq() != 1 {
+		t.Fatalf("the agent's next number is %d, want 1", a.nextSeq())
+	}
+	for _, typ := range []wire.Type{wire.TypeRunStep, wire.TypePing, wire.TypePong} {
+		for _, b := range h.conn.sentOf(t, typ) {
+			a.replay(b)
+		}
+	}
+	a.send(&wire.Exit{BuildID: "job#1", Code: 0})
+	if r := wait(t, step, "RunStep"); r.err != nil || r.res.Code != 0 {
+		t.Fatalf("RunStep = %+v, %v; want the agent's exit 0", r.res, r.err)
+	}
+	if c := h.s.Counters(); c.Forged < 2 || c.Duplicate != 0 || c.Unexpect != 0 {
+		t.Fatalf("counters %+v: the reflected frames must count as forged", c)
+	}
+}
+
+// TestInjectedHelloLeavesSessionAlone: Hellos injected into a healthy
+// session (a new session, a resume of it) only get a challenge: Serve
+// goes on, the steps keep running, nothing tells the node unreachable;
+// an Auth that does not prove the secret (empty, or under another
+// secret) is counted as forged and refused nothing; the session then
+// works as before. Before, a Hello alone ended Serve (ErrRehello) and
+// a wrong Auth made the node "authentication failed: wrong secret".
+func TestInjectedHelloLeavesSessionAlone(t *testing.T) {
+	for _, resumable := range []bool{false, true} {
+		t.Run(fmt.Sprintf("resumable=%v", resumable), func(t *testing.T) {
+			h, serve := established(t, Options{}, resumable)
+			a := h.agent
+			step := h.running(context.Background(), &wire.RunStep{BuildID: "job#1"}, io.Discard)
+			id := a.session
+			attacker := &testAgent{t: t, conn: a.conn, node: testNode, secret: []byte("guessed")}
+			attacker.hello(7)
+			f, _ := expect[*wire.Challenge](a)
+			attacker.sendRaw(&wire.Auth{}, f.Session, 1, nil)
+			attacker.helloResume(8, id, 0)
+			f, ch := expect[*wire.Challenge](a)
+			if f.Session != id {
+				t.Fatalf("challenge of the resuming hello for session %x, want %x", f.Session, id)
+			}
+			attacker.sendRaw(&wire.Auth{Proof: wire.AgentProof(attacker.secret, ch.Nonce, attacker.nonce)}, id, 1, nil)
+			attacker.hello(9) // never answered
+			expect[*wire.Challenge](a)
+			a.sync(1)
+			notYet(t, serve, "Serve")
+			notYet(t, step, "RunStep")
+			select {
+			case ev := <-h.reach:
+				t.Fatalf("the node was told reachable=%v (%v) by an injected hello", ev.reachable, ev.why)
+			default:
+			}
+			if c := h.s.Counters(); c.Forged != 2 {
+				t.Errorf("counters %+v, want the 2 wrong answers forged", c)
+			}
+			a.send(&wire.Exit{BuildID: "job#1", Code: 0})
+			if r := wait(t, step, "RunStep"); r.err != nil || r.res.Code != 0 {
+				t.Fatalf("RunStep = %+v, %v; want exit 0 in the untouched session", r.res, r.err)
+			}
+			if h.s.ID() != id || !h.s.Live() {
+				t.Errorf("ID() = %x, live %v; want the session %x", h.s.ID(), h.s.Live(), id)
+			}
+		})
+	}
+}
+
+// TestUnacknowledgedCommandResentThenReset: a RunStep the agent, heard all
+// along, does not acknowledge is sent again after half the heartbeat
+// timeout; one never acknowledged resets the session after the heartbeat
+// timeout more, and the step fails saying so. Before, the step waited
+// forever: a lost command (or one swallowed by a reflected frame) kept
+// its build running.
+func TestUnacknowledgedCommandResentThenReset(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		resumable bool
+		drop      int // RunStep frames the agent drops (-1: all)
+	}{
+		{name: "resent once", drop: 1},
+		{name: "never acknowledged", drop: -1},
+		{name: "never acknowledged, resumable", resumable: true, drop: -1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h, serve := established(t, Options{Heartbeat: 20 * time.Millisecond, HeartbeatTimeout: 400 * time.Millisecond}, tt.resumable)
+			a := h.agent
+			start := time.Now()
+			step := h.startStep(context.Background(), &wire.RunStep{BuildID: "job#1", Command: "true"}, io.Discard)
+			dropped := 0
+			var served error
+			// The agent answers every ping (it is heard all along) and drops
+			// RunSteps as a lossy transport would.
+			for served == nil && time.Since(start) < guard {
+				select {
+				case served = <-serve:
+					continue
+				default:
+				}
+				raw, err := a.conn.in.pop(time.After(50 * time.Millisecond))
+				if errors.Is(err, errTimeout) {
+					continue
+				}
+				if err != nil {
+					t.Fatalf("agent: %v", err)
+				}
+				f, m := a.decode(raw)
+				if f.Type == wire.TypeRunStep && (tt.drop < 0 || dropped < tt.drop) {
+					dropped++ // lost on the way: never delivered, never acknowledged
+					continue
+				}
+				if v := a.ep.Receive(f); v != reliable.Deliver {
+					t.Fatalf("agent: %v from the master: %v", f.Type, v)
+				}
+				switch m := m.(type) {
+				case *wire.Ping:
+					a.send(&wire.Pong{Nonce: m.Nonce, UnixNano: m.UnixNano})
+				case *wire.RunStep:
+					if err := a.ep.Handled(); err != nil {
+						t.Fatal(err)
+					}
+					a.send(&wire.Exit{BuildID: m.BuildID, Code: 0})
+				}
+				select {
+				case r := <-step:
+					if tt.drop < 0 {
+						t.Fatalf("RunStep = %+v, %v, though the agent never got it", r.res, r.err)
+					}
+					if r.err != nil || r.res.Code != 0 {
+						t.Fatalf("RunStep = %+v, %v; want the resent step's exit 0", r.res, r.err)
+					}
+					if dropped != tt.drop {
+						t.Errorf("the agent dropped %d RunSteps, want %d", dropped, tt.drop)
+					}
+					notYet(t, serve, "Serve")
+					return
+				default:
+				}
+			}
+			if tt.drop > 0 {
+				t.Fatalf("the step never ended (Serve: %v): the dropped RunStep was not sent again", served)
+			}
+			if !errors.Is(served, ErrUnacknowledged) {
+				t.Fatalf("Serve = %v, want ErrUnacknowledged", served)
+			}
+			if took := time.Since(start); took < 600*time.Millisecond {
+				t.Errorf("the session was reset after %v, before the heartbeat timeout and a half", took)
+			}
+			if dropped != 2 {
+				t.Errorf("the agent got the RunStep %d times, want 2 (sent again once)", dropped)
+			}
+			r := wait(t, step, "RunStep")
+			if !errors.Is(r.err, ErrUnacknowledged) || !strings.Contains(r.err.Error(), "session reset") {
+				t.Fatalf("RunStep = %+v, %v; want the session reset as the reason", r.res, r.err)
+			}
+			if h.s.Live() {
+				t.Error("the session lives on after the reset")
+			}
+		})
+	}
 }

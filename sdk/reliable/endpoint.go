@@ -40,7 +40,7 @@ type Endpoint struct {
 
 	mu      sync.Mutex // guards what follows; held while a frame is sent, so numbering and sending order agree
 	conn    Sender
-	key     []byte
+	keys    wire.Keys // the epoch's frame keys; nil Send until Established
 	session uint64
 	ctl     uint64 // unnumbered frames sent in the epoch
 	peerCtl uint64 // highest epoch counter received
@@ -98,7 +98,7 @@ func (e *Endpoint) Delivered() uint64 { return e.in.Last() }
 func (e *Endpoint) Begin(conn Sender) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.conn, e.key, e.ctl, e.peerCtl = conn, nil, 0, 0
+	e.conn, e.keys, e.ctl, e.peerCtl = conn, wire.Keys{}, 0, 0
 	e.broken = make(chan struct{})
 }
 
@@ -117,16 +117,18 @@ func (e *Endpoint) Broken() <-chan struct{} {
 func (e *Endpoint) Detach() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.conn, e.key = nil, nil
+	e.conn, e.keys = nil, wire.Keys{}
 }
 
-// Established makes key sign every frame of session from now on;
-// peerCounter is the epoch counter of the peer's last handshake frame
-// (its frames must count on from there).
-func (e *Endpoint) Established(session uint64, key []byte, peerCounter uint64) {
+// Established makes keys.Send sign every frame of session this end sends
+// from now on, and keys.Receive verify every frame of its peer (see
+// wire.KeysFor: each direction has its own key, so a frame of this end
+// reflected back to it is forged); peerCounter is the epoch counter of
+// the peer's last handshake frame (its frames must count on from there).
+func (e *Endpoint) Established(session uint64, keys wire.Keys, peerCounter uint64) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.session, e.key, e.peerCtl = session, key, peerCounter
+	e.session, e.keys, e.peerCtl = session, keys, peerCounter
 }
 
 // Session is the session id, zero before the first Established.
@@ -189,7 +191,7 @@ func (e *Endpoint) Send(ctx context.Context, m wire.Message) error {
 			return fmt.Errorf("keep %v: %w", f.Type, err)
 		}
 	}
-	if e.conn != nil && e.key != nil {
+	if e.conn != nil && e.keys.Send != nil {
 		if err := e.transmit(f); err != nil && e.broken != nil {
 			select {
 			case <-e.broken:
@@ -214,8 +216,8 @@ func (e *Endpoint) transmitEpoch(f *wire.Frame) error {
 		return ErrDetached
 	}
 	f.Ack = e.acked
-	if e.key != nil && f.Session == e.session {
-		wire.Sign(e.key, f)
+	if e.keys.Send != nil && f.Session == e.session {
+		wire.Sign(e.keys.Send, f)
 	}
 	b, err := f.Encode()
 	if err != nil {
@@ -232,12 +234,13 @@ func (e *Endpoint) transmitEpoch(f *wire.Frame) error {
 }
 
 // Receive checks a frame of the established session: its MAC under the
-// epoch's key, then its number (numbered frames, in order, once) or its
+// epoch's key for the peer's frames (a frame this end signed is forged
+// here), then its number (numbered frames, in order, once) or its
 // counter (unnumbered ones, strictly rising). An authentic frame's Ack
 // releases the outbox. Only the receiving goroutine calls it.
 func (e *Endpoint) Receive(f *wire.Frame) Verdict {
 	e.mu.Lock()
-	key := e.key
+	key := e.keys.Receive
 	e.mu.Unlock()
 	if key == nil || !wire.Verify(key, f) {
 		return Forged

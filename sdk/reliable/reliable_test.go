@@ -135,3 +135,65 @@ func TestSequenced(t *testing.T) {
 		}
 	}
 }
+
+// capture is a Sender keeping what was sent.
+type capture struct{ frames [][]byte }
+
+func (c *capture) Send(b []byte) error {
+	c.frames = append(c.frames, append([]byte(nil), b...))
+	return nil
+}
+
+// TestReflectedFramesAreForged: two endpoints of one epoch (the master's
+// and the agent's). Every frame an end sent, numbered or not, given back
+// to that same end is forged, even with the number it expects next, and
+// it neither delivers it nor takes its Ack; the peer delivers it.
+func TestReflectedFramesAreForged(t *testing.T) {
+	key := wire.SessionKey([]byte("secret"), []byte("na"), []byte("nm"), 7)
+	var toAgent, toMaster capture
+	master, agent := NewEndpoint(1<<20), NewEndpoint(1<<20)
+	master.Begin(&toAgent)
+	agent.Begin(&toMaster)
+	master.Established(7, wire.KeysFor(key, wire.RoleMaster), 0)
+	agent.Established(7, wire.KeysFor(key, wire.RoleAgent), 0)
+	ctx := context.Background()
+	if err := agent.Send(ctx, &wire.Exit{BuildID: "b#1", Code: 0}); err != nil { // agent's #1
+		t.Fatal(err)
+	}
+	if err := agent.SendControl(&wire.Ack{Seq: 1}, 7); err != nil {
+		t.Fatal(err)
+	}
+	if err := master.Send(ctx, &wire.RunStep{BuildID: "b#2", Command: "true"}); err != nil { // master's #1
+		t.Fatal(err)
+	}
+	decode := func(b []byte) *wire.Frame {
+		f, err := wire.Decode(b, wire.MaxFrameSize)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	for _, b := range toMaster.frames {
+		if v := agent.Receive(decode(b)); v != Forged {
+			t.Errorf("the agent's own frame reflected to it: %v, want forged", v)
+		}
+	}
+	if p := agent.Pending(); p.Frames != 1 {
+		t.Errorf("a reflected frame's Ack released the agent's outbox: %+v", p)
+	}
+	for _, b := range toAgent.frames {
+		if v := master.Receive(decode(b)); v != Forged {
+			t.Errorf("the master's own frame reflected to it: %v, want forged", v)
+		}
+	}
+	// The genuine RunStep #1 is still the agent's next frame, and the
+	// agent's frames reach the master.
+	if v := agent.Receive(decode(toAgent.frames[0])); v != Deliver {
+		t.Errorf("the master's RunStep at the agent: %v, want deliver", v)
+	}
+	for _, b := range toMaster.frames {
+		if v := master.Receive(decode(b)); v != Deliver {
+			t.Errorf("the agent's frame at the master: %v, want deliver", v)
+		}
+	}
+}

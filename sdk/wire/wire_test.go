@@ -695,3 +695,46 @@ func TestSessionMAC(t *testing.T) {
 		t.Error("frame verifies under another key")
 	}
 }
+
+// TestFrameKeysBindDirection: a frame signed by one end never verifies
+// at that same end (reflected), nor under another epoch's or another
+// node's keys; the agent's proof cannot pass for the legacy one.
+func TestFrameKeysBindDirection(t *testing.T) {
+	key := SessionKey([]byte("secret"), []byte("na"), []byte("nm"), 42)
+	master, agent := KeysFor(key, RoleMaster), KeysFor(key, RoleAgent)
+	if !bytes.Equal(master.Send, agent.Receive) || !bytes.Equal(agent.Send, master.Receive) {
+		t.Fatal("one end's send key must be the other's receive key")
+	}
+	if bytes.Equal(master.Send, agent.Send) || bytes.Equal(master.Send, key) || bytes.Equal(agent.Send, key) {
+		t.Fatal("each direction must have its own key, not the session key")
+	}
+	f := NewFrame(&Exit{BuildID: "b#1", Code: 0})
+	f.Session, f.Seq = 42, 7
+	Sign(agent.Send, f)
+	if !Verify(master.Receive, f) {
+		t.Fatal("the master must verify the agent's frame")
+	}
+	if Verify(agent.Receive, f) {
+		t.Error("a frame the agent signed verifies at the agent (reflected)")
+	}
+	if Verify(key, f) {
+		t.Error("a frame verifies under the session key itself")
+	}
+	for name, other := range map[string][]byte{
+		"another epoch":   SessionKey([]byte("secret"), []byte("na2"), []byte("nm"), 42),
+		"another session": SessionKey([]byte("secret"), []byte("na"), []byte("nm"), 43),
+		"another node":    SessionKey([]byte("other node's secret"), []byte("na"), []byte("nm"), 42),
+	} {
+		for _, r := range []Role{RoleMaster, RoleAgent} {
+			if Verify(KeysFor(other, r).Receive, f) {
+				t.Errorf("a frame of the session verifies for the %v of %s", r, name)
+			}
+		}
+	}
+	if ProofEqual(AgentProof([]byte("s"), []byte("nm"), []byte("na")), LegacyAgentProof([]byte("s"), []byte("nm"), []byte("na"))) {
+		t.Error("the agent's proof equals the legacy one: an outdated agent could not be told apart")
+	}
+	if RoleMaster.Peer() != RoleAgent || RoleAgent.Peer() != RoleMaster || RoleAgent.String() != "agent" {
+		t.Error("roles")
+	}
+}

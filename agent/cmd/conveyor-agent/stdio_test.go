@@ -361,8 +361,9 @@ func (p *proc) accept(secret []byte, hello *wire.Hello, id uint64) bool {
 		p.ep = reliable.NewEndpoint(16 << 20)
 	}
 	p.ep.Begin(p.conn)
-	p.id, p.key = id, wire.SessionKey(secret, hello.Nonce, nonceM, id)
-	p.ep.Established(id, p.key, f.Seq)
+	keys := wire.KeysFor(wire.SessionKey(secret, hello.Nonce, nonceM, id), wire.RoleMaster)
+	p.id, p.key = id, keys.Send
+	p.ep.Established(id, keys, f.Seq)
 	p.send(&wire.AuthResult{OK: true, Session: id}, id)
 	if resume {
 		if err := p.ep.Resend(0); err != nil {
