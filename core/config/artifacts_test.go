@@ -35,14 +35,14 @@ func TestCheckArtifactPattern(t *testing.T) {
 
 func TestStdinTooLarge(t *testing.T) {
 	dir := t.TempDir()
-	big := strings.Repeat("x", MaxStdin+1)
+	big := strings.Repeat("x", MaxStdin) // file() reads up to MaxStdin
 	writeFile(t, dir+"/big.txt", big)
 	writeFile(t, dir+"/c.hcl", `launcher "local" {}
 node "n1" { launcher = "local" }
 job "j" {
   step "s" {
     run   = "cat"
-    stdin = file("big.txt")
+    stdin = join("", [file("big.txt"), "x"])
   }
 }
 `)

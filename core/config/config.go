@@ -40,6 +40,8 @@ type Config struct {
 	order []string
 	// ctxs caches one evaluation context per configuration directory.
 	ctxs map[string]*hcl.EvalContext
+	// state bounds and records what the functions return (see Redact).
+	state *evalState
 }
 
 // Server is the server block.
@@ -157,6 +159,14 @@ type Job struct {
 // DefaultArtifactsMaxMiB is a job's artifacts_max_mib when unset.
 const DefaultArtifactsMaxMiB = 4096
 
+// Upper bounds of counts in the configuration.
+const (
+	// MaxArtifactsMaxMiB bounds artifacts_max_mib (16 TiB).
+	MaxArtifactsMaxMiB = 1 << 24
+	// MaxExecutors bounds a node's executors.
+	MaxExecutors = 1024
+)
+
 // Step is one step of a job.
 type Step struct {
 	// Name is the block label, unique within the job.
@@ -214,7 +224,10 @@ func (c *Config) evalContextFor(dir string) *hcl.EvalContext {
 	}
 	ctx, ok := c.ctxs[dir]
 	if !ok {
-		ctx = newEvalContext(dir)
+		if c.state == nil {
+			c.state = &evalState{}
+		}
+		ctx = newEvalContext(dir, c.state)
 		c.ctxs[dir] = ctx
 	}
 	return ctx

@@ -3,8 +3,12 @@ package config
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclparse"
@@ -55,5 +59,99 @@ func TestWriteDiagnosticsError(t *testing.T) {
 	err := WriteDiagnostics(failWriter{}, nil, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "x", Subject: &rng}})
 	if err == nil || !strings.Contains(err.Error(), "disk full") {
 		t.Errorf("err = %v, want the write error", err)
+	}
+}
+
+// TestWriteDiagnosticsMatchesHCL: the snippets WriteDiagnostics cuts
+// itself are exactly what hcl's text writer prints, for every diagnostic of
+// the bad and malicious fixtures and for multi-line, empty and CRLF ranges.
+func TestWriteDiagnosticsMatchesHCL(t *testing.T) {
+	var all []struct {
+		files map[string]*hcl.File
+		diags hcl.Diagnostics
+	}
+	for _, pattern := range []string{"testdata/bad/*.hcl", "testdata/attack/*.hcl"} {
+		names, err := filepath.Glob(pattern)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range names {
+			c, diags := Load(name)
+			all = append(all, struct {
+				files map[string]*hcl.File
+				diags hcl.Diagnostics
+			}{c.Files, diags})
+		}
+	}
+	p := hclparse.NewParser()
+	src := "a = 1\r\n\r\nb {\r\n  c = [\n    1,\n\n    2,\n  ]\n}\nlast = 3"
+	if _, d := p.ParseHCL([]byte(src), "crlf.hcl"); d.HasErrors() {
+		t.Fatal(d)
+	}
+	rng := func(sb, eb int) *hcl.Range {
+		return &hcl.Range{Filename: "crlf.hcl", Start: hcl.Pos{Byte: sb, Line: 1, Column: 1}, End: hcl.Pos{Byte: eb, Line: 1, Column: 1}}
+	}
+	var synthetic hcl.Diagnostics
+	for _, r := range [][2]int{{0, 0}, {0, 5}, {4, 4}, {9, 30}, {23, 40}, {len(src) - 1, len(src)}, {len(src), len(src)}, {5, 7}} {
+		synthetic = append(synthetic, &hcl.Diagnostic{Severity: hcl.DiagWarning, Summary: "s", Detail: "d", Subject: rng(r[0], r[1])})
+	}
+	synthetic = append(synthetic, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "ctx", Subject: rng(12, 14), Context: rng(9, 40)})
+	all = append(all, struct {
+		files map[string]*hcl.File
+		diags hcl.Diagnostics
+	}{p.Files(), synthetic})
+
+	n := 0
+	for _, set := range all {
+		for _, d := range set.diags {
+			f := subjectFile(set.files, d)
+			if f == nil {
+				continue
+			}
+			var want, got bytes.Buffer
+			if err := hcl.NewDiagnosticTextWriter(&want, set.files, 0, false).WriteDiagnostic(d); err != nil {
+				t.Fatal(err)
+			}
+			writeSnippetDiagnostic(&got, f, lineStarts(f.Bytes), d)
+			if got.String() != want.String() {
+				t.Errorf("diagnostic %q at %v:\ngot:\n%s\nwant (hcl):\n%s", d.Summary, d.Subject, got.String(), want.String())
+			}
+			n++
+		}
+	}
+	if n < 50 {
+		t.Errorf("compared %d diagnostics, want the fixtures' (at least 50)", n)
+	}
+}
+
+// TestWriteManyDiagnostics: a large configuration with an error in every
+// block prints at once (hcl's writer scanned the whole file for each
+// diagnostic: minutes for this one, over an hour at MaxConfigFileBytes).
+func TestWriteManyDiagnostics(t *testing.T) {
+	var b strings.Builder
+	for i := 0; b.Len() < MaxConfigFileBytes/4; i++ {
+		fmt.Fprintf(&b, "job \"j%d\" {\n  labels = [\"a\", \"b\"]\n  step \"s\" { run = \"true\" }\n}\n", i)
+	}
+	name := filepath.Join(t.TempDir(), "many.hcl")
+	if err := os.WriteFile(name, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, diags := Load(name)
+	if len(diags) < 3000 {
+		t.Fatalf("%d diagnostics, want one per job", len(diags))
+	}
+	done := make(chan error, 1)
+	var out bytes.Buffer
+	go func() { done <- WriteDiagnostics(&out, c.Files, diags) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("printing %d diagnostics took over a minute", len(diags))
+	}
+	if n := strings.Count(out.String(), ": Error: Job cannot run on any node"); n != len(diags) {
+		t.Errorf("printed %d diagnostics, want %d", n, len(diags))
 	}
 }

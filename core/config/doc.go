@@ -7,4 +7,11 @@
 // kept as hcl.Body and decoded later by DecodePlugins against the hcldec
 // specs the plugins report, so that their diagnostics still point at the
 // right lines of the user's files.
+//
+// Loading is bounded, because `conveyor validate` is what people run on a
+// file they were sent: configuration files and file() read regular files
+// only, of a bounded size (read.go); the tokens of each file are checked for
+// nesting, operator chains, list lengths and iteration before it is parsed
+// (scan.go); the functions' output is bounded (funcs.go); and no diagnostic
+// quotes a value that file() or env() returned (redact.go).
 package config

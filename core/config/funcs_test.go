@@ -21,7 +21,7 @@ func TestFunctions(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "binary"), []byte{0xff, 0xfe}, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ctx := newEvalContext(dir)
+	ctx := newEvalContext(dir, &evalState{})
 	tests := []struct {
 		expr    string
 		want    string // when wantErr is empty

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"context"
 	"encoding/hex"
 	"fmt"
 	"maps"
@@ -10,6 +11,7 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -123,8 +125,46 @@ type stepBlock struct {
 // are merged into one configuration. The returned Config is never nil and
 // always has Files set, so diagnostics can be printed even on failure; its
 // contents are only complete when the diagnostics have no errors.
+//
+// Loading is bounded (see MaxConfigFileBytes, MaxNesting, MaxFileFuncBytes
+// and MaxFuncOutputBytes): a configuration file or a file() that is not a
+// regular file, that is too large, or that nests too deeply gets a
+// diagnostic instead of blocking, filling the memory or overflowing the
+// stack. No diagnostic quotes a value that file() or env() returned (see
+// Redact).
 func Load(paths ...string) (*Config, hcl.Diagnostics) {
-	c := &Config{Files: map[string]*hcl.File{}}
+	return LoadContext(context.Background(), paths...)
+}
+
+// LoadContext is Load, returning as soon as ctx ends (say on SIGTERM) with
+// an "Interrupted" diagnostic and an empty Config; the abandoned loading
+// stops at the next file, and is bounded anyway.
+func LoadContext(ctx context.Context, paths ...string) (*Config, hcl.Diagnostics) {
+	type result struct {
+		c     *Config
+		diags hcl.Diagnostics
+	}
+	done := make(chan result, 1)
+	go func() {
+		c, diags := load(ctx, paths)
+		done <- result{c, diags}
+	}()
+	select {
+	case r := <-done:
+		return r.c, r.diags
+	case <-ctx.Done():
+		return &Config{Files: map[string]*hcl.File{}}, hcl.Diagnostics{interrupted(ctx)}
+	}
+}
+
+// interrupted is the diagnostic of a load cut short by ctx.
+func interrupted(ctx context.Context) *hcl.Diagnostic {
+	return &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Interrupted",
+		Detail: fmt.Sprintf("Loading the configuration was interrupted: %v.", context.Cause(ctx))}
+}
+
+func load(ctx context.Context, paths []string) (*Config, hcl.Diagnostics) {
+	c := &Config{Files: map[string]*hcl.File{}, state: &evalState{}}
 	files, primary, diags := expandPaths(paths)
 	c.dir, c.order = primary, files
 	if diags.HasErrors() {
@@ -134,9 +174,20 @@ func Load(paths ...string) (*Config, hcl.Diagnostics) {
 	parser := hclparse.NewParser()
 	c.Files = parser.Files()
 	parsed := make([]*hcl.File, len(files))
+	var total int64
 	for i, name := range files {
-		var d hcl.Diagnostics
-		parsed[i], d = parser.ParseHCLFile(name)
+		if ctx.Err() != nil {
+			return c, hcl.Diagnostics{interrupted(ctx)}
+		}
+		src, d := readConfigFile(name, &total)
+		if d == nil {
+			d = checkShape(src, name)
+		}
+		if d.HasErrors() {
+			diags = append(diags, d...)
+			continue
+		}
+		parsed[i], d = parser.ParseHCL(src, name)
 		diags = append(diags, d...)
 	}
 	if diags.HasErrors() {
@@ -161,7 +212,27 @@ func Load(paths ...string) (*Config, hcl.Diagnostics) {
 	diags = append(diags, c.buildNodes(all.Nodes)...)
 	diags = append(diags, c.buildJobs(all.Jobs)...)
 	diags = append(diags, c.checkRunnable(all.Jobs)...)
-	return c, sortDiags(dropUnknownCascades(diags), files)
+	return c, c.Redact(sortDiags(dropUnknownCascades(diags), files))
+}
+
+// readConfigFile reads the configuration file name, a regular file of at
+// most MaxConfigFileBytes, adding its size to *total, which may not exceed
+// MaxConfigBytes.
+func readConfigFile(name string, total *int64) ([]byte, hcl.Diagnostics) {
+	src, err := readRegular(name, MaxConfigFileBytes)
+	if err == nil && *total+int64(len(src)) > MaxConfigBytes {
+		err = fmt.Errorf("the configuration files together are larger than the limit of %s", byteSize(MaxConfigBytes))
+	}
+	if err != nil {
+		return nil, hcl.Diagnostics{{
+			Severity: hcl.DiagError,
+			Summary:  "Failed to read configuration",
+			Detail:   fmt.Sprintf("Cannot read %s: %s.", name, err),
+			Subject:  &hcl.Range{Filename: name, Start: hcl.InitialPos, End: hcl.InitialPos},
+		}}
+	}
+	*total += int64(len(src))
+	return src, nil
 }
 
 // expandPaths turns the given paths into the list of files to parse, and
@@ -259,13 +330,30 @@ func sortDiags(diags hcl.Diagnostics, files []string) hcl.Diagnostics {
 // dropUnknownCascades removes gohcl's "value must be known" errors. With no
 // variables in scope, a value is only unknown when evaluating it failed (say
 // env() of an unset variable), and that failure has been reported already.
+// It also removes our own checks' errors about such a value (gohcl leaves
+// the zero value behind: `timeout = file("fifo")` was also reported as the
+// timeout "" not being a duration).
 func dropUnknownCascades(diags hcl.Diagnostics) hcl.Diagnostics {
 	if !diags.HasErrors() {
 		return diags
 	}
+	isUnknown := func(d *hcl.Diagnostic) bool {
+		return d.Summary == "Unsuitable value type" && strings.HasSuffix(d.Detail, "value must be known")
+	}
+	type at struct {
+		file string
+		byte int
+	}
+	failed := map[at]bool{} // where the unknown values' expressions start
+	for _, d := range diags {
+		if isUnknown(d) && d.Subject != nil {
+			failed[at{d.Subject.Filename, d.Subject.Start.Byte}] = true
+		}
+	}
 	out := diags[:0]
 	for _, d := range diags {
-		if d.Summary == "Unsuitable value type" && strings.HasSuffix(d.Detail, "value must be known") {
+		_, ours := d.Extra.(ownCheck)
+		if isUnknown(d) || (ours && d.Subject != nil && failed[at{d.Subject.Filename, d.Subject.Start.Byte}]) {
 			continue
 		}
 		out = append(out, d)
@@ -273,9 +361,13 @@ func dropUnknownCascades(diags hcl.Diagnostics) hcl.Diagnostics {
 	return out
 }
 
+// ownCheck marks, in hcl.Diagnostic.Extra, the diagnostics of our own checks
+// (errorAt), as opposed to hcl's.
+type ownCheck struct{}
+
 // errorAt returns an error diagnostic whose subject is rng.
 func errorAt(rng hcl.Range, summary, detail string) *hcl.Diagnostic {
-	return &hcl.Diagnostic{Severity: hcl.DiagError, Summary: summary, Detail: detail, Subject: rng.Ptr()}
+	return &hcl.Diagnostic{Severity: hcl.DiagError, Summary: summary, Detail: detail, Subject: rng.Ptr(), Extra: ownCheck{}}
 }
 
 // pos formats the start of rng as FILE:LINE for messages.
@@ -338,9 +430,12 @@ func (c *Config) buildServer(blocks []*serverBlock) hcl.Diagnostics {
 		}
 		if b.HTTPAddr != nil {
 			s.HTTPAddr = *b.HTTPAddr
-			if _, _, err := net.SplitHostPort(s.HTTPAddr); err != nil {
+			if _, port, err := net.SplitHostPort(s.HTTPAddr); err != nil {
 				diags = diags.Append(errorAt(b.HTTPAddrRange, "Invalid http_addr",
 					fmt.Sprintf("The HTTP address %q is not a host:port pair: %s.", s.HTTPAddr, err)))
+			} else if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+				diags = diags.Append(errorAt(b.HTTPAddrRange, "Invalid http_addr",
+					fmt.Sprintf("The port %q of the HTTP address %q is not a TCP port number (1-65535, or 0 for any free port).", port, s.HTTPAddr)))
 			}
 		}
 		if b.DataDir != nil {
@@ -443,9 +538,9 @@ func (c *Config) buildNodes(blocks []*nodeBlock) hcl.Diagnostics {
 		diags = append(diags, duration("session_timeout", b.Session, b.SessionRange, &n.SessionTimeout)...)
 		if b.Executors != nil {
 			n.Executors = *b.Executors
-			if n.Executors < 1 {
+			if n.Executors < 1 || n.Executors > MaxExecutors {
 				diags = diags.Append(errorAt(b.ExecutorsRange, "Invalid executors",
-					fmt.Sprintf("A node needs at least one executor, not %d.", n.Executors)))
+					fmt.Sprintf("A node has between 1 and %d executors.", MaxExecutors)))
 			}
 		}
 
@@ -519,9 +614,9 @@ func (c *Config) buildJobs(blocks []*jobBlock) hcl.Diagnostics {
 		diags = append(diags, d...)
 		j.ArtifactsMaxBytes = DefaultArtifactsMaxMiB << 20
 		if b.MaxMiB != nil {
-			if *b.MaxMiB < 1 {
+			if *b.MaxMiB < 1 || *b.MaxMiB > MaxArtifactsMaxMiB {
 				diags = diags.Append(errorAt(b.MaxMiBRange, "Invalid artifacts_max_mib",
-					fmt.Sprintf("The artifacts of a build may take at least 1 MiB, not %d.", *b.MaxMiB)))
+					fmt.Sprintf("The artifacts of a build may take between 1 and %d MiB.", MaxArtifactsMaxMiB)))
 			}
 			j.ArtifactsMaxBytes = int64(*b.MaxMiB) << 20
 		}

@@ -296,7 +296,7 @@ func TestLoadBad(t *testing.T) {
 		{"api_duplicate_block.hcl", "3:3", "Duplicate api block"},
 		{"artifacts_absolute.hcl", "8:33", "cannot be used: an absolute path"},
 		{"artifacts_dotdot.hcl", "10:5", `".." leads out of the build's workspace`},
-		{"artifacts_max_mib.hcl", "9:23", "at least 1 MiB, not 0"},
+		{"artifacts_max_mib.hcl", "9:23", "between 1 and 16777216 MiB"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.TrimSuffix(tt.file, ".hcl"), func(t *testing.T) {

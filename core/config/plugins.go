@@ -21,7 +21,8 @@ type PluginSpec struct {
 // against the spec of its launcher, storing the values in Launcher.Config and
 // Node.Config. Launchers missing from specs, and their nodes, are skipped:
 // reporting unknown launchers is the caller's business. Expressions are
-// evaluated with the same functions as Load.
+// evaluated with the same functions and bounds as Load, and the diagnostics
+// are redacted the same way (see Redact).
 func (c *Config) DecodePlugins(specs map[string]PluginSpec) hcl.Diagnostics {
 	var diags hcl.Diagnostics
 	for _, l := range c.Launchers {
@@ -42,7 +43,7 @@ func (c *Config) DecodePlugins(specs map[string]PluginSpec) hcl.Diagnostics {
 		diags = append(diags, d...)
 		n.Config = val
 	}
-	return sortDiags(diags, c.order)
+	return c.Redact(sortDiags(diags, c.order))
 }
 
 // orEmpty returns spec, or a spec that accepts only an empty body.

@@ -33,11 +33,18 @@ const (
 	StateUnreachable = "unreachable"
 )
 
-// Relaunch backoff bounds.
+// Relaunch backoff bounds. A launch that failed with a permanent error
+// (launcher.Permanent: refused credentials or host key) is asked again
+// only every launcher.PermanentRetry.
 var (
-	relaunchMin = time.Second
-	relaunchMax = time.Minute
+	relaunchMin    = time.Second
+	relaunchMax    = time.Minute
+	permanentRetry = launcher.PermanentRetry
 )
+
+// ErrMasterStopped is why a node's session ends when the master stops: the
+// reason its running builds fail with.
+var ErrMasterStopped = errors.New("master stopped")
 
 // Node is one configured node.
 type Node struct {
@@ -283,8 +290,14 @@ func (m *Manager) Release(n *Node) {
 	m.notify()
 }
 
-// Run keeps every node connected until ctx ends.
+// Run keeps every node connected until ctx ends. What it ends then, it
+// ends with ErrMasterStopped as the cause.
 func (m *Manager) Run(ctx context.Context) {
+	runCtx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer cancel(nil)
+	stop := context.AfterFunc(ctx, func() { cancel(ErrMasterStopped) })
+	defer stop()
+	ctx = runCtx
 	var wg sync.WaitGroup
 	for _, n := range m.nodes {
 		wg.Add(1)
@@ -322,16 +335,23 @@ func (m *Manager) run(ctx context.Context, n *Node) {
 		restarted = p.Subscribe()
 	}
 	for ctx.Err() == nil {
-		ok := m.connect(ctx, n, log)
+		ok, permanent := m.connect(ctx, n, log)
 		if ctx.Err() != nil {
 			break
 		}
 		if ok {
 			backoff = relaunchMin
 		}
+		wait := backoff
+		if permanent {
+			// Relaunching cannot help until the configuration or the
+			// material it names changes; the launcher answers the next ask
+			// from memory unless it did.
+			wait = permanentRetry
+		}
 		select {
 		case <-ctx.Done():
-		case <-time.After(backoff):
+		case <-time.After(wait):
 		case <-restarted:
 			backoff = relaunchMin
 		}
@@ -341,8 +361,9 @@ func (m *Manager) run(ctx context.Context, n *Node) {
 }
 
 // connect launches the node and serves its sessions until the connection
-// ends; it reports whether the node was online at some point.
-func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger) bool {
+// ends; it reports whether the node was online at some point, and whether
+// the launch failed for good (launcher.IsPermanent).
+func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger) (online, permanent bool) {
 	// offline marks the node down, or unreachable while its session is held
 	// for the agent to resume.
 	offline := func(why string) {
@@ -367,7 +388,7 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger) bool {
 	p := m.plugins.Get(n.cfg.Launcher)
 	if p == nil {
 		offline(fmt.Sprintf("launcher %q is not loaded", n.cfg.Launcher))
-		return false
+		return false, false
 	}
 	// While the plugin restarts its calls fail with errors that say
 	// nothing of it ("not configured"): say what happens.
@@ -379,7 +400,7 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger) bool {
 		return false
 	}
 	if restarting() {
-		return false
+		return false, false
 	}
 	proc := p.Process()
 	var secret []byte
@@ -389,18 +410,23 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger) bool {
 			if !restarting() {
 				offline(fmt.Sprintf("get node secret: %v", err))
 			}
-			return false
+			return false, false
 		}
 		secret = s.Secret
 	}
-	lctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	conn, err := proc.Launcher.Launch(lctx, &launcher.Node{Name: n.cfg.Name, Labels: n.cfg.Labels, Config: n.cfg.Config})
-	cancel()
+	// No deadline here: the launcher bounds its own launch (the SSH
+	// launcher: launch_timeout, max_retries, retry_wait) and says why it
+	// gave up; ctx ends it when the master stops.
+	conn, err := proc.Launcher.Launch(ctx, &launcher.Node{Name: n.cfg.Name, Labels: n.cfg.Labels, Config: n.cfg.Config})
 	if err != nil {
-		if !restarting() {
-			offline(fmt.Sprintf("launch failed: %v", err))
+		if ctx.Err() != nil {
+			return false, false
 		}
-		return false
+		if restarting() {
+			return false, false
+		}
+		offline(err.Error())
+		return false, launcher.IsPermanent(err)
 	}
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
@@ -434,7 +460,7 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger) bool {
 		}
 		if err != nil {
 			offline(reason(err))
-			return wasOnline
+			return wasOnline, false
 		}
 		n.mu.Lock()
 		n.agent = agent
@@ -447,7 +473,7 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger) bool {
 		err = link.Serve(ctx)
 		if !errors.Is(err, session.ErrRehello) {
 			offline(reason(err))
-			return wasOnline
+			return wasOnline, false
 		}
 		// The agent says hello again on this link (it resumes, or it
 		// restarted): no new build until the handshake decides which.
@@ -456,7 +482,7 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger) bool {
 }
 
 func reason(err error) string {
-	if errors.Is(err, context.Canceled) {
+	if errors.Is(err, context.Canceled) || errors.Is(err, ErrMasterStopped) {
 		return "server shutting down"
 	}
 	return err.Error()

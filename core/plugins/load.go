@@ -27,9 +27,15 @@ type LoadOptions struct {
 // Load starts the plugin of every launcher block through m, decodes the
 // launcher and node blocks against the plugins' schemas and configures
 // each plugin. Every problem is a diagnostic pointing into the
-// configuration. Plugins that started stay with m even when diagnostics
-// are returned; the caller stops m.
+// configuration; none quotes a value that file() or env() returned, not
+// even in a plugin's own messages (see config.Config.Redact). Plugins that
+// started stay with m even when diagnostics are returned; the caller stops
+// m.
 func Load(ctx context.Context, cfg *config.Config, m *Manager, opts LoadOptions) hcl.Diagnostics {
+	return cfg.Redact(load(ctx, cfg, m, opts))
+}
+
+func load(ctx context.Context, cfg *config.Config, m *Manager, opts LoadOptions) hcl.Diagnostics {
 	var diags hcl.Diagnostics
 	specs := map[string]config.PluginSpec{}
 	for _, l := range cfg.Launchers {

@@ -824,6 +824,10 @@ func (l *Link) Serve(ctx context.Context) error {
 	s.mu.Unlock()
 	err := l.serve(ctx, ep)
 	l.dups.report(s.log)
+	if ctx.Err() != nil {
+		// The connection closing as ctx ends is no reason of its own.
+		err = context.Cause(ctx)
+	}
 	var closed *closedError
 	switch {
 	case errors.As(err, &closed), !l.resumable, ctx.Err() != nil, errors.Is(err, ErrUnacknowledged):
@@ -868,7 +872,7 @@ func (l *Link) serve(ctx context.Context, ep *reliable.Endpoint) error {
 				return fmt.Errorf("%w: %v", ErrClosed, err)
 			}
 		case <-ctx.Done():
-			return ctx.Err()
+			return context.Cause(ctx) // "master stopped" when the master stops
 		case <-broken:
 			return fmt.Errorf("%w: sending to the agent failed", ErrClosed)
 		case <-tick.C:

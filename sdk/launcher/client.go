@@ -100,7 +100,11 @@ func (c *client) Launch(ctx context.Context, node *Node) (Conn, error) {
 	}
 	if r.err != nil {
 		cancel()
-		return nil, fmt.Errorf("launch node %q: %w", node.Name, statusErr(r.err))
+		err := statusErr(r.err)
+		if status.Code(r.err) == codes.FailedPrecondition {
+			err = Permanent(err)
+		}
+		return nil, fmt.Errorf("launch node %q: %w", node.Name, err)
 	}
 	launched := r.msg.GetLaunched()
 	if launched == nil {

@@ -144,3 +144,27 @@ func TestNoCommands(t *testing.T) {
 		t.Errorf("RunCommand: %v, want ErrNoCommands", err)
 	}
 }
+
+// TestPermanentLaunchErrorCrossesTheBoundary: a launch error the plugin
+// marks Permanent is permanent for the host, and the node's name prefixes
+// the message once.
+func TestPermanentLaunchErrorCrossesTheBoundary(t *testing.T) {
+	p := start(t, "commander")
+	for _, tc := range []struct {
+		greeting  string
+		want      string
+		permanent bool
+	}{
+		{"refuse-permanent", `launch node "n": refused for good as asked`, true},
+		{"refuse", `launch node "n": refused as asked`, false},
+	} {
+		node := &launcher.Node{Name: "n", Config: cty.ObjectVal(map[string]cty.Value{"greeting": cty.StringVal(tc.greeting)})}
+		_, err := p.Launcher.Launch(context.Background(), node)
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("%s: error %v, want %q", tc.greeting, err, tc.want)
+		}
+		if got := launcher.IsPermanent(err); got != tc.permanent {
+			t.Errorf("%s: IsPermanent = %v, want %v", tc.greeting, got, tc.permanent)
+		}
+	}
+}

@@ -41,7 +41,9 @@ type Process struct {
 }
 
 // Start starts the plugin binary, negotiates the protocol and dispenses
-// its launcher (and secret manager when the plugin has one).
+// its launcher (and secret manager when the plugin has one). It returns
+// when ctx ends, even while the plugin has not completed its handshake;
+// the plugin is then killed.
 func Start(ctx context.Context, opts ClientOptions) (*Process, error) {
 	logger := opts.Logger
 	if logger == nil {
@@ -66,8 +68,7 @@ func Start(ctx context.Context, opts ClientOptions) (*Process, error) {
 	}
 	c := plugin.NewClient(cfg)
 	p := &Process{client: c, cmd: cmd}
-	if err := p.dispense(ctx); err != nil {
-		p.Kill()
+	if err := p.dispenseContext(ctx); err != nil {
 		if err == plugin.ErrChecksumsDoNotMatch {
 			sum, _ := fileSHA256(opts.Path)
 			return nil, fmt.Errorf("plugin %s: sha256 is %s, config pins %x: refusing to run it", opts.Path, sum, opts.SHA256)
@@ -75,6 +76,31 @@ func Start(ctx context.Context, opts ClientOptions) (*Process, error) {
 		return nil, fmt.Errorf("plugin %s: %w", opts.Path, err)
 	}
 	return p, nil
+}
+
+// dispenseContext is dispense, killing the plugin when that fails, and
+// returning when ctx ends even if the plugin has not completed its
+// handshake yet (go-plugin waits for it, up to its start timeout of a
+// minute, without a context): a SIGTERM must end `conveyor validate` or a
+// server's startup at once. The abandoned plugin is killed when its
+// handshake ends (go-plugin holds the client's lock until then), and with
+// its host process anyway (Pdeathsig).
+func (p *Process) dispenseContext(ctx context.Context) error {
+	done := make(chan error, 1)
+	go func() { done <- p.dispense(ctx) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			p.Kill()
+		}
+		return err
+	case <-ctx.Done():
+		go func() {
+			<-done
+			p.Kill()
+		}()
+		return context.Cause(ctx)
+	}
 }
 
 func (p *Process) dispense(ctx context.Context) error {

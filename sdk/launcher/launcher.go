@@ -2,6 +2,15 @@
 // the host uses to talk to one. A plugin's main calls Serve with a factory
 // for its Launcher; the host loads the plugin with NewClient and Dispense.
 // Neither side sees gRPC.
+//
+// A failed Launch is retried by the host with backoff, unless the launcher
+// marks the error with Permanent (refused credentials, a refused host key):
+// the host then shows it as the node's reason and asks again only every
+// PermanentRetry, and the launcher answers from memory, without contacting
+// the machine, until what it depends on changes. The host sets no deadline
+// on Launch: a launcher bounds its own launch (the SSH launcher:
+// launch_timeout per attempt, max_retries, retry_wait) and ctx ends only
+// when the host stops or gives the node up.
 package launcher
 
 import (

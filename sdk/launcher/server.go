@@ -95,7 +95,13 @@ func (s *server) Launch(stream pb.Launcher_LaunchServer) error {
 	defer cancel()
 	conn, err := s.impl.Launch(ctx, node)
 	if err != nil {
-		return status.Errorf(codes.Unavailable, "launch node %q: %v", node.Name, err)
+		// The host names the node; the message is the launcher's own.
+		// FailedPrecondition carries Permanent across the boundary.
+		code := codes.Unavailable
+		if IsPermanent(err) {
+			code = codes.FailedPrecondition
+		}
+		return status.Error(code, err.Error())
 	}
 	defer conn.Close()
 	launched := &pb.Launched{ReadsFrames: true}

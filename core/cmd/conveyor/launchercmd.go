@@ -31,7 +31,7 @@ func cmdLauncher(ctx context.Context, name string, args []string, stdout, stderr
 		fmt.Fprintf(stderr, "conveyor: unknown command %q\n\n%s", name, usage)
 		return 2
 	}
-	cfg, ok := loadConfig(stderr, path)
+	cfg, ok := loadConfig(ctx, stderr, path)
 	if !ok {
 		return 1
 	}

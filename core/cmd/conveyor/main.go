@@ -97,9 +97,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-// loadConfig loads files and prints diagnostics; ok is false on errors.
-func loadConfig(stderr io.Writer, paths ...string) (*config.Config, bool) {
-	cfg, diags := config.Load(paths...)
+// loadConfig loads files and prints diagnostics; ok is false on errors,
+// and when ctx ends first (SIGINT, SIGTERM).
+func loadConfig(ctx context.Context, stderr io.Writer, paths ...string) (*config.Config, bool) {
+	cfg, diags := config.LoadContext(ctx, paths...)
 	if len(diags) > 0 {
 		_ = config.WriteDiagnostics(stderr, cfg.Files, diags)
 	}
@@ -128,7 +129,7 @@ func cmdServer(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "conveyor server: -config is required")
 		return 2
 	}
-	cfg, ok := loadConfig(stderr, *path)
+	cfg, ok := loadConfig(ctx, stderr, *path)
 	if !ok {
 		return 1
 	}
@@ -158,7 +159,7 @@ func cmdServer(ctx context.Context, args []string, stderr io.Writer) int {
 
 // loadPlugins loads a configuration and its plugins in validate-only mode.
 func loadPlugins(ctx context.Context, stderr io.Writer, path string) (*plugins.Manager, bool) {
-	cfg, ok := loadConfig(stderr, path)
+	cfg, ok := loadConfig(ctx, stderr, path)
 	if !ok {
 		return nil, false
 	}

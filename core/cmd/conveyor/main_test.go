@@ -180,6 +180,7 @@ func render(t *testing.T, dir, name string) string {
 	out := strings.NewReplacer(
 		"@PONGAGENT@", hclEscape(pongBin),
 		"@DATA_DIR@", hclEscape(filepath.Join(dir, "data")),
+		"@PLUGIN_DIR@", hclEscape(filepath.Join(dir, "plugins")),
 	).Replace(string(src))
 	if p := regexp.MustCompile(`@[A-Z_]+@`).FindString(out); p != "" {
 		t.Fatalf("testdata/%s: unknown placeholder %s", name, p)

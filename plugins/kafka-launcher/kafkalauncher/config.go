@@ -166,6 +166,8 @@ func validate(g globalConfig) (*settings, launcher.ConfigErrors) {
 	for _, b := range g.Brokers {
 		if _, port, err := net.SplitHostPort(b); err != nil || port == "" {
 			bad(fmt.Sprintf("broker %q is not host:port", b), "brokers")
+		} else if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+			bad(fmt.Sprintf("port %q of broker %q is not a TCP port number (1-65535)", port, b), "brokers")
 		}
 	}
 	s.transport = kafkatransport.Config{Brokers: g.Brokers, TopicPrefix: g.TopicPrefix, ClientID: "conveyor-master"}

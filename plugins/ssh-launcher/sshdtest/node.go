@@ -16,6 +16,9 @@ type NodeSSH struct {
 	AgentPath  string
 	Workdir    string
 	KnownHosts string
+	// Extra is more of the block's body (HCL attributes, one a line),
+	// after the others: an attribute here must not be one of them.
+	Extra string
 }
 
 // Node returns a NodeSSH reaching s with its own client key and
@@ -41,7 +44,7 @@ func (n NodeSSH) Block() string {
       strategy         = "known_hosts"
       known_hosts_file = %s
     }
-  }
+%s  }
 `, n.Host, n.Port, n.User, cluster.HCLString(n.KeyFile), cluster.HCLString(n.AgentPath),
-		cluster.HCLString(n.Workdir), cluster.HCLString(n.KnownHosts))
+		cluster.HCLString(n.Workdir), cluster.HCLString(n.KnownHosts), n.Extra)
 }

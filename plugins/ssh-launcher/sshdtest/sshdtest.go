@@ -50,6 +50,11 @@ type Options struct {
 	// fail the test under `make test`, see sdk/testenv) and root (the test
 	// is skipped otherwise).
 	Password string
+	// NoKbdInteractive turns keyboard-interactive authentication off. By
+	// default it is on, as in sshd's own default: with UsePAM no it has
+	// no prompt to offer, and a client that tries it after a refused
+	// password gets a bare failure.
+	NoKbdInteractive bool
 }
 
 // Server is a running (or stopped) sshd.
@@ -265,9 +270,12 @@ func (s *Server) writeConfig() string {
 	if s.opts.NoSFTP {
 		sftpLine = ""
 	}
-	password := "no"
+	password, kbd := "no", "yes"
 	if s.opts.Password != "" {
 		password = "yes"
+	}
+	if s.opts.NoKbdInteractive {
+		kbd = "no"
 	}
 	cfg := fmt.Sprintf(`ListenAddress 127.0.0.1
 Port %d
@@ -279,13 +287,13 @@ UsePAM no
 PermitRootLogin yes
 PubkeyAuthentication yes
 PasswordAuthentication %s
-KbdInteractiveAuthentication no
+KbdInteractiveAuthentication %s
 PermitEmptyPasswords no
 UseDNS no
 MaxStartups 100
 MaxSessions 100
 LogLevel VERBOSE
-%s`, s.Port, filepath.Join(s.Dir, "host_key"), filepath.Join(s.Dir, "authorized_keys"), password, sftpLine)
+%s`, s.Port, filepath.Join(s.Dir, "host_key"), filepath.Join(s.Dir, "authorized_keys"), password, kbd, sftpLine)
 	file := filepath.Join(s.Dir, "sshd_config")
 	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
 		s.t.Fatalf("sshdtest: %v", err)

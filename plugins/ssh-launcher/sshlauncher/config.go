@@ -1,6 +1,8 @@
 package sshlauncher
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -131,6 +133,12 @@ type settings struct {
 	MaxRetries        int
 	RetryWait         time.Duration
 	KeepaliveInterval time.Duration
+
+	// hostKeySource is the configured host key (manual) and hostKeyFile
+	// the file the keys come from (known_hosts, trust on first use): what
+	// material digests of the verification.
+	hostKeySource string
+	hostKeyFile   string
 }
 
 // Addr is host:port.
@@ -377,7 +385,8 @@ func (r *resolver) hostKey(s *settings) {
 		if hk.KnownHostsFile != nil {
 			file = *hk.KnownHostsFile
 		}
-		s.Verifier, err = hostkey.NewKnownHosts(expandLocal(file))
+		s.hostKeyFile = expandLocal(file)
+		s.Verifier, err = hostkey.NewKnownHosts(s.hostKeyFile)
 		if err != nil {
 			r.errs.add(who, err.Error(), path("known_hosts_file")...)
 		}
@@ -392,6 +401,7 @@ func (r *resolver) hostKey(s *settings) {
 			return
 		}
 		s.Verifier = hostkey.NewManual(key)
+		s.hostKeySource = *hk.HostKey
 	case hostkey.TrustOnFirstUse:
 		if r.host.DataDir == "" {
 			r.errs.add(who, "trust_on_first_use needs the plugin's data directory, and the host gave none", path("strategy")...)
@@ -400,7 +410,8 @@ func (r *resolver) hostKey(s *settings) {
 		if r.validateOnly {
 			return
 		}
-		s.Verifier, err = hostkey.NewTrustOnFirstUse(filepath.Join(r.host.DataDir, TOFUFile))
+		s.hostKeyFile = filepath.Join(r.host.DataDir, TOFUFile)
+		s.Verifier, err = hostkey.NewTrustOnFirstUse(s.hostKeyFile)
 		if err != nil {
 			r.errs.add(who, err.Error(), path("strategy")...)
 		}
@@ -481,4 +492,40 @@ func localUser() string {
 		return u
 	}
 	return "root"
+}
+
+// material digests what decides whether a refused launch could succeed
+// now: the address and user, the credentials, the host key strategy and
+// what it checks against (the known_hosts or trust-on-first-use file's
+// contents, the configured key). Key and known_hosts files are read again
+// on every launch, so an edit to one changes it.
+func (s *settings) material() [32]byte {
+	h := sha256.New()
+	put := func(b []byte) {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(b)))
+		h.Write(n[:])
+		h.Write(b)
+	}
+	put([]byte(s.User))
+	put([]byte(s.Addr()))
+	put([]byte(s.Password))
+	if s.Signer != nil {
+		put(s.Signer.PublicKey().Marshal())
+	} else {
+		put(nil)
+	}
+	if s.Verifier != nil {
+		put([]byte(s.Verifier.Strategy()))
+	} else {
+		put(nil)
+	}
+	put([]byte(s.hostKeySource))
+	if s.hostKeyFile != "" {
+		b, _ := os.ReadFile(s.hostKeyFile)
+		put(b)
+	}
+	var sum [32]byte
+	h.Sum(sum[:0])
+	return sum
 }

@@ -1,6 +1,7 @@
 package sshlauncher
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -34,6 +35,7 @@ type conn struct {
 	sess      *ssh.Session
 	stdin     io.WriteCloser
 	stderr    *tail
+	marker    *markerWriter
 	logger    hclog.Logger
 	keepalive time.Duration
 	onClose   func()
@@ -47,6 +49,12 @@ type conn struct {
 	closeOnce sync.Once
 	causeMu   sync.Mutex
 	cause     error
+
+	// helloSeen: a frame came from the agent. Until then helloTimer may
+	// stop the agent, with helloErr as the reason.
+	helloSeen  atomic.Bool
+	helloTimer *time.Timer
+	helloErr   error
 }
 
 func newConn(client *ssh.Client, sess *ssh.Session, s *settings, log hclog.Logger) (*conn, error) {
@@ -72,7 +80,8 @@ func newConn(client *ssh.Client, sess *ssh.Session, s *settings, log hclog.Logge
 		sessDone:  make(chan struct{}),
 	}
 	agentLog := log.Named("agent").StandardWriter(&hclog.StandardLoggerOptions{InferLevels: true})
-	sess.Stderr = io.MultiWriter(agentLog, c.stderr)
+	c.marker = &markerWriter{w: io.MultiWriter(agentLog, c.stderr), seen: make(chan struct{})}
+	sess.Stderr = c.marker
 	c.stream = launcher.NewStreamConn(stdout, stdin, c.shutdown, c.desc)
 	return c, nil
 }
@@ -118,7 +127,16 @@ func (c *conn) Send(frame []byte) error {
 func (c *conn) Recv() ([]byte, error) {
 	frame, err := c.stream.Recv()
 	if err == nil {
+		if !c.helloSeen.Swap(true) && c.helloTimer != nil {
+			c.helloTimer.Stop()
+		}
 		return frame, nil
+	}
+	c.causeMu.Lock()
+	helloErr := c.helloErr
+	c.causeMu.Unlock()
+	if helloErr != nil {
+		return nil, helloErr
 	}
 	if c.closing.Load() {
 		return nil, io.EOF
@@ -173,6 +191,29 @@ func (c *conn) Recv() ([]byte, error) {
 	return nil, fmt.Errorf("node %s: agent session on %s: %w", c.node, c.desc, c.sessErr)
 }
 
+// awaitHello gives the agent d from now to send its first frame (its
+// Hello): an agent that does not (a prefix_command that never ends, an
+// agent stuck before it speaks) is stopped with the connection, which ends
+// its remote command (see watchdog), and Recv fails saying so.
+func (c *conn) awaitHello(d time.Duration) {
+	c.causeMu.Lock()
+	defer c.causeMu.Unlock()
+	c.helloTimer = time.AfterFunc(d, func() {
+		if c.helloSeen.Load() || c.closing.Load() {
+			return
+		}
+		err := fmt.Errorf("node %s: the agent on %s sent nothing within launch_timeout %s of its start (a prefix_command that does not end?): its remote command was stopped", c.node, c.desc, d)
+		if t := c.stderr.String(); t != "" {
+			err = fmt.Errorf("%w; its stderr: %s", err, t)
+		}
+		c.causeMu.Lock()
+		c.helloErr = err
+		c.causeMu.Unlock()
+		c.logger.Error("launch abandoned: the agent did not start", "launch_timeout", d)
+		_ = c.Close()
+	})
+}
+
 // lost is the error of a connection that went down.
 func (c *conn) lost() error {
 	c.causeMu.Lock()
@@ -195,6 +236,21 @@ func (c *conn) Close() error {
 
 func (c *conn) shutdown() error {
 	c.closing.Store(true)
+	c.causeMu.Lock()
+	if c.helloTimer != nil {
+		c.helloTimer.Stop()
+	}
+	c.causeMu.Unlock()
+	// A connection closed before the remote script started its watchdog
+	// could leave the script running: give it a moment to.
+	wait := time.NewTimer(startWait)
+	select {
+	case <-c.marker.seen:
+	case <-c.connDone:
+	case <-c.sessDone:
+	case <-wait.C:
+	}
+	wait.Stop()
 	_ = c.sess.Signal(ssh.SIGTERM)
 	_ = c.stdin.Close()
 	_ = c.sess.Close()
@@ -245,6 +301,46 @@ func (c *conn) keepaliveLoop() {
 			return
 		}
 	}
+}
+
+// startWait bounds how long Close waits for the remote script to start
+// its watchdog.
+const startWait = 5 * time.Second
+
+// markerWriter passes the agent's stderr on, less a first line that is
+// startMarker; seen closes once the first line is in (whatever it is).
+type markerWriter struct {
+	w    io.Writer
+	mu   sync.Mutex
+	buf  []byte
+	done bool
+	seen chan struct{}
+}
+
+func (m *markerWriter) Write(p []byte) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.done {
+		return m.w.Write(p)
+	}
+	m.buf = append(m.buf, p...)
+	i := bytes.IndexByte(m.buf, '\n')
+	if i < 0 && len(m.buf) < 4096 {
+		return len(p), nil
+	}
+	m.done = true
+	close(m.seen)
+	rest := m.buf
+	if i >= 0 && string(m.buf[:i]) == startMarker {
+		rest = m.buf[i+1:]
+	}
+	m.buf = nil
+	if len(rest) > 0 {
+		if _, err := m.w.Write(rest); err != nil {
+			return 0, err
+		}
+	}
+	return len(p), nil
 }
 
 // tail keeps the last bytes written to it.

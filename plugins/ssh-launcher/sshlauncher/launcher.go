@@ -7,8 +7,11 @@ package sshlauncher
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sort"
 	"strings"
@@ -39,13 +42,17 @@ type Launcher struct {
 	agentPlatform Platform
 	running       map[string]*conn
 	launches      map[string]int64 // agents started per node
+	// refused remembers, per node, a launch refused for good (credentials,
+	// host key) and the material it was refused with: while that stays the
+	// same, Launch answers without contacting the machine again.
+	refused map[string]refusal
 
 	uploads atomic.Int64
 }
 
 // New returns an unconfigured SSH launcher logging to logger.
 func New(logger hclog.Logger) *Launcher {
-	return &Launcher{logger: logger.Named("ssh"), running: map[string]*conn{}, launches: map[string]int64{}}
+	return &Launcher{logger: logger.Named("ssh"), running: map[string]*conn{}, launches: map[string]int64{}, refused: map[string]refusal{}}
 }
 
 // Uploads counts the agent uploads this launcher made.
@@ -137,20 +144,40 @@ func (l *Launcher) Launch(ctx context.Context, node *launcher.Node) (launcher.Co
 	if s.Verifier.Strategy() == hostkey.None {
 		log.Warn(`host key verification is off (strategy "none"): anyone able to intercept the connection can impersonate this build machine`)
 	}
+	material := s.material()
+	if err := l.refusedBefore(node.Name, material); err != nil {
+		return nil, launcher.Permanent(err)
+	}
 	start := time.Now()
 	client, err := connect(ctx, s, log)
 	if err != nil {
+		if launcher.IsPermanent(err) {
+			l.refuse(node.Name, material, err, log)
+		}
 		return nil, err
 	}
-	// Until the agent runs, ctx's end abandons the launch.
+	l.mu.Lock()
+	delete(l.refused, node.Name)
+	l.mu.Unlock()
+	// Until the agent runs, ctx's end or launch_timeout abandons the launch
+	// (closing the connection ends what it started remotely).
 	stopWatch := context.AfterFunc(ctx, func() { client.Close() })
+	var timedOut atomic.Bool
+	timer := time.AfterFunc(s.LaunchTimeout, func() {
+		timedOut.Store(true)
+		client.Close()
+	})
 	c, err := l.startAgent(client, s, bin, plat, log)
-	if !stopWatch() {
+	timer.Stop()
+	if !stopWatch() || timedOut.Load() {
 		if c != nil {
 			c.Close()
 		}
 		client.Close()
-		return nil, fmt.Errorf("launch on %s abandoned: %w", s.Description(), context.Cause(ctx))
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("launch on %s abandoned: %w", s.Description(), context.Cause(ctx))
+		}
+		return nil, fmt.Errorf("starting the agent on %s took longer than launch_timeout %s (last step: %v)", s.Description(), s.LaunchTimeout, err)
 	}
 	if err != nil {
 		client.Close()
@@ -158,6 +185,7 @@ func (l *Launcher) Launch(ctx context.Context, node *launcher.Node) (launcher.Co
 	}
 	log.Info("agent started", "agent", c.agentPath, "workdir", c.workdir, "took", time.Since(start).Round(time.Millisecond).String())
 	c.since = time.Now()
+	c.awaitHello(s.LaunchTimeout)
 	l.mu.Lock()
 	l.running[node.Name] = c
 	l.launches[node.Name]++
@@ -201,11 +229,33 @@ func (l *Launcher) stop(node string) {
 	}
 }
 
-// permanentError marks a launch failure that retrying cannot fix.
-type permanentError struct{ err error }
+// refusal is a launch refused for good, and the material it was refused
+// with (settings.material).
+type refusal struct {
+	material [32]byte
+	err      error
+}
 
-func (e *permanentError) Error() string { return e.err.Error() }
-func (e *permanentError) Unwrap() error { return e.err }
+// refusedBefore returns the error of the node's last launch when it was
+// refused for good with the same material.
+func (l *Launcher) refusedBefore(node string, material [32]byte) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if r, ok := l.refused[node]; ok && r.material == material {
+		return r.err
+	}
+	return nil
+}
+
+// refuse remembers a launch refused for good and logs it, once per change
+// of the material: it is an operator's matter (a possible man in the
+// middle, a changed password), not a network hiccup.
+func (l *Launcher) refuse(node string, material [32]byte, err error, log hclog.Logger) {
+	l.mu.Lock()
+	l.refused[node] = refusal{material: material, err: err}
+	l.mu.Unlock()
+	log.Error("launch refused: not retried until the node's configuration, its key or known_hosts file changes (or the server restarts)", "error", err)
+}
 
 // connect dials s with retries: each attempt is bounded by launch_timeout,
 // failures other than a refused host key or refused credentials are retried
@@ -216,9 +266,8 @@ func connect(ctx context.Context, s *settings, log hclog.Logger) (*ssh.Client, e
 		if err == nil {
 			return client, nil
 		}
-		var perm *permanentError
-		if errors.As(err, &perm) {
-			return nil, perm.err
+		if launcher.IsPermanent(err) {
+			return nil, err
 		}
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("connect to %s: %w (last error: %v)", s.Description(), context.Cause(ctx), err)
@@ -240,6 +289,16 @@ func connect(ctx context.Context, s *settings, log hclog.Logger) (*ssh.Client, e
 // dial makes one connection attempt: TCP, SSH handshake, host key check
 // and authentication, all within launch_timeout.
 func dial(ctx context.Context, s *settings) (*ssh.Client, error) {
+	// tried lists the authentication methods the server let us try, in
+	// order: a handshake that fails after one of them failed on the
+	// credentials, not on the network.
+	var triedMu sync.Mutex
+	var tried []string
+	try := func(method string) {
+		triedMu.Lock()
+		tried = append(tried, method)
+		triedMu.Unlock()
+	}
 	cfg := &ssh.ClientConfig{
 		User:              s.User,
 		HostKeyCallback:   s.Verifier.Callback(),
@@ -248,11 +307,19 @@ func dial(ctx context.Context, s *settings) (*ssh.Client, error) {
 		Timeout:           s.LaunchTimeout,
 	}
 	if s.Signer != nil {
-		cfg.Auth = append(cfg.Auth, ssh.PublicKeys(s.Signer))
+		signer := s.Signer
+		cfg.Auth = append(cfg.Auth, ssh.PublicKeysCallback(func() ([]ssh.Signer, error) {
+			try("publickey")
+			return []ssh.Signer{signer}, nil
+		}))
 	}
 	if s.Password != "" {
 		pw := s.Password
-		cfg.Auth = append(cfg.Auth, ssh.Password(pw), ssh.KeyboardInteractive(func(_, _ string, questions []string, echos []bool) ([]string, error) {
+		cfg.Auth = append(cfg.Auth, ssh.PasswordCallback(func() (string, error) {
+			try("password")
+			return pw, nil
+		}), ssh.KeyboardInteractive(func(_, _ string, questions []string, echos []bool) ([]string, error) {
+			try("keyboard-interactive")
 			answers := make([]string, len(questions))
 			for i := range questions {
 				if !echos[i] {
@@ -286,15 +353,41 @@ func dial(ctx context.Context, s *settings) (*ssh.Client, error) {
 	}
 	if err != nil {
 		nc.Close()
+		triedMu.Lock()
+		methods := strings.Join(tried, ", ")
+		triedMu.Unlock()
 		switch {
 		case hostkey.IsVerificationError(err):
-			return nil, &permanentError{fmt.Errorf("connect to %s: %w", s.Addr(), unwrapHandshake(err))}
-		case strings.Contains(err.Error(), "unable to authenticate"):
-			return nil, &permanentError{fmt.Errorf("connect to %s: authentication as %q refused: %w", s.Addr(), s.User, err)}
+			return nil, launcher.Permanent(fmt.Errorf("connect to %s: %w", s.Addr(), unwrapHandshake(err)))
+		case authRefused(err, methods != ""):
+			if methods == "" {
+				methods = "none"
+			}
+			return nil, launcher.Permanent(fmt.Errorf("connect to %s: authentication as %q refused (tried %s): %w", s.Addr(), s.User, methods, err))
 		}
 		return nil, fmt.Errorf("ssh handshake with %s: %w", s.Addr(), err)
 	}
 	return ssh.NewClient(sc, chans, reqs), nil
+}
+
+// authRefused tells a handshake that failed on the credentials from one
+// the network broke: the library's "unable to authenticate" once every
+// method failed, or a protocol error after a method was tried (with
+// keyboard-interactive offered but no prompt, as OpenSSH does with UsePAM
+// no, a refused password ends in "unexpected message type 51").
+func authRefused(err error, triedOne bool) bool {
+	msg := err.Error()
+	if strings.Contains(msg, "unable to authenticate") {
+		return true
+	}
+	if !triedOne || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) {
+		return false
+	}
+	var ne net.Error
+	if errors.As(err, &ne) {
+		return false
+	}
+	return strings.Contains(msg, "unexpected message")
 }
 
 // unwrapHandshake returns the *hostkey.Error inside err, dropping the
@@ -352,33 +445,57 @@ func (l *Launcher) startAgent(client *ssh.Client, s *settings, bin string, plat 
 		return nil, err
 	}
 	c.agentPath, c.workdir = agentPath, workdir
-	cmd := agentCommand(s, agentPath, workdir)
-	log.Debug("starting agent", "command", cmd)
+	envEnd := envTerminator()
+	cmd := agentCommand(s, agentPath, workdir, envEnd)
+	log.Debug("starting agent", "command", cmd, "env", envNames(s.Env))
 	if err := sess.Start(cmd); err != nil {
 		sess.Close()
 		return nil, fmt.Errorf("%s: start agent: %w", s.Description(), err)
+	}
+	if len(s.Env) > 0 {
+		// The values go over stdin, never on a command line (ps on the
+		// build host shows command lines to every user).
+		if _, err := io.WriteString(c.stdin, envScript(s.Env, envEnd)); err != nil {
+			sess.Close()
+			return nil, fmt.Errorf("%s: hand the agent its env: %w", s.Description(), err)
+		}
 	}
 	c.run()
 	return c, nil
 }
 
-// agentCommand is the remote shell command that starts the agent.
-func agentCommand(s *settings, agentPath, workdir string) string {
+// watchdog runs beside the agent on the build host, as
+// `/bin/sh -c watchdog conveyor-ssh-watchdog PGID PPID`: once the sshd
+// process that ran the launch command is gone (the connection closed:
+// Teardown, an abandoned launch, the master or the plugin stopped or
+// killed, the network lost), it ends the launch command's process group
+// (sshd makes each session's command a session leader), so that nothing
+// the launcher started remotely outlives its connection: not the agent,
+// not a prefix_command that never started it.
+//
+// A parent that is already init (the connection closed before the script
+// ran) counts as gone.
+const watchdog = `trap "" TERM; while [ "$2" != 1 ] && { kill -0 "$2" 2>/dev/null || ps -p "$2" >/dev/null 2>&1; }; do sleep 1; done; kill -TERM -"$1" 2>/dev/null; sleep 5; kill -KILL -"$1" 2>/dev/null`
+
+// startMarker is the first line the remote script writes to stderr, once
+// its watchdog runs: closing the connection before it could leave the
+// script running with no watchdog, so Close waits for it (a moment).
+const startMarker = "conveyor-ssh-launcher: watchdog running"
+
+// agentCommand is the remote shell command that starts the agent: a
+// /bin/sh script that starts the watchdog, says so on stderr, reads the env (when there is
+// one) from stdin up to the line envEnd, then changes to the workdir and
+// runs the agent, through prefix_command when one is set.
+func agentCommand(s *settings, agentPath, workdir, envEnd string) string {
 	q := upload.Quote
 	var b strings.Builder
-	b.WriteString("mkdir -p " + q(workdir) + " && cd " + q(workdir))
+	// One line, as before: a csh login shell refuses newlines in quotes.
+	b.WriteString("/bin/sh -c " + q(watchdog) + ` conveyor-ssh-watchdog $$ $PPID </dev/null >/dev/null 2>&1 & `)
+	b.WriteString("echo " + q(startMarker) + " >&2; ")
 	if len(s.Env) > 0 {
-		keys := make([]string, 0, len(s.Env))
-		for k := range s.Env {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		b.WriteString(" && export")
-		for _, k := range keys {
-			b.WriteString(" " + k + "=" + q(s.Env[k]))
-		}
+		b.WriteString(`nl=$(printf '\nx'); nl=${nl%x}; e=; while IFS= read -r l && [ "$l" != ` + q(envEnd) + ` ]; do e="$e$l$nl"; done; eval "$e"; unset e l nl; `)
 	}
-	b.WriteString(" && ")
+	b.WriteString("mkdir -p " + q(workdir) + " && cd " + q(workdir) + " && ")
 	if s.PrefixCommand == "" {
 		// exec: the agent is the session's process and gets its signals.
 		b.WriteString("exec ")
@@ -389,5 +506,35 @@ func agentCommand(s *settings, agentPath, workdir string) string {
 	if s.SuffixCommand != "" {
 		b.WriteString(" " + s.SuffixCommand)
 	}
+	return "exec /bin/sh -c " + q(b.String())
+}
+
+// envScript is what agentCommand's script reads from stdin: the env as
+// shell exports, then the line envEnd.
+func envScript(env map[string]string, envEnd string) string {
+	keys := envNames(env)
+	var b strings.Builder
+	b.WriteString("export")
+	for _, k := range keys {
+		b.WriteString(" " + k + "=" + upload.Quote(env[k]))
+	}
+	b.WriteString("\n" + envEnd + "\n")
 	return b.String()
+}
+
+// envTerminator is a line no env value holds by chance.
+func envTerminator() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return "CONVEYOR_ENV_END_" + hex.EncodeToString(b[:])
+}
+
+// envNames returns the env's names, sorted: what may be logged of it.
+func envNames(env map[string]string) []string {
+	keys := make([]string, 0, len(env))
+	for k := range env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }

@@ -11,9 +11,11 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 
@@ -78,8 +80,28 @@ func TestEncryptedKey(t *testing.T) {
 	pingPong(t, f.launch(n), 1)
 }
 
+// TestPasswordAuth logs in with a password, with sshd's default
+// keyboard-interactive on and off. A refused password is refused for good:
+// one attempt, logged at ERROR once, answered from memory (no new login
+// attempt in the host's auth log, which fail2ban watches) until the
+// password changes.
 func TestPasswordAuth(t *testing.T) {
-	f := newFixture(t, sshdtest.Options{Password: "hunter2-" + t.Name()})
+	for _, tc := range []struct {
+		name string
+		opts sshdtest.Options
+	}{
+		{"keyboard-interactive on (sshd's default)", sshdtest.Options{}},
+		{"keyboard-interactive off", sshdtest.Options{NoKbdInteractive: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.opts.Password = "hunter2-" + strings.ReplaceAll(t.Name(), " ", "_")
+			testPasswordAuth(t, tc.opts)
+		})
+	}
+}
+
+func testPasswordAuth(t *testing.T, opts sshdtest.Options) {
+	f := newFixture(t, opts)
 	node := fmt.Sprintf(`
 host = "127.0.0.1"
 port = %d
@@ -91,17 +113,29 @@ retry_wait = "1h"
 host_key_verification {
   host_key = %q
 }
-`, f.srv.Port, f.srv.User, "hunter2-"+t.Name(), f.agentPath(), f.srv.HostKeyLine())
+`, f.srv.Port, f.srv.User, opts.Password, f.agentPath(), f.srv.HostKeyLine())
 	n := f.mustConfigure("", node)
 	pingPong(t, f.launch(n), 1)
 	f.l.Teardown(context.Background(), "n1")
 
 	// A refused password is not retried (retry_wait is an hour).
 	n = f.mustConfigure("", strings.Replace(node, "hunter2-", "wrong-", 1))
-	_, err := f.l.Launch(context.Background(), n)
-	if err == nil || !strings.Contains(err.Error(), "authentication as") {
-		t.Fatalf("Launch with a wrong password: %v", err)
+	for i := range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		_, err := f.l.Launch(ctx, n)
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), `authentication as "`+f.srv.User+`" refused`) || !launcher.IsPermanent(err) {
+			t.Fatalf("Launch %d with a wrong password: %v (permanent %v), want a permanent refusal", i+1, err, launcher.IsPermanent(err))
+		}
 	}
+	if got := strings.Count(f.srv.Log(), "Failed password"); got != 1 {
+		t.Errorf("sshd logged %d failed passwords for 3 launches, want 1:\n%s", got, f.srv.Log())
+	}
+	if got := f.log.count("[ERROR] ssh.n1: launch refused"); got != 1 {
+		t.Errorf("the refusal was logged at ERROR %d times, want once:\n%s", got, f.log.String())
+	}
+	// The right password again: the launch goes ahead.
+	pingPong(t, f.launch(f.mustConfigure("", node)), 1)
 }
 
 func TestHostKeyRefused(t *testing.T) {
@@ -134,6 +168,9 @@ func TestHostKeyRefused(t *testing.T) {
 			if err == nil {
 				t.Fatal("Launch succeeded")
 			}
+			if !launcher.IsPermanent(err) {
+				t.Errorf("a refused host key is not permanent: %v", err)
+			}
 			for _, want := range tc.expect {
 				if !strings.Contains(err.Error(), want) {
 					t.Errorf("error %q does not contain %q", err, want)
@@ -141,6 +178,126 @@ func TestHostKeyRefused(t *testing.T) {
 			}
 		})
 	}
+
+	// Launching again with the same known_hosts file does not contact the
+	// host; the refusal was logged at ERROR once. Once the file lists the
+	// right key, the launch goes ahead.
+	n := f.mustConfigure("", f.node("host_key_verification", fmt.Sprintf(`known_hosts_file = %q`, wrongKnownHosts)))
+	if _, err := f.l.Launch(context.Background(), n); !launcher.IsPermanent(err) {
+		t.Fatalf("Launch: %v, want a permanent refusal", err)
+	}
+	before, errors := strings.Count(f.srv.Log(), "Connection from"), f.log.count("[ERROR] ssh.n1: launch refused")
+	for range 3 {
+		if _, err := f.l.Launch(context.Background(), n); !launcher.IsPermanent(err) || !strings.Contains(err.Error(), ssh.FingerprintSHA256(f.srv.HostKey())) {
+			t.Fatalf("Launch again: %v, want the permanent refusal with the fingerprints", err)
+		}
+	}
+	if got := strings.Count(f.srv.Log(), "Connection from"); got != before {
+		t.Errorf("%d new connections to the host for launches already refused, want none", got-before)
+	}
+	if got := f.log.count("[ERROR] ssh.n1: launch refused"); got != errors {
+		t.Errorf("a refusal already logged was logged again (%d times)", got-errors)
+	}
+	known, err := os.ReadFile(f.srv.KnownHostsFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, wrongKnownHosts, string(known))
+	pingPong(t, f.launch(n), 1)
+}
+
+// TestAgentThatNeverSpeaksIsStopped: a remote command that never starts
+// the agent (a prefix_command that does not end) fails the launch after
+// launch_timeout, and nothing it started stays on the host.
+func TestAgentThatNeverSpeaksIsStopped(t *testing.T) {
+	f := newFixture(t, sshdtest.Options{})
+	// A first launch uploads the agent, so that the next ones only check
+	// it (launch_timeout bounds the agent's start too, and the machine
+	// may be busy).
+	f.launch(f.mustConfigure("", f.baseNode())).Close()
+	n := f.mustConfigure("", f.node("prefix_command", `"sleep 3601 &&"`, "launch_timeout", `"15s"`))
+	c := f.launch(n)
+	eventually(t, "the prefix command to run", func() bool { return slices.Contains(hostProcesses("sleep 3601"), "sleep 3601") })
+	err := recvErr(t, c)
+	if err == nil || !strings.Contains(err.Error(), "sent nothing within launch_timeout 15s") {
+		t.Fatalf("Recv from an agent that never started: %v", err)
+	}
+	eventually(t, "the remote command to end", func() bool { return len(hostProcesses("sleep 3601")) == 0 })
+
+	// Closing the connection mid-launch (the master stopping) ends the
+	// remote command as well.
+	n = f.mustConfigure("", f.node("prefix_command", `"sleep 3601 &&"`, "launch_timeout", `"1h"`))
+	c = f.launch(n)
+	eventually(t, "the prefix command to run", func() bool { return slices.Contains(hostProcesses("sleep 3601"), "sleep 3601") })
+	c.Close()
+	eventually(t, "the remote command to end", func() bool { return len(hostProcesses("sleep 3601")) == 0 })
+}
+
+// TestEnvNeverOnACommandLine: env values reach the agent, but no process
+// on the build host shows them in its command line and no log line holds
+// them, with or without a prefix_command.
+func TestEnvNeverOnACommandLine(t *testing.T) {
+	f := newFixture(t, sshdtest.Options{})
+	secret := "tok-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	dir := t.TempDir()
+	record := filepath.Join(dir, "record")
+	script := filepath.Join(dir, "agent.sh")
+	writeFile(t, script, fmt.Sprintf("#!/bin/sh\necho \"SECRET_TOKEN=$SECRET_TOKEN\" > %q\nexec %q\n", record, pongAgent))
+	global := fmt.Sprintf("agent_binary = %q", script)
+	for _, prefix := range []string{"", `"sleep 2 &&"`} {
+		n := f.mustConfigure(global, f.node("prefix_command", prefix, "env", fmt.Sprintf(`{ SECRET_TOKEN = %q }`, secret)))
+		// Watch every command line on the host while the agent starts
+		// (the prefix holds the remote shell for 2 s) and runs.
+		stop, seen := make(chan struct{}), make(chan []string, 1)
+		go func() {
+			var found []string
+			defer func() { seen <- found }()
+			for {
+				if ps := hostProcesses(secret); len(ps) > 0 && found == nil {
+					found = ps
+				}
+				select {
+				case <-stop:
+					return
+				case <-time.After(20 * time.Millisecond):
+				}
+			}
+		}()
+		c := f.launch(n)
+		pingPong(t, c, 1)
+		close(stop)
+		if ps := <-seen; len(ps) > 0 {
+			t.Errorf("prefix %s: the env value is on a command line on the build host: %q", prefix, ps)
+		}
+		rec, err := os.ReadFile(record)
+		if err != nil || string(rec) != "SECRET_TOKEN="+secret+"\n" {
+			t.Errorf("prefix %s: the agent saw %q (%v), want the value", prefix, rec, err)
+		}
+		f.l.Teardown(context.Background(), "n1")
+	}
+	if strings.Contains(f.log.String(), secret) {
+		t.Errorf("the launcher logged the env value:\n%s", f.log.String())
+	}
+}
+
+// hostProcesses returns the command lines of the processes on this machine
+// (the build host of the tests) holding substr.
+func hostProcesses(substr string) []string {
+	entries, _ := os.ReadDir("/proc")
+	var out []string
+	for _, e := range entries {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		if cmd := strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " ")); strings.Contains(cmd, substr) {
+			out = append(out, cmd)
+		}
+	}
+	return out
 }
 
 func TestManualHostKeyAccepted(t *testing.T) {

@@ -7,6 +7,9 @@
 //	echo   the arguments, one per line
 //	mode   whether Configure ran in validate-only mode
 //	fail   a line of output, then an error
+//
+// A node whose greeting is "refuse" fails to launch, "refuse-permanent"
+// fails with a launcher.Permanent error.
 package main
 
 import (
@@ -64,6 +67,16 @@ func (c *commander) Configure(_ context.Context, cfg *launcher.Config) error {
 }
 
 func (c *commander) Launch(_ context.Context, node *launcher.Node) (launcher.Conn, error) {
+	// Greetings "refuse" and "refuse-permanent" fail the launch, the
+	// second with a Permanent error.
+	var nc nodeConfig
+	_ = node.Decode(&nc)
+	switch nc.Greeting {
+	case "refuse":
+		return nil, fmt.Errorf("refused as asked")
+	case "refuse-permanent":
+		return nil, launcher.Permanent(fmt.Errorf("refused for good as asked"))
+	}
 	_ = c.Teardown(context.Background(), node.Name)
 	conn := &pongConn{out: make(chan []byte, 64), done: make(chan struct{})}
 	c.mu.Lock()

@@ -1,0 +1,12 @@
+launcher "local" {}
+
+node "n1" {
+  launcher = "local"
+}
+
+job "j" {
+  step "s" {
+    run   = "cat"
+    stdin = file("/dev/zero")
+  }
+}

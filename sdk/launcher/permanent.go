@@ -1,0 +1,42 @@
+package launcher
+
+import (
+	"errors"
+	"time"
+)
+
+// PermanentRetry is how often the host asks again for a node whose launch
+// failed with a Permanent error.
+const PermanentRetry = time.Minute
+
+// Permanent marks err, returned by Launch, as a failure that launching
+// again cannot fix until the node's configuration, or the material it
+// names (a key file, a known_hosts file), changes: refused credentials, a
+// refused host key. It crosses the plugin boundary: the host's Launch
+// returns an error for which IsPermanent holds, with err's message.
+//
+// The host then stops relaunching the node on its backoff and shows err as
+// the node's reason; it asks again at most once every PermanentRetry, so
+// that a corrected known_hosts file is picked up without a restart. A
+// launcher answers such a repeated Launch from memory, without contacting
+// the machine again, while nothing it depends on changed (the SSH launcher
+// does: a refused password retried every minute gets the master banned by
+// fail2ban). A nil err stays nil.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &permanentError{err}
+}
+
+// IsPermanent reports whether err, or an error it wraps, was marked with
+// Permanent.
+func IsPermanent(err error) bool {
+	var p *permanentError
+	return errors.As(err, &p)
+}
+
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
