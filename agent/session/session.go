@@ -562,9 +562,9 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 	var broken <-chan struct{} // closed when a send on this connection failed
 	var ctl *controlSender     // sends the session's pings, pongs and acks
 	var ctlFailed <-chan struct{}
-	var dups duplicates // dropped since the last frame delivered
+	var dups reliable.DuplicateRun // dropped since the last frame delivered
 	defer func() {
-		dups.report(a.log)
+		dups.Report(a.log)
 		if ctl != nil {
 			ctl.stop()
 		}
@@ -724,13 +724,13 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 				a.log.Warn("dropped a replayed frame", "type", f.Type, "seq", f.Seq, "replayed", n)
 				continue
 			case reliable.Duplicate:
-				dups.add(f) // one line for the run, once it ends
+				dups.Add(f) // one line for the run, once it ends
 				continue
 			case reliable.Gap:
 				a.log.Debug("dropped a frame after a gap: it comes again", "type", f.Type, "seq", f.Seq)
 				continue
 			}
-			dups.report(a.log)
+			dups.Report(a.log)
 			lastSeen = time.Now()
 			if suspect != nil {
 				suspect.Stop()
@@ -782,30 +782,6 @@ func (a *Agent) hintResumed(t time.Time) {
 	if len(a.hintResumes) > hintBurst {
 		a.hintResumes = a.hintResumes[len(a.hintResumes)-hintBurst:]
 	}
-}
-
-// duplicates counts a run of duplicate frames (a resume resends what the
-// peer kept): one log line for the run instead of one per frame.
-type duplicates struct {
-	n           int
-	first, last uint64
-}
-
-func (d *duplicates) add(f *wire.Frame) {
-	if d.n == 0 {
-		d.first = f.Seq
-	}
-	d.n++
-	d.last = f.Seq
-}
-
-// report logs the run, if any, and starts a new one.
-func (d *duplicates) report(log hclog.Logger) {
-	if d.n == 0 {
-		return
-	}
-	log.Info("dropped duplicate frames (resent after a resume, or replayed)", "frames", d.n, "first_seq", d.first, "last_seq", d.last)
-	*d = duplicates{}
 }
 
 // controlSender sends a session's unnumbered frames (pings, pongs, acks,

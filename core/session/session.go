@@ -364,12 +364,12 @@ type Link struct {
 	resumable bool
 	frames    *reliable.Frames
 	stopRead  context.CancelFunc
-	pending   *wire.Frame // a Hello that arrived while serving
-	hinted    bool        // the agent was asked to resume the held session
-	dups      duplicates  // dropped since the last frame delivered
-	shook     bool        // Handshake ran on the link
-	offers    []*offer    // challenges sent while serving, newest last (see offerHello)
-	proven    *answer     // an offer the agent answered proving the secret: Handshake concludes it
+	pending   *wire.Frame           // a Hello that arrived while serving
+	hinted    bool                  // the agent was asked to resume the held session
+	dups      reliable.DuplicateRun // dropped since the last frame delivered
+	shook     bool                  // Handshake ran on the link
+	offers    []*offer              // challenges sent while serving, newest last (see offerHello)
+	proven    *answer               // an offer the agent answered proving the secret: Handshake concludes it
 
 	// OnReachable, when set, is told when a resumable link's agent falls
 	// silent for the heartbeat timeout (the session is held, Serve goes on
@@ -823,7 +823,7 @@ func (l *Link) Serve(ctx context.Context) error {
 	ep := s.ep
 	s.mu.Unlock()
 	err := l.serve(ctx, ep)
-	l.dups.report(s.log)
+	l.dups.Report(s.log)
 	if ctx.Err() != nil {
 		// The connection closing as ctx ends is no reason of its own.
 		err = context.Cause(ctx)
@@ -1038,13 +1038,13 @@ func (l *Link) handle(ep *reliable.Endpoint, f *wire.Frame) (bool, error) {
 		s.log.Warn("dropped a replayed or reordered frame", "type", f.Type, "seq", f.Seq)
 		return false, nil
 	case reliable.Duplicate:
-		l.dups.add(f) // one line for the run, once it ends
+		l.dups.Add(f) // one line for the run, once it ends
 		return false, nil
 	case reliable.Gap:
 		s.log.Debug("dropped a frame after a gap: it comes again", "type", f.Type, "seq", f.Seq)
 		return false, nil
 	}
-	l.dups.report(s.log)
+	l.dups.Report(s.log)
 	msg, err := f.Message()
 	if err != nil {
 		s.malformed.Add(1)

@@ -4,8 +4,6 @@ import (
 	"maps"
 	"sync"
 
-	"github.com/hashicorp/go-hclog"
-
 	"github.com/conveyor-ci/conveyor/sdk/wire"
 )
 
@@ -52,28 +50,4 @@ func (s *Session) AgentCounters() map[string]uint64 {
 	s.agent.mu.Lock()
 	defer s.agent.mu.Unlock()
 	return maps.Clone(s.agent.c)
-}
-
-// duplicates counts a run of duplicate frames (a resume resends what the
-// agent kept): one log line for the run instead of one per frame.
-type duplicates struct {
-	n           int
-	first, last uint64
-}
-
-func (d *duplicates) add(f *wire.Frame) {
-	if d.n == 0 {
-		d.first = f.Seq
-	}
-	d.n++
-	d.last = f.Seq
-}
-
-// report logs the run, if any, and starts a new one.
-func (d *duplicates) report(log hclog.Logger) {
-	if d.n == 0 {
-		return
-	}
-	log.Info("dropped duplicate frames (resent after a resume, or replayed)", "frames", d.n, "first_seq", d.first, "last_seq", d.last)
-	*d = duplicates{}
 }
