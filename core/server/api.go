@@ -388,14 +388,10 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	if err := s.reloadTokens(); err != nil {
-		writeError(w, http.StatusInternalServerError, err.Error())
-		return
+	if s.tokensChanged(w, r, "created", t) {
+		t.SHA256 = ""
+		writeJSON(w, http.StatusCreated, TokenResponse{Token: t, Secret: tok})
 	}
-	by, _ := identityOf(r.Context())
-	s.logger.Info("API token created", "name", t.Name, "role", t.Role, "by", by.Name)
-	t.SHA256 = ""
-	writeJSON(w, http.StatusCreated, TokenResponse{Token: t, Secret: tok})
 }
 
 // handleRevokeToken deletes a token: its API requests and its UI sessions
@@ -414,14 +410,23 @@ func (s *Server) handleRevokeToken(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
+	if s.tokensChanged(w, r, "revoked", t) {
+		t.SHA256 = ""
+		writeJSON(w, http.StatusOK, t)
+	}
+}
+
+// tokensChanged has the authenticator take the store's tokens after t was
+// created or revoked (what) and logs who did it. It reports false, having
+// answered the request with the error, when the tokens could not be read.
+func (s *Server) tokensChanged(w http.ResponseWriter, r *http.Request, what string, t store.Token) bool {
 	if err := s.reloadTokens(); err != nil {
 		writeError(w, http.StatusInternalServerError, err.Error())
-		return
+		return false
 	}
 	by, _ := identityOf(r.Context())
-	s.logger.Info("API token revoked", "name", t.Name, "role", t.Role, "by", by.Name)
-	t.SHA256 = ""
-	writeJSON(w, http.StatusOK, t)
+	s.logger.Info("API token "+what, "name", t.Name, "role", t.Role, "by", by.Name)
+	return true
 }
 
 // reloadTokens has the authenticator take the store's tokens.
