@@ -79,21 +79,7 @@ func TestKafka(t *testing.T) {
 	p := &proc{t: t, workdir: t.TempDir(), exited: make(chan struct{}), skipHellos: true}
 	p.cmd = exec.Command(agentBin, "-name", "k1", "-secret-file", secretFile, "-brokers", strings.Join(cfg.Brokers, ","),
 		"-topic-prefix", cfg.TopicPrefix, "-workdir", p.workdir, "-heartbeat", "500ms", "-log-level", "debug")
-	p.cmd.Stderr = syncWriter{p}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.exited)
-	}()
-	t.Cleanup(func() {
-		_ = p.cmd.Process.Kill()
-		<-p.exited
-		if t.Failed() {
-			t.Logf("agent log:\n%s", p.logText())
-		}
-	})
+	p.start()
 	waitFor(t, func() bool { return strings.Contains(p.logText(), "hello sent") })
 
 	master, in := kafkaMaster(t, ctx, cfg, "k1")
@@ -201,6 +187,28 @@ func TestKafka(t *testing.T) {
 	}
 }
 
+// start starts the agent command p.cmd over Kafka with its log collected,
+// waits for it in the background, and kills it when the test ends (its log
+// printed if the test failed).
+func (p *proc) start() {
+	p.t.Helper()
+	p.cmd.Stderr = syncWriter{p}
+	if err := p.cmd.Start(); err != nil {
+		p.t.Fatal(err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.exited)
+	}()
+	p.t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+		if p.t.Failed() {
+			p.t.Logf("agent log:\n%s", p.logText())
+		}
+	})
+}
+
 // waitFor waits until cond holds, checking it every few milliseconds.
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
@@ -234,21 +242,7 @@ func TestKafkaAuthFailureLogged(t *testing.T) {
 	p := &proc{t: t, workdir: t.TempDir(), exited: make(chan struct{})}
 	p.cmd = exec.Command(agentBin, "-name", "k1", "-secret-file", secretFile, "-brokers", strings.Join(cluster.ListenAddrs(), ","),
 		"-sasl-mechanism", mech, "-sasl-user", "k1", "-sasl-password-file", pwFile, "-workdir", p.workdir)
-	p.cmd.Stderr = syncWriter{p}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.exited)
-	}()
-	t.Cleanup(func() {
-		_ = p.cmd.Process.Kill()
-		<-p.exited
-		if t.Failed() {
-			t.Logf("agent log:\n%s", p.logText())
-		}
-	})
+	p.start()
 	waitFor(t, func() bool { return strings.Contains(p.logText(), "disconnected; reconnecting") })
 	if log := p.logText(); !strings.Contains(log, `kafka authentication failed for user \"k1\" (SCRAM-SHA-512)`) {
 		t.Errorf("the agent's log does not say that authentication failed:\n%s", log)
