@@ -61,8 +61,27 @@ const sessionKeyLabel = "conveyor-session-v1"
 // else does without the secret. Frames are never signed with it: each
 // direction signs with its own key derived from it (FrameKey, Keys).
 func SessionKey(secret, nonceAgent, nonceMaster []byte, session uint64) []byte {
+	return handshakeKey(secret, sessionKeyLabel, nonceAgent, nonceMaster, session)
+}
+
+// refusalKeyLabel separates the key of signed refusals from session keys.
+const refusalKeyLabel = "conveyor auth-refusal"
+
+// RefusalKey derives the key that signs the master's refusal
+// (AuthResult{OK: false}) of an agent whose Challenge proved the secret:
+// HMAC-SHA256(secret, "conveyor auth-refusal" || nonceAgent || nonceMaster
+// || session). The MAC (Sign) covers the frame's header and payload, the
+// reason included. Such an agent obeys only a refusal that verifies under
+// it: anyone who saw the Challenge could inject an unsigned one.
+func RefusalKey(secret, nonceAgent, nonceMaster []byte, session uint64) []byte {
+	return handshakeKey(secret, refusalKeyLabel, nonceAgent, nonceMaster, session)
+}
+
+// handshakeKey is HMAC-SHA256(secret, label || nonceAgent || nonceMaster
+// || session as 8 bytes big endian).
+func handshakeKey(secret []byte, label string, nonceAgent, nonceMaster []byte, session uint64) []byte {
 	m := hmac.New(sha256.New, secret)
-	m.Write([]byte(sessionKeyLabel))
+	m.Write([]byte(label))
 	m.Write(nonceAgent)
 	m.Write(nonceMaster)
 	var id [8]byte

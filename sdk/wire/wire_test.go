@@ -741,3 +741,36 @@ func TestFrameKeysBindDirection(t *testing.T) {
 		t.Error("roles")
 	}
 }
+
+// TestRefusalKey: the key of signed refusals is bound to the secret, the
+// nonces and the session, and is none of the session's keys (a refusal
+// cannot pass for a frame of the session, nor the reverse).
+func TestRefusalKey(t *testing.T) {
+	secret, na, nm := []byte("secret"), []byte("na"), []byte("nm")
+	key := RefusalKey(secret, na, nm, 42)
+	sk := SessionKey(secret, na, nm, 42)
+	keys := KeysFor(sk, RoleMaster)
+	for name, other := range map[string][]byte{
+		"session key":     sk,
+		"master key":      keys.Send,
+		"agent key":       keys.Receive,
+		"another secret":  RefusalKey([]byte("other"), na, nm, 42),
+		"another epoch":   RefusalKey(secret, []byte("na2"), nm, 42),
+		"another session": RefusalKey(secret, na, nm, 43),
+	} {
+		if bytes.Equal(key, other) {
+			t.Errorf("the refusal key equals the %s", name)
+		}
+	}
+	f := NewFrame(&AuthResult{OK: false, Reason: "refused"})
+	f.Session = 42
+	Sign(key, f)
+	if !Verify(key, f) {
+		t.Fatal("a signed refusal does not verify")
+	}
+	g := NewFrame(&AuthResult{OK: false, Reason: "another reason"})
+	g.Session, g.MAC = 42, f.MAC
+	if Verify(key, g) {
+		t.Error("the MAC of a refusal verifies with another reason")
+	}
+}
