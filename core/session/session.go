@@ -358,18 +358,20 @@ func (s *Session) stopHold() {
 
 // Link is one connection serving a node's session.
 type Link struct {
-	s         *Session
-	conn      launcher.Conn
-	secret    []byte
-	resumable bool
-	frames    *reliable.Frames
-	stopRead  context.CancelFunc
-	pending   *wire.Frame           // a Hello that arrived while serving
-	hinted    bool                  // the agent was asked to resume the held session
-	dups      reliable.DuplicateRun // dropped since the last frame delivered
-	shook     bool                  // Handshake ran on the link
-	offers    []*offer              // challenges sent while serving, newest last (see offerHello)
-	proven    *answer               // an offer the agent answered proving the secret: Handshake concludes it
+	s          *Session
+	conn       launcher.Conn
+	secret     []byte
+	resumable  bool
+	frames     *reliable.Frames
+	stopRead   context.CancelFunc
+	pending    *wire.Frame           // a Hello that arrived while serving
+	hinted     bool                  // the agent was asked to resume the held session
+	dups       reliable.DuplicateRun // dropped since the last frame delivered
+	shook      bool                  // Handshake ran on the link
+	offers     []*offer              // live challenges, newest last (see offerHello)
+	wrongN     int                   // answers in a row that did not prove the secret while no session lived
+	wrongSince time.Time             // when the first of them came
+	proven     *answer               // an offer the agent answered proving the secret: Handshake concludes it
 
 	// OnReachable, when set, is told when a resumable link's agent falls
 	// silent for the heartbeat timeout (the session is held, Serve goes on
@@ -449,7 +451,7 @@ func (l *Link) Handshake(ctx context.Context) (*Agent, bool, error) {
 	for {
 		if p := l.proven; p != nil {
 			l.proven = nil
-			agent, resumed, err := l.conclude(p.o, p.f, p.auth)
+			agent, resumed, err := l.conclude(p.o, p.f, p.legacy)
 			if errors.Is(err, errRetryHello) {
 				continue
 			}
@@ -470,7 +472,7 @@ func (l *Link) Handshake(ctx context.Context) (*Agent, bool, error) {
 		}
 		switch m := msg.(type) {
 		case *wire.Ping:
-			if f.Session != 0 {
+			if f.Session != 0 && !l.offered(f.Session) {
 				// A ping of a session this link has no key for (unknown, or
 				// held): an unsigned Pong would only be dropped as forged;
 				// tell the agent to say hello instead.
@@ -484,12 +486,35 @@ func (l *Link) Handshake(ctx context.Context) (*Agent, bool, error) {
 				s.log.Warn("ignored hello", "node", m.Node, "session", fmt.Sprintf("%016x", f.Session))
 				continue
 			}
-			agent, resumed, err := l.authenticate(ctx, f, m)
+			// Challenged, and remembered with the other live offers: a
+			// Hello injected meanwhile does not drop the offer the agent
+			// is answering.
+			if err := l.offerHello(f, m); err != nil {
+				return nil, false, err
+			}
+		case *wire.Auth:
+			o, legacy, mine := l.match(f, m)
+			switch {
+			case !mine:
+				l.closeStale(f.Session)
+				continue
+			case o == nil:
+				if err := l.wrongProof(f); err != nil {
+					return nil, false, err
+				}
+				continue
+			}
+			l.offers = nil
+			agent, resumed, err := l.conclude(o, f, legacy)
 			if errors.Is(err, errRetryHello) {
 				continue
 			}
 			return agent, resumed, err
 		default:
+			if l.offered(f.Session) {
+				s.stale.Add(1) // the agent of an offer resends: it comes again after the handshake
+				continue
+			}
 			l.closeStale(f.Session)
 		}
 	}
@@ -564,46 +589,6 @@ func (l *Link) hint(session uint64) {
 // maxClosedSessions bounds the memory of closeStale.
 const maxClosedSessions = 64
 
-func (l *Link) authenticate(ctx context.Context, hf *wire.Frame, hello *wire.Hello) (*Agent, bool, error) {
-	s := l.s
-	o, err := l.challenge(hello, hf)
-	if err != nil {
-		return nil, false, err
-	}
-	id := o.id
-	deadline := time.After(s.opts.HeartbeatTimeout)
-	for {
-		f, err := l.next(ctx, deadline)
-		if errors.Is(err, ErrAgentLost) {
-			s.log.Warn("agent did not answer the challenge", "timeout", s.opts.HeartbeatTimeout)
-			return nil, false, errRetryHello
-		}
-		if err != nil {
-			return nil, false, err
-		}
-		msg, err := f.Message()
-		if err != nil {
-			s.malformed.Add(1)
-			continue
-		}
-		if f.Session != id && f.Type != wire.TypeHello {
-			l.closeStale(f.Session)
-			continue
-		}
-		switch m := msg.(type) {
-		case *wire.Ping:
-			_ = l.sendRaw(&wire.Pong{Nonce: m.Nonce, UnixNano: m.UnixNano}, f.Session)
-		case *wire.Hello:
-			l.pending = f // the agent gave up on this handshake and started another
-			return nil, false, errRetryHello
-		case *wire.Auth:
-			return l.conclude(o, f, m)
-		default:
-			s.stale.Add(1)
-		}
-	}
-}
-
 // offer is a challenge the master sent for an agent's Hello: the session
 // it would start, or resume, once the agent proves the secret.
 type offer struct {
@@ -615,11 +600,11 @@ type offer struct {
 	by     time.Time // an answer after it is ignored
 }
 
-// answer is the agent's Auth for an offer.
+// answer is the agent's Auth proving the secret for an offer.
 type answer struct {
-	o    *offer
-	f    *wire.Frame
-	auth *wire.Auth
+	o      *offer
+	f      *wire.Frame
+	legacy bool // under the label of an agent that predates direction-bound frame keys
 }
 
 // challenge answers the Hello hf with a Challenge: for the current session
@@ -645,72 +630,137 @@ func (l *Link) challenge(hello *wire.Hello, hf *wire.Frame) (*offer, error) {
 	return o, nil
 }
 
-// conclude checks the agent's answer to offer o: a genuine proof
-// establishes the session; a proof of an agent that predates
-// direction-bound frame keys is refused with ErrAgentOutdated, any other
-// with ErrAuth, telling the agent why. While a session lives (held for its
-// agent) a wrong proof is no evidence about that agent — anyone can send
-// one —: it is counted as forged and the handshake waits for the next
-// Hello (errRetryHello), the node's state untouched.
-func (l *Link) conclude(o *offer, f *wire.Frame, m *wire.Auth) (*Agent, bool, error) {
+// conclude concludes offer o, whose Auth f proved the secret: it
+// establishes the session, unless the proof is under the label of an agent
+// that predates direction-bound frame keys (legacy): that one is refused
+// with ErrAgentOutdated, telling the agent why in a signed refusal.
+func (l *Link) conclude(o *offer, f *wire.Frame, legacy bool) (*Agent, bool, error) {
 	s := l.s
-	if wire.ProofEqual(m.Proof, wire.LegacyAgentProof(l.secret, o.nonceM, o.hello.Nonce)) {
-		_ = l.sendRaw(&wire.AuthResult{OK: false, Reason: ErrAgentOutdated.Error()}, o.id)
+	l.wrongN, l.wrongSince = 0, time.Time{}
+	if legacy {
+		l.refuse(o, ErrAgentOutdated.Error())
 		s.log.Warn("agent refused: it predates direction-bound frame keys", "node", s.opts.Node, "version", o.hello.AgentVersion)
 		return nil, false, ErrAgentOutdated
 	}
-	genuine := wire.ProofEqual(m.Proof, wire.AgentProof(l.secret, o.nonceM, o.hello.Nonce))
-	if !genuine && s.Live() {
-		s.forged.Add(1)
-		s.log.Warn("dropped an answer to a challenge that does not prove the secret: the held session waits for its agent", "session", fmt.Sprintf("%016x", o.id))
-		return nil, false, errRetryHello
-	}
-	if !genuine {
-		_ = l.sendRaw(&wire.AuthResult{OK: false, Reason: ErrAuth.Error()}, o.id)
-		s.log.Warn("agent failed authentication", "node", s.opts.Node)
-		return nil, false, ErrAuth
-	}
-	return l.established(o.ep, o.id, o.resume, f, o.hello, o.nonceM)
+	return l.established(o, f)
 }
 
-// maxOffers bounds the challenges a serving link waits answers for.
+// refuse sends the refusal of offer o, whose agent proved the secret,
+// signed under the offer's RefusalKey: such an agent obeys no other
+// refusal (anyone who saw the Challenge could inject one).
+func (l *Link) refuse(o *offer, reason string) {
+	f := wire.NewFrame(&wire.AuthResult{OK: false, Reason: reason})
+	f.Session = o.id
+	wire.Sign(wire.RefusalKey(l.secret, o.hello.Nonce, o.nonceM, o.id), f)
+	if b, err := f.Encode(); err == nil {
+		_ = l.conn.Send(b)
+	}
+}
+
+// maxOffers bounds the challenges a link waits answers for.
 const maxOffers = 8
 
-// offerHello answers a Hello that came while the session is served (its
-// agent heard, or silent and the session held): anyone able to write to
-// the transport can send one, so the session goes on, untouched, and the
-// Hello only gets a Challenge. An Auth proving the secret for it (the agent restarted, or resumes after
-// losing its own link) ends the serving with ErrRehello, and Handshake
-// concludes it (resume or new session); an Auth that does not is counted
-// as forged and changes nothing, the node's state included.
+// wrongProofsToReport is how many answers that do not prove the secret,
+// with no genuine one among or after them, make Handshake report ErrAuth
+// (see wrongProof).
+const wrongProofsToReport = 3
+
+// offerHello answers a Hello with a Challenge and remembers the offer (at
+// most maxOffers, each for the heartbeat timeout). While the session is
+// served (its agent heard, or silent and the session held) anyone able to
+// write to the transport can send a Hello, so the session goes on,
+// untouched. An Auth proving the secret for it (the agent restarted, or
+// resumes after losing its own link) ends the serving with ErrRehello, and
+// Handshake concludes it (resume or new session); during a handshake, it
+// concludes it at once. An Auth that does not is counted as forged and
+// changes nothing (wrongProof).
 func (l *Link) offerHello(hf *wire.Frame, hello *wire.Hello) error {
 	s := l.s
 	o, err := l.challenge(hello, hf)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrClosed, err)
 	}
+	l.prune()
 	if len(l.offers) >= maxOffers {
 		l.offers = l.offers[1:]
 	}
 	l.offers = append(l.offers, o)
-	s.log.Info("hello while serving the session: challenged it, the session goes on until the secret is proven",
-		"resume", o.resume, "session", fmt.Sprintf("%016x", o.id))
+	s.log.Info("hello: challenged it; nothing changes until the secret is proven",
+		"resume", o.resume, "session", fmt.Sprintf("%016x", o.id), "offers", len(l.offers))
 	return nil
 }
 
-// answerOffer handles an Auth for a challenge offerHello sent; it reports
-// whether f was one.
-func (l *Link) answerOffer(f *wire.Frame) (bool, error) {
-	s := l.s
+// prune forgets the offers whose time to be answered ran out.
+func (l *Link) prune() {
 	now := time.Now()
 	l.offers = slices.DeleteFunc(l.offers, func(o *offer) bool { return now.After(o.by) })
-	var mine []*offer
+}
+
+// offered reports whether a live offer names session id.
+func (l *Link) offered(id uint64) bool {
+	l.prune()
+	return slices.ContainsFunc(l.offers, func(o *offer) bool { return o.id == id })
+}
+
+// match finds the live offer whose secret the Auth f proves. mine says
+// whether any live offer names f's session; legacy whether the proof is
+// under the label of an agent that predates direction-bound frame keys.
+// A wrong proof removes no offer: an injected Auth cannot cancel the one
+// the agent is answering.
+func (l *Link) match(f *wire.Frame, m *wire.Auth) (o *offer, legacy, mine bool) {
+	l.prune()
 	for _, o := range l.offers {
-		if o.id == f.Session {
-			mine = append(mine, o)
+		if o.id != f.Session {
+			continue
+		}
+		mine = true
+		if wire.ProofEqual(m.Proof, wire.AgentProof(l.secret, o.nonceM, o.hello.Nonce)) {
+			return o, false, true
+		}
+		if wire.ProofEqual(m.Proof, wire.LegacyAgentProof(l.secret, o.nonceM, o.hello.Nonce)) {
+			return o, true, true
 		}
 	}
-	if len(mine) == 0 {
+	return nil, false, mine
+}
+
+// wrongProof handles an Auth for a live offer that does not prove the
+// secret. It is no evidence about the node's agent — anyone able to write
+// to the transport can send one —, so it is counted as forged and changes
+// no state. While a session lives (served or held for its agent) it is not
+// answered. While none lives it is refused, unsigned, with ErrAuth's
+// reason, so that an agent started with a wrong secret says so and backs
+// off (an agent whose challenge proved the secret ignores an unsigned
+// refusal); and Handshake reports ErrAuth (the node shows "wrong secret")
+// only once such answers kept coming for the heartbeat timeout
+// (wrongProofsToReport at least) without a genuine one: a healthy agent
+// would have proven the secret by then, so injected answers cannot
+// relabel a node whose agent connects.
+func (l *Link) wrongProof(f *wire.Frame) error {
+	s := l.s
+	s.forged.Add(1)
+	if s.Live() {
+		s.log.Warn("dropped an answer to a challenge that does not prove the secret: the session goes on", "session", fmt.Sprintf("%016x", f.Session))
+		return nil
+	}
+	_ = l.sendRaw(&wire.AuthResult{OK: false, Reason: ErrAuth.Error()}, f.Session)
+	now := time.Now()
+	if l.wrongN == 0 {
+		l.wrongSince = now
+	}
+	l.wrongN++
+	s.log.Warn("an answer to a challenge does not prove the secret: wrong secret, or injected", "node", s.opts.Node, "in_a_row", l.wrongN)
+	if l.wrongN >= wrongProofsToReport && now.Sub(l.wrongSince) >= s.opts.HeartbeatTimeout {
+		return ErrAuth
+	}
+	return nil
+}
+
+// answerOffer handles an Auth while the session is served; it reports
+// whether f answered one of the link's offers.
+func (l *Link) answerOffer(f *wire.Frame) (bool, error) {
+	s := l.s
+	if !l.offered(f.Session) {
 		return false, nil
 	}
 	msg, err := f.Message()
@@ -718,24 +768,19 @@ func (l *Link) answerOffer(f *wire.Frame) (bool, error) {
 		s.malformed.Add(1)
 		return true, nil
 	}
-	m := msg.(*wire.Auth)
-	for _, o := range mine {
-		if wire.ProofEqual(m.Proof, wire.AgentProof(l.secret, o.nonceM, o.hello.Nonce)) ||
-			wire.ProofEqual(m.Proof, wire.LegacyAgentProof(l.secret, o.nonceM, o.hello.Nonce)) {
-			l.offers, l.proven = nil, &answer{o: o, f: f, auth: m}
-			return true, ErrRehello
-		}
+	o, legacy, _ := l.match(f, msg.(*wire.Auth))
+	if o == nil {
+		return true, l.wrongProof(f)
 	}
-	l.offers = slices.DeleteFunc(l.offers, func(o *offer) bool { return slices.Contains(mine, o) })
-	s.forged.Add(1)
-	s.log.Warn("dropped an answer to a challenge that does not prove the secret: the session goes on", "session", fmt.Sprintf("%016x", f.Session))
-	return true, nil
+	l.offers, l.proven = nil, &answer{o: o, f: f, legacy: legacy}
+	return true, ErrRehello
 }
 
 // established installs the authenticated session (new or resumed) and
 // sends what the agent lacks.
-func (l *Link) established(ep *reliable.Endpoint, id uint64, resume bool, auth *wire.Frame, hello *wire.Hello, nonceM []byte) (*Agent, bool, error) {
+func (l *Link) established(o *offer, auth *wire.Frame) (*Agent, bool, error) {
 	s := l.s
+	ep, id, resume, hello, nonceM := o.ep, o.id, o.resume, o.hello, o.nonceM
 	if resume {
 		s.mu.Lock()
 		live := s.ep == ep && s.ended == nil
@@ -744,7 +789,7 @@ func (l *Link) established(ep *reliable.Endpoint, id uint64, resume bool, auth *
 		}
 		s.mu.Unlock()
 		if !live {
-			_ = l.sendRaw(&wire.AuthResult{OK: false, Reason: "the session ended meanwhile; say hello again"}, id)
+			l.refuse(o, "the session ended meanwhile; say hello again")
 			return nil, false, errRetryHello
 		}
 	}

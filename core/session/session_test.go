@@ -948,6 +948,11 @@ func TestHandshakeSucceeds(t *testing.T) {
 	}
 }
 
+// TestHandshakeWrongProof: while no session lives, an answer that does
+// not prove the secret is refused (unsigned) and counted as forged, and
+// the node is told "wrong secret" (ErrAuth) only once such answers kept
+// coming for the heartbeat timeout with no genuine one: one injected Auth
+// does not relabel the node. Before, the first wrong answer did.
 func TestHandshakeWrongProof(t *testing.T) {
 	otherSecret := []byte("another secret")
 	tests := []struct {
@@ -983,28 +988,55 @@ func TestHandshakeWrongProof(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h := newHarness(t, Options{})
+			const timeout = 200 * time.Millisecond
+			h := newHarness(t, Options{HeartbeatTimeout: timeout})
 			h.connect(false)
 			a := h.agent
 			a.secret = tt.agentSecret
 			hs := h.startHandshake()
 
-			a.hello(1)
+			// Each wrong answer is refused (unsigned) and counted as forged;
+			// Handshake reports ErrAuth only once they kept coming for the
+			// heartbeat timeout, wrongProofsToReport at least.
 			sameSecret := bytes.Equal(tt.agentSecret, testSecret)
-			f, ch := expect[*wire.Challenge](a)
-			if ok := wire.ProofEqual(ch.Proof, wire.MasterProof(a.secret, a.nonce, ch.Nonce)); ok != sameSecret {
-				t.Fatalf("master proof verifies under the agent's secret: %v, want %v", ok, sameSecret)
+			var first time.Time
+			var f *wire.Frame
+			var r handshakeResult
+			n := 0
+			for done := false; !done; {
+				a.hello(byte(1 + n))
+				var ch *wire.Challenge
+				f, ch = expect[*wire.Challenge](a)
+				if ok := wire.ProofEqual(ch.Proof, wire.MasterProof(a.secret, a.nonce, ch.Nonce)); ok != sameSecret {
+					t.Fatalf("master proof verifies under the agent's secret: %v, want %v", ok, sameSecret)
+				}
+				if n == 0 {
+					first = time.Now()
+				}
+				a.sendRaw(&wire.Auth{Proof: tt.proof(a, ch.Nonce, ch.Proof)}, f.Session, 1, nil)
+				n++
+				rf, res := expect[*wire.AuthResult](a)
+				want := wire.AuthResult{OK: false, Reason: "authentication failed: wrong secret"}
+				if rf.Session != f.Session || *res != want || len(rf.MAC) != 0 {
+					t.Errorf("agent got AuthResult %+v in session %x (MAC %x), want %+v in session %x, unsigned", *res, rf.Session, rf.MAC, want, f.Session)
+				}
+				select {
+				case r = <-hs:
+					done = true
+				case <-time.After(timeout / 4):
+				}
+				if n > 1000 {
+					t.Fatal("Handshake never reported the wrong secret")
+				}
 			}
-			a.sendRaw(&wire.Auth{Proof: tt.proof(a, ch.Nonce, ch.Proof)}, f.Session, 1, nil)
-
-			rf, res := expect[*wire.AuthResult](a)
-			want := wire.AuthResult{OK: false, Reason: "authentication failed: wrong secret"}
-			if rf.Session != f.Session || *res != want {
-				t.Errorf("agent got AuthResult %+v in session %x, want %+v in session %x", *res, rf.Session, want, f.Session)
-			}
-			r := wait(t, hs, "Handshake")
 			if !errors.Is(r.err, ErrAuth) || r.agent != nil || r.resumed {
 				t.Fatalf("Handshake = %v, %v, %v; want nil, false, ErrAuth", r.agent, r.resumed, r.err)
+			}
+			if n < wrongProofsToReport || time.Since(first) < timeout {
+				t.Errorf("ErrAuth after %d wrong answers in %v; want %d at least over %v", n, time.Since(first), wrongProofsToReport, timeout)
+			}
+			if c := h.s.Counters(); c.Forged != uint64(n) {
+				t.Errorf("counters %+v, want the %d wrong answers forged", c, n)
 			}
 			if h.s.ID() != 0 || h.s.Live() {
 				t.Errorf("ID() = %x, Live() = %v after a failed handshake, want 0, false", h.s.ID(), h.s.Live())
