@@ -2861,6 +2861,102 @@ func TestInjectedHelloLeavesSessionAlone(t *testing.T) {
 	}
 }
 
+// TestInjectedHelloDuringHandshake: while the master waits for the
+// agent's answer to its challenge — a link with no session yet, or a new
+// link of a held session —, injected Hellos get challenges of their own
+// and wrong Auths (for their challenges and for the agent's) are counted
+// as forged; the agent's genuine answer to its challenge still concludes
+// the handshake, and Handshake never reports a wrong secret. Before, each
+// injected Hello replaced the offer being answered (the agent's proof then
+// found no offer), and with no session a wrong Auth made the node
+// "authentication failed: wrong secret" at once.
+func TestInjectedHelloDuringHandshake(t *testing.T) {
+	for _, held := range []bool{false, true} {
+		t.Run(fmt.Sprintf("held=%v", held), func(t *testing.T) {
+			var h *harness
+			var step <-chan stepResult
+			var id uint64
+			if held {
+				var serve <-chan error
+				h, serve = established(t, Options{}, true)
+				step = h.running(context.Background(), &wire.RunStep{BuildID: "job#1"}, io.Discard)
+				id = h.s.ID()
+				h.linkLost(serve)
+				h.connect(true)
+			} else {
+				h = newHarness(t, Options{})
+				h.connect(false)
+			}
+			a := h.agent
+			next := func() (*wire.Frame, wire.Message) {
+				f, m := a.recv()
+				for isHint(f, m) {
+					f, m = a.recv()
+				}
+				return f, m
+			}
+			hs := h.startHandshake()
+			if held {
+				a.helloResume(1, id, a.ep.Acked())
+			} else {
+				a.hello(1)
+			}
+			mine, nonceM := a.challenge(true)
+			attacker := &testAgent{t: t, conn: a.conn, node: testNode, secret: []byte("guessed")}
+			wrong := 0
+			refused := func() {
+				t.Helper()
+				if held {
+					return // no answer while a session lives
+				}
+				f, m := next()
+				if r, ok := m.(*wire.AuthResult); !ok || r.OK || len(f.MAC) != 0 {
+					t.Fatalf("got %v %+v (MAC %x), want an unsigned refusal", f.Type, m, f.MAC)
+				}
+			}
+			for i := range 4 {
+				if i%2 == 1 && held {
+					attacker.helloResume(byte(10+i), id, 0)
+				} else {
+					attacker.hello(byte(10 + i))
+				}
+				f, m := next()
+				ch, ok := m.(*wire.Challenge)
+				if !ok {
+					t.Fatalf("got %v %+v, want a Challenge for the injected hello", f.Type, m)
+				}
+				attacker.sendRaw(&wire.Auth{Proof: wire.AgentProof(attacker.secret, ch.Nonce, attacker.nonce)}, f.Session, 1, nil)
+				wrong++
+				refused()
+				attacker.sendRaw(&wire.Auth{}, mine, 1, nil) // a wrong answer to the agent's challenge
+				wrong++
+				refused()
+			}
+			notYet(t, hs, "Handshake under injected hellos")
+			if held {
+				a.resendAfter(a.authenticate(mine, nonceM).Ack)
+				handshakeOK(t, hs, true)
+			} else {
+				a.authenticate(mine, nonceM)
+				handshakeOK(t, hs, false)
+			}
+			if h.s.ID() != mine {
+				t.Errorf("ID() = %x, want the agent's session %x", h.s.ID(), mine)
+			}
+			if c := h.s.Counters(); c.Forged != uint64(wrong) {
+				t.Errorf("counters %+v, want the %d wrong answers forged", c, wrong)
+			}
+			if held {
+				h.startServe()
+				a.send(&wire.Exit{BuildID: "job#1", Code: 0})
+				if r := wait(t, step, "RunStep"); r.err != nil || r.res.Code != 0 {
+					t.Fatalf("RunStep = %+v, %v; want exit 0 in the resumed session", r.res, r.err)
+				}
+			}
+		})
+	}
+}
+
 // TestUnacknowledgedCommandResentThenReset: a RunStep the agent, heard all
 // along, does not acknowledge is sent again after half the heartbeat
 // timeout; one never acknowledged resets the session after the heartbeat
