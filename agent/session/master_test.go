@@ -146,6 +146,10 @@ type master struct {
 	// acknowledged at once with an Ack frame. noPong: pings go unanswered.
 	holdAcks, ackEach, noPong bool
 
+	// beforeResult, when set, runs in accept once the agent's proof
+	// checked, before the accepting AuthResult goes (to inject frames).
+	beforeResult func(id uint64, h *wire.Hello, nonceM []byte)
+
 	serves sync.WaitGroup
 
 	wrap func(Conn) Conn // wraps the agent's end of each connection; nil: none
@@ -362,6 +366,9 @@ func (m *master) accept(hf *wire.Frame, h *wire.Hello, id uint64) {
 	}
 	if af.Seq != 1 || len(af.MAC) != 0 {
 		m.t.Fatalf("auth: seq %d, %d bytes of MAC; want seq 1, unsigned", af.Seq, len(af.MAC))
+	}
+	if m.beforeResult != nil {
+		m.beforeResult(id, h, nonceM)
 	}
 	keys := wire.KeysFor(wire.SessionKey(m.secret, h.Nonce, nonceM, id), wire.RoleMaster)
 	ep.Established(id, keys, af.Seq)

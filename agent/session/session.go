@@ -18,7 +18,6 @@ import (
 	"os"
 	"runtime"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -499,6 +498,7 @@ type handshake struct {
 	answered map[uint64]bool               // challenges answered, genuine or not
 	genuine  map[uint64]*reliable.Endpoint // the endpoint of each challenge whose master proved the secret
 	keys     map[uint64]wire.Keys          // frame keys of the genuine challenges
+	refusal  map[uint64][]byte             // the key of the master's signed refusal, per genuine challenge (wire.RefusalKey)
 	authBy   time.Time                     // when a genuine challenge's AuthResult is due
 }
 
@@ -513,7 +513,7 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 	var hs handshake
 	sendHello := func(fresh bool) error {
 		if fresh {
-			hs = handshake{answered: map[uint64]bool{}, genuine: map[uint64]*reliable.Endpoint{}, keys: map[uint64]wire.Keys{}}
+			hs = handshake{answered: map[uint64]bool{}, genuine: map[uint64]*reliable.Endpoint{}, keys: map[uint64]wire.Keys{}, refusal: map[uint64][]byte{}}
 		}
 		nonce := make([]byte, wire.NonceSize)
 		_, _ = rand.Read(nonce)
@@ -909,6 +909,7 @@ func (a *Agent) handshakeFrame(c Conn, cur *sess, hs *handshake, f *wire.Frame, 
 				ep.Begin(c)
 				hs.answered[f.Session], hs.genuine[f.Session] = true, ep
 				hs.keys[f.Session] = wire.KeysFor(wire.SessionKey(a.cfg.Secret, nonceA, m.Nonce, f.Session), wire.RoleAgent)
+				hs.refusal[f.Session] = wire.RefusalKey(a.cfg.Secret, nonceA, m.Nonce, f.Session)
 				hs.authBy = time.Now().Add(a.cfg.HeartbeatTimeout)
 				a.log.Debug("the master proved the secret: answering its challenge", "session", fmt.Sprintf("%016x", f.Session))
 				return nil, nil, ep.SendControl(&wire.Auth{Proof: wire.AgentProof(a.cfg.Secret, m.Nonce, nonceA)}, f.Session)
@@ -931,12 +932,23 @@ func (a *Agent) handshakeFrame(c Conn, cur *sess, hs *handshake, f *wire.Frame, 
 		switch {
 		case !hs.answered[f.Session]:
 			a.stale.Add(1)
-		case !m.OK && ep != nil && strings.Contains(m.Reason, "wrong secret"):
-			// The master proved the secret, so a refusal of our proof as
-			// a wrong secret means it does not take this agent's proof: it
-			// predates the direction-bound frame keys (docs/protocol.md).
-			return nil, nil, fmt.Errorf("%w: %s (the master proved it holds the node's secret: a master older than this agent refuses its proof; upgrade the master)", ErrRefused, m.Reason)
+		case !m.OK && ep != nil && wire.Verify(hs.refusal[f.Session], f):
+			return nil, nil, fmt.Errorf("%w: %s", ErrRefused, m.Reason)
+		case !m.OK && len(hs.genuine) > 0:
+			// A master proved the secret in this handshake: it signs its
+			// refusals of this agent's genuine proof (wire.RefusalKey).
+			// Anyone who saw the Challenge can inject an unsigned one (it
+			// would make the agent back off), and a refusal of a challenge
+			// that did not prove the secret concerns no master of ours.
+			// An older master refuses this agent's proof unsigned, as a
+			// wrong secret: the log says so.
+			n := a.forged.Add(1)
+			a.log.Warn("ignored a refusal that the master did not sign: forged, or a master older than this agent (upgrade the master)",
+				"session", fmt.Sprintf("%016x", f.Session), "reason", m.Reason, "forged", n)
 		case !m.OK:
+			// No challenge proved the secret: the master holds another
+			// secret (or none answered yet), and cannot sign for this
+			// agent.
 			return nil, nil, fmt.Errorf("%w: %s", ErrRefused, m.Reason)
 		case ep == nil || m.Session != f.Session:
 			a.stale.Add(1) // accepted without our proof: not our master

@@ -1217,3 +1217,56 @@ func TestReflectedFramesForged(t *testing.T) {
 		t.Fatalf("counters %+v, want the 2 reflected frames forged", c)
 	}
 }
+
+// TestForgedRefusalIgnored: once the master's Challenge proved the secret,
+// the agent obeys only a refusal signed under the handshake's RefusalKey:
+// an unsigned one (anyone who saw the Challenge can send it), one signed
+// under another key, and one whose reason was changed under a genuine MAC
+// are counted as forged and ignored, and the master's acceptance that
+// follows establishes the session. Before, the unsigned refusal made the
+// agent log an error and back off.
+func TestForgedRefusalIgnored(t *testing.T) {
+	secret := []byte("s3cret")
+	m, a, _ := start(t, Config{Node: "n1", Secret: secret, RetryMin: time.Minute, RetryMax: time.Minute})
+	m.beforeResult = func(id uint64, h *wire.Hello, nonceM []byte) {
+		m.raw(craft(&wire.AuthResult{OK: false, Reason: "authentication failed: wrong secret"}, id, 0, nil))
+		keys := wire.KeysFor(wire.SessionKey(secret, h.Nonce, nonceM, id), wire.RoleMaster)
+		m.raw(craft(&wire.AuthResult{OK: false, Reason: "refused"}, id, 0, keys.Send))
+		genuine := craft(&wire.AuthResult{OK: false, Reason: "refused"}, id, 0, wire.RefusalKey(secret, h.Nonce, nonceM, id))
+		altered := craft(&wire.AuthResult{OK: false, Reason: "refused, altered"}, id, 0, nil)
+		altered.MAC = genuine.MAC
+		m.raw(altered)
+	}
+	m.handshake(0x55)
+	m.beforeResult = nil
+	out, exit := m.runStep(&wire.RunStep{BuildID: "b#1", Command: "echo ok"})
+	if exit.Code != 0 || out != "ok\n" {
+		t.Fatalf("step: exit %+v, output %q; want the session established despite the forged refusals", exit, out)
+	}
+	if c := a.Counters(); c.Forged != 3 {
+		t.Fatalf("counters %+v, want the 3 forged refusals counted", c)
+	}
+}
+
+// TestSignedRefusalObeyed: a refusal signed under the handshake's
+// RefusalKey is the master's: the agent backs off and says hello again,
+// counting nothing as forged.
+func TestSignedRefusalObeyed(t *testing.T) {
+	secret := []byte("s3cret")
+	m, a, _ := start(t, Config{Node: "n1", Secret: secret, RetryMin: 10 * time.Millisecond})
+	hf, h := m.hello()
+	nonceM := make([]byte, wire.NonceSize)
+	_, _ = rand.Read(nonceM)
+	m.raw(craft(&wire.Challenge{Nonce: nonceM, Proof: wire.MasterProof(secret, h.Nonce, nonceM)}, 0x66, hf.Seq, nil))
+	if f := m.handshakeFrame(); f.Type != wire.TypeAuth || f.Session != 0x66 {
+		t.Fatalf("got %v on %x, want the agent's Auth", f.Type, f.Session)
+	}
+	m.raw(craft(&wire.AuthResult{OK: false, Reason: "the session ended meanwhile; say hello again"}, 0x66, 0, wire.RefusalKey(secret, h.Nonce, nonceM, 0x66)))
+	_, h2 := m.hello()
+	if bytes.Equal(h2.Nonce, h.Nonce) {
+		t.Fatal("the hello after the refusal reuses the nonce")
+	}
+	if c := a.Counters(); c.Forged != 0 {
+		t.Fatalf("counters %+v: a signed refusal is not forged", c)
+	}
+}

@@ -216,7 +216,7 @@ func TestKafkaBuildsEndToEnd(t *testing.T) {
 		}
 	})
 	t.Run("wrong-secret-refused", func(t *testing.T) {
-		c.WaitFor("kafka-3 to be refused", 60*time.Second, func() bool {
+		c.WaitFor("kafka-3 to be refused", 120*time.Second, func() bool {
 			return strings.Contains(c.Node("kafka-3").Reason, "authentication failed: wrong secret")
 		})
 		if st := c.Node("kafka-3").State; st == nodes.StateOnline {
