@@ -687,9 +687,20 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 					// A master without the session's key (restarted, or on a
 					// new connection before the resume) cannot sign: its
 					// Close is a hint to resume, and an older master's
-					// unsigned Pong says as much. Expected, not forged.
-					n := a.hints.Add(1)
-					a.log.Debug("unsigned hint of the master: it has no key for the session", "type", f.Type, "hints", n)
+					// unsigned Pong says as much. Expected, not forged, as
+					// long as hints come at the rate they make the agent
+					// resume (hintAllowed); beyond it they are counted as
+					// forged, so that an injection campaign shows in the
+					// counters the master reports.
+					now := time.Now()
+					allowed := a.hintAllowed()
+					if now.Before(allowed) {
+						n := a.forged.Add(1)
+						a.log.Warn("unsigned hint beyond the hints' rate: counted as forged", "type", f.Type, "forged", n)
+					} else {
+						n := a.hints.Add(1)
+						a.log.Debug("unsigned hint of the master: it has no key for the session", "type", f.Type, "hints", n)
+					}
 					if f.Type != wire.TypeClose {
 						continue
 					}
@@ -699,8 +710,6 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 					// agent resume at a bounded rate. A hint beyond it is
 					// checked with a ping: a live master answers it, signed;
 					// if none does, the agent resumes once the rate allows.
-					now := time.Now()
-					allowed := a.hintAllowed()
 					if !now.Before(allowed) {
 						a.hintResumed(now)
 						return s, fmt.Errorf("%w (%s)", errHinted, msg.(*wire.Close).Reason)
