@@ -895,7 +895,11 @@ func (a *Agent) handshakeFrame(c Conn, cur *sess, hs *handshake, f *wire.Frame, 
 			return nil, nil, err
 		}
 	case *wire.Challenge:
-		if f.Session == 0 || hs.answered[f.Session] {
+		// Only a genuine answer closes a session's challenges: a resume's
+		// challenges all name the resumed session, and one that answered
+		// an injected Hello (it does not verify) may come before the
+		// agent's own.
+		if f.Session == 0 || hs.genuine[f.Session] != nil {
 			a.stale.Add(1)
 			return nil, nil, nil
 		}
@@ -932,7 +936,7 @@ func (a *Agent) handshakeFrame(c Conn, cur *sess, hs *handshake, f *wire.Frame, 
 		// runs either way.
 		a.stale.Add(1)
 		a.log.Warn("the master's proof does not verify: wrong secret on one side, or a stale challenge", "session", fmt.Sprintf("%016x", f.Session))
-		if len(hs.genuine) == 0 && len(hs.answered) < maxPendingChallenges {
+		if len(hs.genuine) == 0 && !hs.answered[f.Session] && len(hs.answered) < maxPendingChallenges {
 			hs.answered[f.Session] = true
 			return nil, nil, sendRaw(c, &wire.Auth{}, f.Session)
 		}

@@ -1274,3 +1274,33 @@ func TestSignedRefusalObeyed(t *testing.T) {
 		t.Fatalf("counters %+v: a signed refusal is not forged", c)
 	}
 }
+
+// TestResumeAfterInjectedChallenge: while the agent resumes, a challenge
+// for its session that answers someone else's Hello (an injected Hello
+// resuming the same session) comes before the master's answer to the
+// agent's: the agent answers the first with an empty proof and still
+// answers the genuine one, resuming. Before, the first challenge of a
+// session closed it: the agent dropped the genuine one as stale and never
+// resumed (found by the e2e TestInjectedHelloLeavesHeldSessionAlone).
+func TestResumeAfterInjectedChallenge(t *testing.T) {
+	m, a, _ := start(t, Config{Node: "n1", Secret: secret, Heartbeat: time.Hour, HeartbeatTimeout: time.Hour})
+	id := m.handshake(0x1234)
+	m.raw(craft(&wire.Close{Reason: "resume it"}, id, m.nextSeq(), nil))
+	hf, hello := m.hello()
+	if hf.Session != id || !hello.Resume {
+		t.Fatalf("hello %+v on %x: want a resume of %x", hello, hf.Session, id)
+	}
+	other, nonceM := bytes.Repeat([]byte{7}, wire.NonceSize), bytes.Repeat([]byte{8}, wire.NonceSize)
+	m.raw(craft(&wire.Challenge{Nonce: nonceM, Proof: wire.MasterProof(secret, other, nonceM)}, id, 1, nil))
+	f := m.handshakeFrame()
+	if msg, err := f.Message(); err != nil || f.Type != wire.TypeAuth || f.Session != id || len(msg.(*wire.Auth).Proof) != 0 {
+		t.Fatalf("%v %+v on %x: want an empty proof for the challenge of another hello", f.Type, msg, f.Session)
+	}
+	m.accept(hf, hello, id)
+	if out, exit := m.runStep(&wire.RunStep{BuildID: "b#1", Command: "echo ok"}); out != "ok\n" || exit.Code != 0 {
+		t.Fatalf("output %q exit %+v", out, exit)
+	}
+	if current(a) != id {
+		t.Fatalf("session %x, want the resumed %x", current(a), id)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -372,5 +373,66 @@ func TestInjectedHelloLeavesNodeOnline(t *testing.T) {
 	}
 	if got := c.Node("k1"); got.State != nodes.StateOnline {
 		t.Fatalf("node %s (%s), want online", got.State, got.Reason)
+	}
+}
+
+// TestInjectedHelloLeavesHeldSessionAlone: while the agent is silent
+// (stopped with SIGSTOP) and its session held, Hellos resuming that
+// session, injected for longer than the heartbeat timeout and answered
+// with wrong proofs, are counted as forged and never make the node
+// "wrong secret" (only authenticated evidence changes it: it is offline
+// because its agent is silent); the agent, woken, resumes the session and
+// a build runs.
+func TestInjectedHelloLeavesHeldSessionAlone(t *testing.T) {
+	c := cluster.Start(t, cluster.Options{Bin: bin, Nodes: kafkaNode("k1", "5s", "5m"), Jobs: job("mark", "k1", "echo ok")})
+	agent := c.StartAgent("k1", c.Secret("k1"), "-heartbeat", "1s", "-heartbeat-timeout", "5s", "-session-timeout", "5m")
+	c.WaitOnline("k1")
+	if b, log := runBounded(t, c, "mark", time.Minute); b.Status != store.StatusSuccess || log != "ok\n" {
+		t.Fatalf("build 1: %s (%s), log %q", b.Status, b.Reason, log)
+	}
+	client, producer := plainProducer(t, c.KafkaAddr)
+	topics := kafkatransport.TopicsFor(kafkatransport.DefaultTopicPrefix, "k1")
+	id := lastRunStep(t, client, topics.Commands).Session
+
+	if err := agent.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = agent.Process.Signal(syscall.SIGCONT) })
+	c.WaitFor("the master to hold the silent agent's session", time.Minute, func() bool {
+		return c.Node("k1").State != nodes.StateOnline
+	})
+	forged := rejected(t, c, "k1", "forged")
+	start := time.Now()
+	n := 0
+	for n < 4 || time.Since(start) < 7*time.Second {
+		nonce := make([]byte, wire.NonceSize)
+		_, _ = rand.Read(nonce)
+		hello := wire.NewFrame(&wire.Hello{Node: "k1", AgentVersion: "evil", OS: "linux", Arch: "amd64", Nonce: nonce, Resume: true})
+		hello.Session = id
+		writeFrame(t, producer, topics.Events, hello)
+		auth := wire.NewFrame(&wire.Auth{Proof: nonce})
+		auth.Session, auth.Seq = id, 1
+		writeFrame(t, producer, topics.Events, auth)
+		n++
+		if r := c.Node("k1").Reason; strings.Contains(r, "wrong secret") {
+			t.Fatalf("the held node shows %q after %d injected answers", r, n)
+		}
+		time.Sleep(500 * time.Millisecond) // pacing only
+	}
+	c.WaitFor("the master to count the answers as forged", time.Minute, func() bool {
+		return rejected(t, c, "k1", "forged")-forged >= uint64(n)
+	})
+	if r := c.Node("k1").Reason; strings.Contains(r, "wrong secret") {
+		t.Fatalf("the held node shows %q after %d injected answers", r, n)
+	}
+	if err := agent.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	c.WaitOnline("k1")
+	if b, log := runBounded(t, c, "mark", time.Minute); b.Status != store.StatusSuccess || log != "ok\n" {
+		t.Fatalf("build after the injected hellos: %s (%s), log %q", b.Status, b.Reason, log)
+	}
+	if got := c.Node("k1"); strings.Contains(got.Reason, "wrong secret") {
+		t.Fatalf("node %s (%s) after the resume", got.State, got.Reason)
 	}
 }
