@@ -38,6 +38,7 @@ type replacement struct {
 }
 
 func (st *evalState) redact(diags hcl.Diagnostics) hcl.Diagnostics {
+	st.redactTainted(diags)
 	// Every form of a value is at least as long as the value: a value
 	// longer than every message cannot be in one.
 	longest := 0
