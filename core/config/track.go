@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/zclconf/go-cty/cty"
 )
 
@@ -83,7 +84,8 @@ func (st *evalState) taintOf(rng *hcl.Range) []string {
 // derived from file() or env(): such a detail may quote the value, or a
 // part or transformation of it (a duration parser's "unknown unit"), so it
 // is replaced by its value-free form when our check gave one (see
-// plainError), or else by a note naming the sources only.
+// plainError), or else by a note naming the sources only. Function call
+// errors are kept: they quote no value derived from file() or env().
 func (st *evalState) redactTainted(diags hcl.Diagnostics) {
 	for _, d := range diags {
 		if d == nil {
@@ -91,6 +93,13 @@ func (st *evalState) redactTainted(diags hcl.Diagnostics) {
 		}
 		srcs := st.taintOf(d.Subject)
 		if len(srcs) == 0 {
+			continue
+		}
+		if _, ok := d.Extra.(hclsyntax.FunctionCallDiagExtra); ok {
+			// A function's own error (a bound exceeded, a file not
+			// found): file() and env() never quote a path or a name that
+			// came from a file or a variable, and the other functions
+			// quote no argument.
 			continue
 		}
 		note := fmt.Sprintf("The value comes from %s; diagnostics never show it.", strings.Join(srcs, ", "))
