@@ -107,8 +107,26 @@ func (st *evalState) redactTainted(diags hcl.Diagnostics) {
 			d.Detail = own.plain + " " + note
 			continue
 		}
+		if plain, ok := d.Extra.(plainDetail); ok {
+			d.Detail = string(plain) + " " + note
+			continue
+		}
 		d.Detail = "This value is not valid here, and is not shown. " + note
 	}
+}
+
+// plainDetail, in hcl.Diagnostic.Extra, is the detail shown instead of
+// the diagnostic's own when that is about a value computed from file() or
+// env() (see WithPlainDetail).
+type plainDetail string
+
+// WithPlainDetail sets what Redact shows instead of d's detail when d is
+// about an expression whose value came from file() or env(), and d's
+// detail (a plugin's message, say) may quote that value: plain says what
+// is wrong without it. It returns d.
+func WithPlainDetail(d *hcl.Diagnostic, plain string) *hcl.Diagnostic {
+	d.Extra = plainDetail(plain)
+	return d
 }
 
 // track wraps b so that each attribute's expression, when evaluated,
