@@ -213,6 +213,9 @@ func (c *Config) Job(name string) *Job {
 // EvalContext returns the evaluation context (the functions env, file,
 // upper, lower, trimspace and join) used for the configuration; file()
 // resolves relative paths against the directory of the first loaded path.
+// What file() and env() return, and every value computed from it, carries
+// a cty mark naming the call: unmark a value (cty.Value.UnmarkDeep) before
+// decoding it, and never quote it in a message.
 func (c *Config) EvalContext() *hcl.EvalContext {
 	return c.evalContextFor(c.dir)
 }

@@ -183,7 +183,9 @@ func makeFileFunc(dir string, st *evalState) function.Function {
 
 // charged wraps a function of one string (upper, lower, trimspace) so that
 // its result counts against st's bound, and a result computed from a value
-// of file() or env() is remembered as coming from there too.
+// of file() or env() is remembered as coming from there too (for Redact's
+// second net; the function framework carries the marks of the arguments
+// over to the result, as it does for join).
 func charged(fn function.Function, st *evalState) function.Function {
 	return function.New(&function.Spec{
 		Description:  fn.Description(),
