@@ -247,6 +247,10 @@ func TestDiagnosticsNameTheSource(t *testing.T) {
 		}},
 		{"secret_upper.hcl", []string{`8:13: Error: Invalid timeout`, `The timeout is not a duration such as "90s", "30m" or "1h30m". The value comes from file("tok")`}},
 		{"secret_unit.hcl", []string{`8:13: Error: Invalid timeout`, `The timeout is not a duration such as "90s", "30m" or "1h30m". The value comes from file("tok")`}},
+		// A check placed on another attribute (the default) quoting the
+		// derived value (a choice): the second net knows every string
+		// computed from file().
+		{"secret_choices.hcl", []string{`9:15: Error:`, `(value from file("tok"))`}},
 		{"secret_derived.hcl", []string{
 			`2:15: Error: Invalid log_level`, `The log level is not one of`,
 			`3:15: Error: Invalid http_addr`, `The port of the HTTP address is not a TCP port number`,

@@ -50,11 +50,46 @@ func (st *evalState) unmark(v cty.Value, rng hcl.Range) cty.Value {
 		return v
 	}
 	srcs := markSources(v)
-	u, _ := v.UnmarkDeep()
+	u, pvms := v.UnmarkDeepWithPaths()
 	if len(srcs) > 0 {
 		st.mu.Lock()
 		st.taints = append(st.taints, taint{rng: rng, sources: srcs})
 		st.mu.Unlock()
+	}
+	// For Redact's second net, which replaces the values it knows anywhere
+	// in a diagnostic: every string computed from file() or env(), such as
+	// "x${file("tok")}", quoted by a check placed elsewhere (a parameter's
+	// default, checked against its choices).
+	for _, pvm := range pvms {
+		var from []string
+		for m := range pvm.Marks {
+			if s, ok := m.(sensitive); ok {
+				from = append(from, s.source)
+			}
+		}
+		if len(from) == 0 {
+			continue
+		}
+		slices.Sort(from)
+		at, err := pvm.Path.Apply(u)
+		if err != nil {
+			continue
+		}
+		_ = cty.Walk(at, func(_ cty.Path, x cty.Value) (bool, error) {
+			if !x.IsKnown() || x.IsNull() {
+				return false, nil
+			}
+			switch {
+			case x.Type() == cty.String:
+				st.remember(x.AsString(), strings.Join(from, ", "))
+			case x.Type().IsMapType() || x.Type().IsObjectType():
+				for it := x.ElementIterator(); it.Next(); {
+					k, _ := it.Element()
+					st.remember(k.AsString(), strings.Join(from, ", "))
+				}
+			}
+			return true, nil
+		})
 	}
 	return u
 }
