@@ -251,18 +251,32 @@ func (s *Session) store(ep *reliable.Endpoint, seq uint64, msg wire.Message) err
 			s.dropUnknown(stepKey{m.BuildID, m.StepIndex})
 			return nil
 		}
-		if s.isPersisting() {
+		persisting := s.isPersisting()
+		if persisting {
 			// The result is durable before anyone acts on it.
 			if _, err := syncOut(st.out); err != nil {
 				return &WriteError{Kind: KindLog, Err: err}
 			}
-			s.mu.Lock()
-			s.ck.Exits = append(s.ck.Exits, ExitRecord{Build: m.BuildID, Index: m.StepIndex, Code: int(m.Code), Error: m.Error})
+		}
+		// The step is taken out of the session under s.mu, as end() and a
+		// give-up take all of them: whoever takes it is the only one to
+		// end it. The session may have ended since the lookup (the agent
+		// restarted during the sync): its exit is closed, nothing to do.
+		// Its result goes in the checkpoint under the same lock: a
+		// checkpoint written meanwhile has the step or its result.
+		k := stepKey{m.BuildID, m.StepIndex}
+		s.mu.Lock()
+		if s.steps[k] != st {
 			s.mu.Unlock()
-			s.step(m.BuildID, m.StepIndex, true)
+			return nil
+		}
+		delete(s.steps, k)
+		if persisting {
+			s.ck.Exits = append(s.ck.Exits, ExitRecord{Build: m.BuildID, Index: m.StepIndex, Code: int(m.Code), Error: m.Error})
+		}
+		s.mu.Unlock()
+		if persisting {
 			s.checkpointed(ep, s.checkpointThrough(ep, seq))
-		} else {
-			s.step(m.BuildID, m.StepIndex, true)
 		}
 		st.exit <- m
 	}

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -257,5 +259,58 @@ func TestCheckpointRefusedIsNeverAcknowledged(t *testing.T) {
 				t.Errorf("%d writes, want %d", got, lines)
 			}
 		})
+	}
+}
+
+// gatedSync is a step's log whose Sync, once armed, waits for release:
+// the session can end while the master syncs a step's log for its Exit.
+type gatedSync struct {
+	armed   atomic.Bool
+	entered chan struct{} // a value once an armed Sync started
+	release chan struct{} // closed: the armed Sync returns
+}
+
+func (g *gatedSync) Write(p []byte) (int, error) { return len(p), nil }
+
+func (g *gatedSync) Sync() (int64, error) {
+	if g.armed.CompareAndSwap(true, false) {
+		g.entered <- struct{}{}
+		<-g.release
+	}
+	return -1, nil
+}
+
+// TestExitWhileSessionEnds: the session ends (the agent restarted) while
+// the master syncs the log of a step whose Exit came in: the step fails
+// with the session's end, once, and the Exit that comes late is dropped
+// (it used to be sent on the closed exit channel: a panic).
+func TestExitWhileSessionEnds(t *testing.T) {
+	opts := Options{Persist: func(*Record) error { return nil }}
+	h, _ := established(t, opts, true)
+	a := h.agent
+	out := &gatedSync{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	step := h.running(context.Background(), &wire.RunStep{BuildID: "job#1"}, out)
+	out.armed.Store(true)
+	a.send(&wire.Exit{BuildID: "job#1", Code: 3})
+	wait(t, out.entered, "the sync of the step's log for its Exit")
+
+	// The agent restarts and starts a new session on a new connection.
+	h.connect(true)
+	hs := h.startHandshake()
+	a.hello(2)
+	a.authenticate(a.challenge(true))
+	r := wait(t, step, "RunStep")
+	if !errors.Is(r.err, ErrAgentLost) || r.res != nil {
+		t.Fatalf("RunStep = %+v, %v; want ErrAgentLost", r.res, r.err)
+	}
+	close(out.release)
+	handshakeOK(t, hs, false)
+
+	// The new session works.
+	h.startServe()
+	step = h.running(context.Background(), &wire.RunStep{BuildID: "job#2"}, io.Discard)
+	a.send(&wire.Exit{BuildID: "job#2", Code: 0})
+	if r := wait(t, step, "RunStep in the new session"); r.err != nil || r.res.Code != 0 {
+		t.Fatalf("RunStep in the new session = %+v, %v", r.res, r.err)
 	}
 }
