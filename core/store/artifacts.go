@@ -78,11 +78,11 @@ type ArtifactWriter struct {
 	// syncErr is the first failed sync: the kernel may have dropped the
 	// pages it could not write, so a later sync succeeding would not make
 	// them durable. Every later Chunk and Close fail with it.
-	syncErr error
+	syncErr  error
 	syncFile func(*os.File) error // (*os.File).Sync; tests make it fail
-	mode fs.FileMode
-	size int64
-	sum  hash.Hash
+	mode     fs.FileMode
+	size     int64
+	sum      hash.Hash
 }
 
 // NewArtifactWriter starts the artifacts of build n of job afresh (what
