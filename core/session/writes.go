@@ -22,8 +22,8 @@ import (
 // system refuses a write (the disk is full, say), the session keeps the
 // frame and every later one of the agent, in order and unacknowledged,
 // and writes them again every writeRetry; the agent's outbox filling up
-// makes its steps wait. A disk that gets space back within the session
-// timeout loses nothing: the log ends byte-identical. Past it, the steps
+// makes its steps wait. A disk that gets space back within the write
+// timeout (Options.WriteTimeout) loses nothing: the log ends byte-identical. Past it, the steps
 // whose writes fail end with a WriteError and are cancelled on the agent;
 // the rest goes on (docs/sessions.md, "Disk full and write errors").
 
@@ -131,7 +131,7 @@ func (w *writes) pending() bool {
 }
 
 // retryWrites writes again what the file system refused, in order,
-// until a write fails again; past the session timeout it gives up on the
+// until a write fails again; past the write timeout it gives up on the
 // steps whose writes fail. It then acknowledges what got stored. Only the
 // serving goroutine calls it.
 func (s *Session) retryWrites(ep *reliable.Endpoint) error {
@@ -153,7 +153,7 @@ func (s *Session) retryWrites(ep *reliable.Endpoint) error {
 		}
 		w.failed++
 		s.writeFailed(we)
-		if time.Since(w.since) < s.opts.SessionTimeout {
+		if time.Since(w.since) < s.opts.WriteTimeout {
 			break
 		}
 		s.failStep(ep, p.msg, err)
@@ -212,7 +212,7 @@ func (s *Session) writeFailed(we *WriteError) {
 	if msg := we.Error(); msg != s.w.logged {
 		s.w.logged = msg
 		s.log.Error("cannot store what the agent sent: it stays unacknowledged in the agent's outbox, retrying",
-			"error", we, "every", writeRetry, "give_up_after", s.opts.SessionTimeout)
+			"error", we, "every", writeRetry, "give_up_after", s.opts.WriteTimeout)
 	}
 }
 
@@ -400,7 +400,7 @@ func (s *Session) failStep(ep *reliable.Endpoint, msg wire.Message, err error) {
 }
 
 // checkpointed handles a checkpoint's outcome: a failed one is retried
-// (nothing more is acknowledged meanwhile) until the session timeout, then
+// (nothing more is acknowledged meanwhile) until the write timeout, then
 // every step of the session fails with its error and, once its stale
 // checkpoint is deleted, the session is no longer persisted (acknowledged
 // once stored, as on a link that cannot resume: a master restart loses
@@ -424,7 +424,7 @@ func (s *Session) checkpointed(ep *reliable.Endpoint, err error) {
 	}
 	w.ckFailed++
 	failed = w.ckFailed
-	giveUp := time.Since(since) >= s.opts.SessionTimeout
+	giveUp := time.Since(since) >= s.opts.WriteTimeout
 	if giveUp {
 		w.ckSince, w.ckFailed = time.Time{}, 0
 	}
@@ -438,7 +438,7 @@ func (s *Session) checkpointed(ep *reliable.Endpoint, err error) {
 	}
 	if first {
 		s.log.Error("cannot checkpoint the session: what the agent sent stays unacknowledged, retrying",
-			"error", we, "every", writeRetry, "give_up_after", s.opts.SessionTimeout)
+			"error", we, "every", writeRetry, "give_up_after", s.opts.WriteTimeout)
 	}
 	if !giveUp {
 		return

@@ -54,7 +54,7 @@ var errNoSpace = fmt.Errorf("writing the log data/logs/x/9.log: %w", syscall.ENO
 // TestWriteRefusedIsNeverAcknowledged: output the file system refuses is
 // never acknowledged to the agent: it stays in the agent's outbox, the
 // step's end waits behind it, and the master writes it again. Space back
-// within the session timeout, the log gets every byte once and in order;
+// within the write timeout, the log gets every byte once and in order;
 // never back, the step fails with the file and the system's error and is
 // cancelled on the agent; an error the system did not raise (the master
 // refuses the data) fails it at once. A persisted session's checkpoint
@@ -81,7 +81,8 @@ func TestWriteRefusedIsNeverAcknowledged(t *testing.T) {
 			var mu sync.Mutex
 			var persisted []uint64 // Acked of every checkpoint
 			kinds := map[string]int{}
-			opts := Options{SessionTimeout: tt.timeout, OnWriteError: func(kind string) {
+			// The write timeout bounds the retries, not the session timeout.
+			opts := Options{SessionTimeout: never, WriteTimeout: tt.timeout, OnWriteError: func(kind string) {
 				mu.Lock()
 				kinds[kind]++
 				mu.Unlock()
@@ -207,7 +208,7 @@ func TestCheckpointRefusedIsNeverAcknowledged(t *testing.T) {
 					return nil
 				}}
 			if !back {
-				opts.SessionTimeout = 2 * time.Second
+				opts.WriteTimeout = 2 * time.Second
 			}
 			h, _ := established(t, opts, true)
 			a := h.agent
@@ -312,5 +313,25 @@ func TestExitWhileSessionEnds(t *testing.T) {
 	a.send(&wire.Exit{BuildID: "job#2", Code: 0})
 	if r := wait(t, step, "RunStep in the new session"); r.err != nil || r.res.Code != 0 {
 		t.Fatalf("RunStep in the new session = %+v, %v", r.res, r.err)
+	}
+}
+
+// TestWriteTimeoutDefault: unset, the write timeout is 60s, or the
+// session timeout when shorter.
+func TestWriteTimeoutDefault(t *testing.T) {
+	tests := []struct {
+		opts Options
+		want time.Duration
+	}{
+		{Options{}, 60 * time.Second},
+		{Options{SessionTimeout: 10 * time.Second}, 10 * time.Second},
+		{Options{SessionTimeout: time.Hour}, 60 * time.Second},
+		{Options{SessionTimeout: time.Hour, WriteTimeout: 90 * time.Second}, 90 * time.Second},
+	}
+	for _, tt := range tests {
+		if got := New(tt.opts).opts.WriteTimeout; got != tt.want {
+			t.Errorf("New(session_timeout %s, write_timeout %s): write timeout %s, want %s",
+				tt.opts.SessionTimeout, tt.opts.WriteTimeout, got, tt.want)
+		}
 	}
 }
