@@ -400,7 +400,8 @@ func (s *Service) finish(a *active, status, reason string, logSize *int64) {
 }
 
 // saveFinal saves b, a build's end, again every finalSaveRetry while the
-// store refuses it, for finalSaveBound; it returns the last error.
+// store refuses it, for finalSaveBound (not once the store is closed); it
+// returns the last error.
 func (s *Service) saveFinal(b *store.Build) error {
 	deadline := time.Now().Add(finalSaveBound)
 	var last string
@@ -413,6 +414,11 @@ func (s *Service) saveFinal(b *store.Build) error {
 			return nil
 		}
 		s.writeFailed()
+		if errors.Is(err, store.ErrClosed) {
+			// The server is stopping: no retry will do (a restarted
+			// server records the build interrupted).
+			return err
+		}
 		if msg := err.Error(); msg != last {
 			last = msg
 			s.log.Error("cannot record the build's end, retrying", "build", Key(b.Job, b.Number), "error", err,
