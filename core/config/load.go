@@ -1,6 +1,7 @@
 package config
 
 import (
+	"cmp"
 	"context"
 	"encoding/hex"
 	"fmt"
@@ -79,6 +80,8 @@ type nodeBlock struct {
 	HeartbeatRange hcl.Range `hcl:"heartbeat_timeout,attr_value_range"`
 	Session        *string   `hcl:"session_timeout,optional"`
 	SessionRange   hcl.Range `hcl:"session_timeout,attr_value_range"`
+	Write          *string   `hcl:"write_timeout,optional"`
+	WriteRange     hcl.Range `hcl:"write_timeout,attr_value_range"`
 	Remain         hcl.Body  `hcl:",remain"`
 	DefRange       hcl.Range `hcl:",def_range"`
 }
@@ -551,6 +554,11 @@ func (c *Config) buildNodes(blocks []*nodeBlock) hcl.Diagnostics {
 		}
 		diags = append(diags, duration("heartbeat_timeout", b.Heartbeat, b.HeartbeatRange, &n.HeartbeatTimeout)...)
 		diags = append(diags, duration("session_timeout", b.Session, b.SessionRange, &n.SessionTimeout)...)
+		diags = append(diags, duration("write_timeout", b.Write, b.WriteRange, &n.WriteTimeout)...)
+		if session := cmp.Or(n.SessionTimeout, DefaultSessionTimeout); n.WriteTimeout > session {
+			diags = diags.Append(errorAt(b.WriteRange, "Invalid write_timeout",
+				fmt.Sprintf("The write_timeout (%s) must not exceed the node's session_timeout (%s): a write the disk refuses holds the node's builds at most as long as a lost agent.", n.WriteTimeout, session)))
+		}
 		if b.Executors != nil {
 			n.Executors = *b.Executors
 			if n.Executors < 1 || n.Executors > MaxExecutors {
