@@ -384,6 +384,8 @@ type Link struct {
 	// silent for the heartbeat timeout (the session is held, Serve goes on
 	// waiting for it) and when it is heard again.
 	OnReachable func(reachable bool, why error)
+
+	crossWarned atomic.Bool // a frame of another node's session was logged at WARN (crossNode)
 }
 
 // Attach starts reading conn for the node's session. secret is the node's
@@ -522,6 +524,10 @@ func (e *authError) Is(target error) bool { return target == ErrAuth }
 // quietly: they come again after the resume.
 func (l *Link) closeStale(session uint64) {
 	s := l.s
+	if other := owners.otherNode(s.opts.Node, session); other != "" {
+		l.crossNode(session, other)
+		return
+	}
 	s.stale.Add(1)
 	if session == 0 {
 		return
@@ -534,6 +540,22 @@ func (l *Link) closeStale(session uint64) {
 		return
 	}
 	l.tellUnknown(session)
+}
+
+// crossNode drops a frame of node other's session that arrived on this
+// node's link: no agent of this node ever had that session, so the frame
+// was copied into the node's topic (an attack, or a misrouted topic). It
+// is counted as forged and never answered: a Close would reach this
+// node's agent with a session it never had. Logged at WARN once per link.
+func (l *Link) crossNode(session uint64, other string) {
+	s := l.s
+	s.forged.Add(1)
+	log := s.log.Debug
+	if l.crossWarned.CompareAndSwap(false, true) {
+		log = s.log.Warn
+	}
+	log("dropped a frame of another node's session on this node's link", "node", s.opts.Node, "owner", other,
+		"session", fmt.Sprintf("%016x", session))
 }
 
 // tellUnknown tells session, once, that the master does not know it, so
@@ -759,6 +781,7 @@ func (l *Link) established(ep *reliable.Endpoint, id uint64, resume bool, auth *
 	}
 	ep.Begin(l.conn)
 	ep.Established(id, wire.KeysFor(wire.SessionKey(l.secret, hello.Nonce, nonceM, id), wire.RoleMaster), auth.Seq)
+	owners.add(s.opts.Node, id)
 	// The AuthResult goes first: a step sent in the new session before it
 	// would reach an agent without the key.
 	s.traffic.heard(time.Now()) // the agent's proof: the last contact, should the link break at once
