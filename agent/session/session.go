@@ -135,8 +135,9 @@ var Features = []string{wire.FeatureCollect, wire.FeatureStdin}
 
 // Counters count the frames the agent dropped.
 type Counters struct {
-	// Stale frames belonged to another session (or carried a forged or
-	// outdated challenge); they were never executed.
+	// Stale frames belonged to another session this agent had, arrived
+	// before the handshake completed, or carried a forged or outdated
+	// challenge; they were never executed.
 	Stale uint64 `json:"stale"`
 	// Malformed frames did not decode.
 	Malformed uint64 `json:"malformed"`
@@ -149,8 +150,9 @@ type Counters struct {
 	// resume, or replayed); they were not executed again.
 	Duplicate uint64 `json:"duplicate"`
 	// Forged frames of the current session carried a MAC that does not
-	// verify under the session key, or none where one was due; they were
-	// not executed.
+	// verify under the session key, or none where one was due; once the
+	// session was established on the link, frames of a session this agent
+	// never had (another node's) are forged too. They were not executed.
 	Forged uint64 `json:"forged"`
 	// Hints are the unsigned frames a master sends for a session it has
 	// no key for (a restarted master, a new connection before the resume):

@@ -114,13 +114,14 @@ type Agent struct {
 
 // Counters of dropped frames.
 type Counters struct {
-	// Stale frames belonged to another session.
+	// Stale frames belonged to another session of the node (or to none).
 	Stale uint64 `json:"stale"`
 	// Malformed frames did not decode.
 	Malformed uint64 `json:"malformed"`
 	// Unexpect frames made no sense in the session's state.
 	Unexpect uint64 `json:"unexpected"`
-	// Forged frames carried no valid MAC under the session key.
+	// Forged frames carried no valid MAC under the session key, or
+	// belonged to another node's session.
 	Forged uint64 `json:"forged"`
 	// Replayed frames repeated or reordered an earlier control frame.
 	Replayed uint64 `json:"replayed"`
