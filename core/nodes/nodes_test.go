@@ -67,7 +67,7 @@ func (l *testLauncher) Schema(context.Context) (*launcher.Schema, error) {
 	return &launcher.Schema{}, nil
 }
 func (l *testLauncher) Configure(context.Context, *launcher.Config) error { return nil }
-func (l *testLauncher) Teardown(context.Context, string) error           { return nil }
+func (l *testLauncher) Teardown(context.Context, string) error            { return nil }
 func (l *testLauncher) Launch(ctx context.Context, _ *launcher.Node) (launcher.Conn, error) {
 	return l.launch(ctx, int(l.launches.Add(1)))
 }
