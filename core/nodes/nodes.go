@@ -366,10 +366,10 @@ func (m *Manager) run(ctx context.Context, n *Node) {
 	if p := m.plugin(n.cfg.Launcher); p != nil {
 		restarted = p.Subscribe()
 	}
-	permanent := false
+	end := endOther
 	for ctx.Err() == nil {
 		var ok bool
-		ok, permanent = m.connect(ctx, n, log, permanent)
+		ok, end = m.connect(ctx, n, log, end != endOther)
 		if ctx.Err() != nil {
 			break
 		}
@@ -377,7 +377,7 @@ func (m *Manager) run(ctx context.Context, n *Node) {
 			backoff = relaunchMin
 		}
 		wait := backoff
-		if permanent {
+		if end == endPermanent {
 			// Relaunching cannot help until the configuration or the
 			// material it names changes; the launcher answers the next ask
 			// from memory unless it did.
@@ -394,13 +394,24 @@ func (m *Manager) run(ctx context.Context, n *Node) {
 	m.set(n, StateOffline, "server shutting down")
 }
 
+// How a connection ended.
+type ending int
+
+const (
+	endOther ending = iota
+	// endPermanent: the launch failed for good (launcher.IsPermanent).
+	endPermanent
+	// endRefused: the agent kept failing to authenticate.
+	endRefused
+)
+
 // connect launches the node and serves its sessions until the connection
-// ends; it reports whether the node was online at some point, and whether
-// the launch failed for good (launcher.IsPermanent). reask says the last
-// launch failed for good: the node stays offline with its reason while the
-// launcher is asked again (no "launching" flip, no log line, no new since
-// unless the answer changes).
-func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, reask bool) (online, permanent bool) {
+// ends; it reports whether the node was online at some point, and how the
+// connection ended. reask says the last one ended with a refusal (for
+// good, or of the agent's authentication): the node stays offline with its
+// reason while the launcher is asked again (no "launching" flip, no log
+// line, no new since, unless the answer changes).
+func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, reask bool) (online bool, end ending) {
 	// offline marks the node down, or unreachable while its session is held
 	// for the agent to resume.
 	offline := func(why string) {
@@ -425,7 +436,7 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, reask 
 	p := m.plugin(n.cfg.Launcher)
 	if p == nil {
 		offline(fmt.Sprintf("launcher %q is not loaded", n.cfg.Launcher))
-		return false, false
+		return false, endOther
 	}
 	// While the plugin restarts its calls fail with errors that say
 	// nothing of it ("not configured"): say what happens.
@@ -437,7 +448,7 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, reask 
 		return false
 	}
 	if restarting() {
-		return false, false
+		return false, endOther
 	}
 	proc := p.Process()
 	var secret []byte
@@ -447,7 +458,7 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, reask 
 			if !restarting() {
 				offline(fmt.Sprintf("get node secret: %v", err))
 			}
-			return false, false
+			return false, endOther
 		}
 		secret = s.Secret
 	}
@@ -487,13 +498,16 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, reask 
 	cancel()
 	if err != nil {
 		if ctx.Err() != nil {
-			return false, false
+			return false, endOther
 		}
 		if restarting() {
-			return false, false
+			return false, endOther
 		}
 		offline(err.Error())
-		return false, launcher.IsPermanent(err)
+		if launcher.IsPermanent(err) {
+			return false, endPermanent
+		}
+		return false, endOther
 	}
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
@@ -521,7 +535,7 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, reask 
 	wasOnline := false
 	// An agent that failed to authenticate may retry on this connection,
 	// with the node's heartbeat timeout to succeed (from its first
-	// refusal); then the node goes offline with the refusal as its reason
+	// refusal); then the node stays offline with the refusal as its reason
 	// and is relaunched on the backoff.
 	hctx := ctx
 	var refused error
@@ -540,12 +554,15 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, reask 
 			continue // the agent may retry with the right secret on this connection
 		}
 		if err != nil && refused != nil && ctx.Err() == nil && hctx.Err() != nil {
-			offline(fmt.Sprintf("%v; no authenticated hello within the heartbeat timeout %v of the first refusal", refused, n.hbTimeout))
-			return wasOnline, false
+			// The reason stays the refusal: relaunches that meet it again
+			// leave the node as it is.
+			log.Debug("no authenticated hello within the heartbeat timeout of the agent's first refusal: relaunching", "timeout", n.hbTimeout, "refusal", refused)
+			offline(refused.Error())
+			return wasOnline, endRefused
 		}
 		if err != nil {
 			offline(reason(err))
-			return wasOnline, false
+			return wasOnline, endOther
 		}
 		if authTimer != nil {
 			authTimer.Stop()
@@ -562,7 +579,7 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, reask 
 		err = link.Serve(ctx)
 		if !errors.Is(err, session.ErrRehello) {
 			offline(reason(err))
-			return wasOnline, false
+			return wasOnline, endOther
 		}
 		// The agent says hello again on this link (it resumes, or it
 		// restarted): no new build until the handshake decides which.

@@ -252,8 +252,9 @@ func wrongSecretAgent(c *pipeConn) {
 }
 
 // An agent that keeps failing to authenticate on its connection gets the
-// node's heartbeat timeout from its first refusal: then the node goes
-// offline with the refusal and is relaunched (the connection closed).
+// node's heartbeat timeout from its first refusal: then the connection is
+// closed and the node relaunched, staying offline with the refusal as its
+// reason (relaunches that meet it again change nothing).
 func TestRefusedAgentHandshakeIsBounded(t *testing.T) {
 	var conns []*pipeConn
 	var mu sync.Mutex
@@ -265,8 +266,8 @@ func TestRefusedAgentHandshakeIsBounded(t *testing.T) {
 		go wrongSecretAgent(c)
 		return c, nil
 	}}
-	_, _, log := startNode(t, l, config.Node{HeartbeatTimeout: 300 * time.Millisecond}, nil)
-	waitFor(t, "a relaunch", func() bool { return l.launches.Load() >= 2 })
+	m, _, log := startNode(t, l, config.Node{HeartbeatTimeout: 300 * time.Millisecond}, nil)
+	waitFor(t, "two relaunches", func() bool { return l.launches.Load() >= 3 })
 	mu.Lock()
 	first := conns[0]
 	mu.Unlock()
@@ -275,8 +276,17 @@ func TestRefusedAgentHandshakeIsBounded(t *testing.T) {
 	default:
 		t.Fatal("the first connection is still open after the relaunch")
 	}
-	if got := log.count("node state:", "state=offline", "authentication failed: wrong secret; no authenticated hello within the heartbeat timeout 300ms of the first refusal"); got == 0 {
-		t.Error("no offline state line naming the refusal and the bound")
+	if st := m.Get("n1").Status(); st.State != StateOffline || st.Reason != "authentication failed: wrong secret" {
+		t.Errorf("node %s %q, want offline with the refusal", st.State, st.Reason)
+	}
+	if got := log.count("no authenticated hello within the heartbeat timeout", "timeout=300ms"); got < 2 {
+		t.Errorf("%d lines saying the handshake was given up, want 2 or more", got)
+	}
+	if got := log.count("node state:", "state=launching"); got != 2 {
+		t.Errorf("%d \"launching\" state lines, want 2 (the first launch and its waiting)", got)
+	}
+	if got := log.count("node state:", "wrong secret"); got != 1 {
+		t.Errorf("%d state lines with the refusal, want 1", got)
 	}
 }
 
