@@ -219,6 +219,9 @@ func NewManager(cfg *config.Config, pm *plugins.Manager, opts Options, logger hc
 			}
 		}
 		n.hbTimeout = hbTimeout
+		if n.hbTimeout <= 0 {
+			n.hbTimeout = session.DefaultHeartbeatTimeout // as the session does
+		}
 		n.sess = session.New(so)
 		if opts.Store != nil {
 			m.restore(n, opts.Store)
