@@ -372,7 +372,7 @@ func (m *Manager) run(ctx context.Context, n *Node) {
 	end := endOther
 	for ctx.Err() == nil {
 		var ok bool
-		ok, end = m.connect(ctx, n, log, end != endOther)
+		ok, end = m.connect(ctx, n, log, end)
 		if ctx.Err() != nil {
 			break
 		}
@@ -410,11 +410,12 @@ const (
 
 // connect launches the node and serves its sessions until the connection
 // ends; it reports whether the node was online at some point, and how the
-// connection ended. reask says the last one ended with a refusal (for
-// good, or of the agent's authentication): the node stays offline with its
+// connection ended. When the last one (last) ended with a refusal (for
+// good, or of the agent's authentication), the node stays offline with its
 // reason while the launcher is asked again (no "launching" flip, no log
-// line, no new since, unless the answer changes).
-func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, reask bool) (online bool, end ending) {
+// line, no new since, unless the answer changes); a launch refused for good
+// that now succeeds shows the node launching again.
+func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, last ending) (online bool, end ending) {
 	// offline marks the node down, or unreachable while its session is held
 	// for the agent to resume.
 	offline := func(why string) {
@@ -432,7 +433,7 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, reask 
 			// The agent went silent for good: the node stays offline, saying
 			// why, until the agent connects again.
 			m.set(n, StateOffline, lost+"; waiting for the agent to connect")
-		} else if !reask {
+		} else if last == endOther {
 			m.set(n, StateLaunching, "launching")
 		}
 	}
@@ -532,7 +533,7 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, reask 
 	n.mu.Lock()
 	n.desc = desc
 	n.mu.Unlock()
-	if n.Status().State == StateLaunching {
+	if st := n.Status().State; st == StateLaunching || (last == endPermanent && st == StateOffline && lost == "") {
 		m.set(n, StateLaunching, "waiting for the agent to connect")
 	}
 	wasOnline := false

@@ -133,7 +133,10 @@ func TestPermanentRefusalIsAskedAgainQuietly(t *testing.T) {
 	refusal := atomic.Value{}
 	refusal.Store("host key refused: want SHA256:aaa, got SHA256:bbb")
 	l := &testLauncher{launch: func(context.Context, int) (launcher.Conn, error) {
-		return nil, launcher.Permanent(errors.New(refusal.Load().(string)))
+		if r := refusal.Load().(string); r != "" {
+			return nil, launcher.Permanent(errors.New(r))
+		}
+		return newPipeConn(), nil // an agent that never speaks
 	}}
 	m, _, log := startNode(t, l, config.Node{}, func(m *Manager) { m.permanentRetry = 20 * time.Millisecond })
 	n := m.Get("n1")
@@ -166,6 +169,14 @@ func TestPermanentRefusalIsAskedAgainQuietly(t *testing.T) {
 	if got := log.count("node state:", "state=launching"); got != 1 {
 		t.Errorf("%d \"launching\" state lines, want 1", got)
 	}
+
+	// Fixed: the next ask launches, and the node says it waits for its
+	// agent.
+	refusal.Store("")
+	waitFor(t, "the node to wait for its agent", func() bool {
+		st := n.Status()
+		return st.State == StateLaunching && st.Reason == "waiting for the agent to connect"
+	})
 }
 
 // pipeConn is a launcher.Conn whose other end the test plays.
