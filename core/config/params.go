@@ -37,8 +37,12 @@ var ParamNameRE = regexp.MustCompile(`^[A-Z_][A-Z0-9_]*$`)
 const MaxParamValue = 32 << 10
 
 // reservedParams are the names no parameter may take, each with the reason:
-// the shell, the dynamic loader, the C library or the agent reads them, so
-// whoever sets them chooses what the step runs rather than what it works on.
+// the shell, the dynamic loader, the C library, an interpreter, git or the
+// agent reads them, so whoever sets them chooses what the step runs (or
+// where its traffic goes) rather than what it works on. Lower-case names
+// (http_proxy) cannot be declared at all (ParamNameRE). TZ stays allowed:
+// the C library reads a zone file from it, no code, and a build's time
+// zone is a fair thing to choose.
 var reservedParams = map[string]string{
 	"PATH":             "the shell looks commands up in it",
 	"HOME":             "the shell expands ~ to it and tools read their configuration (.gitconfig, .ssh, .npmrc) from it",
@@ -58,14 +62,46 @@ var reservedParams = map[string]string{
 	"NLSPATH":          "the C library loads message catalogues from it",
 	"HOSTALIASES":      "the resolver reads host aliases from the file it names",
 	"RESOLV_HOST_CONF": "the resolver reads its configuration from the file it names",
+	"TMPDIR":           "tools write and then run scripts and build files in the directory it names",
+
+	"NODE_OPTIONS":      "node takes options from it, --require of any module included",
+	"NODE_PATH":         "node loads modules from the directories it names",
+	"PYTHONPATH":        "python imports modules from the directories it names first",
+	"PYTHONSTARTUP":     "python runs the file it names at an interactive start",
+	"PYTHONHOME":        "python loads its standard library from it",
+	"PERL5OPT":          "perl takes options from it, -M of any module included",
+	"PERL5LIB":          "perl loads modules from the directories it names first",
+	"PERLLIB":           "perl loads modules from the directories it names first",
+	"RUBYOPT":           "ruby takes options from it, -r of any library included",
+	"RUBYLIB":           "ruby loads libraries from the directories it names first",
+	"JAVA_TOOL_OPTIONS": "the JVM takes options from it, -javaagent included",
+	"_JAVA_OPTIONS":     "the JVM takes options from it, -javaagent included",
+	"JDK_JAVA_OPTIONS":  "the java launcher takes options from it, -javaagent included",
+	"CLASSPATH":         "java loads classes from it",
+
+	"GIT_SSH_COMMAND":   "git runs it to reach an ssh remote",
+	"GIT_SSH":           "git runs the program it names to reach an ssh remote",
+	"GIT_PROXY_COMMAND": "git runs it to reach a git:// remote",
+	"GIT_EXEC_PATH":     "git runs its sub-commands from the directory it names",
+	"GIT_EXTERNAL_DIFF": "git runs the program it names to show differences",
+	"GIT_TEMPLATE_DIR":  "git copies hooks from it into every repository it creates or clones, then runs them",
+	"GIT_CONFIG":        "git config reads the file it names",
+	"GIT_ASKPASS":       "git runs the program it names to ask for credentials",
+	"SSH_ASKPASS":       "ssh runs the program it names to ask for credentials",
+
+	"HTTP_PROXY":  "tools send their HTTP traffic, credentials included, through the host it names",
+	"HTTPS_PROXY": "tools send their HTTPS traffic through the host it names",
+	"ALL_PROXY":   "tools send their traffic through the host it names",
+	"NO_PROXY":    "it chooses which hosts tools reach past the configured proxy",
 }
 
 // reservedPrefixes are the name prefixes no parameter may take.
 var reservedPrefixes = map[string]string{
-	"LD_":        "the dynamic loader reads LD_PRELOAD, LD_LIBRARY_PATH, LD_AUDIT and others",
-	"DYLD_":      "the macOS dynamic loader reads them",
-	"BASH_FUNC_": "bash imports exported functions from them",
-	"CONVEYOR_":  "the agent reads its settings from them and the master sets the build's facts in them",
+	"LD_":         "the dynamic loader reads LD_PRELOAD, LD_LIBRARY_PATH, LD_AUDIT and others",
+	"DYLD_":       "the macOS dynamic loader reads them",
+	"BASH_FUNC_":  "bash imports exported functions from them",
+	"CONVEYOR_":   "the agent reads its settings from them and the master sets the build's facts in them",
+	"GIT_CONFIG_": "git reads configuration from them (GIT_CONFIG_COUNT/KEY_n/VALUE_n, GIT_CONFIG_GLOBAL, GIT_CONFIG_PARAMETERS), core.sshCommand and core.fsmonitor included, which it runs",
 }
 
 // ReservedParam returns why name cannot be a parameter's name, or "" when

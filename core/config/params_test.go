@@ -78,12 +78,19 @@ func TestLoadBadParams(t *testing.T) {
 func TestReservedParam(t *testing.T) {
 	for _, name := range []string{"PATH", "LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "DYLD_INSERT_LIBRARIES", "BASH_ENV", "ENV",
 		"IFS", "PS4", "PROMPT_COMMAND", "SHELLOPTS", "BASHOPTS", "HOME", "SHELL", "GCONV_PATH", "GLIBC_TUNABLES",
-		"CONVEYOR_JOB", "CONVEYOR_AGENT_SECRET_FILE", "BASH_FUNC_X"} {
+		"CONVEYOR_JOB", "CONVEYOR_AGENT_SECRET_FILE", "BASH_FUNC_X",
+		// Interpreters and tools that load code or take options from the
+		// environment.
+		"NODE_OPTIONS", "NODE_PATH", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "PERL5OPT", "PERL5LIB", "PERLLIB",
+		"RUBYOPT", "RUBYLIB", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS", "CLASSPATH",
+		"GIT_SSH_COMMAND", "GIT_SSH", "GIT_PROXY_COMMAND", "GIT_EXEC_PATH", "GIT_EXTERNAL_DIFF", "GIT_TEMPLATE_DIR",
+		"GIT_CONFIG", "GIT_CONFIG_COUNT", "GIT_CONFIG_KEY_0", "GIT_CONFIG_VALUE_0", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_PARAMETERS",
+		"GIT_ASKPASS", "SSH_ASKPASS", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "TMPDIR"} {
 		if ReservedParam(name) == "" {
 			t.Errorf("%s is not reserved", name)
 		}
 	}
-	for _, name := range []string{"NAME", "TARGET", "LD", "PATHS", "MY_PATH", "CONVEYOR", "_X"} {
+	for _, name := range []string{"NAME", "TARGET", "LD", "PATHS", "MY_PATH", "CONVEYOR", "_X", "TZ", "GIT_BRANCH", "GIT_CONFIGURE", "PYTHON", "NODE_ENV", "PROXY"} {
 		if why := ReservedParam(name); why != "" {
 			t.Errorf("%s is reserved: %s", name, why)
 		}

@@ -17,6 +17,13 @@ import (
 // one per failureRate interval. Right tokens take nothing, and other
 // addresses are not affected: a user is never locked out by someone
 // else's failures from another address.
+//
+// The table holds at most maxTrackedAddrs addresses. When it is full, the
+// buckets that refilled (which say nothing any more) are dropped; if it is
+// still full, every address not in it shares one overflow bucket, so a
+// brute force spread over more addresses than the table holds is still
+// limited (as a whole), at the price of slowing down new addresses while
+// it lasts.
 const (
 	failureBurst = 10
 	failureRate  = 2 * time.Second // one more guess per interval
@@ -32,6 +39,12 @@ type failureLimiter struct {
 
 	mu      sync.Mutex
 	buckets map[netip.Prefix]*bucket
+	// overflow is the bucket of every address not in buckets while
+	// buckets is full.
+	overflow bucket
+	// pruned is when prune last ran: a full table is swept at most once
+	// per interval, not at every request.
+	pruned time.Time
 }
 
 type bucket struct {
@@ -40,7 +53,8 @@ type bucket struct {
 }
 
 func newFailureLimiter(now func() time.Time) *failureLimiter {
-	return &failureLimiter{burst: failureBurst, every: failureRate, now: now, buckets: map[netip.Prefix]*bucket{}}
+	return &failureLimiter{burst: failureBurst, every: failureRate, now: now, buckets: map[netip.Prefix]*bucket{},
+		overflow: bucket{tokens: failureBurst}}
 }
 
 // clientKey is the address a request's failures count against: the peer
@@ -77,11 +91,11 @@ func (l *failureLimiter) refill(b *bucket, now time.Time) {
 func (l *failureLimiter) wait(key netip.Prefix) time.Duration {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	b, ok := l.buckets[key]
-	if !ok {
+	now := l.now()
+	b := l.lookup(key, now)
+	if b == nil {
 		return 0
 	}
-	now := l.now()
 	l.refill(b, now)
 	if b.tokens >= 1 {
 		return 0
@@ -94,14 +108,8 @@ func (l *failureLimiter) fail(key netip.Prefix) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
-	b, ok := l.buckets[key]
-	if !ok {
-		if len(l.buckets) >= maxTrackedAddrs {
-			l.prune(now)
-		}
-		if len(l.buckets) >= maxTrackedAddrs {
-			return // the table is full of active attackers: not tracked, not refused
-		}
+	b := l.lookup(key, now)
+	if b == nil {
 		b = &bucket{tokens: l.burst, at: now}
 		l.buckets[key] = b
 	}
@@ -109,15 +117,33 @@ func (l *failureLimiter) fail(key netip.Prefix) {
 	b.tokens = math.Max(0, b.tokens-1)
 }
 
+// lookup returns key's bucket: its own, the overflow bucket when key has
+// none and the table is full (after dropping the refilled buckets), or nil
+// when key has none and may have one. The lock is held.
+func (l *failureLimiter) lookup(key netip.Prefix, now time.Time) *bucket {
+	if b, ok := l.buckets[key]; ok {
+		return b
+	}
+	if len(l.buckets) >= maxTrackedAddrs && now.Sub(l.pruned) >= l.every {
+		l.prune(now)
+	}
+	if len(l.buckets) >= maxTrackedAddrs {
+		return &l.overflow
+	}
+	return nil
+}
+
 // reset forgets every address's failures.
 func (l *failureLimiter) reset() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	clear(l.buckets)
+	l.overflow = bucket{tokens: l.burst}
 }
 
 // prune drops the buckets that refilled; the lock is held.
 func (l *failureLimiter) prune(now time.Time) {
+	l.pruned = now
 	for k, b := range l.buckets {
 		l.refill(b, now)
 		if b.tokens >= l.burst {

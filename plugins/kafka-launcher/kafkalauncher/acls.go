@@ -108,7 +108,13 @@ func NodeACLs(prefix, node, user string) []ACL {
 // (committing its offsets, purging a node's groups); IdempotentWrite on
 // the cluster as in NodeACLs. No ACL or user administration: with Alter on
 // the cluster a master could grant itself everything. The embedded broker
-// gives its master exactly these.
+// gives its master exactly these. The bindings are prefixed: they cover
+// every name that starts with prefix, which is why the configuration
+// requires a prefix ending in "." ("conveyor" would cover
+// "conveyorX.NODE.commands" of another installation); a prefix still
+// covers every longer prefix of its own ("conveyor." covers
+// "conveyor.team2."), so installations sharing a cluster need prefixes
+// of which none starts with another.
 func MasterACLs(prefix, user string) []ACL {
 	if prefix == "" {
 		prefix = kafkatransport.DefaultTopicPrefix

@@ -162,6 +162,11 @@ func validate(g globalConfig) (*settings, launcher.ConfigErrors) {
 	s.replication = int16(g.ReplicationFactor)
 	if err := kafkatransport.ValidTopicPrefix(g.TopicPrefix); err != nil {
 		bad(err.Error(), "topic_prefix")
+	} else if !strings.HasSuffix(g.TopicPrefix, ".") {
+		// The master's ACLs (MasterACLs) cover every topic and group whose
+		// name starts with the prefix: without the dot, "conveyor" would
+		// also cover another installation's "conveyorX." names.
+		bad(fmt.Sprintf("topic prefix %q must end in \".\" (say %q): the master's ACLs cover every topic and consumer group whose name starts with the prefix, so %q would also cover another installation's %q", g.TopicPrefix, g.TopicPrefix+".", g.TopicPrefix, g.TopicPrefix+"X."), "topic_prefix")
 	}
 	for _, b := range g.Brokers {
 		if _, port, err := net.SplitHostPort(b); err != nil || port == "" {

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -129,6 +130,11 @@ func startEmbedded(ctx context.Context, dataDir string, spec embeddedSpec, sasl 
 	if err := removeAuthState(dir); err != nil {
 		return nil, err
 	}
+	// The broker accepts no connection before the guard checks PLAIN
+	// logins (kfake listens as soon as NewCluster returns; the guard is
+	// installed after): a connection made in between waits in the
+	// kernel's backlog, then meets the guard.
+	gate := make(chan struct{})
 	opts := []kfake.Opt{
 		kfake.NumBrokers(1),
 		kfake.Ports(port),
@@ -137,7 +143,7 @@ func startEmbedded(ctx context.Context, dataDir string, spec embeddedSpec, sasl 
 			if err != nil {
 				return nil, err
 			}
-			return advertisingListener{ln, addr}, nil
+			return newGatedListener(advertisingListener{ln, addr}, gate), nil
 		}),
 		kfake.DataDir(dir),
 		kfake.ClusterID("conveyor-embedded"),
@@ -217,6 +223,10 @@ func startEmbedded(ctx context.Context, dataDir string, spec embeddedSpec, sasl 
 	if guard != nil {
 		guard.install(c)
 	}
+	if testHookBeforeAccept != nil {
+		testHookBeforeAccept(addr)
+	}
+	close(gate)
 	b := &embeddedBroker{cluster: c, addr: addr, dir: dir, spec: spec, sasl: sasl, guard: guard}
 	if admin != nil {
 		b.admin = spec.client
@@ -294,6 +304,42 @@ type advertisingListener struct {
 
 // Addr implements net.Listener.
 func (l advertisingListener) Addr() net.Addr { return advertisedAddr(l.addr) }
+
+// testHookBeforeAccept, when set (by tests only), runs in startEmbedded
+// after kfake listens and before the broker accepts connections.
+var testHookBeforeAccept func(addr string)
+
+// gatedListener accepts no connection before its gate is closed: the
+// embedded broker opens it once the PLAIN guard is installed, so no login
+// reaches kfake unchecked. Connections made before wait in the kernel's
+// backlog. Close unblocks a waiting Accept.
+type gatedListener struct {
+	net.Listener
+	gate   <-chan struct{}
+	closed chan struct{}
+	once   sync.Once
+}
+
+// newGatedListener returns ln accepting only once gate is closed.
+func newGatedListener(ln net.Listener, gate <-chan struct{}) *gatedListener {
+	return &gatedListener{Listener: ln, gate: gate, closed: make(chan struct{})}
+}
+
+// Accept implements net.Listener: it waits for the gate, then accepts.
+func (l *gatedListener) Accept() (net.Conn, error) {
+	select {
+	case <-l.gate:
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+	return l.Listener.Accept()
+}
+
+// Close implements net.Listener.
+func (l *gatedListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return l.Listener.Close()
+}
 
 // advertisedAddr is a TCP address as configured.
 type advertisedAddr string

@@ -443,4 +443,7 @@ func TestMasterACLs(t *testing.T) {
 	}
 	wantDenied(t, "the master creates a topic outside its prefix",
 		kafkatransport.EnsureTopics(ctxT(t), master, []string{"other.topic"}, 1, 1), sarama.ErrTopicAuthorizationFailed)
+	// The prefix ends in ".": another installation's "ciX." is outside.
+	wantDenied(t, "the master creates a topic of prefix ciX.",
+		kafkatransport.EnsureTopics(ctxT(t), master, []string{kafkatransport.TopicsFor("ciX.", "n").Commands}, 1, 1), sarama.ErrTopicAuthorizationFailed)
 }

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/IBM/sarama"
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -81,6 +83,103 @@ func TestEmbeddedPLAINRefusesEmptyPassword(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestEmbeddedGuardBeforeAccept: kfake listens as soon as NewCluster
+// returns, and the PLAIN guard is installed after; the broker must accept
+// no connection in between, else an empty-password PLAIN login made then
+// gets in at every (re)start. A login tried in that window gets no answer
+// until the broker is ready, then is refused.
+func TestEmbeddedGuardBeforeAccept(t *testing.T) {
+	addr := freeAddr(t)
+	masterSASL := &kafkatransport.SASL{Mechanism: kafkatransport.MechanismPlain, Username: "conveyor", Password: "master-pw"}
+	spec := embeddedSpec{addr: addr, mechanism: kafkatransport.MechanismPlain, users: map[string]string{"a": "a-pw"}, acls: true,
+		prefix: kafkatransport.DefaultTopicPrefix,
+		client: kafkatransport.Config{Brokers: []string{addr}, SASL: masterSASL}}
+	result := make(chan error, 1)
+	testHookBeforeAccept = func(hookAddr string) {
+		if hookAddr != addr {
+			return
+		}
+		go func() { result <- rawPlainLogin(t, addr, "mallory", "") }()
+		// The login's connection is made (the kernel completes it) but no
+		// request may be answered before the broker accepts: wait a
+		// little for an answer that must not come.
+		select {
+		case err := <-result:
+			t.Errorf("a PLAIN login was answered before the broker was ready: %v", err)
+			result <- err
+		case <-time.After(time.Second):
+		}
+	}
+	t.Cleanup(func() { testHookBeforeAccept = nil })
+	startTestBroker(t, spec, masterSASL)
+	select {
+	case err := <-result:
+		if !errors.Is(err, kerr.SaslAuthenticationFailed) {
+			t.Errorf("PLAIN login with an empty password made while the broker started: %v, want %v", err, kerr.SaslAuthenticationFailed)
+		}
+	case <-ctxT(t).Done():
+		t.Fatal("the login made while the broker started got no answer")
+	}
+}
+
+// TestGatedListener: Accept waits for the gate; Close ends a waiting
+// Accept.
+func TestGatedListener(t *testing.T) {
+	ln := mustListen(t)
+	gate := make(chan struct{})
+	gl := newGatedListener(ln, gate)
+	accepted := make(chan error, 1)
+	go func() {
+		c, err := gl.Accept()
+		if err == nil {
+			c.Close()
+		}
+		accepted <- err
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	select {
+	case err := <-accepted:
+		t.Fatalf("Accept returned before the gate opened: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(gate)
+	select {
+	case err := <-accepted:
+		if err != nil {
+			t.Fatalf("Accept after the gate opened: %v", err)
+		}
+	case <-ctxT(t).Done():
+		t.Fatal("Accept did not return after the gate opened")
+	}
+
+	closedGate := newGatedListener(mustListen(t), make(chan struct{}))
+	done := make(chan error, 1)
+	go func() { _, err := closedGate.Accept(); done <- err }()
+	closedGate.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Errorf("Accept on a closed gated listener: %v, want %v", err, net.ErrClosed)
+		}
+	case <-ctxT(t).Done():
+		t.Fatal("Close did not end a waiting Accept")
+	}
+}
+
+// mustListen listens on a loopback port chosen by the kernel.
+func mustListen(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
 }
 
 // TestEmbeddedMasterNotSuperuser: on the embedded broker with SASL and

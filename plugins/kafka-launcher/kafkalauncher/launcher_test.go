@@ -214,6 +214,7 @@ func TestConfigErrorPaths(t *testing.T) {
 		{`replication_factor = 0`, []string{"replication_factor"}},
 		{`replication_factor = 3`, []string{"replication_factor"}}, // embedded: one broker
 		{`topic_prefix = "bad prefix"`, []string{"topic_prefix"}},
+		{`topic_prefix = "conveyor"`, []string{"topic_prefix"}}, // would cover "conveyorX." (MasterACLs)
 		{`embedded_addr = "10.0.0.1:9092"`, []string{"embedded_addr"}},
 		{`embedded_addr = "127.0.0.1"`, []string{"embedded_addr"}},
 		{`brokers = ["kafka"]`, []string{"brokers"}},
