@@ -197,7 +197,7 @@ func NewManager(cfg *config.Config, pm *plugins.Manager, opts Options, logger hc
 			hbTimeout = c.HeartbeatTimeout
 		}
 		so := session.Options{Node: c.Name, Heartbeat: opts.Heartbeat, HeartbeatTimeout: hbTimeout,
-			SessionTimeout: c.SessionTimeout, Logger: logger.Named(c.Name), OnWriteError: opts.OnWriteError,
+			SessionTimeout: c.SessionTimeout, WriteTimeout: c.WriteTimeout, Logger: logger.Named(c.Name), OnWriteError: opts.OnWriteError,
 			OnEnd: func(err error) {
 				n.mu.Lock()
 				n.lost = err.Error()

@@ -29,6 +29,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/conveyor-ci/conveyor/core/config"
 	"github.com/conveyor-ci/conveyor/sdk/launcher"
 	"github.com/conveyor-ci/conveyor/sdk/reliable"
 	"github.com/conveyor-ci/conveyor/sdk/wire"
@@ -61,7 +62,8 @@ var (
 const (
 	DefaultHeartbeat        = 5 * time.Second
 	DefaultHeartbeatTimeout = 30 * time.Second
-	DefaultSessionTimeout   = 5 * time.Minute
+	DefaultSessionTimeout   = config.DefaultSessionTimeout
+	DefaultWriteTimeout     = config.DefaultWriteTimeout
 	// DefaultOutboxBytes bounds what the master keeps for the agent until
 	// acknowledged (step requests, cancels: small).
 	DefaultOutboxBytes = 16 << 20
@@ -79,6 +81,10 @@ type Options struct {
 	// SessionTimeout is how long a session is held for the agent to resume
 	// it after its link was lost.
 	SessionTimeout time.Duration
+	// WriteTimeout is how long writes the file system refuses (and
+	// checkpoints) are retried before the steps they are for fail
+	// (default: DefaultWriteTimeout, or SessionTimeout when shorter).
+	WriteTimeout time.Duration
 	// OnEnd, when set, is called (in its own goroutine) when a session
 	// ends while no link serves it: the session timeout expired.
 	OnEnd func(err error)
@@ -227,6 +233,9 @@ func New(opts Options) *Session {
 	}
 	if opts.SessionTimeout <= 0 {
 		opts.SessionTimeout = DefaultSessionTimeout
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = min(DefaultWriteTimeout, opts.SessionTimeout)
 	}
 	if opts.Logger == nil {
 		opts.Logger = hclog.NewNullLogger()
