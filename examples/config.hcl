@@ -89,6 +89,9 @@ node "kafka-1" {
   # after heartbeat_timeout) before they fail with "agent lost".
   heartbeat_timeout = "30s"
   session_timeout   = "5m"
+  # How long a write the master's disk refuses (it is full) is retried
+  # before the step fails; the node's other builds wait meanwhile.
+  write_timeout = "60s"
   kafka {}
 }
 

@@ -134,8 +134,9 @@ var Features = []string{wire.FeatureCollect, wire.FeatureStdin}
 
 // Counters count the frames the agent dropped.
 type Counters struct {
-	// Stale frames belonged to another session (or carried a forged or
-	// outdated challenge); they were never executed.
+	// Stale frames belonged to another session this agent had, arrived
+	// before the handshake completed, or carried a forged or outdated
+	// challenge; they were never executed.
 	Stale uint64 `json:"stale"`
 	// Malformed frames did not decode.
 	Malformed uint64 `json:"malformed"`
@@ -148,8 +149,9 @@ type Counters struct {
 	// resume, or replayed); they were not executed again.
 	Duplicate uint64 `json:"duplicate"`
 	// Forged frames of the current session carried a MAC that does not
-	// verify under the session key, or none where one was due; they were
-	// not executed.
+	// verify under the session key, or none where one was due; once the
+	// session was established on the link, frames of a session this agent
+	// never had (another node's) are forged too. They were not executed.
 	Forged uint64 `json:"forged"`
 	// Hints are the unsigned frames a master sends for a session it has
 	// no key for (a restarted master, a new connection before the resume):
@@ -204,6 +206,9 @@ type Agent struct {
 	stdins map[string]*stdinFeed // by build id: announced for its next step, or its running step's
 	cur    *sess                 // the session to resume; nil when none
 	dups   atomic.Uint64         // duplicates of ended sessions
+	had    []uint64              // sessions this agent had, newest last (remember)
+
+	strangerWarned atomic.Bool // a frame of a session this agent never had was logged at WARN
 }
 
 type step struct {
@@ -647,6 +652,9 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 			}
 			if s == nil {
 				ep, authResult, err := a.handshakeFrame(c, cur, &hs, f, msg)
+				if hs.genuine[f.Session] != nil {
+					a.remember(f.Session) // the master may use it even if this handshake fails
+				}
 				if err != nil {
 					return nil, err
 				}
@@ -670,6 +678,21 @@ func (a *Agent) session(ctx context.Context, c Conn, in *reliable.Frames) (*sess
 				if a.draining.Load() && drainCh == nil && drainDone == nil {
 					drainCh = a.drainCh // drain requested while resuming
 				}
+				continue
+			}
+			if f.Session != s.id && f.Session != 0 && f.Type != wire.TypeChallenge && !a.hadSession(f.Session) {
+				// Established on this link: in the ordered transport the
+				// leftovers of this agent's earlier sessions (and of an
+				// earlier agent process's) came before the AuthResult. A
+				// session it never had is another node's, copied into its
+				// topic. The master's Challenges are exempt: it answers
+				// every plausible Hello on the topic, whoever wrote it.
+				n := a.forged.Add(1)
+				log := a.log.Debug
+				if a.strangerWarned.CompareAndSwap(false, true) {
+					log = a.log.Warn
+				}
+				log("dropped a frame of a session this agent never had", "type", f.Type, "session", fmt.Sprintf("%016x", f.Session), "forged", n)
 				continue
 			}
 			if f.Session != s.id {
@@ -876,6 +899,7 @@ func (a *Agent) established(ep *reliable.Endpoint, authResult *wire.Frame, cur *
 		a.endSession(cur, fmt.Errorf("the master does not know session %016x any more (it restarted, or the session timed out)", cur.id))
 	}
 	ctx, cancel := context.WithCancelCause(context.Background())
+	a.remember(id)
 	s := &sess{ep: ep, id: id, ctx: ctx, cancel: cancel}
 	a.mu.Lock()
 	a.cur = s

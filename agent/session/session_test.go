@@ -53,16 +53,17 @@ func TestHandshakeAndSteps(t *testing.T) {
 		if out != "hi\nerr\n" && out != "err\nhi\n" || exit.Code != 4 {
 			t.Fatalf("output %q exit %+v", out, exit)
 		}
-		// A step of another session is dropped, never run.
-		before := a.Counters().Stale
+		// A step of a session this agent never had (another node's,
+		// copied into its topic) is dropped as forged, never run.
+		before := a.Counters().Forged
 		m.raw(craft(&wire.RunStep{BuildID: "evil#1", Command: "echo pwned > pwned"}, id+1, m.nextSeq(), m.key))
 		m.send(&wire.Ping{Nonce: 7})
 		_, pong := m.next(wire.TypePong)
 		if pong.(*wire.Pong).Nonce != 7 {
 			t.Fatalf("pong %+v", pong)
 		}
-		if a.Counters().Stale != before+1 {
-			t.Fatalf("stale counter %d, want %d", a.Counters().Stale, before+1)
+		if a.Counters().Forged != before+1 {
+			t.Fatalf("forged counter %d, want %d", a.Counters().Forged, before+1)
 		}
 		// A workspace escaping the workdir is refused.
 		_, exit = m.runStep(&wire.RunStep{BuildID: "job#2", Command: "true", Workdir: "../x"})
@@ -76,7 +77,7 @@ func TestHandshakeAndSteps(t *testing.T) {
 		if d, g := m.ep.Dropped(); d != 0 || g != 0 {
 			t.Fatalf("the master dropped %d duplicates and %d early frames", d, g)
 		}
-		if c := a.Counters(); c.Duplicate != 0 || c.Forged != 0 || c.Replayed != 0 || c.Malformed != 0 {
+		if c := a.Counters(); c.Duplicate != 0 || c.Forged != 1 || c.Replayed != 0 || c.Malformed != 0 || c.Stale != 0 {
 			t.Fatalf("counters %+v", c)
 		}
 	}

@@ -43,7 +43,19 @@ type Service struct {
 
 	mu     sync.Mutex
 	active map[string]*active // queued or running, by key
+	// unsaved holds the builds that finished but whose end the store
+	// could not record (finalSaveBound): they show failed, with why,
+	// until the server restarts (Recover then records them interrupted).
+	unsaved map[string]*store.Build
 }
+
+// finalSaveRetry is how often a build's end the store refused is saved
+// again; finalSaveBound, for how long before the build fails (60s: a
+// node's default write_timeout, the bound of the other writes).
+var (
+	finalSaveRetry = time.Second
+	finalSaveBound = 60 * time.Second
+)
 
 // active is a build that has not finished.
 type active struct {
@@ -68,7 +80,8 @@ type Observer interface {
 // New returns a service over the store and nodes; obs, when not nil, is
 // told of every build's start and end.
 func New(cfg *config.Config, st *store.Store, nm *nodes.Manager, obs Observer, logger hclog.Logger) *Service {
-	return &Service{cfg: cfg, store: st, nodes: nm, sched: scheduler.New(nm), obs: obs, log: logger, active: map[string]*active{}}
+	return &Service{cfg: cfg, store: st, nodes: nm, sched: scheduler.New(nm), obs: obs, log: logger,
+		active: map[string]*active{}, unsaved: map[string]*store.Build{}}
 }
 
 // Queued is how many builds wait in the queue.
@@ -219,6 +232,10 @@ func (s *Service) Get(job string, n int) (*store.Build, error) {
 		defer s.mu.Unlock()
 		return copyBuild(a.build), nil
 	}
+	if b := s.unsaved[Key(job, n)]; b != nil {
+		defer s.mu.Unlock()
+		return copyBuild(b), nil
+	}
 	s.mu.Unlock()
 	if s.cfg.Job(job) == nil {
 		return nil, fmt.Errorf("%w: %q", ErrUnknownJob, job)
@@ -240,6 +257,8 @@ func (s *Service) List(job string, limit int) ([]*store.Build, error) {
 	for i, b := range list {
 		if a := s.active[Key(b.Job, b.Number)]; a != nil {
 			list[i] = copyBuild(a.build)
+		} else if u := s.unsaved[Key(b.Job, b.Number)]; u != nil {
+			list[i] = copyBuild(u)
 		}
 	}
 	return list, nil
@@ -332,33 +351,85 @@ func (s *Service) update(a *active, fn func(b *store.Build)) {
 	s.mu.Unlock()
 	if err := s.store.Save(b); err != nil {
 		s.log.Error("saving build", "build", Key(b.Job, b.Number), "error", err)
-		if s.obs != nil {
-			s.obs.WriteFailed(session.KindStore)
-		}
+		s.writeFailed()
 	}
 }
 
-// finish records the final status and releases the build.
+func (s *Service) writeFailed() {
+	if s.obs != nil {
+		s.obs.WriteFailed(session.KindStore)
+	}
+}
+
+// finish records the final status and releases the build. The store
+// refusing to record it, it is saved again every finalSaveRetry; still
+// refused after finalSaveBound, the build fails with "writing the build
+// record: ERROR" (kept in memory: the stored record says it still runs).
 func (s *Service) finish(a *active, status, reason string, logSize *int64) {
 	now := time.Now().UTC()
+	s.mu.Lock()
+	b := copyBuild(a.build)
+	key := Key(b.Job, b.Number)
+	s.mu.Unlock()
+	b.Status, b.Reason, b.FinishedAt = status, reason, &now
+	if logSize != nil {
+		b.LogSize = *logSize
+	}
+	saved := s.saveFinal(b)
+	if saved != nil {
+		status, reason = store.StatusFailure, "writing the build record: "+saved.Error()
+		b.Status, b.Reason = status, reason
+		s.log.Error("cannot record the build's end: it shows failed until the server restarts, which records it interrupted",
+			"build", key, "error", saved, "tried_for", finalSaveBound)
+	}
 	// Counted before the status shows: whoever sees the build finished
 	// finds it in the metrics too.
 	if s.obs != nil {
-		s.obs.Finished(a.build.Job, status)
+		s.obs.Finished(b.Job, status)
 	}
-	s.update(a, func(b *store.Build) {
-		b.Status, b.Reason, b.FinishedAt = status, reason, &now
-		if logSize != nil {
-			b.LogSize = *logSize
-		}
-	})
 	s.mu.Lock()
-	key := Key(a.build.Job, a.build.Number)
+	*a.build = *b
 	delete(s.active, key)
+	if saved != nil {
+		s.unsaved[key] = copyBuild(b)
+	}
 	s.mu.Unlock()
 	a.cancel(errors.New("finished"))
 	close(a.done)
 	s.log.Info("build finished", "build", key, "status", status, "reason", reason)
+}
+
+// saveFinal saves b, a build's end, again every finalSaveRetry while the
+// store refuses it, for finalSaveBound (not once the store is closed); it
+// returns the last error.
+func (s *Service) saveFinal(b *store.Build) error {
+	deadline := time.Now().Add(finalSaveBound)
+	var last string
+	for {
+		err := s.store.Save(b)
+		if err == nil {
+			if last != "" {
+				s.log.Info("the build's end is recorded", "build", Key(b.Job, b.Number))
+			}
+			return nil
+		}
+		s.writeFailed()
+		if errors.Is(err, store.ErrClosed) {
+			// The server is stopping: no retry will do (a restarted
+			// server records the build interrupted).
+			return err
+		}
+		if msg := err.Error(); msg != last {
+			last = msg
+			s.log.Error("cannot record the build's end, retrying", "build", Key(b.Job, b.Number), "error", err,
+				"every", finalSaveRetry, "give_up_after", finalSaveBound)
+		}
+		wait := time.Until(deadline)
+		if wait <= 0 {
+			return err
+		}
+		time.Sleep(min(finalSaveRetry, wait))
+	}
 }
 
 // execute runs a build's steps on node n.

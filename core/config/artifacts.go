@@ -78,7 +78,8 @@ func (c *Config) buildArtifacts(expr hcl.Expression) ([]string, hcl.Diagnostics)
 		}
 		p := e.AsString()
 		if err := CheckArtifactPattern(p); err != nil {
-			diags = append(diags, bad(ranges[i], fmt.Sprintf("The artifacts pattern %q cannot be used: %s.", p, err))...)
+			diags = append(diags, plainError(ranges[i], "Invalid artifacts",
+				fmt.Sprintf("The artifacts pattern %q cannot be used: %s.", p, err), "The artifacts pattern cannot be used."))
 			continue
 		}
 		out = append(out, p)

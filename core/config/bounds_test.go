@@ -161,7 +161,7 @@ func itoa(n int) string { return strconv.Itoa(n) }
 // paths resolve next to it).
 func attack(name string) func(*testing.T, string) string {
 	return func(t *testing.T, dir string) string {
-		for _, extra := range []string{"shadow"} {
+		for _, extra := range []string{"shadow", "tok"} {
 			copyAttack(t, dir, extra)
 		}
 		return copyAttack(t, dir, name)
@@ -223,10 +223,14 @@ func TestCheckShapeLimits(t *testing.T) {
 	}
 }
 
-// TestDiagnosticsNameTheSource: a value from file() or env() is never
-// quoted in a diagnostic, whichever check rejects it; the diagnostic names
-// the call instead. (file("/etc/shadow") used as a timeout printed the file
-// in "Invalid timeout".)
+// TestDiagnosticsNameTheSource: a value from file() or env(), or any value
+// computed from one (through a function, an interpolation, a condition),
+// is never quoted in a diagnostic, whichever check rejects it, whole or in
+// part or transformed; the diagnostic names the call instead. (file("/etc/shadow")
+// used as a timeout printed the file in "Invalid timeout"; then
+// upper("x${file("tok")}") printed the token in upper case, and
+// "1${trimspace(file("tok"))}" printed part of it in time.ParseDuration's
+// `unknown unit`.)
 func TestDiagnosticsNameTheSource(t *testing.T) {
 	const secret = "attackerShouldNeverSeeThis"
 	t.Setenv("CONVEYOR_TEST_SECRET", "envSecretNeverShown")
@@ -234,22 +238,50 @@ func TestDiagnosticsNameTheSource(t *testing.T) {
 		file string
 		want []string // in the printed diagnostics
 	}{
-		{"secret_timeout.hcl", []string{`Invalid timeout`, `The timeout (value from file("shadow")) is not a duration`}},
-		{"secret_labels.hcl", []string{`No node carries all of the labels [(value from file("shadow"))]`}},
+		{"secret_timeout.hcl", []string{`Invalid timeout`, `The timeout is not a duration such as`, `The value comes from file("shadow")`}},
+		{"secret_labels.hcl", []string{`No node carries all of the labels that job "j" requires`, `The value comes from file("shadow")`}},
 		{"secret_env.hcl", []string{
-			`The log level (value from env("CONVEYOR_TEST_SECRET")) is not one of`,
-			`The HTTP address (value from env("CONVEYOR_TEST_SECRET")) is not a host:port pair`,
-			`The timeout "(value from env("CONVEYOR_TEST_SECRET"))s" is not a duration`,
+			`The log level is not one of trace, debug, info, warn, error. The value comes from env("CONVEYOR_TEST_SECRET")`,
+			`The HTTP address is not a host:port pair. The value comes from env("CONVEYOR_TEST_SECRET")`,
+			`The timeout is not a duration such as "90s", "30m" or "1h30m". The value comes from env("CONVEYOR_TEST_SECRET")`,
 		}},
+		{"secret_upper.hcl", []string{`8:13: Error: Invalid timeout`, `The timeout is not a duration such as "90s", "30m" or "1h30m". The value comes from file("tok")`}},
+		{"secret_unit.hcl", []string{`8:13: Error: Invalid timeout`, `The timeout is not a duration such as "90s", "30m" or "1h30m". The value comes from file("tok")`}},
+		// A check placed on another attribute (the default) quoting the
+		// derived value (a choice): the second net knows every string
+		// computed from file().
+		{"secret_choices.hcl", []string{`9:15: Error:`, `(value from file("tok"))`}},
+		{"secret_derived.hcl", []string{
+			`2:15: Error: Invalid log_level`, `The log level is not one of`,
+			`3:15: Error: Invalid http_addr`, `The port of the HTTP address is not a TCP port number`,
+			`10:23: Error: Invalid heartbeat_timeout`,
+			`11:23: Error: Invalid session_timeout`, `The session_timeout is not a duration`,
+			`15:14: Error: Undeclared launcher`, `The node "n2" uses a launcher that has no launcher block.`,
+			`19:15: Error: Job cannot run on any node`,
+			`20:16: Error: Invalid artifacts`, `The artifacts pattern cannot be used.`,
+			`21:15: Error: Invalid timeout`,
+			`The value comes from file("tok"); diagnostics never show it.`,
+		}},
+	}
+	tok, err := os.ReadFile("testdata/attack/tok")
+	if err != nil {
+		t.Fatal(err)
 	}
 	for _, tt := range tests {
 		t.Run(strings.TrimSuffix(tt.file, ".hcl"), func(t *testing.T) {
-			c, diags := loadWithin(t, attack(tt.file)(t, t.TempDir()))
+			dir := t.TempDir()
+			c, diags := loadWithin(t, attack(tt.file)(t, dir))
 			out := writeDiags(t, c, diags)
 			for _, leak := range []string{secret, "Zq4MvTfH", "envSecretNeverShown", "ENVSECRETNEVERSHOWN"} {
 				if strings.Contains(out, leak) {
 					t.Errorf("diagnostics quote %q:\n%s", leak, out)
 				}
+			}
+			// No four characters of the token, in any case (the
+			// directory's name, random digits, aside).
+			lower := strings.ToLower(strings.ReplaceAll(out, dir, "DIR"))
+			if part := sharedPart(lower, strings.ToLower(strings.TrimSpace(string(tok))), 4); part != "" {
+				t.Errorf("diagnostics quote %q of the token:\n%s", part, out)
 			}
 			for _, w := range tt.want {
 				if !strings.Contains(out, w) {
@@ -258,6 +290,16 @@ func TestDiagnosticsNameTheSource(t *testing.T) {
 			}
 		})
 	}
+}
+
+// sharedPart returns a substring of secret of n bytes found in s, or "".
+func sharedPart(s, secret string, n int) string {
+	for i := 0; i+n <= len(secret); i++ {
+		if strings.Contains(s, secret[i:i+n]) {
+			return secret[i : i+n]
+		}
+	}
+	return ""
 }
 
 // TestRedactPluginMessages: what a plugin says about a value (through

@@ -115,6 +115,12 @@ type Node struct {
 	// before its running builds fail with "agent lost" (0: the default,
 	// 5m).
 	SessionTimeout time.Duration
+	// WriteTimeout is how long the master retries storing what the node's
+	// agent sent when the file system refuses it (the disk is full)
+	// before the steps whose writes fail end with the error (0: the
+	// default, 60s or the session timeout when shorter). It is at most
+	// the session timeout.
+	WriteTimeout time.Duration
 	// Body is the body of the node's block named after its launcher; when
 	// the node has no such block it is an empty body that reports missing
 	// items at DefRange.
@@ -158,6 +164,15 @@ type Job struct {
 
 // DefaultArtifactsMaxMiB is a job's artifacts_max_mib when unset.
 const DefaultArtifactsMaxMiB = 4096
+
+// Defaults of a node's timeouts (the node's session applies them).
+const (
+	// DefaultSessionTimeout is a node's session_timeout when not set.
+	DefaultSessionTimeout = 5 * time.Minute
+	// DefaultWriteTimeout is a node's write_timeout when not set, or its
+	// session_timeout when shorter.
+	DefaultWriteTimeout = 60 * time.Second
+)
 
 // Upper bounds of counts in the configuration.
 const (
@@ -213,6 +228,9 @@ func (c *Config) Job(name string) *Job {
 // EvalContext returns the evaluation context (the functions env, file,
 // upper, lower, trimspace and join) used for the configuration; file()
 // resolves relative paths against the directory of the first loaded path.
+// What file() and env() return, and every value computed from it, carries
+// a cty mark naming the call: unmark a value (cty.Value.UnmarkDeep) before
+// decoding it, and never quote it in a message.
 func (c *Config) EvalContext() *hcl.EvalContext {
 	return c.evalContextFor(c.dir)
 }

@@ -25,6 +25,7 @@ type evalState struct {
 	mu      sync.Mutex
 	output  int64
 	secrets map[string]string // value -> the call it came from, file("x")
+	taints  []taint           // expressions whose values came from file() or env()
 }
 
 // charge accounts for n more bytes of function output.
@@ -93,7 +94,7 @@ func makeEnvFunc(st *evalState) function.Function {
 	return function.New(&function.Spec{
 		Description: "Returns the value of an environment variable, or the default if given and the variable is unset.",
 		Params: []function.Parameter{
-			{Name: "name", Type: cty.String},
+			{Name: "name", Type: cty.String, AllowMarked: true},
 		},
 		VarParam: &function.Parameter{Name: "default", Type: cty.String},
 		Type: func(args []cty.Value) (cty.Type, error) {
@@ -104,19 +105,29 @@ func makeEnvFunc(st *evalState) function.Function {
 		},
 		RefineResult: func(b *cty.RefinementBuilder) *cty.RefinementBuilder { return b.NotNull() },
 		Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
-			name := args[0].AsString()
+			nameVal, marks := args[0].Unmark()
+			name := nameVal.AsString()
 			if name == "" {
 				return cty.NilVal, function.NewArgErrorf(0, "environment variable name must not be empty")
+			}
+			// A name computed from file() or env() is itself never shown.
+			shown, from := strconv.Quote(name), markSources(args[0])
+			if len(from) > 0 {
+				shown = "named by " + strings.Join(from, ", ")
 			}
 			if v, ok := os.LookupEnv(name); ok {
 				if err := st.charge(len(v)); err != nil {
 					return cty.NilVal, err
 				}
-				st.remember(v, fmt.Sprintf("env(%s)", strconv.Quote(name)))
-				return cty.StringVal(v), nil
+				src := fmt.Sprintf("env(%s)", shown)
+				st.remember(v, src)
+				return cty.StringVal(v).WithMarks(marks).Mark(sensitive{source: src}), nil
 			}
 			if len(args) == 2 {
-				return args[1], nil
+				return args[1].WithMarks(marks), nil
+			}
+			if len(from) > 0 {
+				return cty.NilVal, function.NewArgErrorf(0, "the environment variable %s is not set and no default was given", shown)
 			}
 			return cty.NilVal, function.NewArgErrorf(0, "environment variable %q is not set and no default was given", name)
 		},
@@ -132,12 +143,13 @@ func makeFileFunc(dir string, st *evalState) function.Function {
 	return function.New(&function.Spec{
 		Description: "Returns the contents of a file, relative to the configuration file's directory.",
 		Params: []function.Parameter{
-			{Name: "path", Type: cty.String},
+			{Name: "path", Type: cty.String, AllowMarked: true},
 		},
 		Type:         function.StaticReturnType(cty.String),
 		RefineResult: func(b *cty.RefinementBuilder) *cty.RefinementBuilder { return b.NotNull() },
 		Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
-			arg := args[0].AsString()
+			argVal, marks := args[0].Unmark()
+			arg := argVal.AsString()
 			if arg == "" {
 				return cty.NilVal, function.NewArgErrorf(0, "path must not be empty")
 			}
@@ -145,26 +157,35 @@ func makeFileFunc(dir string, st *evalState) function.Function {
 			if !filepath.IsAbs(p) {
 				p = filepath.Join(dir, p)
 			}
+			// A path computed from file() or env() is itself never shown.
+			shown, quoted, from := p, strconv.Quote(arg), markSources(args[0])
+			if len(from) > 0 {
+				shown = "the file named by " + strings.Join(from, ", ")
+				quoted = "path from " + strings.Join(from, ", ")
+			}
 			b, err := readRegular(p, MaxFileFuncBytes)
 			if err != nil {
-				return cty.NilVal, function.NewArgError(0, fmt.Errorf("cannot read %s: %w", p, err))
+				return cty.NilVal, function.NewArgError(0, fmt.Errorf("cannot read %s: %w", shown, err))
 			}
 			if !utf8.Valid(b) {
-				return cty.NilVal, function.NewArgErrorf(0, "%s is not valid UTF-8 text", p)
+				return cty.NilVal, function.NewArgErrorf(0, "%s is not valid UTF-8 text", shown)
 			}
 			if err := st.charge(len(b)); err != nil {
 				return cty.NilVal, err
 			}
 			s := string(b)
-			st.remember(s, fmt.Sprintf("file(%s)", strconv.Quote(arg)))
-			return cty.StringVal(s), nil
+			src := fmt.Sprintf("file(%s)", quoted)
+			st.remember(s, src)
+			return cty.StringVal(s).WithMarks(marks).Mark(sensitive{source: src}), nil
 		},
 	})
 }
 
 // charged wraps a function of one string (upper, lower, trimspace) so that
 // its result counts against st's bound, and a result computed from a value
-// of file() or env() is remembered as coming from there too.
+// of file() or env() is remembered as coming from there too (for Redact's
+// second net; the function framework carries the marks of the arguments
+// over to the result, as it does for join).
 func charged(fn function.Function, st *evalState) function.Function {
 	return function.New(&function.Spec{
 		Description:  fn.Description(),

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"cmp"
 	"context"
 	"encoding/hex"
 	"fmt"
@@ -79,6 +80,8 @@ type nodeBlock struct {
 	HeartbeatRange hcl.Range `hcl:"heartbeat_timeout,attr_value_range"`
 	Session        *string   `hcl:"session_timeout,optional"`
 	SessionRange   hcl.Range `hcl:"session_timeout,attr_value_range"`
+	Write          *string   `hcl:"write_timeout,optional"`
+	WriteRange     hcl.Range `hcl:"write_timeout,attr_value_range"`
 	Remain         hcl.Body  `hcl:",remain"`
 	DefRange       hcl.Range `hcl:",def_range"`
 }
@@ -197,7 +200,7 @@ func load(ctx context.Context, paths []string) (*Config, hcl.Diagnostics) {
 	var all fileSchema
 	for i, f := range parsed { // all non-nil: a nil file comes with an error
 		var fs fileSchema
-		diags = append(diags, gohcl.DecodeBody(f.Body, c.fileEvalContext(files[i]), &fs)...)
+		diags = append(diags, gohcl.DecodeBody(c.state.track(f.Body), c.fileEvalContext(files[i]), &fs)...)
 		for _, s := range fs.Servers {
 			s.dir = filepath.Dir(files[i])
 		}
@@ -362,8 +365,20 @@ func dropUnknownCascades(diags hcl.Diagnostics) hcl.Diagnostics {
 }
 
 // ownCheck marks, in hcl.Diagnostic.Extra, the diagnostics of our own checks
-// (errorAt), as opposed to hcl's.
-type ownCheck struct{}
+// (errorAt), as opposed to hcl's. plain, when set, is the detail without
+// the value checked, shown instead of the detail when that value came from
+// file() or env() (see plainError and Redact).
+type ownCheck struct {
+	plain string
+}
+
+// plainError is errorAt for a check whose detail quotes the value checked:
+// plain says the same without the value.
+func plainError(rng hcl.Range, summary, detail, plain string) *hcl.Diagnostic {
+	d := errorAt(rng, summary, detail)
+	d.Extra = ownCheck{plain: plain}
+	return d
+}
 
 // errorAt returns an error diagnostic whose subject is rng.
 func errorAt(rng hcl.Range, summary, detail string) *hcl.Diagnostic {
@@ -431,11 +446,13 @@ func (c *Config) buildServer(blocks []*serverBlock) hcl.Diagnostics {
 		if b.HTTPAddr != nil {
 			s.HTTPAddr = *b.HTTPAddr
 			if _, port, err := net.SplitHostPort(s.HTTPAddr); err != nil {
-				diags = diags.Append(errorAt(b.HTTPAddrRange, "Invalid http_addr",
-					fmt.Sprintf("The HTTP address %q is not a host:port pair: %s.", s.HTTPAddr, err)))
+				diags = diags.Append(plainError(b.HTTPAddrRange, "Invalid http_addr",
+					fmt.Sprintf("The HTTP address %q is not a host:port pair: %s.", s.HTTPAddr, err),
+					"The HTTP address is not a host:port pair."))
 			} else if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
-				diags = diags.Append(errorAt(b.HTTPAddrRange, "Invalid http_addr",
-					fmt.Sprintf("The port %q of the HTTP address %q is not a TCP port number (1-65535, or 0 for any free port).", port, s.HTTPAddr)))
+				diags = diags.Append(plainError(b.HTTPAddrRange, "Invalid http_addr",
+					fmt.Sprintf("The port %q of the HTTP address %q is not a TCP port number (1-65535, or 0 for any free port).", port, s.HTTPAddr),
+					"The port of the HTTP address is not a TCP port number (1-65535, or 0 for any free port)."))
 			}
 		}
 		if b.DataDir != nil {
@@ -450,8 +467,9 @@ func (c *Config) buildServer(blocks []*serverBlock) hcl.Diagnostics {
 		if b.LogLevel != nil {
 			s.LogLevel = *b.LogLevel
 			if !slices.Contains(LogLevels, s.LogLevel) {
-				diags = diags.Append(errorAt(b.LogLevelRange, "Invalid log_level",
-					fmt.Sprintf("The log level %q is not one of %s.", s.LogLevel, strings.Join(LogLevels, ", "))))
+				diags = diags.Append(plainError(b.LogLevelRange, "Invalid log_level",
+					fmt.Sprintf("The log level %q is not one of %s.", s.LogLevel, strings.Join(LogLevels, ", ")),
+					fmt.Sprintf("The log level is not one of %s.", strings.Join(LogLevels, ", "))))
 			}
 		}
 		if b.LogJSON != nil {
@@ -489,11 +507,11 @@ func buildAPI(b *apiBlock) (API, hcl.Diagnostics) {
 	tok := *b.Token
 	switch {
 	case len(tok) < MinAPITokenLength:
-		diags = diags.Append(errorAt(b.TokenRange, "Invalid api token",
-			fmt.Sprintf("The API token is %d characters long; it needs at least %d (32 random bytes in hex, say: openssl rand -hex 32). Leave it empty to have the server generate one into data_dir/api-token.", len(tok), MinAPITokenLength)))
+		detail := fmt.Sprintf("The API token is %d characters long; it needs at least %d (32 random bytes in hex, say: openssl rand -hex 32). Leave it empty to have the server generate one into data_dir/api-token.", len(tok), MinAPITokenLength)
+		diags = diags.Append(plainError(b.TokenRange, "Invalid api token", detail, detail))
 	case strings.IndexFunc(tok, func(r rune) bool { return r <= ' ' || r > '~' }) >= 0:
-		diags = diags.Append(errorAt(b.TokenRange, "Invalid api token",
-			"The API token may only hold printable ASCII characters without spaces: it travels in an HTTP Authorization header."))
+		const detail = "The API token may only hold printable ASCII characters without spaces: it travels in an HTTP Authorization header."
+		diags = diags.Append(plainError(b.TokenRange, "Invalid api token", detail, detail))
 	default:
 		a.Token = tok
 	}
@@ -506,7 +524,7 @@ func (c *Config) buildLaunchers(blocks []*launcherBlock) hcl.Diagnostics {
 	for _, b := range blocks {
 		diags = append(diags, checkName("launcher", b.Name, b.NameRange)...)
 		diags = append(diags, checkDuplicate("launcher", b.Name, b.DefRange, seen)...)
-		l := &Launcher{Name: b.Name, Body: b.Remain, DefRange: b.DefRange}
+		l := &Launcher{Name: b.Name, Body: untrack(b.Remain), DefRange: b.DefRange}
 		if b.SHA256 != nil {
 			l.SHA256 = strings.ToLower(*b.SHA256)
 			if _, err := hex.DecodeString(l.SHA256); err != nil || len(l.SHA256) != 64 {
@@ -536,6 +554,11 @@ func (c *Config) buildNodes(blocks []*nodeBlock) hcl.Diagnostics {
 		}
 		diags = append(diags, duration("heartbeat_timeout", b.Heartbeat, b.HeartbeatRange, &n.HeartbeatTimeout)...)
 		diags = append(diags, duration("session_timeout", b.Session, b.SessionRange, &n.SessionTimeout)...)
+		diags = append(diags, duration("write_timeout", b.Write, b.WriteRange, &n.WriteTimeout)...)
+		if session := cmp.Or(n.SessionTimeout, DefaultSessionTimeout); n.WriteTimeout > session {
+			diags = diags.Append(errorAt(b.WriteRange, "Invalid write_timeout",
+				fmt.Sprintf("The write_timeout (%s) must not exceed the node's session_timeout (%s): a write the disk refuses holds the node's builds at most as long as a lost agent.", n.WriteTimeout, session)))
+		}
 		if b.Executors != nil {
 			n.Executors = *b.Executors
 			if n.Executors < 1 || n.Executors > MaxExecutors {
@@ -565,7 +588,8 @@ func (c *Config) buildNodes(blocks []*nodeBlock) hcl.Diagnostics {
 				if len(declared) > 0 {
 					detail += " Declared launchers: " + strings.Join(declared, ", ") + "."
 				}
-				diags = diags.Append(errorAt(b.LauncherRange, "Undeclared launcher", detail))
+				diags = diags.Append(plainError(b.LauncherRange, "Undeclared launcher", detail,
+					fmt.Sprintf("The node %q uses a launcher that has no launcher block.", b.Name)))
 			}
 		default:
 			for _, l := range c.Launchers {
@@ -578,7 +602,7 @@ func (c *Config) buildNodes(blocks []*nodeBlock) hcl.Diagnostics {
 			if content != nil && b.Launcher != "" {
 				blocks := content.Blocks.OfType(b.Launcher)
 				if len(blocks) > 0 {
-					n.Body, n.BlockRange = blocks[0].Body, blocks[0].DefRange
+					n.Body, n.BlockRange = untrack(blocks[0].Body), blocks[0].DefRange
 				}
 				for _, dup := range blocks[min(1, len(blocks)):] {
 					diags = diags.Append(errorAt(dup.DefRange, fmt.Sprintf("Duplicate %s block", b.Launcher),
@@ -601,8 +625,9 @@ func (c *Config) buildJobs(blocks []*jobBlock) hcl.Diagnostics {
 		diags = append(diags, duration("timeout", b.Timeout, b.TimeoutRange, &j.Timeout)...)
 		for _, k := range slices.Sorted(maps.Keys(b.Env)) {
 			if k == "" || strings.ContainsAny(k, "=\x00") {
-				diags = diags.Append(errorAt(b.EnvRange, "Invalid environment variable name",
-					fmt.Sprintf("%q cannot be an environment variable name.", k)))
+				diags = diags.Append(plainError(b.EnvRange, "Invalid environment variable name",
+					fmt.Sprintf("%q cannot be an environment variable name.", k),
+					"A key of env cannot be an environment variable name (it is empty, or holds '=' or a NUL)."))
 			}
 		}
 		if len(b.Steps) == 0 {
@@ -654,7 +679,11 @@ func (c *Config) checkRunnable(blocks []*jobBlock) hcl.Diagnostics {
 		if len(c.Nodes) == 0 {
 			detail = fmt.Sprintf("The job %q can never run because no node is declared.", b.Name)
 		}
-		diags = diags.Append(errorAt(rng, "Job cannot run on any node", detail))
+		plain := fmt.Sprintf("No node carries all of the labels that job %q requires (a node's labels include its own name).", b.Name)
+		if len(c.Nodes) == 0 {
+			plain = detail
+		}
+		diags = diags.Append(plainError(rng, "Job cannot run on any node", detail, plain))
 	}
 	return diags
 }
@@ -688,11 +717,13 @@ func duration(name string, v *string, rng hcl.Range, d *time.Duration) hcl.Diagn
 	parsed, err := time.ParseDuration(*v)
 	switch {
 	case err != nil:
-		return hcl.Diagnostics{errorAt(rng, "Invalid "+name,
-			fmt.Sprintf("The %s %q is not a duration such as \"90s\", \"30m\" or \"1h30m\": %s.", name, *v, err))}
+		return hcl.Diagnostics{plainError(rng, "Invalid "+name,
+			fmt.Sprintf("The %s %q is not a duration such as \"90s\", \"30m\" or \"1h30m\": %s.", name, *v, err),
+			fmt.Sprintf("The %s is not a duration such as \"90s\", \"30m\" or \"1h30m\".", name))}
 	case parsed <= 0:
-		return hcl.Diagnostics{errorAt(rng, "Invalid "+name,
-			fmt.Sprintf("The %s must be positive, not %s.", name, *v))}
+		return hcl.Diagnostics{plainError(rng, "Invalid "+name,
+			fmt.Sprintf("The %s must be positive, not %s.", name, *v),
+			fmt.Sprintf("The %s must be positive.", name))}
 	}
 	*d = parsed
 	return nil

@@ -253,6 +253,39 @@ func TestLoadPathErrors(t *testing.T) {
 	}
 }
 
+// TestNodeTimeouts: a node's session_timeout and write_timeout are read;
+// unset, they are 0 (the session applies the defaults).
+func TestNodeTimeouts(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir+"/c.hcl", `
+launcher "local" {}
+
+node "set" {
+  launcher        = "local"
+  session_timeout = "10m"
+  write_timeout   = "90s"
+}
+
+node "unset" {
+  launcher = "local"
+}
+
+job "j" {
+  step "s" { run = "true" }
+}
+`)
+	c, diags := Load(dir + "/c.hcl")
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	if n := c.Node("set"); n.SessionTimeout != 10*time.Minute || n.WriteTimeout != 90*time.Second {
+		t.Errorf("node set: session_timeout %s, write_timeout %s; want 10m, 90s", n.SessionTimeout, n.WriteTimeout)
+	}
+	if n := c.Node("unset"); n.SessionTimeout != 0 || n.WriteTimeout != 0 {
+		t.Errorf("node unset: session_timeout %s, write_timeout %s; want 0, 0", n.SessionTimeout, n.WriteTimeout)
+	}
+}
+
 func TestLoadBad(t *testing.T) {
 	tests := []struct {
 		file string // in testdata/bad
@@ -277,6 +310,9 @@ func TestLoadBad(t *testing.T) {
 		{"negative_timeout.hcl", "8:13", "must be positive"},
 		{"bad_log_level.hcl", "2:15", "Invalid log_level"},
 		{"zero_executors.hcl", "5:15", "Invalid executors"},
+		{"write_timeout_zero.hcl", "5:19", "The write_timeout must be positive"},
+		{"write_timeout_exceeds_session.hcl", "6:21", "must not exceed the node's session_timeout (30s)"},
+		{"write_timeout_exceeds_default_session.hcl", "5:19", "must not exceed the node's session_timeout (5m0s)"},
 		{"no_steps.hcl", "7:1", "Job has no steps"},
 		{"bad_name.hcl", "3:6", "Invalid node name"},
 		{"bad_step_name.hcl", "8:8", "Invalid step name"},

@@ -30,7 +30,8 @@ func (c *Config) DecodePlugins(specs map[string]PluginSpec) hcl.Diagnostics {
 		if !ok || l.Body == nil {
 			continue
 		}
-		val, d := hcldec.Decode(l.Body, orEmpty(spec.Global), c.fileEvalContext(l.DefRange.Filename))
+		ctx := c.fileEvalContext(l.DefRange.Filename)
+		val, d := hcldec.Decode(c.state.track(l.Body), orEmpty(spec.Global), ctx)
 		diags = append(diags, d...)
 		l.Config = val
 	}
@@ -39,7 +40,8 @@ func (c *Config) DecodePlugins(specs map[string]PluginSpec) hcl.Diagnostics {
 		if !ok || n.Body == nil {
 			continue
 		}
-		val, d := hcldec.Decode(n.Body, orEmpty(spec.Node), c.fileEvalContext(n.DefRange.Filename))
+		ctx := c.fileEvalContext(n.DefRange.Filename)
+		val, d := hcldec.Decode(c.state.track(n.Body), orEmpty(spec.Node), ctx)
 		diags = append(diags, d...)
 		n.Config = val
 	}

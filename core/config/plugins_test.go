@@ -3,11 +3,13 @@ package config
 import (
 	"bytes"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hcldec"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/zclconf/go-cty/cty"
 )
 
@@ -137,5 +139,52 @@ func TestDecodePluginsBad(t *testing.T) {
 				t.Errorf("output lacks %s:\n%s", at, buf.String())
 			}
 		})
+	}
+}
+
+// TestDecodePluginsDerivedSecret: plugin bodies get plain values computed
+// from file() (hcldec and the plugins' msgpack take no marks), keep their
+// hcl syntax (the plugin loader finds attributes' positions in it), and
+// any diagnostic about such an attribute, hcldec's or a plugin's own
+// quoting a part of the value, names the source instead.
+func TestDecodePluginsDerivedSecret(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "tok"), "deadbeefcafe0123456789abcdef\n")
+	p := write(t, dir, `launcher "local" {
+  shell    = upper(file("tok"))
+  parallel = "x${trimspace(file("tok"))}"
+  limits { cpu = 1 }
+}
+node "n1" {
+  launcher = "local"
+  local { command = [lower(file("tok")), "x"] }
+}
+`)
+	c, diags := Load(p)
+	requireNoDiags(t, c.Files, diags)
+	diags = c.DecodePlugins(testSpecs())
+	if len(diags) != 1 || diags[0].Subject == nil || diags[0].Subject.Start.Line != 3 {
+		t.Fatalf("diags = %v, want one about parallel on line 3", diags)
+	}
+	if d := diags[0].Detail; !strings.Contains(d, `file("tok")`) || strings.Contains(strings.ToLower(d), "cafe") {
+		t.Errorf("parallel's diagnostic %q does not name file(\"tok\") only", d)
+	}
+	shell := c.Launcher("local").Config.GetAttr("shell")
+	if shell.ContainsMarked() || !shell.RawEquals(cty.StringVal("DEADBEEFCAFE0123456789ABCDEF\n")) {
+		t.Errorf("shell = %#v, want the plain upper-cased token", shell)
+	}
+	cmd := c.Node("n1").Config.GetAttr("command")
+	if cmd.ContainsMarked() || !cmd.RawEquals(cty.ListVal([]cty.Value{cty.StringVal("deadbeefcafe0123456789abcdef\n"), cty.StringVal("x")})) {
+		t.Errorf("command = %#v, want the plain token and x", cmd)
+	}
+	body, ok := c.Launcher("local").Body.(*hclsyntax.Body)
+	if !ok {
+		t.Fatalf("launcher body is a %T, want the *hclsyntax.Body", c.Launcher("local").Body)
+	}
+	rng := body.Attributes["shell"].Expr.Range()
+	plugin := c.Redact(hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Invalid local configuration",
+		Detail: "shell: BEEFCAFE0123 is not executable", Subject: &rng}})
+	if d := plugin[0].Detail; !strings.Contains(d, `file("tok")`) || strings.Contains(strings.ToLower(d), "cafe") {
+		t.Errorf("the plugin's diagnostic %q does not name file(\"tok\") only", d)
 	}
 }

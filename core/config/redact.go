@@ -10,7 +10,11 @@ import (
 	"github.com/hashicorp/hcl/v2"
 )
 
-// Redact replaces, in the summary and detail of each of diags, every value
+// Redact rewrites each of diags about an expression whose value was
+// computed from file() or env() (tracked by a cty mark through functions
+// and interpolation, see track.go): its detail becomes a value-free one
+// (plainError, WithPlainDetail) naming the sources. Then, as a second net,
+// it replaces, in the summary and detail of each of diags, every value
 // that file() or env() returned while loading c (and DecodePlugins) by the
 // name of its source, "(value from file(\"/etc/shadow\"))": a diagnostic
 // names where a value came from, never what a file or an environment
@@ -38,6 +42,7 @@ type replacement struct {
 }
 
 func (st *evalState) redact(diags hcl.Diagnostics) hcl.Diagnostics {
+	st.redactTainted(diags)
 	// Every form of a value is at least as long as the value: a value
 	// longer than every message cannot be in one.
 	longest := 0

@@ -61,7 +61,7 @@ func writeErrors(kind string) string {
 // TestDiskFull: a full disk never yields a "successful" build with a cut
 // log or artifact (issue 12). While a write is refused, what the agent
 // sent stays unacknowledged in its outbox and the master writes it again
-// every second: space back within the node's session_timeout, the build
+// every second: space back within the node's write_timeout, the build
 // succeeds with its whole log (and artifact), byte-identical; space never
 // back, the build fails with the file and the system's error in its
 // reason (API, CLI, /metrics), the step is cancelled on the agent, and
@@ -80,12 +80,14 @@ node "k1" {
   labels          = ["k1"]
   executors       = 2
   session_timeout = "3m"
+  write_timeout   = "3m"
   kafka {}
 }
 node "k2" {
   launcher        = "kafka"
   labels          = ["k2"]
   session_timeout = "5s"
+  write_timeout   = "5s"
   kafka {}
 }`, fmt.Sprintf(`
 job "recover" {

@@ -35,12 +35,18 @@ const (
 
 // Relaunch backoff bounds. A launch that failed with a permanent error
 // (launcher.Permanent: refused credentials or host key) is asked again
-// only every launcher.PermanentRetry.
+// only every launcher.PermanentRetry (Manager.permanentRetry).
 var (
-	relaunchMin    = time.Second
-	relaunchMax    = time.Minute
-	permanentRetry = launcher.PermanentRetry
+	relaunchMin = time.Second
+	relaunchMax = time.Minute
 )
+
+// LaunchBackstop bounds a launcher's Launch from the master's side. A
+// launcher bounds its own launch and says why it gave up (the SSH
+// launcher: launch_timeout, max_retries, retry_wait); this backstop only
+// ends a launch of a launcher that ignores its context, so that its node
+// does not stay launching for ever. The node's reason then names it.
+const LaunchBackstop = 30 * time.Minute
 
 // ErrMasterStopped is why a node's session ends when the master stops: the
 // reason its running builds fail with.
@@ -57,8 +63,11 @@ type Node struct {
 	since  time.Time
 	busy   int
 	sess   *session.Session // lives as long as the manager
-	agent  *session.Agent
-	desc   string
+	// hbTimeout is the node's heartbeat timeout: how long an agent that
+	// failed to authenticate has to succeed on the same connection.
+	hbTimeout time.Duration
+	agent     *session.Agent
+	desc      string
 	// lost says why the node's session ended with its agent out of reach
 	// (the session timeout ran out); until the agent comes back, a
 	// relaunch keeps the node offline with it rather than launching.
@@ -126,10 +135,15 @@ func (n *Node) Status() Status {
 
 // Manager runs the nodes of a configuration.
 type Manager struct {
-	nodes   []*Node
-	plugins *plugins.Manager
-	opts    Options
-	log     hclog.Logger
+	nodes  []*Node
+	plugin func(name string) plugin // the launcher plugin called name, or nil
+	opts   Options
+	log    hclog.Logger
+	// permanentRetry: how often a launch refused for good is asked again
+	// (launcher.PermanentRetry); launchBackstop: LaunchBackstop. Fields so
+	// that tests can shorten them.
+	permanentRetry time.Duration
+	launchBackstop time.Duration
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced when capacity may have appeared
@@ -147,6 +161,16 @@ type Options struct {
 	OnWriteError func(kind string)
 }
 
+// plugin is what a node needs of its launcher plugin (*plugins.Plugin).
+type plugin interface {
+	// Process is the plugin's current process.
+	Process() *launcher.Process
+	// Restarting is the restart under way (1, 2...), 0 while it runs.
+	Restarting() int
+	// Subscribe returns a channel told of every restart.
+	Subscribe() <-chan struct{}
+}
+
 // SessionStore persists the nodes' agent sessions (core/store does).
 type SessionStore interface {
 	SaveSession(node string, rec []byte) error
@@ -155,7 +179,14 @@ type SessionStore interface {
 
 // NewManager prepares the configured nodes; Run connects them.
 func NewManager(cfg *config.Config, pm *plugins.Manager, opts Options, logger hclog.Logger) *Manager {
-	m := &Manager{plugins: pm, opts: opts, log: logger, changed: make(chan struct{})}
+	m := &Manager{opts: opts, log: logger, changed: make(chan struct{}),
+		permanentRetry: launcher.PermanentRetry, launchBackstop: LaunchBackstop,
+		plugin: func(name string) plugin {
+			if p := pm.Get(name); p != nil {
+				return p
+			}
+			return nil // not a nil *plugins.Plugin in an interface
+		}}
 	for _, c := range cfg.Nodes {
 		n := &Node{cfg: c, labels: map[string]bool{c.Name: true}, state: StateOffline, reason: "not launched yet", since: time.Now()}
 		for _, l := range c.Labels {
@@ -166,7 +197,7 @@ func NewManager(cfg *config.Config, pm *plugins.Manager, opts Options, logger hc
 			hbTimeout = c.HeartbeatTimeout
 		}
 		so := session.Options{Node: c.Name, Heartbeat: opts.Heartbeat, HeartbeatTimeout: hbTimeout,
-			SessionTimeout: c.SessionTimeout, Logger: logger.Named(c.Name), OnWriteError: opts.OnWriteError,
+			SessionTimeout: c.SessionTimeout, WriteTimeout: c.WriteTimeout, Logger: logger.Named(c.Name), OnWriteError: opts.OnWriteError,
 			OnEnd: func(err error) {
 				n.mu.Lock()
 				n.lost = err.Error()
@@ -186,6 +217,10 @@ func NewManager(cfg *config.Config, pm *plugins.Manager, opts Options, logger hc
 				}
 				return opts.Store.SaveSession(c.Name, b)
 			}
+		}
+		n.hbTimeout = hbTimeout
+		if n.hbTimeout <= 0 {
+			n.hbTimeout = session.DefaultHeartbeatTimeout // as the session does
 		}
 		n.sess = session.New(so)
 		if opts.Store != nil {
@@ -331,11 +366,13 @@ func (m *Manager) run(ctx context.Context, n *Node) {
 	log := m.log.Named(n.cfg.Name)
 	backoff := relaunchMin
 	var restarted <-chan struct{} // the launcher plugin is back after a crash: connect at once
-	if p := m.plugins.Get(n.cfg.Launcher); p != nil {
+	if p := m.plugin(n.cfg.Launcher); p != nil {
 		restarted = p.Subscribe()
 	}
+	end := endOther
 	for ctx.Err() == nil {
-		ok, permanent := m.connect(ctx, n, log)
+		var ok bool
+		ok, end = m.connect(ctx, n, log, end)
 		if ctx.Err() != nil {
 			break
 		}
@@ -343,11 +380,11 @@ func (m *Manager) run(ctx context.Context, n *Node) {
 			backoff = relaunchMin
 		}
 		wait := backoff
-		if permanent {
+		if end == endPermanent {
 			// Relaunching cannot help until the configuration or the
 			// material it names changes; the launcher answers the next ask
 			// from memory unless it did.
-			wait = permanentRetry
+			wait = m.permanentRetry
 		}
 		select {
 		case <-ctx.Done():
@@ -360,10 +397,25 @@ func (m *Manager) run(ctx context.Context, n *Node) {
 	m.set(n, StateOffline, "server shutting down")
 }
 
+// How a connection ended.
+type ending int
+
+const (
+	endOther ending = iota
+	// endPermanent: the launch failed for good (launcher.IsPermanent).
+	endPermanent
+	// endRefused: the agent kept failing to authenticate.
+	endRefused
+)
+
 // connect launches the node and serves its sessions until the connection
-// ends; it reports whether the node was online at some point, and whether
-// the launch failed for good (launcher.IsPermanent).
-func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger) (online, permanent bool) {
+// ends; it reports whether the node was online at some point, and how the
+// connection ended. When the last one (last) ended with a refusal (for
+// good, or of the agent's authentication), the node stays offline with its
+// reason while the launcher is asked again (no "launching" flip, no log
+// line, no new since, unless the answer changes); a launch refused for good
+// that now succeeds shows the node launching again.
+func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, last ending) (online bool, end ending) {
 	// offline marks the node down, or unreachable while its session is held
 	// for the agent to resume.
 	offline := func(why string) {
@@ -381,14 +433,14 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger) (onlin
 			// The agent went silent for good: the node stays offline, saying
 			// why, until the agent connects again.
 			m.set(n, StateOffline, lost+"; waiting for the agent to connect")
-		} else {
+		} else if last == endOther {
 			m.set(n, StateLaunching, "launching")
 		}
 	}
-	p := m.plugins.Get(n.cfg.Launcher)
+	p := m.plugin(n.cfg.Launcher)
 	if p == nil {
 		offline(fmt.Sprintf("launcher %q is not loaded", n.cfg.Launcher))
-		return false, false
+		return false, endOther
 	}
 	// While the plugin restarts its calls fail with errors that say
 	// nothing of it ("not configured"): say what happens.
@@ -400,7 +452,7 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger) (onlin
 		return false
 	}
 	if restarting() {
-		return false, false
+		return false, endOther
 	}
 	proc := p.Process()
 	var secret []byte
@@ -410,23 +462,56 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger) (onlin
 			if !restarting() {
 				offline(fmt.Sprintf("get node secret: %v", err))
 			}
-			return false, false
+			return false, endOther
 		}
 		secret = s.Secret
 	}
-	// No deadline here: the launcher bounds its own launch (the SSH
-	// launcher: launch_timeout, max_retries, retry_wait) and says why it
-	// gave up; ctx ends it when the master stops.
-	conn, err := proc.Launcher.Launch(ctx, &launcher.Node{Name: n.cfg.Name, Labels: n.cfg.Labels, Config: n.cfg.Config})
+	// The launcher bounds its own launch (the SSH launcher:
+	// launch_timeout, max_retries, retry_wait) and says why it gave up;
+	// ctx ends it when the master stops. The backstop only ends a launch
+	// whose launcher ignores its context.
+	backstop := fmt.Errorf("launch not done within %v (the master's backstop; the launcher did not bound its launch)", m.launchBackstop)
+	lctx, cancel := context.WithTimeoutCause(ctx, m.launchBackstop, backstop)
+	type launched struct {
+		conn launcher.Conn
+		err  error
+	}
+	done := make(chan launched, 1)
+	go func() {
+		c, err := proc.Launcher.Launch(lctx, &launcher.Node{Name: n.cfg.Name, Labels: n.cfg.Labels, Config: n.cfg.Config})
+		done <- launched{c, err}
+	}()
+	var conn launcher.Conn
+	var err error
+	select {
+	case r := <-done:
+		conn, err = r.conn, r.err
+	case <-lctx.Done():
+		// Not waiting for a launcher that ignores its context: what it
+		// returns late is closed.
+		go func() {
+			if r := <-done; r.conn != nil {
+				_ = r.conn.Close()
+			}
+		}()
+		err = context.Cause(lctx)
+	}
+	if err != nil && errors.Is(context.Cause(lctx), backstop) {
+		err = backstop // not the launcher's "context deadline exceeded"
+	}
+	cancel()
 	if err != nil {
 		if ctx.Err() != nil {
-			return false, false
+			return false, endOther
 		}
 		if restarting() {
-			return false, false
+			return false, endOther
 		}
 		offline(err.Error())
-		return false, launcher.IsPermanent(err)
+		if launcher.IsPermanent(err) {
+			return false, endPermanent
+		}
+		return false, endOther
 	}
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
@@ -448,20 +533,45 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger) (onlin
 	n.mu.Lock()
 	n.desc = desc
 	n.mu.Unlock()
-	if n.Status().State == StateLaunching {
+	if st := n.Status().State; st == StateLaunching || (last == endPermanent && st == StateOffline && lost == "") {
 		m.set(n, StateLaunching, "waiting for the agent to connect")
 	}
 	wasOnline := false
+	// An agent that failed to authenticate may retry on this connection,
+	// with the node's heartbeat timeout to succeed (from its first
+	// refusal); then the node stays offline with the refusal as its reason
+	// and is relaunched on the backoff.
+	hctx := ctx
+	var refused error
+	var authTimer *time.Timer
 	for {
-		agent, resumed, err := link.Handshake(ctx)
+		agent, resumed, err := link.Handshake(hctx)
 		if errors.Is(err, session.ErrAuth) {
+			if refused == nil {
+				var hcancel context.CancelFunc
+				hctx, hcancel = context.WithCancel(ctx)
+				defer hcancel()
+				authTimer = time.AfterFunc(n.hbTimeout, hcancel)
+			}
+			refused = err
 			offline(err.Error())
 			continue // the agent may retry with the right secret on this connection
 		}
+		if err != nil && refused != nil && ctx.Err() == nil && hctx.Err() != nil {
+			// The reason stays the refusal: relaunches that meet it again
+			// leave the node as it is.
+			log.Debug("no authenticated hello within the heartbeat timeout of the agent's first refusal: relaunching", "timeout", n.hbTimeout, "refusal", refused)
+			offline(refused.Error())
+			return wasOnline, endRefused
+		}
 		if err != nil {
 			offline(reason(err))
-			return wasOnline, false
+			return wasOnline, endOther
 		}
+		if authTimer != nil {
+			authTimer.Stop()
+		}
+		hctx, refused, authTimer = ctx, nil, nil
 		n.mu.Lock()
 		n.agent = agent
 		n.mu.Unlock()
@@ -473,7 +583,7 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger) (onlin
 		err = link.Serve(ctx)
 		if !errors.Is(err, session.ErrRehello) {
 			offline(reason(err))
-			return wasOnline, false
+			return wasOnline, endOther
 		}
 		// The agent says hello again on this link (it resumes, or it
 		// restarted): no new build until the handshake decides which.

@@ -36,7 +36,7 @@ const linkStatsTimeout = 2 * time.Second
 func (m *Manager) Transport(ctx context.Context, n *Node) Transport {
 	st := n.Status()
 	t := Transport{Node: st.Name, Launcher: st.Launcher, State: st.State, Description: st.Description, Traffic: n.Traffic()}
-	p := m.plugins.Get(n.cfg.Launcher)
+	p := m.plugin(n.cfg.Launcher)
 	if p == nil {
 		t.LinkError = "launcher not loaded"
 		return t
@@ -67,7 +67,7 @@ func (m *Manager) LinkMalformed(ctx context.Context) map[string]uint64 {
 	var wg sync.WaitGroup
 	out := map[string]uint64{}
 	for _, n := range m.nodes {
-		p := m.plugins.Get(n.cfg.Launcher)
+		p := m.plugin(n.cfg.Launcher)
 		if p == nil || p.Restarting() > 0 {
 			continue
 		}

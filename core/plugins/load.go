@@ -133,8 +133,14 @@ func configureOne(ctx context.Context, cfg *config.Config, p *Plugin, l *config.
 		if len(ce.Path) > 0 {
 			detail = fmt.Sprintf("%s: %s", strings.Join(ce.Path, "."), ce.Message)
 		}
-		d := &hcl.Diagnostic{Severity: hcl.DiagError,
-			Summary: fmt.Sprintf("Invalid %s configuration", l.Name), Detail: detail, Subject: rng.Ptr()}
+		// Should the value come from file() or env(), the plugin's message
+		// may quote it: Redact then shows this instead.
+		plain := fmt.Sprintf("The %s launcher rejects this value; its message is not shown, as it may quote the value.", l.Name)
+		if len(ce.Path) > 0 {
+			plain = fmt.Sprintf("%s: %s", strings.Join(ce.Path, "."), plain)
+		}
+		d := config.WithPlainDetail(&hcl.Diagnostic{Severity: hcl.DiagError,
+			Summary: fmt.Sprintf("Invalid %s configuration", l.Name), Detail: detail, Subject: rng.Ptr()}, plain)
 		if ce.Warning {
 			d.Severity, d.Summary = hcl.DiagWarning, fmt.Sprintf("Suspicious %s configuration", l.Name)
 		}

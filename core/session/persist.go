@@ -185,6 +185,7 @@ func syncOut(w any) (int64, error) {
 // still hold the session (the master stopped gracefully), is told on the
 // first link that the session is over.
 func (s *Session) Restore(rec *Record) error {
+	owners.add(s.opts.Node, rec.ID)
 	if rec.Ended {
 		s.mu.Lock()
 		s.endedID = rec.ID

@@ -29,6 +29,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/conveyor-ci/conveyor/core/config"
 	"github.com/conveyor-ci/conveyor/sdk/launcher"
 	"github.com/conveyor-ci/conveyor/sdk/reliable"
 	"github.com/conveyor-ci/conveyor/sdk/wire"
@@ -61,7 +62,8 @@ var (
 const (
 	DefaultHeartbeat        = 5 * time.Second
 	DefaultHeartbeatTimeout = 30 * time.Second
-	DefaultSessionTimeout   = 5 * time.Minute
+	DefaultSessionTimeout   = config.DefaultSessionTimeout
+	DefaultWriteTimeout     = config.DefaultWriteTimeout
 	// DefaultOutboxBytes bounds what the master keeps for the agent until
 	// acknowledged (step requests, cancels: small).
 	DefaultOutboxBytes = 16 << 20
@@ -79,6 +81,10 @@ type Options struct {
 	// SessionTimeout is how long a session is held for the agent to resume
 	// it after its link was lost.
 	SessionTimeout time.Duration
+	// WriteTimeout is how long writes the file system refuses (and
+	// checkpoints) are retried before the steps they are for fail
+	// (default: DefaultWriteTimeout, or SessionTimeout when shorter).
+	WriteTimeout time.Duration
 	// OnEnd, when set, is called (in its own goroutine) when a session
 	// ends while no link serves it: the session timeout expired.
 	OnEnd func(err error)
@@ -108,13 +114,14 @@ type Agent struct {
 
 // Counters of dropped frames.
 type Counters struct {
-	// Stale frames belonged to another session.
+	// Stale frames belonged to another session of the node (or to none).
 	Stale uint64 `json:"stale"`
 	// Malformed frames did not decode.
 	Malformed uint64 `json:"malformed"`
 	// Unexpect frames made no sense in the session's state.
 	Unexpect uint64 `json:"unexpected"`
-	// Forged frames carried no valid MAC under the session key.
+	// Forged frames carried no valid MAC under the session key, or
+	// belonged to another node's session.
 	Forged uint64 `json:"forged"`
 	// Replayed frames repeated or reordered an earlier control frame.
 	Replayed uint64 `json:"replayed"`
@@ -227,6 +234,9 @@ func New(opts Options) *Session {
 	}
 	if opts.SessionTimeout <= 0 {
 		opts.SessionTimeout = DefaultSessionTimeout
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = min(DefaultWriteTimeout, opts.SessionTimeout)
 	}
 	if opts.Logger == nil {
 		opts.Logger = hclog.NewNullLogger()
@@ -377,6 +387,8 @@ type Link struct {
 	// silent for the heartbeat timeout (the session is held, Serve goes on
 	// waiting for it) and when it is heard again.
 	OnReachable func(reachable bool, why error)
+
+	crossWarned atomic.Bool // a frame of another node's session was logged at WARN (crossNode)
 }
 
 // Attach starts reading conn for the node's session. secret is the node's
@@ -538,6 +550,10 @@ func (e *authError) Is(target error) bool { return target == ErrAuth }
 // quietly: they come again after the resume.
 func (l *Link) closeStale(session uint64) {
 	s := l.s
+	if other := owners.otherNode(s.opts.Node, session); other != "" {
+		l.crossNode(session, other)
+		return
+	}
 	s.stale.Add(1)
 	if session == 0 {
 		return
@@ -550,6 +566,22 @@ func (l *Link) closeStale(session uint64) {
 		return
 	}
 	l.tellUnknown(session)
+}
+
+// crossNode drops a frame of node other's session that arrived on this
+// node's link: no agent of this node ever had that session, so the frame
+// was copied into the node's topic (an attack, or a misrouted topic). It
+// is counted as forged and never answered: a Close would reach this
+// node's agent with a session it never had. Logged at WARN once per link.
+func (l *Link) crossNode(session uint64, other string) {
+	s := l.s
+	s.forged.Add(1)
+	log := s.log.Debug
+	if l.crossWarned.CompareAndSwap(false, true) {
+		log = s.log.Warn
+	}
+	log("dropped a frame of another node's session on this node's link", "node", s.opts.Node, "owner", other,
+		"session", fmt.Sprintf("%016x", session))
 }
 
 // tellUnknown tells session, once, that the master does not know it, so
@@ -795,6 +827,7 @@ func (l *Link) established(o *offer, auth *wire.Frame) (*Agent, bool, error) {
 	}
 	ep.Begin(l.conn)
 	ep.Established(id, wire.KeysFor(wire.SessionKey(l.secret, hello.Nonce, nonceM, id), wire.RoleMaster), auth.Seq)
+	owners.add(s.opts.Node, id)
 	// The AuthResult goes first: a step sent in the new session before it
 	// would reach an agent without the key.
 	s.traffic.heard(time.Now()) // the agent's proof: the last contact, should the link break at once

@@ -22,8 +22,8 @@ import (
 // system refuses a write (the disk is full, say), the session keeps the
 // frame and every later one of the agent, in order and unacknowledged,
 // and writes them again every writeRetry; the agent's outbox filling up
-// makes its steps wait. A disk that gets space back within the session
-// timeout loses nothing: the log ends byte-identical. Past it, the steps
+// makes its steps wait. A disk that gets space back within the write
+// timeout (Options.WriteTimeout) loses nothing: the log ends byte-identical. Past it, the steps
 // whose writes fail end with a WriteError and are cancelled on the agent;
 // the rest goes on (docs/sessions.md, "Disk full and write errors").
 
@@ -131,7 +131,7 @@ func (w *writes) pending() bool {
 }
 
 // retryWrites writes again what the file system refused, in order,
-// until a write fails again; past the session timeout it gives up on the
+// until a write fails again; past the write timeout it gives up on the
 // steps whose writes fail. It then acknowledges what got stored. Only the
 // serving goroutine calls it.
 func (s *Session) retryWrites(ep *reliable.Endpoint) error {
@@ -153,7 +153,7 @@ func (s *Session) retryWrites(ep *reliable.Endpoint) error {
 		}
 		w.failed++
 		s.writeFailed(we)
-		if time.Since(w.since) < s.opts.SessionTimeout {
+		if time.Since(w.since) < s.opts.WriteTimeout {
 			break
 		}
 		s.failStep(ep, p.msg, err)
@@ -212,7 +212,7 @@ func (s *Session) writeFailed(we *WriteError) {
 	if msg := we.Error(); msg != s.w.logged {
 		s.w.logged = msg
 		s.log.Error("cannot store what the agent sent: it stays unacknowledged in the agent's outbox, retrying",
-			"error", we, "every", writeRetry, "give_up_after", s.opts.SessionTimeout)
+			"error", we, "every", writeRetry, "give_up_after", s.opts.WriteTimeout)
 	}
 }
 
@@ -251,18 +251,32 @@ func (s *Session) store(ep *reliable.Endpoint, seq uint64, msg wire.Message) err
 			s.dropUnknown(stepKey{m.BuildID, m.StepIndex})
 			return nil
 		}
-		if s.isPersisting() {
+		persisting := s.isPersisting()
+		if persisting {
 			// The result is durable before anyone acts on it.
 			if _, err := syncOut(st.out); err != nil {
 				return &WriteError{Kind: KindLog, Err: err}
 			}
-			s.mu.Lock()
-			s.ck.Exits = append(s.ck.Exits, ExitRecord{Build: m.BuildID, Index: m.StepIndex, Code: int(m.Code), Error: m.Error})
+		}
+		// The step is taken out of the session under s.mu, as end() and a
+		// give-up take all of them: whoever takes it is the only one to
+		// end it. The session may have ended since the lookup (the agent
+		// restarted during the sync): its exit is closed, nothing to do.
+		// Its result goes in the checkpoint under the same lock: a
+		// checkpoint written meanwhile has the step or its result.
+		k := stepKey{m.BuildID, m.StepIndex}
+		s.mu.Lock()
+		if s.steps[k] != st {
 			s.mu.Unlock()
-			s.step(m.BuildID, m.StepIndex, true)
+			return nil
+		}
+		delete(s.steps, k)
+		if persisting {
+			s.ck.Exits = append(s.ck.Exits, ExitRecord{Build: m.BuildID, Index: m.StepIndex, Code: int(m.Code), Error: m.Error})
+		}
+		s.mu.Unlock()
+		if persisting {
 			s.checkpointed(ep, s.checkpointThrough(ep, seq))
-		} else {
-			s.step(m.BuildID, m.StepIndex, true)
 		}
 		st.exit <- m
 	}
@@ -386,7 +400,7 @@ func (s *Session) failStep(ep *reliable.Endpoint, msg wire.Message, err error) {
 }
 
 // checkpointed handles a checkpoint's outcome: a failed one is retried
-// (nothing more is acknowledged meanwhile) until the session timeout, then
+// (nothing more is acknowledged meanwhile) until the write timeout, then
 // every step of the session fails with its error and, once its stale
 // checkpoint is deleted, the session is no longer persisted (acknowledged
 // once stored, as on a link that cannot resume: a master restart loses
@@ -410,7 +424,7 @@ func (s *Session) checkpointed(ep *reliable.Endpoint, err error) {
 	}
 	w.ckFailed++
 	failed = w.ckFailed
-	giveUp := time.Since(since) >= s.opts.SessionTimeout
+	giveUp := time.Since(since) >= s.opts.WriteTimeout
 	if giveUp {
 		w.ckSince, w.ckFailed = time.Time{}, 0
 	}
@@ -424,7 +438,7 @@ func (s *Session) checkpointed(ep *reliable.Endpoint, err error) {
 	}
 	if first {
 		s.log.Error("cannot checkpoint the session: what the agent sent stays unacknowledged, retrying",
-			"error", we, "every", writeRetry, "give_up_after", s.opts.SessionTimeout)
+			"error", we, "every", writeRetry, "give_up_after", s.opts.WriteTimeout)
 	}
 	if !giveUp {
 		return

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -52,7 +54,7 @@ var errNoSpace = fmt.Errorf("writing the log data/logs/x/9.log: %w", syscall.ENO
 // TestWriteRefusedIsNeverAcknowledged: output the file system refuses is
 // never acknowledged to the agent: it stays in the agent's outbox, the
 // step's end waits behind it, and the master writes it again. Space back
-// within the session timeout, the log gets every byte once and in order;
+// within the write timeout, the log gets every byte once and in order;
 // never back, the step fails with the file and the system's error and is
 // cancelled on the agent; an error the system did not raise (the master
 // refuses the data) fails it at once. A persisted session's checkpoint
@@ -79,7 +81,8 @@ func TestWriteRefusedIsNeverAcknowledged(t *testing.T) {
 			var mu sync.Mutex
 			var persisted []uint64 // Acked of every checkpoint
 			kinds := map[string]int{}
-			opts := Options{SessionTimeout: tt.timeout, OnWriteError: func(kind string) {
+			// The write timeout bounds the retries, not the session timeout.
+			opts := Options{SessionTimeout: never, WriteTimeout: tt.timeout, OnWriteError: func(kind string) {
 				mu.Lock()
 				kinds[kind]++
 				mu.Unlock()
@@ -205,7 +208,7 @@ func TestCheckpointRefusedIsNeverAcknowledged(t *testing.T) {
 					return nil
 				}}
 			if !back {
-				opts.SessionTimeout = 2 * time.Second
+				opts.WriteTimeout = 2 * time.Second
 			}
 			h, _ := established(t, opts, true)
 			a := h.agent
@@ -257,5 +260,78 @@ func TestCheckpointRefusedIsNeverAcknowledged(t *testing.T) {
 				t.Errorf("%d writes, want %d", got, lines)
 			}
 		})
+	}
+}
+
+// gatedSync is a step's log whose Sync, once armed, waits for release:
+// the session can end while the master syncs a step's log for its Exit.
+type gatedSync struct {
+	armed   atomic.Bool
+	entered chan struct{} // a value once an armed Sync started
+	release chan struct{} // closed: the armed Sync returns
+}
+
+func (g *gatedSync) Write(p []byte) (int, error) { return len(p), nil }
+
+func (g *gatedSync) Sync() (int64, error) {
+	if g.armed.CompareAndSwap(true, false) {
+		g.entered <- struct{}{}
+		<-g.release
+	}
+	return -1, nil
+}
+
+// TestExitWhileSessionEnds: the session ends (the agent restarted) while
+// the master syncs the log of a step whose Exit came in: the step fails
+// with the session's end, once, and the Exit that comes late is dropped
+// (it used to be sent on the closed exit channel: a panic).
+func TestExitWhileSessionEnds(t *testing.T) {
+	opts := Options{Persist: func(*Record) error { return nil }}
+	h, _ := established(t, opts, true)
+	a := h.agent
+	out := &gatedSync{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	step := h.running(context.Background(), &wire.RunStep{BuildID: "job#1"}, out)
+	out.armed.Store(true)
+	a.send(&wire.Exit{BuildID: "job#1", Code: 3})
+	wait(t, out.entered, "the sync of the step's log for its Exit")
+
+	// The agent restarts and starts a new session on a new connection.
+	h.connect(true)
+	hs := h.startHandshake()
+	a.hello(2)
+	a.authenticate(a.challenge(true))
+	r := wait(t, step, "RunStep")
+	if !errors.Is(r.err, ErrAgentLost) || r.res != nil {
+		t.Fatalf("RunStep = %+v, %v; want ErrAgentLost", r.res, r.err)
+	}
+	close(out.release)
+	handshakeOK(t, hs, false)
+
+	// The new session works.
+	h.startServe()
+	step = h.running(context.Background(), &wire.RunStep{BuildID: "job#2"}, io.Discard)
+	a.send(&wire.Exit{BuildID: "job#2", Code: 0})
+	if r := wait(t, step, "RunStep in the new session"); r.err != nil || r.res.Code != 0 {
+		t.Fatalf("RunStep in the new session = %+v, %v", r.res, r.err)
+	}
+}
+
+// TestWriteTimeoutDefault: unset, the write timeout is 60s, or the
+// session timeout when shorter.
+func TestWriteTimeoutDefault(t *testing.T) {
+	tests := []struct {
+		opts Options
+		want time.Duration
+	}{
+		{Options{}, 60 * time.Second},
+		{Options{SessionTimeout: 10 * time.Second}, 10 * time.Second},
+		{Options{SessionTimeout: time.Hour}, 60 * time.Second},
+		{Options{SessionTimeout: time.Hour, WriteTimeout: 90 * time.Second}, 90 * time.Second},
+	}
+	for _, tt := range tests {
+		if got := New(tt.opts).opts.WriteTimeout; got != tt.want {
+			t.Errorf("New(session_timeout %s, write_timeout %s): write timeout %s, want %s",
+				tt.opts.SessionTimeout, tt.opts.WriteTimeout, got, tt.want)
+		}
 	}
 }

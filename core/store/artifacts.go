@@ -75,9 +75,14 @@ type ArtifactWriter struct {
 
 	cur  *os.File // the file being written
 	name string
-	mode fs.FileMode
-	size int64
-	sum  hash.Hash
+	// syncErr is the first failed sync: the kernel may have dropped the
+	// pages it could not write, so a later sync succeeding would not make
+	// them durable. Every later Chunk and Close fail with it.
+	syncErr  error
+	syncFile func(*os.File) error // (*os.File).Sync; tests make it fail
+	mode     fs.FileMode
+	size     int64
+	sum      hash.Hash
 }
 
 // NewArtifactWriter starts the artifacts of build n of job afresh (what
@@ -95,7 +100,8 @@ func (s *Store) NewArtifactWriter(job string, n int, limit int64) (*ArtifactWrit
 	if err != nil {
 		return nil, fmt.Errorf("artifacts of %s#%d: %w", job, n, err)
 	}
-	return &ArtifactWriter{dir: dir, root: r, dirs: map[string]bool{".": true}, seen: map[string]bool{}, limit: limit}, nil
+	return &ArtifactWriter{dir: dir, root: r, dirs: map[string]bool{".": true}, seen: map[string]bool{}, limit: limit,
+		syncFile: (*os.File).Sync}, nil
 }
 
 // Chunk writes data at offset of the file at p (slash-separated), whose
@@ -106,8 +112,15 @@ func (s *Store) NewArtifactWriter(job string, n int, limit int64) (*ArtifactWrit
 // A chunk is written whole or not at all: when the file system refuses it
 // (the disk is full: "writing the artifact PATH: no space left on
 // device"), what it took is cut off again and the same chunk may be
-// written again later (the master's session retries it).
+// written again later (the master's session retries it). A failed sync
+// cannot be undone that way (the kernel may have dropped the pages it
+// could not write): once one failed, every later Chunk and Close fail
+// with its error ("syncing the artifact PATH: input/output error"), as a
+// build log's Sync does.
 func (w *ArtifactWriter) Chunk(p string, mode fs.FileMode, offset int64, data []byte, final bool) error {
+	if w.syncErr != nil {
+		return w.syncErr
+	}
 	if w.cur != nil && p != w.name {
 		return fmt.Errorf("artifact %s: %s starts before its last chunk came", w.name, p)
 	}
@@ -127,9 +140,9 @@ func (w *ArtifactWriter) Chunk(p string, mode fs.FileMode, offset int64, data []
 		return fmt.Errorf("writing the artifact %s: %w", w.path(), osErr(err))
 	}
 	if final {
-		if err := w.cur.Sync(); err != nil {
-			_ = w.cur.Truncate(w.size)
-			return fmt.Errorf("syncing the artifact %s: %w", w.path(), osErr(err))
+		if err := w.syncFile(w.cur); err != nil {
+			w.syncErr = fmt.Errorf("syncing the artifact %s: %w", w.path(), osErr(err))
+			return w.syncErr
 		}
 	}
 	w.total += int64(len(data))
@@ -195,9 +208,13 @@ func (w *ArtifactWriter) open(p string, mode fs.FileMode, offset int64) error {
 
 // Close ends the transfer: a file still incomplete is removed, the
 // directories are synced, and the complete files are returned in the
-// order they came. It fails when a file was incomplete or a sync failed.
+// order they came. It fails when a file was incomplete or a sync failed
+// (then or during a Chunk).
 func (w *ArtifactWriter) Close() ([]Artifact, error) {
 	var errs []error
+	if w.syncErr != nil {
+		errs = append(errs, w.syncErr)
+	}
 	if w.cur != nil {
 		w.cur.Close()
 		_ = w.root.Remove(filepath.FromSlash(w.name))

@@ -193,3 +193,45 @@ func TestArtifactWriterFullDisk(t *testing.T) {
 		t.Fatalf("stored %d bytes (%v), record %+v; want %d bytes, sha256 %x", len(got), err, list, len(data), sum)
 	}
 }
+
+// TestArtifactWriterSyncFails: once a file's sync failed (the kernel may
+// have dropped the pages it could not write), no later sync may claim the
+// file durable: the same chunk again, later chunks and Close all fail with
+// the first sync's error, and the file is not recorded.
+func TestArtifactWriterSyncFails(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	w, err := s.NewArtifactWriter("j", 1, 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	syncs := 0
+	w.syncFile = func(f *os.File) error {
+		syncs++
+		if syncs == 1 {
+			return &os.PathError{Op: "sync", Path: f.Name(), Err: syscall.EIO}
+		}
+		return f.Sync()
+	}
+	path := filepath.Join(s.ArtifactsDir("j", 1), "a.bin")
+	want := "syncing the artifact " + path + ": input/output error"
+	for i, chunk := range []func() error{
+		func() error { return w.Chunk("a.bin", 0o644, 0, []byte("data"), true) },
+		func() error { return w.Chunk("a.bin", 0o644, 0, []byte("data"), true) }, // retried by the session
+		func() error { return w.Chunk("b.bin", 0o644, 0, []byte("more"), true) },
+	} {
+		if err := chunk(); err == nil || err.Error() != want || !errors.Is(err, syscall.EIO) {
+			t.Fatalf("chunk %d = %v, want %q", i, err, want)
+		}
+	}
+	list, err := w.Close()
+	if err == nil || !strings.Contains(err.Error(), want) || len(list) != 0 {
+		t.Fatalf("Close = %+v, %v; want no artifact and %q", list, err, want)
+	}
+	if syncs != 1 {
+		t.Errorf("%d syncs, want the failed one only", syncs)
+	}
+}

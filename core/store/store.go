@@ -105,6 +105,9 @@ func Open(dir string) (*Store, error) {
 	return &Store{db: db, logsDir: filepath.Join(dir, "logs")}, nil
 }
 
+// ErrClosed is what the store's operations return once it is closed.
+var ErrClosed = bolt.ErrDatabaseNotOpen
+
 // Close closes the database.
 func (s *Store) Close() error { return s.db.Close() }
 

@@ -60,7 +60,14 @@ type Launcher interface {
 	Configure(ctx context.Context, cfg *Config) error
 	// Launch starts (or waits for) the agent of one node and returns the
 	// connection to it. ctx is cancelled when the host abandons the
-	// connection; the connection itself lives until Close or Teardown.
+	// launch; the connection itself lives until Close or Teardown.
+	//
+	// The host sets no deadline of its own on a launch: a launcher bounds
+	// its own (the SSH launcher: launch_timeout, max_retries, retry_wait),
+	// returns an error that says why it gave up, stops what it started
+	// remotely, and returns as soon as ctx ends. A launch that does not
+	// return is cut only by the host's backstop (core/nodes.LaunchBackstop,
+	// 30 minutes), with a reason that blames the launcher.
 	Launch(ctx context.Context, node *Node) (Conn, error)
 	// Teardown ends the node's connection and stops whatever the launcher
 	// started for it. Tearing down a node that is not running is no error.

@@ -16,7 +16,9 @@ const PermanentRetry = time.Minute
 // returns an error for which IsPermanent holds, with err's message.
 //
 // The host then stops relaunching the node on its backoff and shows err as
-// the node's reason; it asks again at most once every PermanentRetry, so
+// the node's reason (the node stays offline while it asks again: its state,
+// since and log change only when the answer does); it asks again at most
+// once every PermanentRetry, so
 // that a corrected known_hosts file is picked up without a restart. A
 // launcher answers such a repeated Launch from memory, without contacting
 // the machine again, while nothing it depends on changed (the SSH launcher

@@ -517,9 +517,10 @@ func TestStdioHandshakeAndStep(t *testing.T) {
 }
 
 // TestStdioForgedChallengeAndStaleFrames: a challenge whose proof does not
-// verify gets an empty Auth and no session; frames of another session,
-// frames of the session without a valid MAC, and replayed frames are
-// dropped without being executed.
+// verify gets an empty Auth and no session; frames of another session
+// (stale before the handshake completes, forged after it: the agent never
+// had that session), frames of the session without a valid MAC, and
+// replayed frames are dropped without being executed.
 func TestStdioForgedChallengeAndStaleFrames(t *testing.T) {
 	secret := []byte("0123456789abcdef")
 	p := startAgent(t, nil, "-secret", hex.EncodeToString(secret))
@@ -533,7 +534,7 @@ func TestStdioForgedChallengeAndStaleFrames(t *testing.T) {
 	p.sendRaw(&wire.RunStep{BuildID: "evil#1", Command: "touch pwned-before"}, 0x666)
 	// The genuine master answers the same hello.
 	p.accept(secret, hello, 0x777)
-	p.sendRaw(&wire.RunStep{BuildID: "evil#2", Command: "touch pwned-stale"}, 0x666)
+	p.sendRaw(&wire.RunStep{BuildID: "evil#2", Command: "touch pwned-stranger"}, 0x666)
 	p.sendRaw(&wire.RunStep{BuildID: "evil#3", Command: "touch pwned-zero"}, 0)
 	// Frames of the session injected by someone without the key: unsigned,
 	// or signed with another key, numbered as the master's next frame.
@@ -571,8 +572,8 @@ func TestStdioForgedChallengeAndStaleFrames(t *testing.T) {
 		t.Fatalf("exit status %d", code)
 	}
 	log := p.logText()
-	for _, want := range []string{"the master's proof does not verify", "dropped a frame of another session",
-		"dropped a frame with a bad MAC", "dropped duplicate frames", "dropped a replayed frame"} {
+	for _, want := range []string{"the master's proof does not verify", "dropped a frame before the handshake completed",
+		"dropped a frame of a session this agent never had", "dropped a frame with a bad MAC", "dropped duplicate frames", "dropped a replayed frame"} {
 		if !strings.Contains(log, want) {
 			t.Fatalf("log does not say %q:\n%s", want, log)
 		}
@@ -580,8 +581,8 @@ func TestStdioForgedChallengeAndStaleFrames(t *testing.T) {
 	if n := strings.Count(log, "dropped a frame with a bad MAC"); n != 2 {
 		t.Fatalf("log mentions %d forged frames, want 2:\n%s", n, log)
 	}
-	if !strings.Contains(log, "stale_frames=4") || !strings.Contains(log, "replayed_frames=1") {
-		t.Fatalf("log does not count 4 stale frames (forged challenge, 3 steps) and 1 replayed (the ping):\n%s", log)
+	if !strings.Contains(log, "stale_frames=3") || !strings.Contains(log, "forged_frames=3") || !strings.Contains(log, "replayed_frames=1") {
+		t.Fatalf("log does not count 3 stale frames (forged challenge, 2 steps), 3 forged (the forged challenge's session after the handshake, 2 bad MACs) and 1 replayed (the ping):\n%s", log)
 	}
 }
 

@@ -140,7 +140,8 @@ func TestSIGTERMEndsStartup(t *testing.T) {
 
 // TestValidateRedactsPluginMessages: a plugin quoting a value it rejects
 // (the local launcher: `program "..." not found`) does not make validate
-// print what file() read; the diagnostic names the file instead.
+// print what file() read; the diagnostic names the file and the attribute
+// instead.
 func TestValidateRedactsPluginMessages(t *testing.T) {
 	checkNoLeftovers(t)
 	dir := t.TempDir()
@@ -158,7 +159,10 @@ func TestValidateRedactsPluginMessages(t *testing.T) {
 	if strings.Contains(r.stderr, "s3cr3t") {
 		t.Errorf("validate printed the file's contents:\n%s", r.stderr)
 	}
-	if want := `command: program (value from file("secret.txt")) not found`; !strings.Contains(r.stderr, want) {
-		t.Errorf("stderr lacks %q:\n%s", want, r.stderr)
+	for _, want := range []string{`6:15: Error: Invalid local configuration`,
+		`command: The local launcher rejects this value; its message is not shown, as it may quote the value. The value comes from file("secret.txt")`} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, r.stderr)
+		}
 	}
 }

@@ -346,6 +346,15 @@ func TestAgentDeath(t *testing.T) {
 			t.Fatalf("a build after the restart ended %s (%s)", next.Status, next.Reason)
 		}
 		checkLog(t, c, next, []byte("after\n"))
+		// What the master told the dead agent's session reached the new
+		// agent before its own session was established: stale, not forged.
+		second, err := os.ReadFile(filepath.Join(c.Dir, "agents", "k1", "agent-2.log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(second), "a session this agent never had") {
+			t.Errorf("the restarted agent counted a frame of its predecessor's session as forged:\n%s", second)
+		}
 	})
 
 	t.Run("never-back", func(t *testing.T) {
