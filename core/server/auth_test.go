@@ -88,7 +88,23 @@ func startServer(t *testing.T, cfg *config.Config) *testServer {
 // status, the WWW-Authenticate header and the body.
 func (ts *testServer) do(t *testing.T, method, path, token string) (int, string, string) {
 	t.Helper()
-	req, err := http.NewRequest(method, ts.url+path, nil)
+	return apiRequest(t, ts.url, method, path, token, nil)
+}
+
+// apiRequest sends an API request to the server at base with token (none
+// when empty) and a JSON body (none when nil), and returns the status, the
+// WWW-Authenticate header and the body.
+func apiRequest(t *testing.T, base, method, path, token string, body any) (int, string, string) {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, base+path, rd)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,11 +116,11 @@ func (ts *testServer) do(t *testing.T, method, path, token string) (int, string,
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
+	b, err := io.ReadAll(resp.Body)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return resp.StatusCode, resp.Header.Get("WWW-Authenticate"), string(body)
+	return resp.StatusCode, resp.Header.Get("WWW-Authenticate"), string(b)
 }
 
 // endpoint is one route of the API, with the status it answers an
