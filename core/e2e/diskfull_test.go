@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -35,19 +34,11 @@ func fill(t *testing.T, path string, size int) {
 // first group is the value), -1 when absent.
 func metric(t *testing.T, c *cluster.Cluster, re string) float64 {
 	t.Helper()
-	req, _ := http.NewRequest("GET", "http://"+c.HTTPAddr+"/metrics", nil)
-	req.Header.Set("Authorization", "Bearer "+c.Token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	m := regexp.MustCompile(`(?m)^` + re + ` (\S+)$`).FindSubmatch(body)
+	m := regexp.MustCompile(`(?m)^` + re + ` (\S+)$`).FindStringSubmatch(c.Metrics())
 	if m == nil {
 		return -1
 	}
-	v, err := strconv.ParseFloat(string(m[1]), 64)
+	v, err := strconv.ParseFloat(m[1], 64)
 	if err != nil {
 		t.Fatalf("metric %s: %v", re, err)
 	}

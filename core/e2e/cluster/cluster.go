@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -326,6 +327,29 @@ func (c *Cluster) WaitFor(what string, timeout time.Duration, cond func() bool) 
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// Metrics is the server's /metrics page, read with the API token.
+func (c *Cluster) Metrics() string {
+	c.t.Helper()
+	req, err := http.NewRequest("GET", "http://"+c.HTTPAddr+"/metrics", nil)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+c.Token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		c.t.Fatalf("/metrics: %s: %s", resp.Status, body)
+	}
+	return string(body)
 }
 
 // Node is a node's status from the API (zero when the API is down).

@@ -5,8 +5,6 @@ package e2e
 
 import (
 	"bytes"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -159,20 +157,13 @@ job "mark" {
 		d := c.Node("k1").AgentDropped
 		return d["forged"] >= 2 && d["duplicate"] >= 1
 	})
-	req, _ := http.NewRequest("GET", "http://"+c.HTTPAddr+"/metrics", nil)
-	req.Header.Set("Authorization", "Bearer "+c.Token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	body := c.Metrics()
 	for _, re := range []string{
 		`(?m)^conveyor_agent_rejected_frames_total\{node="k1",reason="forged"\} [2-9]`,
 		`(?m)^conveyor_agent_rejected_frames_total\{node="k1",reason="hint"\} 0$`,
 		`(?m)^conveyor_transport_malformed_total\{node="k1"\} 0$`,
 	} {
-		if !regexp.MustCompile(re).Match(body) {
+		if !regexp.MustCompile(re).MatchString(body) {
 			t.Errorf("/metrics lacks %s", re)
 		}
 	}

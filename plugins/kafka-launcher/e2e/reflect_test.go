@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -30,23 +28,12 @@ import (
 // from /metrics (conveyor_rejected_frames_total).
 func rejected(t *testing.T, c *cluster.Cluster, node, reason string) uint64 {
 	t.Helper()
-	req, err := http.NewRequest("GET", "http://"+c.HTTPAddr+"/metrics", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+c.Token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
 	re := regexp.MustCompile(fmt.Sprintf(`(?m)^conveyor_rejected_frames_total\{node=%q,reason=%q\} (\d+)$`, node, reason))
-	m := re.FindSubmatch(body)
+	m := re.FindStringSubmatch(c.Metrics())
 	if m == nil {
-		t.Fatalf("/metrics (%d) has no rejected frames of %s for %s", resp.StatusCode, node, reason)
+		t.Fatalf("/metrics has no rejected frames of %s for %s", node, reason)
 	}
-	n, err := strconv.ParseUint(string(m[1]), 10, 64)
+	n, err := strconv.ParseUint(m[1], 10, 64)
 	if err != nil {
 		t.Fatal(err)
 	}
