@@ -28,6 +28,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -64,11 +65,15 @@ const (
 type Launcher struct {
 	log hclog.Logger
 
-	mu       sync.Mutex
-	set      *settings // nil until configured
-	checked  *settings // the last configuration accepted, also in validate-only mode (operator commands)
-	key      []byte
-	broker   *embeddedBroker
+	mu      sync.Mutex
+	set     *settings // nil until configured
+	checked *settings // the last configuration accepted, also in validate-only mode (operator commands)
+	key     []byte
+	broker  *embeddedBroker
+	// client is the one Kafka client every node's connection shares
+	// (opened at the first launch); conns are the nodes' connections on it.
+	client   *kafkatransport.Client
+	clientMu sync.Mutex // serializes opening and closing client
 	conns    map[string]*kafkatransport.Conn
 	launches map[string]int64 // connections opened per node
 	// malformed counts what the node's closed connections dropped before
@@ -166,8 +171,14 @@ func (l *Launcher) Configure(ctx context.Context, cfg *launcher.Config) error {
 		}
 	}
 	l.mu.Lock()
+	old := l.set
 	l.set, l.key = set, key
 	l.mu.Unlock()
+	if old != nil && !reflect.DeepEqual(old.transport, set.transport) {
+		// The shared client talks to the old cluster, or as the old user:
+		// its connections go with it, and the next launch opens a new one.
+		l.closeConns()
+	}
 	l.log.Info("configured", "brokers", strings.Join(set.transport.Brokers, ","), "embedded", set.embedded, "nodes", len(cfg.Nodes))
 	return warningsOrNil(warnings)
 }
@@ -249,15 +260,54 @@ func (l *Launcher) stopBroker() {
 	}
 }
 
-// closeConns closes every open connection.
+// closeConns closes every open connection, then the client they share.
 func (l *Launcher) closeConns() {
+	l.clientMu.Lock()
+	defer l.clientMu.Unlock()
 	l.mu.Lock()
 	conns := l.conns
 	l.conns = map[string]*kafkatransport.Conn{}
-	l.mu.Unlock()
-	for _, c := range conns {
-		_ = c.Close()
+	for node, c := range conns {
+		l.malformed[node] += c.Malformed()
 	}
+	client := l.client
+	l.client = nil
+	l.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Go(func() { _ = c.Close() })
+	}
+	wg.Wait()
+	if client != nil {
+		if err := client.Close(); err != nil {
+			l.log.Debug("kafka client closed with errors", "error", err)
+		}
+	}
+}
+
+// sharedClient returns the Kafka client every node's connection shares,
+// connecting it at the first call.
+func (l *Launcher) sharedClient(ctx context.Context, set *settings) (*kafkatransport.Client, error) {
+	l.clientMu.Lock()
+	defer l.clientMu.Unlock()
+	l.mu.Lock()
+	client, current := l.client, l.set
+	l.mu.Unlock()
+	if client != nil {
+		return client, nil
+	}
+	if current != set {
+		return nil, errors.New("kafka launcher: reconfigured during the launch")
+	}
+	client, err := kafkatransport.NewClient(ctx, set.transport, l.log)
+	if err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	l.client = client
+	l.mu.Unlock()
+	l.log.Info("kafka client connected: every node's connection shares it", "brokers", strings.Join(set.transport.Brokers, ","))
+	return client, nil
 }
 
 // settings returns the current configuration.
@@ -296,15 +346,25 @@ func (l *Launcher) Launch(ctx context.Context, node *launcher.Node) (launcher.Co
 	}
 	// A node has one connection: a relaunch replaces it.
 	_ = l.Teardown(ctx, node.Name)
-	t := kafkatransport.TopicsFor(set.transport.TopicPrefix, node.Name)
-	if err := kafkatransport.EnsureTopics(ctx, set.transport, []string{t.Commands, t.Events}, set.partitions, set.replication); err != nil {
+	client, err := l.sharedClient(ctx, set)
+	if err != nil {
 		return nil, fmt.Errorf("launch %s: %w", node.Name, err)
 	}
-	conn, err := kafkatransport.OpenMaster(ctx, set.transport, node.Name, l.log)
+	t := kafkatransport.TopicsFor(set.transport.TopicPrefix, node.Name)
+	if err := client.EnsureTopics(ctx, []string{t.Commands, t.Events}, set.partitions, set.replication); err != nil {
+		return nil, fmt.Errorf("launch %s: %w", node.Name, err)
+	}
+	conn, err := client.OpenMaster(ctx, node.Name)
 	if err != nil {
 		return nil, fmt.Errorf("launch %s: %w", node.Name, err)
 	}
 	l.mu.Lock()
+	if l.client != client {
+		// The client closed meanwhile (reconfiguration, shutdown).
+		l.mu.Unlock()
+		_ = conn.Close()
+		return nil, fmt.Errorf("launch %s: kafka launcher reconfigured or closed during the launch", node.Name)
+	}
 	old := l.conns[node.Name]
 	l.conns[node.Name] = conn
 	l.launches[node.Name]++

@@ -209,29 +209,68 @@ func missingTopics(brokers []string, sc *sarama.Config, topics []string) ([]stri
 			lastErr = err
 			continue
 		}
-		req := sarama.NewMetadataRequest(sc.Version, topics)
-		req.AllowAutoTopicCreation = false
-		resp, err := b.GetMetadata(req)
+		missing, err := askMissing(b, sc.Version, topics)
 		_ = b.Close()
 		if err != nil {
 			lastErr = err
 			continue
 		}
-		exists := map[string]bool{}
-		for _, t := range resp.Topics {
-			if t.Err == sarama.ErrNoError && len(t.Partitions) > 0 {
-				exists[t.Name] = true
-			}
-		}
-		var missing []string
-		for _, t := range topics {
-			if !exists[t] {
-				missing = append(missing, t)
-			}
-		}
 		return missing, nil
 	}
 	return nil, lastErr
+}
+
+// askMissing asks broker b which of topics do not exist (or have no
+// partition yet): one metadata request naming these topics alone.
+func askMissing(b *sarama.Broker, version sarama.KafkaVersion, topics []string) ([]string, error) {
+	req := sarama.NewMetadataRequest(version, topics)
+	req.AllowAutoTopicCreation = false
+	resp, err := b.GetMetadata(req)
+	if err != nil {
+		return nil, err
+	}
+	exists := map[string]bool{}
+	for _, t := range resp.Topics {
+		if t.Err == sarama.ErrNoError && len(t.Partitions) > 0 {
+			exists[t.Name] = true
+		}
+	}
+	var missing []string
+	for _, t := range topics {
+		if !exists[t] {
+			missing = append(missing, t)
+		}
+	}
+	return missing, nil
+}
+
+// EnsureTopics creates the topics that do not exist yet, as the package's
+// EnsureTopics does, but asks which exist over the client's own
+// connection: ensuring a node's two existing topics (every launch does)
+// opens no connection and reads no other topic.
+func (cl *Client) EnsureTopics(ctx context.Context, topics []string, partitions int32, replication int16) error {
+	found := make(chan []string, 1)
+	go func() {
+		var missing []string
+		b := cl.client.LeastLoadedBroker()
+		if b == nil {
+			missing = topics
+		} else if m, err := askMissing(b, cl.client.Config().Version, topics); err != nil {
+			missing = topics // the package's EnsureTopics says what is wrong
+		} else {
+			missing = m
+		}
+		found <- missing
+	}()
+	select {
+	case topics = <-found:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if len(topics) == 0 {
+		return nil
+	}
+	return EnsureTopics(ctx, cl.cfg, topics, partitions, replication)
 }
 
 // DeleteTopics deletes the topics; topics that do not exist are no error.
