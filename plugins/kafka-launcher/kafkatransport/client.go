@@ -30,6 +30,9 @@ const (
 	// never holds up the fetch loop every node shares.
 	recvHighWater = 1 << 20
 	recvLowWater  = recvHighWater / 2
+	// consumerOpenRequests is how many requests the consumer's client has
+	// in flight per broker connection.
+	consumerOpenRequests = 16
 	// fetchMaxBytes bounds one fetch response over all partitions.
 	fetchMaxBytes = 16 << 20
 )
@@ -122,7 +125,15 @@ func (cl *Client) connect(sc *sarama.Config) error {
 	if cl.client, err = sarama.NewClient(cl.cfg.Brokers, sc); err != nil {
 		return fmt.Errorf("connect to kafka %s: %w", brokers, err)
 	}
-	if cl.cclient, err = sarama.NewClient(cl.cfg.Brokers, sc); err != nil {
+	// The consumer's client pipelines requests: what opening a node's
+	// partition asks (its leader, its first and last offsets) then waits
+	// for the fetch long-polling on the same connection once per batch of
+	// launches, not once per request. (The producer's client keeps one
+	// request in flight: its idempotent producer requires it.)
+	csc := *sc
+	csc.Net.MaxOpenRequests = consumerOpenRequests
+	csc.Producer.Idempotent = false
+	if cl.cclient, err = sarama.NewClient(cl.cfg.Brokers, &csc); err != nil {
 		return fmt.Errorf("connect to kafka %s: %w", brokers, err)
 	}
 	if cl.producer, err = sarama.NewAsyncProducerFromClient(cl.client); err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"sync"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -21,18 +22,28 @@ func open(ctx context.Context, cfg kafkatransport.Config, n int, perNode bool) [
 			panic(err)
 		}
 	}
+	// The master launches its nodes at once, each from its own goroutine.
+	conns := make([]*kafkatransport.Conn, n)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 64)
 	for i := range n {
-		node := fmt.Sprintf("n%d", i)
-		var c *kafkatransport.Conn
-		var err error
-		if perNode {
-			c, err = kafkatransport.OpenMaster(ctx, cfg, node, nil)
-		} else {
-			c, err = cl.OpenMaster(ctx, node)
-		}
-		if err != nil {
-			panic(err)
-		}
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			node := fmt.Sprintf("n%d", i)
+			var err error
+			if perNode {
+				conns[i], err = kafkatransport.OpenMaster(ctx, cfg, node, nil)
+			} else {
+				conns[i], err = cl.OpenMaster(ctx, node)
+			}
+			if err != nil {
+				panic(err)
+			}
+		})
+	}
+	wg.Wait()
+	for _, c := range conns {
 		out = append(out, c)
 	}
 	if cl != nil {
