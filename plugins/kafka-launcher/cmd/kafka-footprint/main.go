@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/IBM/sarama"
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/conveyor-ci/conveyor/plugins/kafka-launcher/kafkatransport"
@@ -24,6 +25,7 @@ import (
 func main() {
 	nodes := flag.Int("nodes", 100, "nodes to open")
 	perNode := flag.Bool("per-node-clients", false, "one client per node (the design before the shared client)")
+	rate := flag.Int("rate", 0, "events per second written, spread over the nodes' events topics (as agents' heartbeats would), by the broker's process")
 	broker := flag.Bool("broker", false, "run the broker (child process)")
 	flag.Parse()
 	if *broker {
@@ -32,9 +34,15 @@ func main() {
 			panic(err)
 		}
 		fmt.Println(c.ListenAddrs()[0])
+		// Start writing events once the parent says so.
+		_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
+		if *rate > 0 {
+			events(c.ListenAddrs()[0], *nodes, *rate)
+		}
 		select {}
 	}
-	cmd := exec.Command(os.Args[0], "-broker")
+	cmd := exec.Command(os.Args[0], "-broker", "-nodes", strconv.Itoa(*nodes), "-rate", strconv.Itoa(*rate))
+	in, _ := cmd.StdinPipe()
 	out, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
@@ -58,12 +66,25 @@ func main() {
 	start := time.Now()
 	conns := open(ctx, cfg, *nodes, *perNode)
 	took := time.Since(start)
+	for _, c := range conns {
+		if c, ok := c.(*kafkatransport.Conn); ok {
+			go func() {
+				for {
+					if _, err := c.Recv(); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}
+	fmt.Fprintln(in, "go")
 	time.Sleep(3 * time.Second)
 	after := heap()
 	port := addr[strings.LastIndex(addr, ":")+1:]
 	var cpu0 = cpuTime()
 	time.Sleep(10 * time.Second)
 	cpu := cpuTime() - cpu0
+	fmt.Printf("rate=%d/s ", *rate)
 	fmt.Printf("nodes=%d open=%s heap=%.1fMiB (%.1f KiB/node) goroutines=%d (%.1f/node) conns_to_broker=%d idle_cpu=%.1f%%\n",
 		*nodes, took.Round(time.Millisecond), float64(after-before)/(1<<20), float64(after-before)/1024/float64(*nodes),
 		runtime.NumGoroutine()-g0, float64(runtime.NumGoroutine()-g0)/float64(*nodes), tcpConns(port), cpu.Seconds()/10*100)
@@ -103,4 +124,31 @@ func tcpConns(port string) int {
 		}
 	}
 	return n
+}
+
+// events writes rate small frames a second, round robin over the nodes'
+// events topics.
+func events(addr string, nodes, rate int) {
+	sc := sarama.NewConfig()
+	sc.Producer.Partitioner = sarama.NewManualPartitioner
+	sc.Producer.Return.Successes = false
+	p, err := sarama.NewAsyncProducer([]string{addr}, sc)
+	if err != nil {
+		panic(err)
+	}
+	go func() {
+		for range p.Errors() {
+		}
+	}()
+	v := kafkatransport.Records(make([]byte, 100), 1)[0]
+	tick := time.NewTicker(10 * time.Millisecond)
+	per := max(rate/100, 1)
+	i := 0
+	for range tick.C {
+		for range per {
+			t := kafkatransport.TopicsFor("", fmt.Sprintf("n%d", i%nodes)).Events
+			p.Input() <- &sarama.ProducerMessage{Topic: t, Partition: 0, Value: sarama.ByteEncoder(v)}
+			i++
+		}
+	}
 }
