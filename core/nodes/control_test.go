@@ -136,4 +136,3 @@ func TestApproveKeyPassesItOnLaunch(t *testing.T) {
 		return ln != nil && len(ln.ApprovedKeys) == 1 && ln.ApprovedKeys[0] == fp
 	})
 }
-
