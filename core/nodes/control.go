@@ -267,9 +267,18 @@ func (m *Manager) teardown(ctx context.Context, n *Node) {
 // function that gives the slot back, or false when ctx ended first.
 func (m *Manager) launchSlot(ctx context.Context, n *Node) (func(), bool) {
 	slots := m.slots[n.cfg.Launcher]
-	release := func() { <-slots }
+	// "taken" is logged after the slot is, "released" before: the log
+	// never shows more launches at once than there were.
+	taken := func() {
+		m.log.Debug("launch slot taken", "node", n.cfg.Name, "launcher", n.cfg.Launcher, "limit", cap(slots))
+	}
+	release := func() {
+		m.log.Debug("launch slot released", "node", n.cfg.Name, "launcher", n.cfg.Launcher)
+		<-slots
+	}
 	select {
 	case slots <- struct{}{}:
+		taken()
 		return release, true
 	default:
 	}
@@ -281,6 +290,7 @@ func (m *Manager) launchSlot(ctx context.Context, n *Node) (func(), bool) {
 	}
 	select {
 	case slots <- struct{}{}:
+		taken()
 		if state == StateLaunching {
 			m.set(n, state, reason)
 		}
