@@ -191,12 +191,25 @@ func (m *Manager) awaitDemand(ctx context.Context, n *Node) bool {
 	for {
 		wanted, changed := m.board.Wanted(n.Covers)
 		n.mu.Lock()
-		drained := n.drain != nil
+		drained, busy, demanded := n.drain != nil, n.busy > 0, n.demanded
 		n.mu.Unlock()
-		if wanted && !drained {
-			m.record(n, store.NodeEvent{Time: time.Now().UTC(), Action: ActionDemand, By: System, Reason: "a queued build waits for its labels"})
+		if held, _ := n.sess.Held(); held || busy {
+			// Builds still run on it (a session waits for its agent to
+			// resume): relaunch it whatever the queue wants.
 			return true
 		}
+		if wanted && !drained {
+			n.mu.Lock()
+			n.demanded = true
+			n.mu.Unlock()
+			if !demanded { // once per demand, not per relaunch
+				m.record(n, store.NodeEvent{Time: time.Now().UTC(), Action: ActionDemand, By: System, Reason: "a queued build waits for its labels"})
+			}
+			return true
+		}
+		n.mu.Lock()
+		n.demanded = false
+		n.mu.Unlock()
 		why := fmt.Sprintf("on demand: launched when a build waits for its labels (idle timeout %v)", n.cfg.Availability.IdleTimeout)
 		if drained {
 			why = "on demand and drained: not launched until it is back online"

@@ -136,3 +136,34 @@ func TestApproveKeyPassesItOnLaunch(t *testing.T) {
 		return ln != nil && len(ln.ApprovedKeys) == 1 && ln.ApprovedKeys[0] == fp
 	})
 }
+
+// An on-demand node is launched only once a queued build wants labels it
+// carries (and not while it is drained), recorded once however often it
+// is relaunched for that demand.
+func TestOnDemandWaitsForDemand(t *testing.T) {
+	l := &testLauncher{launch: func(context.Context, int) (launcher.Conn, error) {
+		return nil, errors.New("no route to host")
+	}}
+	node := config.Node{Labels: []string{"gpu"}, Availability: config.Availability{Mode: config.AvailabilityOnDemand, IdleTimeout: time.Minute}}
+	m, _, log := startNode(t, l, node, nil)
+	n := m.Get("n1")
+	waitFor(t, "the node to wait for demand", func() bool { return strings.HasPrefix(n.Status().Reason, "on demand") })
+	m.Demand([][]string{{"linux"}})
+	if err := m.Drain(n, "alice", ""); err != nil {
+		t.Fatal(err)
+	}
+	m.Demand([][]string{{"gpu"}})
+	waitFor(t, "the drained node to say so", func() bool { return strings.Contains(n.Status().Reason, "drained") })
+	if got := l.launches.Load(); got != 0 {
+		t.Fatalf("%d launches without demand for it (or while drained)", got)
+	}
+	if err := m.Online(n, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "two launches for the demand", func() bool { return l.launches.Load() >= 2 })
+	if got := log.count("node demand-launch"); got != 1 {
+		t.Errorf("%d demand-launch records, want 1", got)
+	}
+	m.Demand(nil)
+	waitFor(t, "the node to wait for demand again", func() bool { return strings.HasPrefix(n.Status().Reason, "on demand") })
+}

@@ -88,6 +88,9 @@ type Node struct {
 	tearing bool
 	// idled: the last connection ended for being idle.
 	idled bool
+	// demanded: the on-demand node was launched for a queued build and
+	// not taken offline since.
+	demanded bool
 	// approved are the host key fingerprints approved for the node;
 	// pendingKey is the one its launcher waits to have approved.
 	approved   []string
@@ -472,6 +475,9 @@ func (m *Manager) run(ctx context.Context, n *Node) {
 		n.mu.Lock()
 		idled := n.idled
 		n.idled, n.tearing = false, false
+		if idled {
+			n.demanded = false
+		}
 		n.mu.Unlock()
 		if idled {
 			// Taken offline for being idle: no backoff, wait for demand.

@@ -154,8 +154,21 @@ func (s *Server) uiNodeControl(action string) func(http.ResponseWriter, *http.Re
 
 // uiNodeRoutes registers the node page and its controls.
 func (s *Server) uiNodeRoutes(rt router) {
-	rt.handleUI("GET /ui/nodes/{node}", read, s.withNode(s.uiNode))
+	rt.handleUI("GET /ui/nodes/{node}", read, s.uiWithNode(s.uiNode))
 	for _, action := range []string{nodes.ActionDrain, nodes.ActionOnline, nodes.ActionDisconnect, nodes.ActionLaunch, nodes.ActionApproveKey} {
-		rt.handleUI("POST /ui/nodes/{node}/"+action, admin, s.withNode(s.uiNodeControl(action)))
+		rt.handleUI("POST /ui/nodes/{node}/"+action, admin, s.uiWithNode(s.uiNodeControl(action)))
+	}
+}
+
+// uiWithNode finds the configured node of the path, or shows the error
+// page.
+func (s *Server) uiWithNode(h func(http.ResponseWriter, *http.Request, *nodes.Node)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		n := s.nodes.Get(r.PathValue("node"))
+		if n == nil {
+			s.uiError(w, r, http.StatusNotFound, "no such node: "+r.PathValue("node"))
+			return
+		}
+		h(w, r, n)
 	}
 }

@@ -24,6 +24,9 @@ func TestUINodeControls(t *testing.T) {
 			t.Errorf("the node page lacks %q:\n%s", want, page)
 		}
 	}
+	if resp, page := u.call(t, admin, "GET", "/ui/nodes/nope", nil, true); resp.StatusCode != http.StatusNotFound || !strings.Contains(page, "no such node: nope") {
+		t.Errorf("an unknown node's page: %d\n%s", resp.StatusCode, page)
+	}
 	if resp, _ := u.call(t, admin, "POST", "/ui/nodes/n1/drain", url.Values{"reason": {"disk swap"}}, true); resp.StatusCode != http.StatusForbidden {
 		t.Errorf("a drain without its CSRF token: %d, want 403", resp.StatusCode)
 	}
