@@ -95,7 +95,7 @@ proto: deps-proto
 	$(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 	cd sdk && PATH="$$($(GO) env GOPATH)/bin:$$PATH" $(PROTOC) -I . \
 		--go_out=paths=source_relative:. --go-grpc_out=paths=source_relative:. \
-		hclspec/hclspec.proto launcher/proto/launcher.proto
+		hclspec/hclspec.proto launcher/proto/launcher.proto provisioner/proto/v1/provisioner.proto
 
 lint:
 	@out=$$(gofmt -l $(MODULES) | grep -v /testdata/ || true); \

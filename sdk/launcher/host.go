@@ -9,6 +9,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
+
+	"github.com/conveyor-ci/conveyor/sdk/internal/pluginrt"
 )
 
 // ClientOptions says how the host starts a plugin.
@@ -51,8 +53,8 @@ func Start(ctx context.Context, opts ClientOptions) (*Process, error) {
 	}
 	cmd := exec.Command(opts.Path)
 	cmd.Env = append(os.Environ(), opts.Env...)
-	cmd.Env = append(cmd.Env, LogLevelEnv+"="+levelName(logger))
-	cmd.SysProcAttr = processAttr()
+	cmd.Env = append(cmd.Env, LogLevelEnv+"="+pluginrt.LevelName(logger))
+	cmd.SysProcAttr = pluginrt.ProcessAttr()
 
 	cfg := &plugin.ClientConfig{
 		HandshakeConfig:  Handshake,
@@ -70,8 +72,7 @@ func Start(ctx context.Context, opts ClientOptions) (*Process, error) {
 	p := &Process{client: c, cmd: cmd}
 	if err := p.dispenseContext(ctx); err != nil {
 		if err == plugin.ErrChecksumsDoNotMatch {
-			sum, _ := fileSHA256(opts.Path)
-			return nil, fmt.Errorf("plugin %s: sha256 is %s, config pins %x: refusing to run it", opts.Path, sum, opts.SHA256)
+			return nil, pluginrt.ChecksumError(opts.Path, opts.SHA256)
 		}
 		return nil, fmt.Errorf("plugin %s: %w", opts.Path, err)
 	}
@@ -143,29 +144,6 @@ func (p *Process) Exited() bool { return p.client.Exited() }
 func (p *Process) Kill() {
 	p.client.Kill()
 	if pid := p.Pid(); pid > 0 {
-		killGroup(pid)
-	}
-}
-
-func fileSHA256(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", err
-	}
-	return fmt.Sprintf("%x", sha256.Sum256(b)), nil
-}
-
-func levelName(l hclog.Logger) string {
-	switch {
-	case l.IsTrace():
-		return "trace"
-	case l.IsDebug():
-		return "debug"
-	case l.IsInfo():
-		return "info"
-	case l.IsWarn():
-		return "warn"
-	default:
-		return "error"
+		pluginrt.KillGroup(pid)
 	}
 }
