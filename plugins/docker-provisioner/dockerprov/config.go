@@ -67,8 +67,12 @@ func checkGlobal(g *globalConfig) provisioner.ConfigErrors {
 	if g.Host == "" {
 		return nil
 	}
-	if _, err := client.ParseHostURL(g.Host); err != nil {
+	u, err := client.ParseHostURL(g.Host)
+	switch {
+	case err != nil:
 		return provisioner.ConfigErrors{{Path: []string{"host"}, Message: fmt.Sprintf("not a Docker engine address (unix:///PATH, tcp://HOST:PORT): %v", err)}}
+	case u.Scheme != "unix" && u.Scheme != "tcp" && u.Scheme != "npipe":
+		return provisioner.ConfigErrors{{Path: []string{"host"}, Message: fmt.Sprintf("%q: the engine is reached over unix://, tcp:// or npipe://, not %s://", g.Host, u.Scheme)}}
 	}
 	return nil
 }
