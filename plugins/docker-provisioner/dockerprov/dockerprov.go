@@ -44,6 +44,10 @@ const provisionerName = "docker"
 // callTimeout bounds one call to the engine.
 const callTimeout = 60 * time.Second
 
+// conflictWait bounds the wait for the container of a concurrent call of
+// the same request, whose name the engine has reserved.
+const conflictWait = 10 * time.Second
+
 // Provisioner is the Docker provisioner. It implements
 // provisioner.Provisioner.
 type Provisioner struct {
@@ -255,11 +259,19 @@ func (p *Provisioner) createContainer(ctx context.Context, cli *client.Client, p
 		}
 		return r.ID, nil
 	case cerrdefs.IsConflict(err):
-		got, lerr := p.list(ctx, cli, map[string]string{provisioner.TagRequest: spec.Tags[provisioner.TagRequest], provisioner.TagInstance: spec.Name})
-		if lerr == nil && len(got) > 0 {
-			return got[0].ID, nil
+		// A concurrent call of the same request holds the name: its
+		// container shows up once the engine has finished creating it.
+		key := map[string]string{provisioner.TagRequest: spec.Tags[provisioner.TagRequest], provisioner.TagInstance: spec.Name}
+		for wait := time.Now().Add(conflictWait); ; {
+			got, lerr := p.list(ctx, cli, key)
+			if lerr == nil && len(got) > 0 {
+				return got[0].ID, nil
+			}
+			if time.Now().After(wait) || ctx.Err() != nil {
+				return "", fmt.Errorf("create container %s: %w", name, err)
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
-		return "", fmt.Errorf("create container %s: %w", name, err)
 	case cerrdefs.IsNotFound(err):
 		return "", provisioner.Permanent(fmt.Errorf("create container %s: %w", name, err))
 	default:
