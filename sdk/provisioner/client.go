@@ -105,21 +105,11 @@ func (c *client) Health(ctx context.Context) error {
 	return nil
 }
 
-// statusErr turns a gRPC status into a plain error carrying the plugin's
-// message; context errors pass through unchanged and FailedPrecondition
-// becomes a Permanent error.
+// statusErr is pluginrt.StatusErr, with FailedPrecondition (how the
+// server sends a Permanent error) made Permanent again.
 func statusErr(err error) error {
-	s, ok := status.FromError(err)
-	if !ok {
-		return err
+	if status.Code(err) == codes.FailedPrecondition {
+		return Permanent(pluginrt.StatusErr(err))
 	}
-	switch s.Code() {
-	case codes.Canceled:
-		return context.Canceled
-	case codes.DeadlineExceeded:
-		return context.DeadlineExceeded
-	case codes.FailedPrecondition:
-		return Permanent(errors.New(s.Message()))
-	}
-	return errors.New(s.Message())
+	return pluginrt.StatusErr(err)
 }

@@ -2,29 +2,16 @@ package provisioner
 
 import (
 	"context"
-	"crypto/sha256"
-	"fmt"
-	"os"
-	"os/exec"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 
 	"github.com/conveyor-ci/conveyor/sdk/internal/pluginrt"
+	"github.com/conveyor-ci/conveyor/sdk/launcher"
 )
 
-// ClientOptions says how the host starts a provisioner plugin.
-type ClientOptions struct {
-	// Path is the plugin binary.
-	Path string
-	// SHA256, when set, pins the binary: a binary with another checksum is
-	// refused before it runs.
-	SHA256 []byte
-	// Logger receives the plugin's log lines.
-	Logger hclog.Logger
-	// Env is added to the host's environment for the plugin.
-	Env []string
-}
+// ClientOptions says how the host starts a plugin: the same as for a
+// launcher.
+type ClientOptions = launcher.ClientOptions
 
 // Process is one running provisioner plugin, started the way the host
 // starts every plugin (launcher.Start): go-plugin over gRPC with AutoMTLS,
@@ -32,8 +19,7 @@ type ClientOptions struct {
 // created lives in the backend, not in the process: killing the plugin
 // deletes no instance.
 type Process struct {
-	client *plugin.Client
-	cmd    *exec.Cmd
+	rt *pluginrt.Process
 	// Provisioner is the plugin's provisioner.
 	Provisioner Provisioner
 	// Info is what the plugin reported at start.
@@ -44,52 +30,23 @@ type Process struct {
 // its provisioner. It returns when ctx ends, even while the plugin has not
 // completed its handshake; the plugin is then killed.
 func Start(ctx context.Context, opts ClientOptions) (*Process, error) {
-	logger := opts.Logger
-	if logger == nil {
-		logger = hclog.NewNullLogger()
+	p := &Process{}
+	rt, err := pluginrt.Start(ctx, pluginrt.ClientConfig{
+		Path:      opts.Path,
+		SHA256:    opts.SHA256,
+		Logger:    opts.Logger,
+		Env:       opts.Env,
+		Handshake: Handshake,
+		Plugins:   pluginSets(nil),
+	}, p.dispense)
+	if err != nil {
+		return nil, err
 	}
-	cmd := exec.Command(opts.Path)
-	cmd.Env = append(os.Environ(), opts.Env...)
-	cmd.Env = append(cmd.Env, pluginrt.LogLevelEnv+"="+pluginrt.LevelName(logger))
-	cmd.SysProcAttr = pluginrt.ProcessAttr()
-	cfg := &plugin.ClientConfig{
-		HandshakeConfig:  Handshake,
-		VersionedPlugins: pluginSets(nil),
-		Cmd:              cmd,
-		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
-		AutoMTLS:         true,
-		Logger:           logger,
-	}
-	if len(opts.SHA256) > 0 {
-		cfg.SecureConfig = &plugin.SecureConfig{Checksum: opts.SHA256, Hash: sha256.New()}
-	}
-	p := &Process{client: plugin.NewClient(cfg), cmd: cmd}
-	done := make(chan error, 1)
-	go func() { done <- p.dispense(ctx) }()
-	select {
-	case err := <-done:
-		if err == nil {
-			return p, nil
-		}
-		p.Kill()
-		if err == plugin.ErrChecksumsDoNotMatch {
-			return nil, pluginrt.ChecksumError(opts.Path, opts.SHA256)
-		}
-		return nil, fmt.Errorf("provisioner plugin %s: %w", opts.Path, err)
-	case <-ctx.Done():
-		go func() {
-			<-done
-			p.Kill()
-		}()
-		return nil, fmt.Errorf("provisioner plugin %s: %w", opts.Path, context.Cause(ctx))
-	}
+	p.rt = rt
+	return p, nil
 }
 
-func (p *Process) dispense(ctx context.Context) error {
-	rpc, err := p.client.Client()
-	if err != nil {
-		return err
-	}
+func (p *Process) dispense(ctx context.Context, rpc plugin.ClientProtocol, _ int) error {
 	raw, err := rpc.Dispense(pluginName)
 	if err != nil {
 		return err
@@ -100,21 +57,11 @@ func (p *Process) dispense(ctx context.Context) error {
 }
 
 // Pid is the plugin's process id.
-func (p *Process) Pid() int {
-	if p.cmd.Process == nil {
-		return 0
-	}
-	return p.cmd.Process.Pid
-}
+func (p *Process) Pid() int { return p.rt.Pid() }
 
 // Exited reports whether the plugin process has exited.
-func (p *Process) Exited() bool { return p.client.Exited() }
+func (p *Process) Exited() bool { return p.rt.Exited() }
 
 // Kill stops the plugin: gracefully first, then by killing its whole
 // process group. The instances it created stay.
-func (p *Process) Kill() {
-	p.client.Kill()
-	if pid := p.Pid(); pid > 0 {
-		pluginrt.KillGroup(pid)
-	}
-}
+func (p *Process) Kill() { p.rt.Kill() }

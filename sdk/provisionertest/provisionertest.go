@@ -38,8 +38,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/hcl/v2/hcldec"
-	"github.com/hashicorp/hcl/v2/hclparse"
-	"github.com/zclconf/go-cty/cty"
 
 	"github.com/conveyor-ci/conveyor/sdk/hclspec"
 	"github.com/conveyor-ci/conveyor/sdk/provisioner"
@@ -282,25 +280,12 @@ func (k *kit) schema(ctx context.Context) error {
 	return nil
 }
 
-// decode parses src and decodes it against spec, as the host does.
-func decode(name, src string, spec hcldec.Spec) (cty.Value, error) {
-	f, diags := hclparse.NewParser().ParseHCL([]byte(src), name)
-	if diags.HasErrors() {
-		return cty.NilVal, diags
-	}
-	v, diags := hcldec.Decode(f.Body, spec, nil)
-	if diags.HasErrors() {
-		return cty.NilVal, diags
-	}
-	return v, nil
-}
-
 func (k *kit) config(global, pool string) (*provisioner.Config, error) {
-	g, err := decode("global.hcl", global, k.globalSpec)
+	g, err := hclspec.DecodeSource("global.hcl", global, k.globalSpec)
 	if err != nil {
 		return nil, fmt.Errorf("global block: %w", err)
 	}
-	p, err := decode("pool.hcl", pool, k.poolSpec)
+	p, err := hclspec.DecodeSource("pool.hcl", pool, k.poolSpec)
 	if err != nil {
 		return nil, fmt.Errorf("pool block: %w", err)
 	}

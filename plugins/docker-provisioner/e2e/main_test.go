@@ -15,8 +15,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/hashicorp/hcl/v2/hcldec"
-	"github.com/hashicorp/hcl/v2/hclparse"
 	"github.com/zclconf/go-cty/cty"
 
 	"github.com/conveyor-ci/conveyor/plugins/docker-provisioner/dockertest"
@@ -94,13 +92,9 @@ func decode(t *testing.T, src string, spec *hclspec.Spec) cty.Value {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f, diags := hclparse.NewParser().ParseHCL([]byte(src), "test.hcl")
-	if diags.HasErrors() {
-		t.Fatal(diags)
-	}
-	v, diags := hcldec.Decode(f.Body, s, nil)
-	if diags.HasErrors() {
-		t.Fatal(diags)
+	v, err := hclspec.DecodeSource("test.hcl", src, s)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return v
 }
