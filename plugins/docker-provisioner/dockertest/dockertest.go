@@ -160,7 +160,28 @@ func (e *Engine) Stop() {
 			<-e.exited
 		}
 	}
+	unmountUnder(e.dir)
 	_ = os.RemoveAll(e.dir)
+}
+
+// unmountUnder detaches what the engine left mounted below dir (its
+// default network namespace stays bind-mounted under exec/netns after it
+// exits), deepest first, so that the directory can go.
+func unmountUnder(dir string) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	var points []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			points = append(points, f[4])
+		}
+	}
+	for i := len(points) - 1; i >= 0; i-- {
+		_ = syscall.Unmount(points[i], syscall.MNT_DETACH)
+	}
 }
 
 // AgentImage builds the static conveyor-agent (CGO_ENABLED=0, from this
