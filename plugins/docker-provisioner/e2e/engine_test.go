@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/client"
 
 	"github.com/conveyor-ci/conveyor/plugins/docker-provisioner/dockertest"
@@ -224,6 +225,39 @@ func TestConcurrentCreateSameRequest(t *testing.T) {
 	if len(r.Items) != 3 {
 		t.Fatalf("%d containers for 3 instances created 4 times at once", len(r.Items))
 	}
+	// A Create that died between creating the container and starting it
+	// left a container "created": the repeated request starts that one.
+	half := &provisioner.CreateRequest{RequestID: "req-half", Pool: "burst", Tags: map[string]string{provisioner.TagMaster: "m1"},
+		Instances: []*provisioner.InstanceSpec{{Name: "half-1", Bootstrap: provisioner.Bootstrap{Command: []string{"conveyor-agent", "-version"}}}}}
+	if err := half.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	labels := map[string]string{"conveyor.provisioner": "docker"}
+	for k, v := range half.Instances[0].Tags {
+		labels[k] = v
+	}
+	cr, err := eng.Client.ContainerCreate(ctx, client.ContainerCreateOptions{
+		Config:     &container.Config{Image: image, Cmd: []string{"conveyor-agent", "-version"}, Labels: labels},
+		HostConfig: &container.HostConfig{NetworkMode: "none"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := p.Provisioner.Create(ctx, half)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].ID != cr.ID || got[0].State == provisioner.StatePending {
+		t.Fatalf("repeated create of a half-done request: %+v, want container %s started", got, cr.ID)
+	}
+	r, err = eng.Client.ContainerList(ctx, client.ContainerListOptions{All: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Items) != 4 {
+		t.Fatalf("%d containers, want 4: the half-done one was not adopted", len(r.Items))
+	}
+
 	// Without a secret file the secret travels in the environment, in hex.
 	ci, err := eng.Client.ContainerInspect(ctx, results[0][0].ID, client.ContainerInspectOptions{})
 	if err != nil {
