@@ -81,10 +81,12 @@ func TestAgentConnectsOverKafka(t *testing.T) {
 			Command: cmd, Env: map[string]string{"CONVEYOR_AGENT_LOG_LEVEL": "debug"}, Secret: ns.Secret, SecretFile: secretFile, Labels: []string{"linux"},
 		}}},
 	}
+	created := time.Now()
 	ins, err := p.Provisioner.Create(ctx, req)
 	if err != nil {
 		t.Fatalf("create: %v\nengine log:\n%s", err, eng.Log())
 	}
+	t.Logf("create took %v", time.Since(created).Round(time.Millisecond))
 	if len(ins) != 1 || ins[0].State != provisioner.StateRunning {
 		t.Fatalf("created %+v, want one running instance", ins)
 	}
@@ -127,6 +129,7 @@ func TestAgentConnectsOverKafka(t *testing.T) {
 	// The agent reached the broker: its Hello names the node, and it
 	// answers pings.
 	hello := waitHello(t, ctx, conn, eng, id)
+	t.Logf("create to the agent's Hello: %v", time.Since(created).Round(time.Millisecond))
 	if hello.Node != node {
 		t.Fatalf("hello from node %q, want %q", hello.Node, node)
 	}
