@@ -917,6 +917,7 @@ func TestNodeDelete(t *testing.T) {
 		{[]string{"node", "drain", "-reason", "disk swap", "n2"}, 0, "drained by bootstrap"},
 		{[]string{"node", "show", "n2"}, 0, "  drain  bootstrap  disk swap"},
 		{[]string{"node", "show", "n2"}, 0, "disk swap"},
+		{[]string{"nodes"}, 0, ",drained "},
 		{[]string{"node", "launch", "n2"}, 1, "the node is drained"},
 		{[]string{"node", "online", "n2"}, 0, "n2: "},
 		{[]string{"node", "online", "n2"}, 1, "the node is not drained"},

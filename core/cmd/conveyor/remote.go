@@ -374,7 +374,11 @@ func cmdNodes(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		if reason == "" {
 			reason = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s\n", n.Name, n.State, n.Launcher, n.Busy, n.Executors, strings.Join(n.Labels, ","), reason)
+		state := n.State
+		if n.Drain != nil {
+			state += ",drained"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s\n", n.Name, state, n.Launcher, n.Busy, n.Executors, strings.Join(n.Labels, ","), reason)
 	}
 	_ = tw.Flush()
 	return 0
