@@ -18,8 +18,10 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/conveyor-ci/conveyor/core/config"
+	"github.com/conveyor-ci/conveyor/core/demand"
 	"github.com/conveyor-ci/conveyor/core/plugins"
 	"github.com/conveyor-ci/conveyor/core/session"
+	"github.com/conveyor-ci/conveyor/core/store"
 	"github.com/conveyor-ci/conveyor/sdk/launcher"
 )
 
@@ -72,6 +74,27 @@ type Node struct {
 	// (the session timeout ran out); until the agent comes back, a
 	// relaunch keeps the node offline with it rather than launching.
 	lost string
+
+	// drain, when set, keeps new builds off the node (Manager.Drain).
+	drain *store.NodeDrain
+	// kicked wakes the connect loop from its wait (Manager.Launch).
+	kicked chan struct{}
+	// cut ends the current connection with a cause (nil when there is
+	// none): Manager.Disconnect, an idle on-demand node.
+	cut func(cause error)
+	// idle times an online on-demand node's idleness; nil otherwise.
+	idle *demand.Idle
+	// tearing: the idle node is being taken offline, it takes no build.
+	tearing bool
+	// idled: the last connection ended for being idle.
+	idled bool
+	// demanded: the on-demand node was launched for a queued build and
+	// not taken offline since.
+	demanded bool
+	// approved are the host key fingerprints approved for the node;
+	// pendingKey is the one its launcher waits to have approved.
+	approved   []string
+	pendingKey string
 }
 
 // Name is the node's name.
@@ -114,6 +137,18 @@ type Status struct {
 	// (forged, replayed, malformed, duplicate, hint, transport_malformed...),
 	// with its last heartbeat.
 	AgentDropped map[string]uint64 `json:"agent_dropped_frames,omitempty"`
+	// Drain, when set, says that the node takes no new build, since when,
+	// by whom and why.
+	Drain *store.NodeDrain `json:"drain,omitempty"`
+	// Availability is the node's availability mode (always, on_demand).
+	Availability string `json:"availability"`
+	// IdleTimeout is an on-demand node's idle timeout.
+	IdleTimeout string `json:"idle_timeout,omitempty"`
+	// IdleSince is when an online on-demand node last became idle.
+	IdleSince *time.Time `json:"idle_since,omitempty"`
+	// PendingHostKey is the SHA256 fingerprint of the host key the
+	// node's launcher waits for an admin to approve (ApproveKey).
+	PendingHostKey string `json:"pending_host_key,omitempty"`
 }
 
 // Status reports the node's state.
@@ -121,7 +156,19 @@ func (n *Node) Status() Status {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	st := Status{Name: n.cfg.Name, Launcher: n.cfg.Launcher, Labels: n.cfg.Labels, Executors: n.cfg.Executors,
-		Busy: n.busy, State: n.state, Reason: n.reason, Since: n.since, Description: n.desc}
+		Busy: n.busy, State: n.state, Reason: n.reason, Since: n.since, Description: n.desc,
+		Drain: n.drain, Availability: n.cfg.Availability.Mode, PendingHostKey: n.pendingKey}
+	if st.Availability == "" {
+		st.Availability = config.AvailabilityAlways
+	}
+	if n.onDemand() {
+		st.IdleTimeout = n.cfg.Availability.IdleTimeout.String()
+		if n.idle != nil {
+			if t := n.idle.Since(); !t.IsZero() {
+				st.IdleSince = &t
+			}
+		}
+	}
 	if n.agent != nil {
 		st.AgentVersion = n.agent.Version
 		st.Platform = n.agent.OS + "/" + n.agent.Arch
@@ -145,6 +192,12 @@ type Manager struct {
 	permanentRetry time.Duration
 	launchBackstop time.Duration
 
+	// slots bounds each launcher's concurrent launches (a buffered
+	// channel of max_concurrent_launches per launcher name).
+	slots map[string]chan struct{}
+	// board is what queued builds wait for: on-demand nodes watch it.
+	board *demand.Board
+
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced when capacity may have appeared
 }
@@ -159,6 +212,9 @@ type Options struct {
 	// OnWriteError, when set, is told of every failed attempt to store
 	// what an agent sent (session.Options.OnWriteError).
 	OnWriteError func(kind string)
+	// Control, when set, persists the nodes' history, drains and
+	// approved host keys.
+	Control ControlStore
 }
 
 // plugin is what a node needs of its launcher plugin (*plugins.Plugin).
@@ -179,7 +235,7 @@ type SessionStore interface {
 
 // NewManager prepares the configured nodes; Run connects them.
 func NewManager(cfg *config.Config, pm *plugins.Manager, opts Options, logger hclog.Logger) *Manager {
-	m := &Manager{opts: opts, log: logger, changed: make(chan struct{}),
+	m := &Manager{opts: opts, log: logger, changed: make(chan struct{}), slots: map[string]chan struct{}{}, board: demand.NewBoard(),
 		permanentRetry: launcher.PermanentRetry, launchBackstop: LaunchBackstop,
 		plugin: func(name string) plugin {
 			if p := pm.Get(name); p != nil {
@@ -188,7 +244,25 @@ func NewManager(cfg *config.Config, pm *plugins.Manager, opts Options, logger hc
 			return nil // not a nil *plugins.Plugin in an interface
 		}}
 	for _, c := range cfg.Nodes {
-		n := &Node{cfg: c, labels: map[string]bool{c.Name: true}, state: StateOffline, reason: "not launched yet", since: time.Now()}
+		if m.slots[c.Launcher] == nil {
+			limit := config.DefaultMaxConcurrentLaunches
+			if l := cfg.Launcher(c.Launcher); l != nil && l.MaxConcurrentLaunches > 0 {
+				limit = l.MaxConcurrentLaunches
+			}
+			m.slots[c.Launcher] = make(chan struct{}, limit)
+		}
+		n := &Node{cfg: c, labels: map[string]bool{c.Name: true}, state: StateOffline, reason: "not launched yet", since: time.Now(),
+			kicked: make(chan struct{}, 1)}
+		if opts.Control != nil {
+			d, err := opts.Control.NodeDrain(c.Name)
+			if err != nil {
+				logger.Error("cannot read whether the node is drained", "node", c.Name, "error", err)
+			}
+			n.drain = d
+			if n.approved, err = opts.Control.NodeApprovedKeys(c.Name); err != nil {
+				logger.Error("cannot read the node's approved host keys", "node", c.Name, "error", err)
+			}
+		}
 		for _, l := range c.Labels {
 			n.labels[l] = true
 		}
@@ -291,7 +365,7 @@ func (m *Manager) Acquire(labels []string) (*Node, bool) {
 		}
 		n.mu.Lock()
 		free := n.cfg.Executors - n.busy
-		online := n.state == StateOnline
+		online := n.takes()
 		n.mu.Unlock()
 		if online && free > bestFree {
 			best, bestFree = n, free
@@ -302,18 +376,34 @@ func (m *Manager) Acquire(labels []string) (*Node, bool) {
 	}
 	best.mu.Lock()
 	defer best.mu.Unlock()
-	if best.state != StateOnline || best.busy >= best.cfg.Executors {
+	if !best.takes() || best.busy >= best.cfg.Executors {
 		return nil, false
 	}
 	best.busy++
+	if best.idle != nil {
+		best.idle.Busy()
+	}
 	return best, true
 }
+
+// takes reports whether n takes new builds: online, not drained, not
+// being taken offline for idleness. n.mu is held.
+func (n *Node) takes() bool {
+	return n.state == StateOnline && n.drain == nil && !n.tearing
+}
+
+// Demand posts the label sets that queued builds wait for (the
+// scheduler's demand.Poster): on-demand nodes covering one are launched.
+func (m *Manager) Demand(waiting [][]string) { m.board.Post(waiting) }
 
 // Claim takes an executor of n whatever its state: for a build that was
 // running on n when the server stopped and re-attached to it.
 func (m *Manager) Claim(n *Node) {
 	n.mu.Lock()
 	n.busy++
+	if n.idle != nil {
+		n.idle.Busy()
+	}
 	n.mu.Unlock()
 }
 
@@ -321,6 +411,9 @@ func (m *Manager) Claim(n *Node) {
 func (m *Manager) Release(n *Node) {
 	n.mu.Lock()
 	n.busy--
+	if n.idle != nil {
+		n.idle.Done()
+	}
 	n.mu.Unlock()
 	m.notify()
 }
@@ -371,10 +464,26 @@ func (m *Manager) run(ctx context.Context, n *Node) {
 	}
 	end := endOther
 	for ctx.Err() == nil {
+		if n.onDemand() && end == endOther && !m.awaitDemand(ctx, n) {
+			break
+		}
 		var ok bool
 		ok, end = m.connect(ctx, n, log, end)
 		if ctx.Err() != nil {
 			break
+		}
+		n.mu.Lock()
+		idled := n.idled
+		n.idled, n.tearing = false, false
+		if idled {
+			n.demanded = false
+		}
+		n.mu.Unlock()
+		if idled {
+			// Taken offline for being idle: no backoff, wait for demand.
+			m.teardown(ctx, n)
+			backoff, end = relaunchMin, endOther
+			continue
 		}
 		if ok {
 			backoff = relaunchMin
@@ -391,6 +500,9 @@ func (m *Manager) run(ctx context.Context, n *Node) {
 		case <-time.After(wait):
 		case <-restarted:
 			backoff = relaunchMin
+		case <-n.kicked: // launch now (Manager.Launch)
+			backoff, end = relaunchMin, endOther
+			continue
 		}
 		backoff = min(backoff*2, relaunchMax)
 	}
@@ -466,6 +578,10 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, last e
 		}
 		secret = s.Secret
 	}
+	release, ok := m.launchSlot(ctx, n)
+	if !ok {
+		return false, endOther
+	}
 	// The launcher bounds its own launch (the SSH launcher:
 	// launch_timeout, max_retries, retry_wait) and says why it gave up;
 	// ctx ends it when the master stops. The backstop only ends a launch
@@ -478,7 +594,7 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, last e
 	}
 	done := make(chan launched, 1)
 	go func() {
-		c, err := proc.Launcher.Launch(lctx, &launcher.Node{Name: n.cfg.Name, Labels: n.cfg.Labels, Config: n.cfg.Config})
+		c, err := proc.Launcher.Launch(lctx, &launcher.Node{Name: n.cfg.Name, Labels: n.cfg.Labels, Config: n.cfg.Config, ApprovedKeys: n.approvedKeys()})
 		done <- launched{c, err}
 	}()
 	var conn launcher.Conn
@@ -500,6 +616,7 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, last e
 		err = backstop // not the launcher's "context deadline exceeded"
 	}
 	cancel()
+	release()
 	if err != nil {
 		if ctx.Err() != nil {
 			return false, endOther
@@ -507,21 +624,64 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, last e
 		if restarting() {
 			return false, endOther
 		}
+		fp, _ := launcher.PendingApproval(err)
+		m.keyPending(n, fp)
 		offline(err.Error())
 		if launcher.IsPermanent(err) {
 			return false, endPermanent
 		}
 		return false, endOther
 	}
+	m.keyPending(n, "")
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
 	defer stop()
+	resumable := proc.Info.Has(launcher.CapResume)
+	// cctx is this connection's: cut ends it with a cause (an operator's
+	// disconnect, idleness). On a transport that resumes, a disconnect
+	// only closes the connection so that the session is held for the
+	// agent; otherwise the session ends with the cause.
+	cctx, ccancel := context.WithCancelCause(ctx)
+	defer ccancel(nil)
+	var cutCause error
+	n.mu.Lock()
+	n.cut = func(cause error) {
+		n.mu.Lock()
+		cutCause = cause
+		n.mu.Unlock()
+		if resumable && !n.tearingNow() {
+			_ = conn.Close()
+			return
+		}
+		ccancel(cause)
+	}
+	n.mu.Unlock()
+	defer func() {
+		n.mu.Lock()
+		n.cut = nil
+		if n.idle != nil {
+			n.idle.Stop()
+			n.idle = nil
+		}
+		n.mu.Unlock()
+	}()
+	// cutWhy is the cause of a cut, in place of what the connection's
+	// end looked like.
+	cutWhy := func(why string) string {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		if cutCause != nil {
+			return cutCause.Error()
+		}
+		return why
+	}
+	ctx = cctx
 
 	desc := ""
 	if d, ok := conn.(launcher.Describer); ok {
 		desc = d.Description()
 	}
-	link := n.sess.Attach(conn, secret, proc.Info.Has(launcher.CapResume))
+	link := n.sess.Attach(conn, secret, resumable)
 	defer link.Close()
 	link.OnReachable = func(reachable bool, why error) {
 		if reachable {
@@ -565,7 +725,7 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, last e
 			return wasOnline, endRefused
 		}
 		if err != nil {
-			offline(reason(err))
+			offline(cutWhy(reason(err)))
 			return wasOnline, endOther
 		}
 		if authTimer != nil {
@@ -579,10 +739,11 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, last e
 		if resumed {
 			log.Info("the agent resumed its session", "pending", n.sess.Pending().Frames)
 		}
+		m.startIdle(ctx, n)
 		m.set(n, StateOnline, "")
 		err = link.Serve(ctx)
 		if !errors.Is(err, session.ErrRehello) {
-			offline(reason(err))
+			offline(cutWhy(reason(err)))
 			return wasOnline, endOther
 		}
 		// The agent says hello again on this link (it resumes, or it

@@ -57,7 +57,7 @@ func newUIServer(t *testing.T, publicRead bool) *uiServer {
 	s := &Server{cfg: cfg, logger: logger, store: st, plugins: plugins.NewManager(logger.Named("launcher")),
 		auth: newAuthenticator(configuredToken, publicRead), metrics: metrics.New(metrics.Sources{})}
 	s.auth.onFailure = s.metrics.AuthFailure
-	s.nodes = nodes.NewManager(cfg, s.plugins, nodes.Options{Store: st}, logger.Named("node"))
+	s.nodes = nodes.NewManager(cfg, s.plugins, nodes.Options{Store: st, Control: st}, logger.Named("node"))
 	s.builds = builds.New(cfg, st, s.nodes, nil, logger.Named("build"))
 	ts := httptest.NewServer(s.routes())
 	t.Cleanup(ts.Close)

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/conveyor-ci/conveyor/sdk/internal/pluginrt"
 	pb "github.com/conveyor-ci/conveyor/sdk/launcher/proto"
 )
 
@@ -101,8 +102,13 @@ func (c *client) Launch(ctx context.Context, node *Node) (Conn, error) {
 	if r.err != nil {
 		cancel()
 		err := statusErr(r.err)
-		if status.Code(r.err) == codes.FailedPrecondition {
+		if st := status.Convert(r.err); st.Code() == codes.FailedPrecondition {
 			err = Permanent(err)
+			for _, d := range st.Details() {
+				if p, ok := d.(*pb.PendingApproval); ok {
+					err = ApprovalPending(p.Fingerprint, err)
+				}
+			}
 		}
 		return nil, fmt.Errorf("launch node %q: %w", node.Name, err)
 	}
@@ -279,16 +285,4 @@ func (c *secretsClient) NodeSecret(ctx context.Context, node string) (*NodeSecre
 
 // statusErr turns a gRPC status into a plain error carrying the plugin's
 // message; io.EOF and context errors pass through unchanged.
-func statusErr(err error) error {
-	s, ok := status.FromError(err)
-	if !ok {
-		return err
-	}
-	switch s.Code() {
-	case codes.Canceled:
-		return context.Canceled
-	case codes.DeadlineExceeded:
-		return context.DeadlineExceeded
-	}
-	return errors.New(s.Message())
-}
+func statusErr(err error) error { return pluginrt.StatusErr(err) }
