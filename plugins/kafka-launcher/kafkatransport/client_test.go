@@ -215,3 +215,44 @@ func TestTeardownReleasesPartition(t *testing.T) {
 		t.Fatalf("reopened on the same client: got %q, want three", got)
 	}
 }
+
+// TestRefusedRecordBreaksOnlyItsNode: on a shared client, the broker
+// refusing node x's records for good (its topic is gone) breaks x's
+// connection only: node y's frames still go both ways.
+func TestRefusedRecordBreaksOnlyItsNode(t *testing.T) {
+	c := newCluster(t)
+	cfg := Config{Brokers: c.ListenAddrs()}
+	ensure(t, cfg, "x")
+	ensure(t, cfg, "y")
+	cl := newClient(t, cfg)
+	mx, my := openMaster(t, cl, "x"), openMaster(t, cl, "y")
+	ay := dialAgent(t, cfg, "y")
+	if err := DeleteTopics(ctxT(t), cfg, []string{TopicsFor("", "x").Commands}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(testTimeout)
+	var err error
+	for err == nil && time.Now().Before(deadline) {
+		if err = mx.Send([]byte("into nowhere")); err == nil {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if err == nil {
+		t.Fatal("x's sends to a deleted topic never failed")
+	}
+	for i := range 5 {
+		msg := fmt.Sprintf("y %d", i)
+		if err := my.Send([]byte(msg)); err != nil {
+			t.Fatalf("y's Send after x broke: %v", err)
+		}
+		if got := string(recvT(t, ay)); got != msg {
+			t.Fatalf("y's agent got %q, want %q", got, msg)
+		}
+		if err := ay.Send([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		if got := string(recvT(t, my)); got != msg {
+			t.Fatalf("y's master got %q, want %q", got, msg)
+		}
+	}
+}
