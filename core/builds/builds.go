@@ -511,7 +511,7 @@ func (s *Service) runSteps(ctx context.Context, a *active, job *config.Job, n *n
 				b.Steps = append(b.Steps, store.Step{Name: st.Name, Status: store.StatusRunning, StartedAt: started, LogOffset: logf.Size()})
 			})
 			req := &wire.RunStep{BuildID: key, StepIndex: uint32(i), StepName: st.Name, Command: st.Run, Env: env,
-				Workdir: workspace(job, a.build)}
+				Workdir: workspace(job, a.build), Shell: config.StepShell(job, n.Config())}
 			if dl, ok := ctx.Deadline(); ok {
 				req.TimeoutMillis = uint64(max(time.Until(dl).Milliseconds(), 1))
 			}

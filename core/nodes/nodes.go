@@ -77,6 +77,13 @@ type Node struct {
 // Name is the node's name.
 func (n *Node) Name() string { return n.cfg.Name }
 
+// Config is the node's configuration block.
+func (n *Node) Config() *config.Node {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.cfg
+}
+
 // Covers reports whether the node carries every label (its name counts).
 func (n *Node) Covers(labels []string) bool {
 	for _, l := range labels {

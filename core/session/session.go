@@ -1197,11 +1197,18 @@ func (s *Session) RunStep(ctx context.Context, req *wire.RunStep, out io.Writer)
 const StdinChunk = 64 << 10
 
 // RunStepInput is RunStep with stdin as the step's standard input (nil:
-// /dev/null); the agent must announce wire.FeatureStdin. Its first chunk
+// /dev/null); the agent must announce wire.FeatureStdin, and
+// wire.FeatureShell for a req with a Shell. Its first chunk
 // goes before the RunStep, announcing it, the rest after (docs/protocol.md).
 func (s *Session) RunStepInput(ctx context.Context, req *wire.RunStep, stdin []byte, out io.Writer) (*StepResult, error) {
 	if stdin != nil && !s.Supports(wire.FeatureStdin) {
 		return nil, fmt.Errorf("step stdin: %w", s.unsupported(wire.FeatureStdin))
+	}
+	if len(req.Shell) > 0 && !s.Supports(wire.FeatureShell) {
+		// An older agent would drop the frame as malformed, or (were the
+		// field dropped) run the step under /bin/sh: neither is what the
+		// configuration asks.
+		return nil, fmt.Errorf("step shell %q: %w", req.Shell, s.unsupported(wire.FeatureShell))
 	}
 	ep, st, err := s.register(req.BuildID, req.StepIndex, out, nil, false)
 	if err != nil {
