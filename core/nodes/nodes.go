@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -54,7 +55,8 @@ var ErrMasterStopped = errors.New("master stopped")
 
 // Node is one configured node.
 type Node struct {
-	cfg    *config.Node
+	name   string
+	cfg    *config.Node // guarded by mu: a reload updates labels, executors, shell
 	labels map[string]bool
 
 	mu     sync.Mutex
@@ -68,6 +70,14 @@ type Node struct {
 	hbTimeout time.Duration
 	agent     *session.Agent
 	desc      string
+	// retiring, when set, says why the node takes no new build: it is
+	// being removed or relaunched by a configuration reload once its
+	// running builds finish (see Remove, Replace).
+	retiring string
+	// stop ends the node's connect loop (Run, Replace, Remove); done is
+	// closed when it returned.
+	stop context.CancelCauseFunc
+	done chan struct{}
 	// lost says why the node's session ended with its agent out of reach
 	// (the session timeout ran out); until the agent comes back, a
 	// relaunch keeps the node offline with it rather than launching.
@@ -75,7 +85,7 @@ type Node struct {
 }
 
 // Name is the node's name.
-func (n *Node) Name() string { return n.cfg.Name }
+func (n *Node) Name() string { return n.name }
 
 // Config is the node's configuration block.
 func (n *Node) Config() *config.Node {
@@ -86,6 +96,8 @@ func (n *Node) Config() *config.Node {
 
 // Covers reports whether the node carries every label (its name counts).
 func (n *Node) Covers(labels []string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	for _, l := range labels {
 		if !n.labels[l] {
 			return false
@@ -117,6 +129,9 @@ type Status struct {
 	AgentVersion string            `json:"agent_version,omitempty"`
 	Platform     string            `json:"platform,omitempty"`
 	Dropped      *session.Counters `json:"dropped_frames,omitempty"`
+	// Retiring, when set, says why the node takes no new build (a reload
+	// removes or relaunches it once its running builds finish).
+	Retiring string `json:"retiring,omitempty"`
 	// AgentDropped is what the agent reported it dropped, by reason
 	// (forged, replayed, malformed, duplicate, hint, transport_malformed...),
 	// with its last heartbeat.
@@ -128,7 +143,7 @@ func (n *Node) Status() Status {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	st := Status{Name: n.cfg.Name, Launcher: n.cfg.Launcher, Labels: n.cfg.Labels, Executors: n.cfg.Executors,
-		Busy: n.busy, State: n.state, Reason: n.reason, Since: n.since, Description: n.desc}
+		Busy: n.busy, State: n.state, Reason: n.reason, Since: n.since, Description: n.desc, Retiring: n.retiring}
 	if n.agent != nil {
 		st.AgentVersion = n.agent.Version
 		st.Platform = n.agent.OS + "/" + n.agent.Arch
@@ -154,6 +169,16 @@ type Manager struct {
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced when capacity may have appeared
+
+	// listMu guards nodes (a reload adds, replaces and removes nodes) and
+	// runCtx, the context of Run while it runs (nil before and after).
+	listMu sync.RWMutex
+	runCtx context.Context
+	// retired counts the reload operations under way (see after);
+	// pending holds, by node, the last one's done channel.
+	retired sync.WaitGroup
+	pending map[string]<-chan struct{}
+	stopped bool // Run ended: no more reload operations
 }
 
 // Options tunes the sessions.
@@ -195,7 +220,16 @@ func NewManager(cfg *config.Config, pm *plugins.Manager, opts Options, logger hc
 			return nil // not a nil *plugins.Plugin in an interface
 		}}
 	for _, c := range cfg.Nodes {
-		n := &Node{cfg: c, labels: map[string]bool{c.Name: true}, state: StateOffline, reason: "not launched yet", since: time.Now()}
+		m.nodes = append(m.nodes, m.newNode(c))
+	}
+	return m
+}
+
+// newNode prepares the node of block c, restoring its persisted session.
+func (m *Manager) newNode(c *config.Node) *Node {
+	opts, logger := m.opts, m.log
+	{
+		n := &Node{name: c.Name, cfg: c, labels: map[string]bool{c.Name: true}, state: StateOffline, reason: "not launched yet", since: time.Now()}
 		for _, l := range c.Labels {
 			n.labels[l] = true
 		}
@@ -233,9 +267,8 @@ func NewManager(cfg *config.Config, pm *plugins.Manager, opts Options, logger hc
 		if opts.Store != nil {
 			m.restore(n, opts.Store)
 		}
-		m.nodes = append(m.nodes, n)
+		return n
 	}
-	return m
 }
 
 // restore resumes the session a node had when the master stopped: it is
@@ -260,12 +293,16 @@ func (m *Manager) restore(n *Node, st SessionStore) {
 }
 
 // Nodes returns every node in configuration order.
-func (m *Manager) Nodes() []*Node { return m.nodes }
+func (m *Manager) Nodes() []*Node {
+	m.listMu.RLock()
+	defer m.listMu.RUnlock()
+	return slices.Clone(m.nodes)
+}
 
 // Get returns the node called name, or nil.
 func (m *Manager) Get(name string) *Node {
-	for _, n := range m.nodes {
-		if n.cfg.Name == name {
+	for _, n := range m.Nodes() {
+		if n.name == name {
 			return n
 		}
 	}
@@ -292,13 +329,13 @@ func (m *Manager) notify() {
 func (m *Manager) Acquire(labels []string) (*Node, bool) {
 	var best *Node
 	bestFree := 0
-	for _, n := range m.nodes {
+	for _, n := range m.Nodes() {
 		if !n.Covers(labels) {
 			continue
 		}
 		n.mu.Lock()
 		free := n.cfg.Executors - n.busy
-		online := n.state == StateOnline
+		online := n.state == StateOnline && n.retiring == ""
 		n.mu.Unlock()
 		if online && free > bestFree {
 			best, bestFree = n, free
@@ -309,7 +346,7 @@ func (m *Manager) Acquire(labels []string) (*Node, bool) {
 	}
 	best.mu.Lock()
 	defer best.mu.Unlock()
-	if best.state != StateOnline || best.busy >= best.cfg.Executors {
+	if best.state != StateOnline || best.retiring != "" || best.busy >= best.cfg.Executors {
 		return nil, false
 	}
 	best.busy++
@@ -339,16 +376,24 @@ func (m *Manager) Run(ctx context.Context) {
 	defer cancel(nil)
 	stop := context.AfterFunc(ctx, func() { cancel(ErrMasterStopped) })
 	defer stop()
-	ctx = runCtx
-	var wg sync.WaitGroup
+	m.listMu.Lock()
+	m.runCtx = runCtx
 	for _, n := range m.nodes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			m.run(ctx, n)
-		}()
+		m.start(n)
 	}
-	wg.Wait()
+	m.listMu.Unlock()
+	<-runCtx.Done()
+	m.listMu.Lock()
+	m.runCtx = nil // nodes added from now on are not run
+	m.stopped = true
+	all := slices.Clone(m.nodes)
+	m.listMu.Unlock()
+	m.retired.Wait()
+	for _, n := range all {
+		if n.done != nil {
+			<-n.done
+		}
+	}
 }
 
 func (m *Manager) set(n *Node, state, reason string) {
@@ -363,17 +408,17 @@ func (m *Manager) set(n *Node, state, reason string) {
 	}
 	n.mu.Unlock()
 	if changed {
-		m.log.Info("node state", "node", n.cfg.Name, "state", state, "reason", reason)
+		m.log.Info("node state", "node", n.name, "state", state, "reason", reason)
 	}
 	m.notify()
 }
 
 // run is one node's connect loop.
 func (m *Manager) run(ctx context.Context, n *Node) {
-	log := m.log.Named(n.cfg.Name)
+	log := m.log.Named(n.name)
 	backoff := relaunchMin
 	var restarted <-chan struct{} // the launcher plugin is back after a crash: connect at once
-	if p := m.plugin(n.cfg.Launcher); p != nil {
+	if p := m.plugin(n.Config().Launcher); p != nil {
 		restarted = p.Subscribe()
 	}
 	end := endOther
@@ -433,7 +478,7 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, last e
 		m.set(n, StateOffline, why)
 	}
 	n.mu.Lock()
-	lost := n.lost
+	lost, cfg := n.lost, n.cfg
 	n.mu.Unlock()
 	if held, _ := n.sess.Held(); !held {
 		if lost != "" {
@@ -444,16 +489,16 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, last e
 			m.set(n, StateLaunching, "launching")
 		}
 	}
-	p := m.plugin(n.cfg.Launcher)
+	p := m.plugin(cfg.Launcher)
 	if p == nil {
-		offline(fmt.Sprintf("launcher %q is not loaded", n.cfg.Launcher))
+		offline(fmt.Sprintf("launcher %q is not loaded", cfg.Launcher))
 		return false, endOther
 	}
 	// While the plugin restarts its calls fail with errors that say
 	// nothing of it ("not configured"): say what happens.
 	restarting := func() bool {
 		if k := p.Restarting(); k > 0 {
-			offline(fmt.Sprintf("launcher %s restarting (attempt %d)", n.cfg.Launcher, k))
+			offline(fmt.Sprintf("launcher %s restarting (attempt %d)", cfg.Launcher, k))
 			return true
 		}
 		return false
@@ -464,7 +509,7 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, last e
 	proc := p.Process()
 	var secret []byte
 	if proc.Secrets != nil {
-		s, err := proc.Secrets.NodeSecret(ctx, n.cfg.Name)
+		s, err := proc.Secrets.NodeSecret(ctx, cfg.Name)
 		if err != nil {
 			if !restarting() {
 				offline(fmt.Sprintf("get node secret: %v", err))
@@ -485,7 +530,7 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, last e
 	}
 	done := make(chan launched, 1)
 	go func() {
-		c, err := proc.Launcher.Launch(lctx, &launcher.Node{Name: n.cfg.Name, Labels: n.cfg.Labels, Config: n.cfg.Config})
+		c, err := proc.Launcher.Launch(lctx, &launcher.Node{Name: cfg.Name, Labels: cfg.Labels, Config: cfg.Config})
 		done <- launched{c, err}
 	}()
 	var conn launcher.Conn
@@ -608,10 +653,12 @@ func reason(err error) string {
 // Labels returns the sorted labels of all nodes (their names included).
 func (m *Manager) Labels() []string {
 	set := map[string]bool{}
-	for _, n := range m.nodes {
+	for _, n := range m.Nodes() {
+		n.mu.Lock()
 		for l := range n.labels {
 			set[l] = true
 		}
+		n.mu.Unlock()
 	}
 	out := make([]string, 0, len(set))
 	for l := range set {

@@ -278,6 +278,20 @@ func (s *Session) Live() bool {
 	return s.ep != nil && s.ended == nil
 }
 
+// End ends the current session, if one lives (held or not), with err: its
+// running steps fail with err and its persisted record says it ended. The
+// node manager calls it when a configuration reload removes or relaunches
+// the node. It reports whether a session ended.
+func (s *Session) End(err error) bool {
+	s.mu.Lock()
+	ep := s.ep
+	s.mu.Unlock()
+	if ep == nil {
+		return false
+	}
+	return s.end(ep, err)
+}
+
 // Held reports whether the session waits for the agent to resume it, and
 // until when.
 func (s *Session) Held() (bool, time.Time) {
