@@ -50,7 +50,7 @@ func (d *Diff) Empty() bool {
 // whose plugin gave no spec compares by its source text.
 func Compare(old, new *Config) *Diff {
 	d := &Diff{}
-	d.NeedsRestart = serverChanges(old.Server, new.Server)
+	d.NeedsRestart = ServerChanges(old.Server, new.Server)
 
 	for _, l := range new.Launchers {
 		switch o := old.Launcher(l.Name); {
@@ -101,11 +101,11 @@ func Compare(old, new *Config) *Diff {
 	return d
 }
 
-// serverChanges names the server settings that differ. None of them
+// ServerChanges names the server settings that differ. None of them
 // applies without a restart: the listener, the data directory, the
 // plugin directory, the loggers and the API's authenticator are set up
 // once. Values are not quoted (the token is a secret).
-func serverChanges(old, new Server) []string {
+func ServerChanges(old, new Server) []string {
 	var out []string
 	for _, c := range []struct {
 		name    string
