@@ -275,6 +275,8 @@ type nodesData struct {
 	Online     int
 	Queued     int
 	InProgress []*store.Build
+	// Reload is the last configuration reload's outcome, nil before one.
+	Reload *ReloadResult
 }
 
 func (s *Server) uiNodes(w http.ResponseWriter, r *http.Request) {
@@ -294,6 +296,7 @@ func (s *Server) uiNodes(w http.ResponseWriter, r *http.Request) {
 	}
 	d.InProgress = s.inProgress()
 	d.Queued = s.builds.Queued()
+	d.Reload = s.LastReload()
 	s.render(w, r, http.StatusOK, "nodes", "Nodes", "nodes", d)
 }
 
