@@ -141,7 +141,7 @@ job "broken" {
 			t.Fatalf("builds on %s, %s; kafka plugin pid %d", b1.Node, k1.Node, kafkaPID)
 		}
 
-		c.SetKafka("partitions = 2") // the kafka launcher block changes (topics that exist keep theirs)
+		c.SetKafka("partitions = 2")                                                    // the kafka launcher block changes (topics that exist keep theirs)
 		c.WriteConfig(localNode(c, "local-1", `["l"]`, `env = { RELAUNCHED = "yes" }`)+ // its local block changes
 			localNode(c, "local-2", `["l2"]`, "")+`
 node "kafka-1" {

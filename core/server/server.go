@@ -47,7 +47,7 @@ type Server struct {
 
 	// runCtx is Serve's context: reload operations waiting for running
 	// builds end with it.
-	runCtx atomic.Pointer[context.Context]
+	runCtx  atomic.Pointer[context.Context]
 	reloads reloadState
 }
 
