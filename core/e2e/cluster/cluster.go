@@ -241,6 +241,10 @@ func (c *Cluster) stopServer(sig syscall.Signal) {
 // launcher block with it.
 func (c *Cluster) SetKafka(body string) { c.opts.Kafka = body }
 
+// SetLaunchers replaces the extra launcher blocks (Options.Launchers)
+// for the next WriteConfig.
+func (c *Cluster) SetLaunchers(blocks string) { c.opts.Launchers = blocks }
+
 // ConfigPath is the server's configuration file.
 func (c *Cluster) ConfigPath() string { return c.config }
 
