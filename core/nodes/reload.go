@@ -154,20 +154,32 @@ func (m *Manager) Remove(name string, force bool) (<-chan struct{}, error) {
 }
 
 // Retire stops giving new builds to the named nodes, saying why, until
-// Unretire; running builds go on (a launcher restart waits for them).
+// Unretire with the same why; running builds go on (a launcher restart
+// waits for them). A node already retiring (being removed or relaunched)
+// keeps its own reason.
 func (m *Manager) Retire(why string, names ...string) {
 	for _, name := range names {
 		if n := m.Get(name); n != nil {
-			m.retire(n, why)
+			n.mu.Lock()
+			free := n.retiring == ""
+			n.mu.Unlock()
+			if free {
+				m.retire(n, why)
+			}
 		}
 	}
 }
 
-// Unretire lets the named nodes take builds again.
-func (m *Manager) Unretire(names ...string) {
+// Unretire lets the named nodes that Retire retired with why take builds
+// again.
+func (m *Manager) Unretire(why string, names ...string) {
 	for _, name := range names {
 		if n := m.Get(name); n != nil {
-			m.retire(n, "")
+			n.mu.Lock()
+			if n.retiring == why {
+				n.retiring = ""
+			}
+			n.mu.Unlock()
 		}
 	}
 	m.notify()

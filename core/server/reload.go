@@ -60,6 +60,9 @@ type reloadState struct {
 	run  sync.Mutex // one reload at a time
 	mu   sync.Mutex
 	last *ReloadResult
+	// restarts ends, by launcher, a plugin restart waiting for its nodes'
+	// builds (see pendingRestart).
+	restarts map[string]context.CancelFunc
 }
 
 // LastReload is the outcome of the last reload, nil before the first.
@@ -298,8 +301,12 @@ func (s *Server) apply(ctx context.Context, old, cfg *config.Config, d *config.D
 			}
 		}
 		resumes := p.Process().Info.Has(launcher.CapResume)
+		waitWhy := fmt.Sprintf("launcher %s restarts with its new settings once its nodes' running builds finish", name)
 		if force || resumes || running == 0 {
-			if err := p.Restart(ctx, lc); err != nil {
+			s.pendingRestart(runCtx, name) // ends a restart an earlier reload left waiting
+			err := p.Restart(ctx, lc)
+			s.nodes.Unretire(waitWhy, nodesOf...)
+			if err != nil {
 				res.Warnings = append(res.Warnings, err.Error())
 				continue
 			}
@@ -313,15 +320,18 @@ func (s *Server) apply(ctx context.Context, old, cfg *config.Config, d *config.D
 			res.Changes = append(res.Changes, fmt.Sprintf("launcher restarted: %s (%s)", name, why))
 			continue
 		}
-		why := fmt.Sprintf("launcher %s restarts with its new settings once its nodes' %d running build(s) finish", name, running)
-		s.nodes.Retire(why, nodesOf...)
-		res.Pending = append(res.Pending, why)
+		res.Pending = append(res.Pending, fmt.Sprintf("launcher %s restarts with its new settings once its nodes' %d running build(s) finish", name, running))
+		wctx := s.pendingRestart(runCtx, name) // a later reload's restart replaces this one
+		s.nodes.Retire(waitWhy, nodesOf...)
 		go func() {
-			defer s.nodes.Unretire(nodesOf...)
-			if !s.nodes.WaitIdle(runCtx, nodesOf...) {
+			// Cancelled by a later reload, the nodes stay retired for
+			// its restart, which lets them go.
+			if !s.nodes.WaitIdle(wctx, nodesOf...) {
 				return
 			}
-			if err := p.Restart(runCtx, lc); err != nil {
+			err := p.Restart(wctx, lc)
+			s.nodes.Unretire(waitWhy, nodesOf...)
+			if err != nil {
 				s.logger.Error("pending launcher restart failed", "launcher", name, "error", err)
 				return
 			}
@@ -352,6 +362,23 @@ func (s *Server) apply(ctx context.Context, old, cfg *config.Config, d *config.D
 	// come, config.Diff gains their lists and they are applied here, after
 	// the nodes, the way nodes are (added, resized; removed once drained).
 	return nil
+}
+
+// pendingRestart returns the context of a launcher restart waiting for
+// running builds, ending the one an earlier reload left waiting for the
+// same launcher: only the newest configuration's restart happens.
+func (s *Server) pendingRestart(parent context.Context, launcherName string) context.Context {
+	s.reloads.mu.Lock()
+	defer s.reloads.mu.Unlock()
+	if cancel := s.reloads.restarts[launcherName]; cancel != nil {
+		cancel()
+	}
+	if s.reloads.restarts == nil {
+		s.reloads.restarts = map[string]context.CancelFunc{}
+	}
+	ctx, cancel := context.WithCancel(parent)
+	s.reloads.restarts[launcherName] = cancel
+	return ctx
 }
 
 func (s *Server) reloadRoutes(rt router) {
