@@ -5,7 +5,7 @@ GO      ?= go
 BIN     := $(CURDIR)/bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/conveyor-ci/conveyor/core/version.Version=$(VERSION)
-MODULES := agent bench core docker plugins/kafka-launcher plugins/ssh-launcher sdk tools
+MODULES := agent bench core docker plugins/docker-provisioner plugins/kafka-launcher plugins/ssh-launcher sdk tools
 PKGS    := $(addprefix ./,$(addsuffix /...,$(MODULES)))
 # Execution counts, not durations: a -fuzztime duration races Go's fuzz
 # coordinator (golang/go#75804, fixed in Go 1.27) and fails with a bare
@@ -41,6 +41,7 @@ build:
 	$(GO) build -ldflags "-X github.com/conveyor-ci/conveyor/plugins/kafka-launcher/kafkalauncher.Version=$(VERSION)" -o $(BIN)/conveyor-launcher-kafka ./plugins/kafka-launcher/cmd/conveyor-launcher-kafka
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/conveyor-launcher-ssh ./plugins/ssh-launcher/cmd/conveyor-launcher-ssh
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/conveyor-launcher-local ./sdk/examples/local-launcher
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/conveyor-provisioner-docker ./plugins/docker-provisioner/cmd/conveyor-provisioner-docker
 
 # The demo: master + embedded Kafka broker + an agent per Kafka node + the
 # jobs of examples/config.hcl. Ctrl-C stops everything.
@@ -95,7 +96,7 @@ proto: deps-proto
 	$(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 	cd sdk && PATH="$$($(GO) env GOPATH)/bin:$$PATH" $(PROTOC) -I . \
 		--go_out=paths=source_relative:. --go-grpc_out=paths=source_relative:. \
-		hclspec/hclspec.proto launcher/proto/launcher.proto
+		hclspec/hclspec.proto launcher/proto/launcher.proto provisioner/proto/v1/provisioner.proto
 
 lint:
 	@out=$$(gofmt -l $(MODULES) | grep -v /testdata/ || true); \

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/conveyor-ci/conveyor/sdk/internal/pluginrt"
 	pb "github.com/conveyor-ci/conveyor/sdk/launcher/proto"
 )
 
@@ -279,16 +280,4 @@ func (c *secretsClient) NodeSecret(ctx context.Context, node string) (*NodeSecre
 
 // statusErr turns a gRPC status into a plain error carrying the plugin's
 // message; io.EOF and context errors pass through unchanged.
-func statusErr(err error) error {
-	s, ok := status.FromError(err)
-	if !ok {
-		return err
-	}
-	switch s.Code() {
-	case codes.Canceled:
-		return context.Canceled
-	case codes.DeadlineExceeded:
-		return context.DeadlineExceeded
-	}
-	return errors.New(s.Message())
-}
+func statusErr(err error) error { return pluginrt.StatusErr(err) }

@@ -2,13 +2,11 @@ package launcher
 
 import (
 	"context"
-	"crypto/sha256"
-	"fmt"
-	"os"
-	"os/exec"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
+
+	"github.com/conveyor-ci/conveyor/sdk/internal/pluginrt"
 )
 
 // ClientOptions says how the host starts a plugin.
@@ -28,8 +26,7 @@ type ClientOptions struct {
 // every plugin: go-plugin over gRPC with AutoMTLS, in its own process group,
 // killed when the host dies.
 type Process struct {
-	client *plugin.Client
-	cmd    *exec.Cmd
+	rt *pluginrt.Process
 	// Launcher is the plugin's launcher.
 	Launcher Launcher
 	// Secrets is the plugin's secret manager, nil when it has none.
@@ -45,75 +42,30 @@ type Process struct {
 // when ctx ends, even while the plugin has not completed its handshake;
 // the plugin is then killed.
 func Start(ctx context.Context, opts ClientOptions) (*Process, error) {
-	logger := opts.Logger
-	if logger == nil {
-		logger = hclog.NewNullLogger()
+	p := &Process{}
+	rt, err := pluginrt.Start(ctx, pluginrt.ClientConfig{
+		Path:            opts.Path,
+		SHA256:          opts.SHA256,
+		Logger:          opts.Logger,
+		Env:             opts.Env,
+		Handshake:       Handshake,
+		Plugins:         pluginSets(nil, []int{ProtocolV1, ProtocolV2}),
+		GRPCDialOptions: dialOptions(),
+	}, p.dispense)
+	if err != nil {
+		return nil, err
 	}
-	cmd := exec.Command(opts.Path)
-	cmd.Env = append(os.Environ(), opts.Env...)
-	cmd.Env = append(cmd.Env, LogLevelEnv+"="+levelName(logger))
-	cmd.SysProcAttr = processAttr()
-
-	cfg := &plugin.ClientConfig{
-		HandshakeConfig:  Handshake,
-		VersionedPlugins: pluginSets(nil, []int{ProtocolV1, ProtocolV2}),
-		Cmd:              cmd,
-		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
-		AutoMTLS:         true,
-		Logger:           logger,
-		GRPCDialOptions:  dialOptions(),
-	}
-	if len(opts.SHA256) > 0 {
-		cfg.SecureConfig = &plugin.SecureConfig{Checksum: opts.SHA256, Hash: sha256.New()}
-	}
-	c := plugin.NewClient(cfg)
-	p := &Process{client: c, cmd: cmd}
-	if err := p.dispenseContext(ctx); err != nil {
-		if err == plugin.ErrChecksumsDoNotMatch {
-			sum, _ := fileSHA256(opts.Path)
-			return nil, fmt.Errorf("plugin %s: sha256 is %s, config pins %x: refusing to run it", opts.Path, sum, opts.SHA256)
-		}
-		return nil, fmt.Errorf("plugin %s: %w", opts.Path, err)
-	}
+	p.rt = rt
 	return p, nil
 }
 
-// dispenseContext is dispense, killing the plugin when that fails, and
-// returning when ctx ends even if the plugin has not completed its
-// handshake yet (go-plugin waits for it, up to its start timeout of a
-// minute, without a context): a SIGTERM must end `conveyor validate` or a
-// server's startup at once. The abandoned plugin is killed when its
-// handshake ends (go-plugin holds the client's lock until then), and with
-// its host process anyway (Pdeathsig).
-func (p *Process) dispenseContext(ctx context.Context) error {
-	done := make(chan error, 1)
-	go func() { done <- p.dispense(ctx) }()
-	select {
-	case err := <-done:
-		if err != nil {
-			p.Kill()
-		}
-		return err
-	case <-ctx.Done():
-		go func() {
-			<-done
-			p.Kill()
-		}()
-		return context.Cause(ctx)
-	}
-}
-
-func (p *Process) dispense(ctx context.Context) error {
-	rpc, err := p.client.Client()
-	if err != nil {
-		return err
-	}
+func (p *Process) dispense(ctx context.Context, rpc plugin.ClientProtocol, version int) error {
 	raw, err := rpc.Dispense(launcherPluginName)
 	if err != nil {
 		return err
 	}
 	p.Launcher = raw.(Launcher)
-	p.Protocol = p.client.NegotiatedVersion()
+	p.Protocol = version
 	if p.Info, err = p.Launcher.Info(ctx); err != nil {
 		return err
 	}
@@ -128,44 +80,11 @@ func (p *Process) dispense(ctx context.Context) error {
 }
 
 // Pid is the plugin's process id.
-func (p *Process) Pid() int {
-	if p.cmd.Process == nil {
-		return 0
-	}
-	return p.cmd.Process.Pid
-}
+func (p *Process) Pid() int { return p.rt.Pid() }
 
 // Exited reports whether the plugin process has exited.
-func (p *Process) Exited() bool { return p.client.Exited() }
+func (p *Process) Exited() bool { return p.rt.Exited() }
 
 // Kill stops the plugin: gracefully first, then by killing its whole
 // process group so nothing it started outlives it.
-func (p *Process) Kill() {
-	p.client.Kill()
-	if pid := p.Pid(); pid > 0 {
-		killGroup(pid)
-	}
-}
-
-func fileSHA256(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", err
-	}
-	return fmt.Sprintf("%x", sha256.Sum256(b)), nil
-}
-
-func levelName(l hclog.Logger) string {
-	switch {
-	case l.IsTrace():
-		return "trace"
-	case l.IsDebug():
-		return "debug"
-	case l.IsInfo():
-		return "info"
-	case l.IsWarn():
-		return "warn"
-	default:
-		return "error"
-	}
-}
+func (p *Process) Kill() { p.rt.Kill() }

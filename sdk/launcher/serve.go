@@ -1,16 +1,14 @@
 package launcher
 
 import (
-	"os"
-	"time"
-
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
-	"google.golang.org/grpc"
+
+	"github.com/conveyor-ci/conveyor/sdk/internal/pluginrt"
 )
 
 // LogLevelEnv carries the host's log level to the plugin.
-const LogLevelEnv = "CONVEYOR_PLUGIN_LOG_LEVEL"
+const LogLevelEnv = pluginrt.LogLevelEnv
 
 // ServeOption adjusts Serve.
 type ServeOption func(*serveConfig)
@@ -36,39 +34,11 @@ func Serve(factory func(logger hclog.Logger) Launcher, opts ...ServeOption) {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	level := hclog.LevelFromString(os.Getenv(LogLevelEnv))
-	if level == hclog.NoLevel {
-		level = hclog.Info
-	}
-	logger := hclog.New(&hclog.LoggerOptions{
-		Level:      level,
-		Output:     os.Stderr,
-		JSONFormat: true,
-	})
-	go watchParent(logger)
-	plugin.Serve(&plugin.ServeConfig{
-		HandshakeConfig:  Handshake,
-		VersionedPlugins: pluginSets(factory(logger), cfg.versions),
-		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
-			opts = append(opts, serverOptions()...)
-			return grpc.NewServer(opts...)
+	pluginrt.Serve(pluginrt.ServeConfig{
+		Handshake: Handshake,
+		Plugins: func(logger hclog.Logger) map[int]plugin.PluginSet {
+			return pluginSets(factory(logger), cfg.versions)
 		},
-		Logger: logger.Named("go-plugin"),
+		GRPCOptions: serverOptions(),
 	})
-}
-
-// watchParent exits the plugin when the host that started it is gone. On
-// Linux the host also sets a parent-death signal; this covers the rest
-// (and a host that was itself re-parented before it died).
-func watchParent(logger hclog.Logger) {
-	parent := os.Getppid()
-	if parent <= 1 {
-		return // already orphaned: plugin.Serve refuses to run without a host anyway
-	}
-	for range time.Tick(500 * time.Millisecond) {
-		if os.Getppid() != parent {
-			logger.Warn("host process is gone, exiting")
-			os.Exit(1)
-		}
-	}
 }

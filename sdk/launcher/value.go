@@ -7,6 +7,8 @@ import (
 
 	"github.com/zclconf/go-cty/cty"
 	ctyjson "github.com/zclconf/go-cty/cty/json"
+
+	"github.com/conveyor-ci/conveyor/sdk/internal/pluginrt"
 )
 
 // Decode decodes a configuration value into target, a pointer to a struct
@@ -29,17 +31,7 @@ func Decode(v cty.Value, target any) error {
 }
 
 // marshalValue encodes v with its type so the other side can rebuild it.
-func marshalValue(v cty.Value) ([]byte, error) {
-	if v == cty.NilVal {
-		v = cty.NullVal(cty.DynamicPseudoType)
-	}
-	return ctyjson.Marshal(v, cty.DynamicPseudoType)
-}
+func marshalValue(v cty.Value) ([]byte, error) { return pluginrt.MarshalValue(v) }
 
 // unmarshalValue reverses marshalValue.
-func unmarshalValue(b []byte) (cty.Value, error) {
-	if len(b) == 0 {
-		return cty.NullVal(cty.DynamicPseudoType), nil
-	}
-	return ctyjson.Unmarshal(b, cty.DynamicPseudoType)
-}
+func unmarshalValue(b []byte) (cty.Value, error) { return pluginrt.UnmarshalValue(b) }

@@ -32,8 +32,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/hcl/v2/hcldec"
-	"github.com/hashicorp/hcl/v2/hclparse"
-	"github.com/zclconf/go-cty/cty"
 
 	"github.com/conveyor-ci/conveyor/sdk/hclspec"
 	"github.com/conveyor-ci/conveyor/sdk/launcher"
@@ -222,26 +220,13 @@ func (k *kit) schema(ctx context.Context) error {
 	return nil
 }
 
-// decode parses src and decodes it against spec, as the host does.
-func decode(name, src string, spec hcldec.Spec) (cty.Value, error) {
-	f, diags := hclparse.NewParser().ParseHCL([]byte(src), name)
-	if diags.HasErrors() {
-		return cty.NilVal, diags
-	}
-	v, diags := hcldec.Decode(f.Body, spec, nil)
-	if diags.HasErrors() {
-		return cty.NilVal, diags
-	}
-	return v, nil
-}
-
 // config builds a launcher.Config from HCL sources.
 func (k *kit) config(global, node string) (*launcher.Config, error) {
-	g, err := decode("global.hcl", global, k.globalSpec)
+	g, err := hclspec.DecodeSource("global.hcl", global, k.globalSpec)
 	if err != nil {
 		return nil, fmt.Errorf("global block: %w", err)
 	}
-	n, err := decode("node.hcl", node, k.nodeSpec)
+	n, err := hclspec.DecodeSource("node.hcl", node, k.nodeSpec)
 	if err != nil {
 		return nil, fmt.Errorf("node block: %w", err)
 	}
