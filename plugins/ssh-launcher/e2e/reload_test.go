@@ -32,7 +32,8 @@ job "hello" {
 // sessions do not survive their connection, so a node whose ssh block
 // changed (its host key now set manually) relaunches only once the build
 // finished, and a change of the ssh launcher block restarts the plugin
-// only then too (the launcher lacks the resume capability).
+// only then too (the launcher lacks the resume capability); with -force
+// the plugin restarts at once and the build fails.
 func TestReloadSSH(t *testing.T) {
 	srv := sshdtest.Start(t, sshdtest.Options{})
 	dir, gates := t.TempDir(), t.TempDir()
@@ -131,6 +132,26 @@ func TestReloadSSH(t *testing.T) {
 		c.WaitOnline("ssh-1")
 		if got, log := c.Run("hello", nil); got.Status != store.StatusSuccess || string(log) != "hello from ssh-1\n" {
 			t.Fatalf("after the launcher restart: %s (%s) %q", got.Status, got.Reason, log)
+		}
+	})
+
+	t.Run("forced-relaunch-fails-the-running-build", func(t *testing.T) {
+		b := start(filepath.Join(gates, "never"))
+		c.SetLaunchers(sshLauncher()) // the launcher block as it started: a change
+		c.WriteConfig(block(node), gatedJobs)
+		res, err := c.API.Reload(ctx, true)
+		if err != nil || !res.OK {
+			t.Fatalf("reload -force: %+v, %v", res, err)
+		}
+		if !strings.Contains(strings.Join(res.Changes, "\n"), "launcher restarted: ssh (forced: 1 running build(s) lost their agent)") {
+			t.Fatalf("changes %q", res.Changes)
+		}
+		if got := c.WaitBuild("gated", b.Number, time.Minute); got.Status != store.StatusFailure {
+			t.Fatalf("the forced-over build: %s (%s), want failure", got.Status, got.Reason)
+		}
+		c.WaitOnline("ssh-1")
+		if got, log := c.Run("hello", nil); got.Status != store.StatusSuccess || string(log) != "hello from ssh-1\n" {
+			t.Fatalf("after the forced restart: %s (%s) %q", got.Status, got.Reason, log)
 		}
 	})
 }
