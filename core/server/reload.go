@@ -396,7 +396,8 @@ func (s *Server) reloadRoutes(rt router) {
 		if id, ok := identityOf(r.Context()); ok {
 			by = id.Name
 		}
-		res := s.Reload(r.Context(), ReloadAPI, by, force)
+		// A client that goes away does not cut the reload short.
+		res := s.Reload(context.WithoutCancel(r.Context()), ReloadAPI, by, force)
 		code := http.StatusOK
 		if !res.OK {
 			code = http.StatusUnprocessableEntity
