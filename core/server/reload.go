@@ -254,6 +254,7 @@ func (s *Server) apply(ctx context.Context, old, cfg *config.Config, d *config.D
 		}
 	}
 	changes("node updated", d.NodesUpdated)
+	forced := 0 // running builds a forced relaunch or removal fails
 	for _, name := range d.NodesRelaunched {
 		b := busy(name)
 		if _, err := s.nodes.Replace(cfg.Node(name), force); err != nil {
@@ -263,6 +264,7 @@ func (s *Server) apply(ctx context.Context, old, cfg *config.Config, d *config.D
 		if b > 0 && !force {
 			res.Pending = append(res.Pending, fmt.Sprintf("node %s relaunches once its %d running build(s) finish", name, b))
 		} else {
+			forced += b
 			res.Changes = append(res.Changes, "node relaunched: "+name)
 		}
 	}
@@ -279,6 +281,7 @@ func (s *Server) apply(ctx context.Context, old, cfg *config.Config, d *config.D
 		if b > 0 && !force {
 			res.Pending = append(res.Pending, fmt.Sprintf("node %s is removed once its %d running build(s) finish", name, b))
 		} else {
+			forced += b
 			res.Changes = append(res.Changes, "node removed: "+name)
 		}
 	}
@@ -355,8 +358,8 @@ func (s *Server) apply(ctx context.Context, old, cfg *config.Config, d *config.D
 		}()
 		res.Changes = append(res.Changes, "launcher removed: "+name)
 	}
-	if len(d.NodesRelaunched)+len(d.NodesRemoved)+len(d.LaunchersChanged) > 0 && force {
-		res.Warnings = append(res.Warnings, "forced: running builds of relaunched or removed nodes failed")
+	if forced > 0 {
+		res.Warnings = append(res.Warnings, fmt.Sprintf("forced: %d running build(s) of relaunched or removed nodes fail", forced))
 	}
 	// Pools (issue 14) are not part of the configuration yet: when they
 	// come, config.Diff gains their lists and they are applied here, after
