@@ -263,7 +263,7 @@ func (s *Server) handleDeleteNode(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("node")
 	purge, _ := strconv.ParseBool(r.URL.Query().Get("purge"))
 	if s.config().Node(name) != nil {
-		writeError(w, http.StatusConflict, fmt.Sprintf("node %q is in the configuration: remove its block and restart the server first", name))
+		writeError(w, http.StatusConflict, fmt.Sprintf("node %q is in the configuration: remove its block and reload the configuration (conveyor reload) first", name))
 		return
 	}
 	rec, err := s.store.Node(name)
