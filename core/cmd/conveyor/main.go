@@ -136,6 +136,8 @@ func cmdServer(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "conveyor server: -config is required")
 		return 2
 	}
+	hup := notifySIGHUP()
+	defer signal.Stop(hup)
 	cfg, ok := loadConfig(ctx, stderr, *path)
 	if !ok {
 		return 1
@@ -157,7 +159,7 @@ func cmdServer(ctx context.Context, args []string, stderr io.Writer) int {
 		}
 		return 1
 	}
-	reloadOnSIGHUP(ctx, srv, logger)
+	reloadOnSIGHUP(ctx, hup, srv, logger)
 	if err := srv.Serve(ctx); err != nil {
 		logger.Error("server stopped", "error", err)
 		return 1

@@ -67,11 +67,18 @@ func printReload(stdout, stderr io.Writer, res *server.ReloadResult) int {
 	return 0
 }
 
-// reloadOnSIGHUP reloads srv's configuration at every SIGHUP until ctx
-// ends; the outcome is logged (Server.Reload).
-func reloadOnSIGHUP(ctx context.Context, srv *server.Server, logger hclog.Logger) {
+// notifySIGHUP catches SIGHUP from now on (its default action ends the
+// process: a SIGHUP while the server starts must not).
+func notifySIGHUP() chan os.Signal {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
+	return hup
+}
+
+// reloadOnSIGHUP reloads srv's configuration at every SIGHUP caught on hup
+// until ctx ends; the outcome is logged (Server.Reload). SIGHUPs during a
+// reload make one more.
+func reloadOnSIGHUP(ctx context.Context, hup chan os.Signal, srv *server.Server, logger hclog.Logger) {
 	go func() {
 		defer signal.Stop(hup)
 		for {
