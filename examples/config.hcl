@@ -76,6 +76,9 @@ launcher "kafka" {
 # fails the running build: that is what the Kafka launcher avoids.
 launcher "ssh" {
   # agent_binary = "/usr/local/lib/conveyor/conveyor-agent"
+  # At most this many of its nodes are launched at once (the others show
+  # that they wait for a launch slot).
+  max_concurrent_launches = 10
 }
 
 # A node is a place where builds run, reached through one launcher. A node
@@ -109,6 +112,12 @@ node "kafka-2" {
 #   launcher  = "ssh"
 #   labels    = ["linux"]
 #   executors = 2
+#   # Launched when a queued build needs its labels, taken offline after
+#   # idle_timeout without builds (default: mode = "always").
+#   availability {
+#     mode         = "on_demand"
+#     idle_timeout = "10m"
+#   }
 #   ssh {
 #     host             = "build-1.example.com"
 #     port             = 22
@@ -117,6 +126,8 @@ node "kafka-2" {
 #     host_key_verification {
 #       strategy         = "known_hosts"
 #       known_hosts_file = "/etc/conveyor/known_hosts"
+#       # Or: strategy = "trust_on_first_use" with require_approval = true:
+#       # the first key waits for `conveyor node approve-key NODE SHA256:...`.
 #     }
 #     workdir        = "/var/lib/conveyor-agent"
 #     launch_timeout = "60s"

@@ -239,6 +239,20 @@ func (c *Client) DeleteNode(ctx context.Context, node string, purge bool) (*serv
 	return &r, c.do(ctx, http.MethodDelete, path, nil, &r)
 }
 
+// Node returns a node's status and history.
+func (c *Client) Node(ctx context.Context, node string) (*server.NodeDetail, error) {
+	var r server.NodeDetail
+	return &r, c.do(ctx, http.MethodGet, "/v1/nodes/"+url.PathEscape(node), nil, &r)
+}
+
+// ControlNode applies a node control (nodes.ActionDrain, ActionOnline,
+// ActionDisconnect, ActionLaunch, ActionApproveKey) and returns the
+// node's status after it.
+func (c *Client) ControlNode(ctx context.Context, node, action string, req server.NodeControlRequest) (*nodes.Status, error) {
+	var r nodes.Status
+	return &r, c.do(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(node)+"/"+url.PathEscape(action), req, &r)
+}
+
 // Artifacts lists the files build n of job archived.
 func (c *Client) Artifacts(ctx context.Context, job string, n int) ([]store.Artifact, error) {
 	var out []store.Artifact

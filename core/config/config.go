@@ -90,11 +90,33 @@ type Launcher struct {
 	SHA256 string
 	// Body is the rest of the block, owned by the plugin.
 	Body hcl.Body
+	// MaxConcurrentLaunches bounds how many of the launcher's nodes are
+	// launched at once (max_concurrent_launches, default
+	// DefaultMaxConcurrentLaunches); the others wait for a slot.
+	MaxConcurrentLaunches int
 	// DefRange is the range of the block header.
 	DefRange hcl.Range
 	// Config is Body decoded by DecodePlugins; cty.NilVal before that, or
 	// when the plugin gave no spec.
 	Config cty.Value
+}
+
+// Availability modes of a node.
+const (
+	// AvailabilityAlways keeps the node online (the default).
+	AvailabilityAlways = "always"
+	// AvailabilityOnDemand launches the node when builds wait for its
+	// labels and takes it offline after IdleTimeout without builds.
+	AvailabilityOnDemand = "on_demand"
+)
+
+// Availability is a node's availability block.
+type Availability struct {
+	// Mode is AvailabilityAlways or AvailabilityOnDemand.
+	Mode string
+	// IdleTimeout is how long an on-demand node stays online without
+	// builds before it is taken offline (default DefaultIdleTimeout).
+	IdleTimeout time.Duration
 }
 
 // Node is a node block: a place where jobs run, through one launcher.
@@ -125,6 +147,8 @@ type Node struct {
 	// script appended as its last argument (shell = ["bash", "-l", "-c"]);
 	// nil means the agent's default, DefaultShell. A job's shell wins.
 	Shell []string
+	// Availability says when the node is kept online.
+	Availability Availability
 	// Body is the body of the node's block named after its launcher; when
 	// the node has no such block it is an empty body that reports missing
 	// items at DefRange.
@@ -185,6 +209,13 @@ const (
 const (
 	// MaxArtifactsMaxMiB bounds artifacts_max_mib (16 TiB).
 	MaxArtifactsMaxMiB = 1 << 24
+	// DefaultMaxConcurrentLaunches is a launcher's max_concurrent_launches
+	// when not set.
+	DefaultMaxConcurrentLaunches = 10
+	// MaxMaxConcurrentLaunches bounds max_concurrent_launches.
+	MaxMaxConcurrentLaunches = 10000
+	// DefaultIdleTimeout is an on-demand node's idle_timeout when not set.
+	DefaultIdleTimeout = 10 * time.Minute
 	// MaxExecutors bounds a node's executors.
 	MaxExecutors = 1024
 )

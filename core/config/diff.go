@@ -22,8 +22,8 @@ type Diff struct {
 	// NodesAdded and NodesRemoved name nodes that appear and go.
 	NodesAdded, NodesRemoved []string
 	// NodesRelaunched name the nodes whose agent must be launched again
-	// for the change to apply: their launcher, their launcher's block or
-	// one of their timeouts changed.
+	// for the change to apply: their launcher, their launcher's block,
+	// one of their timeouts or their availability changed.
 	NodesRelaunched []string
 	// NodesUpdated name the nodes whose change applies in place: labels,
 	// executors, shell.
@@ -33,8 +33,9 @@ type Diff struct {
 	// launcher block's body, its sha256 pin) changed: their plugin is
 	// restarted.
 	LaunchersAdded, LaunchersChanged, LaunchersRemoved []string
-	// NeedsRestart names the server settings that changed but only apply
-	// when the server restarts (server.http_addr, ...).
+	// NeedsRestart names the settings that changed but only apply when
+	// the server restarts (server.http_addr, a launcher's
+	// max_concurrent_launches, ...).
 	NeedsRestart []string
 }
 
@@ -59,6 +60,10 @@ func Compare(old, new *Config) *Diff {
 		case o.SHA256 != l.SHA256 || !sameSettings(old, o.Body, o.Config, new, l.Body, l.Config):
 			d.LaunchersChanged = append(d.LaunchersChanged, l.Name)
 		}
+		if o := old.Launcher(l.Name); o != nil && o.MaxConcurrentLaunches != l.MaxConcurrentLaunches {
+			// The launch slots are made once, at start.
+			d.NeedsRestart = append(d.NeedsRestart, fmt.Sprintf("launcher.%s.max_concurrent_launches", l.Name))
+		}
 	}
 	for _, l := range old.Launchers {
 		if new.Launcher(l.Name) == nil {
@@ -72,7 +77,7 @@ func Compare(old, new *Config) *Diff {
 		case o == nil:
 			d.NodesAdded = append(d.NodesAdded, n.Name)
 		case o.Launcher != n.Launcher || o.HeartbeatTimeout != n.HeartbeatTimeout ||
-			o.SessionTimeout != n.SessionTimeout || o.WriteTimeout != n.WriteTimeout ||
+			o.SessionTimeout != n.SessionTimeout || o.WriteTimeout != n.WriteTimeout || o.Availability != n.Availability ||
 			!sameSettings(old, o.Body, o.Config, new, n.Body, n.Config):
 			d.NodesRelaunched = append(d.NodesRelaunched, n.Name)
 		case !slices.Equal(o.Labels, n.Labels) || o.Executors != n.Executors || !slices.Equal(o.Shell, n.Shell):

@@ -63,29 +63,40 @@ type launcherBlock struct {
 	NameRange   hcl.Range `hcl:"name,label_range"`
 	SHA256      *string   `hcl:"sha256,optional"`
 	SHA256Range hcl.Range `hcl:"sha256,attr_value_range"`
+	MaxLaunches *int      `hcl:"max_concurrent_launches,optional"`
+	MaxRange    hcl.Range `hcl:"max_concurrent_launches,attr_value_range"`
 	Remain      hcl.Body  `hcl:",remain"`
 	DefRange    hcl.Range `hcl:",def_range"`
 }
 
+type availabilityBlock struct {
+	Mode      *string   `hcl:"mode,optional"`
+	ModeRange hcl.Range `hcl:"mode,attr_value_range"`
+	Idle      *string   `hcl:"idle_timeout,optional"`
+	IdleRange hcl.Range `hcl:"idle_timeout,attr_value_range"`
+	DefRange  hcl.Range `hcl:",def_range"`
+}
+
 type nodeBlock struct {
-	Name           string    `hcl:"name,label"`
-	NameRange      hcl.Range `hcl:"name,label_range"`
-	Launcher       string    `hcl:"launcher,attr"`
-	LauncherRange  hcl.Range `hcl:"launcher,attr_value_range"`
-	Labels         []string  `hcl:"labels,optional"`
-	LabelsRange    hcl.Range `hcl:"labels,attr_value_range"`
-	Executors      *int      `hcl:"executors,optional"`
-	ExecutorsRange hcl.Range `hcl:"executors,attr_value_range"`
-	Heartbeat      *string   `hcl:"heartbeat_timeout,optional"`
-	HeartbeatRange hcl.Range `hcl:"heartbeat_timeout,attr_value_range"`
-	Session        *string   `hcl:"session_timeout,optional"`
-	SessionRange   hcl.Range `hcl:"session_timeout,attr_value_range"`
-	Write          *string   `hcl:"write_timeout,optional"`
-	WriteRange     hcl.Range `hcl:"write_timeout,attr_value_range"`
-	Shell          []string  `hcl:"shell,optional"`
-	ShellRange     hcl.Range `hcl:"shell,attr_value_range"`
-	Remain         hcl.Body  `hcl:",remain"`
-	DefRange       hcl.Range `hcl:",def_range"`
+	Name           string               `hcl:"name,label"`
+	NameRange      hcl.Range            `hcl:"name,label_range"`
+	Launcher       string               `hcl:"launcher,attr"`
+	LauncherRange  hcl.Range            `hcl:"launcher,attr_value_range"`
+	Labels         []string             `hcl:"labels,optional"`
+	LabelsRange    hcl.Range            `hcl:"labels,attr_value_range"`
+	Executors      *int                 `hcl:"executors,optional"`
+	ExecutorsRange hcl.Range            `hcl:"executors,attr_value_range"`
+	Heartbeat      *string              `hcl:"heartbeat_timeout,optional"`
+	HeartbeatRange hcl.Range            `hcl:"heartbeat_timeout,attr_value_range"`
+	Session        *string              `hcl:"session_timeout,optional"`
+	SessionRange   hcl.Range            `hcl:"session_timeout,attr_value_range"`
+	Write          *string              `hcl:"write_timeout,optional"`
+	WriteRange     hcl.Range            `hcl:"write_timeout,attr_value_range"`
+	Shell          []string             `hcl:"shell,optional"`
+	ShellRange     hcl.Range            `hcl:"shell,attr_value_range"`
+	Availability   []*availabilityBlock `hcl:"availability,block"`
+	Remain         hcl.Body             `hcl:",remain"`
+	DefRange       hcl.Range            `hcl:",def_range"`
 }
 
 type jobBlock struct {
@@ -528,7 +539,14 @@ func (c *Config) buildLaunchers(blocks []*launcherBlock) hcl.Diagnostics {
 	for _, b := range blocks {
 		diags = append(diags, checkName("launcher", b.Name, b.NameRange)...)
 		diags = append(diags, checkDuplicate("launcher", b.Name, b.DefRange, seen)...)
-		l := &Launcher{Name: b.Name, Body: untrack(b.Remain), DefRange: b.DefRange}
+		l := &Launcher{Name: b.Name, Body: untrack(b.Remain), DefRange: b.DefRange, MaxConcurrentLaunches: DefaultMaxConcurrentLaunches}
+		if b.MaxLaunches != nil {
+			l.MaxConcurrentLaunches = *b.MaxLaunches
+			if l.MaxConcurrentLaunches < 1 || l.MaxConcurrentLaunches > MaxMaxConcurrentLaunches {
+				diags = diags.Append(errorAt(b.MaxRange, "Invalid max_concurrent_launches",
+					fmt.Sprintf("A launcher launches between 1 and %d nodes at once.", MaxMaxConcurrentLaunches)))
+			}
+		}
 		if b.SHA256 != nil {
 			l.SHA256 = strings.ToLower(*b.SHA256)
 			if _, err := hex.DecodeString(l.SHA256); err != nil || len(l.SHA256) != 64 {
@@ -565,6 +583,7 @@ func (c *Config) buildNodes(blocks []*nodeBlock) hcl.Diagnostics {
 			diags = diags.Append(errorAt(b.WriteRange, "Invalid write_timeout",
 				fmt.Sprintf("The write_timeout (%s) must not exceed the node's session_timeout (%s): a write the disk refuses holds the node's builds at most as long as a lost agent.", n.WriteTimeout, session)))
 		}
+		diags = append(diags, buildAvailability(b.Availability, &n.Availability)...)
 		if b.Executors != nil {
 			n.Executors = *b.Executors
 			if n.Executors < 1 || n.Executors > MaxExecutors {
@@ -714,6 +733,37 @@ func hasAll(n *Node, labels []string) bool {
 		}
 	}
 	return true
+}
+
+// buildAvailability decodes a node's availability block (at most one)
+// into a.
+func buildAvailability(blocks []*availabilityBlock, a *Availability) hcl.Diagnostics {
+	*a = Availability{Mode: AvailabilityAlways}
+	if len(blocks) == 0 {
+		return nil
+	}
+	var diags hcl.Diagnostics
+	for _, dup := range blocks[1:] {
+		diags = diags.Append(errorAt(dup.DefRange, "Duplicate availability block",
+			fmt.Sprintf("A node has at most one availability block; the first was declared at %s.", pos(blocks[0].DefRange))))
+	}
+	b := blocks[0]
+	if b.Mode != nil {
+		a.Mode = *b.Mode
+		if a.Mode != AvailabilityAlways && a.Mode != AvailabilityOnDemand {
+			diags = diags.Append(errorAt(b.ModeRange, "Invalid availability mode",
+				fmt.Sprintf("The mode %q is not one of %q (kept online) and %q (launched when builds wait for it, taken offline when idle).", a.Mode, AvailabilityAlways, AvailabilityOnDemand)))
+		}
+	}
+	diags = append(diags, duration("idle_timeout", b.Idle, b.IdleRange, &a.IdleTimeout)...)
+	if b.Idle != nil && a.Mode != AvailabilityOnDemand {
+		diags = diags.Append(errorAt(b.IdleRange, "Unused idle_timeout",
+			fmt.Sprintf("The idle_timeout only applies to mode %q.", AvailabilityOnDemand)))
+	}
+	if a.Mode == AvailabilityOnDemand && a.IdleTimeout == 0 {
+		a.IdleTimeout = DefaultIdleTimeout
+	}
+	return diags
 }
 
 // duration parses the optional positive duration attribute name into d.

@@ -286,6 +286,60 @@ job "j" {
 	}
 }
 
+// TestNodeAvailability: availability defaults to always; on_demand takes
+// an idle_timeout, 10m by default; a launcher launches 10 nodes at once
+// unless max_concurrent_launches says otherwise.
+func TestNodeAvailability(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir+"/c.hcl", `
+launcher "local" {
+  max_concurrent_launches = 3
+}
+launcher "other" {}
+
+node "always" {
+  launcher = "local"
+}
+node "demand" {
+  launcher = "local"
+  availability {
+    mode         = "on_demand"
+    idle_timeout = "90s"
+  }
+}
+node "demand-default" {
+  launcher = "other"
+  availability { mode = "on_demand" }
+}
+
+job "j" {
+  step "s" { run = "true" }
+}
+`)
+	c, diags := Load(dir + "/c.hcl")
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	for _, tc := range []struct {
+		node string
+		want Availability
+	}{
+		{"always", Availability{Mode: AvailabilityAlways}},
+		{"demand", Availability{Mode: AvailabilityOnDemand, IdleTimeout: 90 * time.Second}},
+		{"demand-default", Availability{Mode: AvailabilityOnDemand, IdleTimeout: DefaultIdleTimeout}},
+	} {
+		if got := c.Node(tc.node).Availability; got != tc.want {
+			t.Errorf("node %s: availability %+v, want %+v", tc.node, got, tc.want)
+		}
+	}
+	if got := c.Launcher("local").MaxConcurrentLaunches; got != 3 {
+		t.Errorf("local: max_concurrent_launches %d, want 3", got)
+	}
+	if got := c.Launcher("other").MaxConcurrentLaunches; got != DefaultMaxConcurrentLaunches {
+		t.Errorf("other: max_concurrent_launches %d, want %d", got, DefaultMaxConcurrentLaunches)
+	}
+}
+
 func TestLoadBad(t *testing.T) {
 	tests := []struct {
 		file string // in testdata/bad
@@ -336,6 +390,10 @@ func TestLoadBad(t *testing.T) {
 		{"artifacts_absolute.hcl", "8:33", "cannot be used: an absolute path"},
 		{"artifacts_dotdot.hcl", "10:5", `".." leads out of the build's workspace`},
 		{"artifacts_max_mib.hcl", "9:23", "between 1 and 16777216 MiB"},
+		{"max_concurrent_launches.hcl", "2:29", "Invalid max_concurrent_launches"},
+		{"availability_mode.hcl", "6:12", `The mode "sometimes" is not one of "always"`},
+		{"availability_idle_always.hcl", "6:20", `only applies to mode "on_demand"`},
+		{"availability_idle_bad.hcl", "7:20", "Invalid idle_timeout"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.TrimSuffix(tt.file, ".hcl"), func(t *testing.T) {

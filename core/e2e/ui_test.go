@@ -250,6 +250,39 @@ func TestWebUI(t *testing.T) {
 		}
 	}
 
+	// The node page: drain with a reason through its form (CSRF), see it
+	// drained and in its history, bring it back online.
+	do("drain the node from its page",
+		chromedp.Navigate(base+"/ui/nodes"),
+		chromedp.Click(chromedp.CSS(`#node-ui-1 a[href="/ui/nodes/ui-1"]`)),
+		chromedp.WaitVisible(chromedp.ID("drain-form")),
+		chromedp.SendKeys(chromedp.ID("drain-reason"), "ui maintenance"),
+		chromedp.Click(chromedp.ID("node-drain-button")),
+		chromedp.WaitVisible(chromedp.ID("node-drain")),
+		chromedp.WaitVisible(chromedp.CSS(`#node-history tr[data-action="drain"]`)),
+	)
+	if got := eval("the drain", `document.getElementById('node-drain').textContent`); !strings.Contains(got, "ui maintenance") || !strings.Contains(got, "bootstrap") {
+		t.Errorf("the drained node says %q, want the reason and who drained it", got)
+	}
+	if n := c.Node("ui-1"); n.Drain == nil || n.Drain.Reason != "ui maintenance" {
+		t.Errorf("the API shows the drain as %+v", n.Drain)
+	}
+	do("see it drained among the nodes",
+		chromedp.Navigate(base+"/ui/nodes"),
+		chromedp.WaitVisible(chromedp.CSS(`#node-ui-1 .badge`)),
+		chromedp.Navigate(base+"/ui/nodes/ui-1"),
+		chromedp.WaitVisible(chromedp.ID("online-form")),
+		chromedp.Click(chromedp.ID("node-online")),
+		chromedp.WaitVisible(chromedp.CSS(`#node-history tr[data-action="online"]`)),
+		chromedp.WaitVisible(chromedp.ID("drain-form")),
+	)
+	if n := c.Node("ui-1"); n.Drain != nil {
+		t.Errorf("the node is still drained after bringing it back: %+v", n.Drain)
+	}
+	if got := eval("the controls", `['launch-form','disconnect-form'].filter(id => !document.getElementById(id)).join(',')`); got != "" {
+		t.Errorf("the node page lacks %s", got)
+	}
+
 	// A reload's outcome shows on the nodes page.
 	c.WriteConfig(uiNodes, uiJob(gate)+`
 job "ui-added" {

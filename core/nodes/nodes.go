@@ -19,8 +19,10 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/conveyor-ci/conveyor/core/config"
+	"github.com/conveyor-ci/conveyor/core/demand"
 	"github.com/conveyor-ci/conveyor/core/plugins"
 	"github.com/conveyor-ci/conveyor/core/session"
+	"github.com/conveyor-ci/conveyor/core/store"
 	"github.com/conveyor-ci/conveyor/sdk/launcher"
 )
 
@@ -56,7 +58,7 @@ var ErrMasterStopped = errors.New("master stopped")
 // Node is one configured node.
 type Node struct {
 	name   string
-	cfg    *config.Node // guarded by mu: a reload updates labels, executors, shell
+	cfg    *config.Node // never replaced: see labelList, executors, shell
 	labels map[string]bool
 
 	mu     sync.Mutex
@@ -74,6 +76,11 @@ type Node struct {
 	// being removed or relaunched by a configuration reload once its
 	// running builds finish (see Remove, Replace).
 	retiring string
+	// labelList, executors and shell are what a reload may change in
+	// place (Manager.Update): cfg itself is never replaced.
+	labelList []string
+	executors int
+	shell     []string
 	// stop ends the node's connect loop (Run, Replace, Remove); done is
 	// closed when it returned.
 	stop context.CancelCauseFunc
@@ -82,6 +89,27 @@ type Node struct {
 	// (the session timeout ran out); until the agent comes back, a
 	// relaunch keeps the node offline with it rather than launching.
 	lost string
+
+	// drain, when set, keeps new builds off the node (Manager.Drain).
+	drain *store.NodeDrain
+	// kicked wakes the connect loop from its wait (Manager.Launch).
+	kicked chan struct{}
+	// cut ends the current connection with a cause (nil when there is
+	// none): Manager.Disconnect, an idle on-demand node.
+	cut func(cause error)
+	// idle times an online on-demand node's idleness; nil otherwise.
+	idle *demand.Idle
+	// tearing: the idle node is being taken offline, it takes no build.
+	tearing bool
+	// idled: the last connection ended for being idle.
+	idled bool
+	// demanded: the on-demand node was launched for a queued build and
+	// not taken offline since.
+	demanded bool
+	// approved are the host key fingerprints approved for the node;
+	// pendingKey is the one its launcher waits to have approved.
+	approved   []string
+	pendingKey string
 }
 
 // Name is the node's name.
@@ -91,7 +119,9 @@ func (n *Node) Name() string { return n.name }
 func (n *Node) Config() *config.Node {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.cfg
+	c := *n.cfg
+	c.Labels, c.Executors, c.Shell = n.labelList, n.executors, n.shell
+	return &c
 }
 
 // Covers reports whether the node carries every label (its name counts).
@@ -136,14 +166,38 @@ type Status struct {
 	// (forged, replayed, malformed, duplicate, hint, transport_malformed...),
 	// with its last heartbeat.
 	AgentDropped map[string]uint64 `json:"agent_dropped_frames,omitempty"`
+	// Drain, when set, says that the node takes no new build, since when,
+	// by whom and why.
+	Drain *store.NodeDrain `json:"drain,omitempty"`
+	// Availability is the node's availability mode (always, on_demand).
+	Availability string `json:"availability"`
+	// IdleTimeout is an on-demand node's idle timeout.
+	IdleTimeout string `json:"idle_timeout,omitempty"`
+	// IdleSince is when an online on-demand node last became idle.
+	IdleSince *time.Time `json:"idle_since,omitempty"`
+	// PendingHostKey is the SHA256 fingerprint of the host key the
+	// node's launcher waits for an admin to approve (ApproveKey).
+	PendingHostKey string `json:"pending_host_key,omitempty"`
 }
 
 // Status reports the node's state.
 func (n *Node) Status() Status {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	st := Status{Name: n.cfg.Name, Launcher: n.cfg.Launcher, Labels: n.cfg.Labels, Executors: n.cfg.Executors,
-		Busy: n.busy, State: n.state, Reason: n.reason, Since: n.since, Description: n.desc, Retiring: n.retiring}
+	st := Status{Name: n.cfg.Name, Launcher: n.cfg.Launcher, Labels: n.labelList, Executors: n.executors,
+		Busy: n.busy, State: n.state, Reason: n.reason, Since: n.since, Description: n.desc, Retiring: n.retiring,
+		Drain: n.drain, Availability: n.cfg.Availability.Mode, PendingHostKey: n.pendingKey}
+	if st.Availability == "" {
+		st.Availability = config.AvailabilityAlways
+	}
+	if n.onDemand() {
+		st.IdleTimeout = n.cfg.Availability.IdleTimeout.String()
+		if n.idle != nil {
+			if t := n.idle.Since(); !t.IsZero() {
+				st.IdleSince = &t
+			}
+		}
+	}
 	if n.agent != nil {
 		st.AgentVersion = n.agent.Version
 		st.Platform = n.agent.OS + "/" + n.agent.Arch
@@ -166,6 +220,12 @@ type Manager struct {
 	// that tests can shorten them.
 	permanentRetry time.Duration
 	launchBackstop time.Duration
+
+	// slots bounds each launcher's concurrent launches (a buffered
+	// channel of max_concurrent_launches per launcher name).
+	slots map[string]chan struct{}
+	// board is what queued builds wait for: on-demand nodes watch it.
+	board *demand.Board
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced when capacity may have appeared
@@ -191,6 +251,9 @@ type Options struct {
 	// OnWriteError, when set, is told of every failed attempt to store
 	// what an agent sent (session.Options.OnWriteError).
 	OnWriteError func(kind string)
+	// Control, when set, persists the nodes' history, drains and
+	// approved host keys.
+	Control ControlStore
 }
 
 // plugin is what a node needs of its launcher plugin (*plugins.Plugin).
@@ -211,7 +274,7 @@ type SessionStore interface {
 
 // NewManager prepares the configured nodes; Run connects them.
 func NewManager(cfg *config.Config, pm *plugins.Manager, opts Options, logger hclog.Logger) *Manager {
-	m := &Manager{opts: opts, log: logger, changed: make(chan struct{}),
+	m := &Manager{opts: opts, log: logger, changed: make(chan struct{}), slots: map[string]chan struct{}{}, board: demand.NewBoard(),
 		permanentRetry: launcher.PermanentRetry, launchBackstop: LaunchBackstop,
 		plugin: func(name string) plugin {
 			if p := pm.Get(name); p != nil {
@@ -220,16 +283,34 @@ func NewManager(cfg *config.Config, pm *plugins.Manager, opts Options, logger hc
 			return nil // not a nil *plugins.Plugin in an interface
 		}}
 	for _, c := range cfg.Nodes {
-		m.nodes = append(m.nodes, m.newNode(c))
+		m.nodes = append(m.nodes, m.newNode(c, cfg.Launcher(c.Launcher)))
 	}
 	return m
 }
 
-// newNode prepares the node of block c, restoring its persisted session.
-func (m *Manager) newNode(c *config.Node) *Node {
+// newNode prepares the node of block c of launcher l (nil when the
+// configuration lacks it), restoring its persisted session and control
+// state.
+func (m *Manager) newNode(c *config.Node, l *config.Launcher) *Node {
 	opts, logger := m.opts, m.log
 	{
-		n := &Node{name: c.Name, cfg: c, labels: map[string]bool{c.Name: true}, state: StateOffline, reason: "not launched yet", since: time.Now()}
+		limit := 0
+		if l != nil {
+			limit = l.MaxConcurrentLaunches
+		}
+		m.ensureSlots(c.Launcher, limit)
+		n := &Node{name: c.Name, cfg: c, labels: map[string]bool{c.Name: true}, state: StateOffline, reason: "not launched yet", since: time.Now(),
+			kicked: make(chan struct{}, 1), labelList: c.Labels, executors: c.Executors, shell: c.Shell}
+		if opts.Control != nil {
+			d, err := opts.Control.NodeDrain(c.Name)
+			if err != nil {
+				logger.Error("cannot read whether the node is drained", "node", c.Name, "error", err)
+			}
+			n.drain = d
+			if n.approved, err = opts.Control.NodeApprovedKeys(c.Name); err != nil {
+				logger.Error("cannot read the node's approved host keys", "node", c.Name, "error", err)
+			}
+		}
 		for _, l := range c.Labels {
 			n.labels[l] = true
 		}
@@ -334,8 +415,8 @@ func (m *Manager) Acquire(labels []string) (*Node, bool) {
 			continue
 		}
 		n.mu.Lock()
-		free := n.cfg.Executors - n.busy
-		online := n.state == StateOnline && n.retiring == ""
+		free := n.executors - n.busy
+		online := n.takes()
 		n.mu.Unlock()
 		if online && free > bestFree {
 			best, bestFree = n, free
@@ -346,18 +427,34 @@ func (m *Manager) Acquire(labels []string) (*Node, bool) {
 	}
 	best.mu.Lock()
 	defer best.mu.Unlock()
-	if best.state != StateOnline || best.retiring != "" || best.busy >= best.cfg.Executors {
+	if !best.takes() || best.busy >= best.executors {
 		return nil, false
 	}
 	best.busy++
+	if best.idle != nil {
+		best.idle.Busy()
+	}
 	return best, true
 }
+
+// takes reports whether n takes new builds: online, not drained, not
+// being taken offline for idleness. n.mu is held.
+func (n *Node) takes() bool {
+	return n.state == StateOnline && n.drain == nil && !n.tearing && n.retiring == ""
+}
+
+// Demand posts the label sets that queued builds wait for (the
+// scheduler's demand.Poster): on-demand nodes covering one are launched.
+func (m *Manager) Demand(waiting [][]string) { m.board.Post(waiting) }
 
 // Claim takes an executor of n whatever its state: for a build that was
 // running on n when the server stopped and re-attached to it.
 func (m *Manager) Claim(n *Node) {
 	n.mu.Lock()
 	n.busy++
+	if n.idle != nil {
+		n.idle.Busy()
+	}
 	n.mu.Unlock()
 }
 
@@ -365,6 +462,9 @@ func (m *Manager) Claim(n *Node) {
 func (m *Manager) Release(n *Node) {
 	n.mu.Lock()
 	n.busy--
+	if n.idle != nil {
+		n.idle.Done()
+	}
 	n.mu.Unlock()
 	m.notify()
 }
@@ -423,10 +523,26 @@ func (m *Manager) run(ctx context.Context, n *Node) {
 	}
 	end := endOther
 	for ctx.Err() == nil {
+		if n.onDemand() && end == endOther && !m.awaitDemand(ctx, n) {
+			break
+		}
 		var ok bool
 		ok, end = m.connect(ctx, n, log, end)
 		if ctx.Err() != nil {
 			break
+		}
+		n.mu.Lock()
+		idled := n.idled
+		n.idled, n.tearing = false, false
+		if idled {
+			n.demanded = false
+		}
+		n.mu.Unlock()
+		if idled {
+			// Taken offline for being idle: no backoff, wait for demand.
+			m.teardown(ctx, n)
+			backoff, end = relaunchMin, endOther
+			continue
 		}
 		if ok {
 			backoff = relaunchMin
@@ -443,6 +559,9 @@ func (m *Manager) run(ctx context.Context, n *Node) {
 		case <-time.After(wait):
 		case <-restarted:
 			backoff = relaunchMin
+		case <-n.kicked: // launch now (Manager.Launch)
+			backoff, end = relaunchMin, endOther
+			continue
 		}
 		backoff = min(backoff*2, relaunchMax)
 	}
@@ -518,6 +637,10 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, last e
 		}
 		secret = s.Secret
 	}
+	release, ok := m.launchSlot(ctx, n)
+	if !ok {
+		return false, endOther
+	}
 	// The launcher bounds its own launch (the SSH launcher:
 	// launch_timeout, max_retries, retry_wait) and says why it gave up;
 	// ctx ends it when the master stops. The backstop only ends a launch
@@ -530,7 +653,7 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, last e
 	}
 	done := make(chan launched, 1)
 	go func() {
-		c, err := proc.Launcher.Launch(lctx, &launcher.Node{Name: cfg.Name, Labels: cfg.Labels, Config: cfg.Config})
+		c, err := proc.Launcher.Launch(lctx, &launcher.Node{Name: cfg.Name, Labels: cfg.Labels, Config: cfg.Config, ApprovedKeys: n.approvedKeys()})
 		done <- launched{c, err}
 	}()
 	var conn launcher.Conn
@@ -552,6 +675,7 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, last e
 		err = backstop // not the launcher's "context deadline exceeded"
 	}
 	cancel()
+	release()
 	if err != nil {
 		if ctx.Err() != nil {
 			return false, endOther
@@ -559,21 +683,64 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, last e
 		if restarting() {
 			return false, endOther
 		}
+		fp, _ := launcher.PendingApproval(err)
+		m.keyPending(n, fp)
 		offline(err.Error())
 		if launcher.IsPermanent(err) {
 			return false, endPermanent
 		}
 		return false, endOther
 	}
+	m.keyPending(n, "")
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
 	defer stop()
+	resumable := proc.Info.Has(launcher.CapResume)
+	// cctx is this connection's: cut ends it with a cause (an operator's
+	// disconnect, idleness). On a transport that resumes, a disconnect
+	// only closes the connection so that the session is held for the
+	// agent; otherwise the session ends with the cause.
+	cctx, ccancel := context.WithCancelCause(ctx)
+	defer ccancel(nil)
+	var cutCause error
+	n.mu.Lock()
+	n.cut = func(cause error) {
+		n.mu.Lock()
+		cutCause = cause
+		n.mu.Unlock()
+		if resumable && !n.tearingNow() {
+			_ = conn.Close()
+			return
+		}
+		ccancel(cause)
+	}
+	n.mu.Unlock()
+	defer func() {
+		n.mu.Lock()
+		n.cut = nil
+		if n.idle != nil {
+			n.idle.Stop()
+			n.idle = nil
+		}
+		n.mu.Unlock()
+	}()
+	// cutWhy is the cause of a cut, in place of what the connection's
+	// end looked like.
+	cutWhy := func(why string) string {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		if cutCause != nil {
+			return cutCause.Error()
+		}
+		return why
+	}
+	ctx = cctx
 
 	desc := ""
 	if d, ok := conn.(launcher.Describer); ok {
 		desc = d.Description()
 	}
-	link := n.sess.Attach(conn, secret, proc.Info.Has(launcher.CapResume))
+	link := n.sess.Attach(conn, secret, resumable)
 	defer link.Close()
 	link.OnReachable = func(reachable bool, why error) {
 		if reachable {
@@ -617,7 +784,7 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, last e
 			return wasOnline, endRefused
 		}
 		if err != nil {
-			offline(reason(err))
+			offline(cutWhy(reason(err)))
 			return wasOnline, endOther
 		}
 		if authTimer != nil {
@@ -631,10 +798,11 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, last e
 		if resumed {
 			log.Info("the agent resumed its session", "pending", n.sess.Pending().Frames)
 		}
+		m.startIdle(ctx, n)
 		m.set(n, StateOnline, "")
 		err = link.Serve(ctx)
 		if !errors.Is(err, session.ErrRehello) {
-			offline(reason(err))
+			offline(cutWhy(reason(err)))
 			return wasOnline, endOther
 		}
 		// The agent says hello again on this link (it resumes, or it

@@ -60,6 +60,8 @@ func (s *syncBuffer) count(parts ...string) int {
 type testLauncher struct {
 	launches atomic.Int32
 	launch   func(ctx context.Context, n int) (launcher.Conn, error)
+	// last is the node of the last launch.
+	last atomic.Pointer[launcher.Node]
 }
 
 func (l *testLauncher) Info(context.Context) (*launcher.Info, error) { return &launcher.Info{}, nil }
@@ -68,7 +70,8 @@ func (l *testLauncher) Schema(context.Context) (*launcher.Schema, error) {
 }
 func (l *testLauncher) Configure(context.Context, *launcher.Config) error { return nil }
 func (l *testLauncher) Teardown(context.Context, string) error            { return nil }
-func (l *testLauncher) Launch(ctx context.Context, _ *launcher.Node) (launcher.Conn, error) {
+func (l *testLauncher) Launch(ctx context.Context, node *launcher.Node) (launcher.Conn, error) {
+	l.last.Store(node)
 	return l.launch(ctx, int(l.launches.Add(1)))
 }
 

@@ -24,6 +24,26 @@ const (
 	retireRelaunch = "its launcher settings changed: relaunches once its running builds finish"
 )
 
+// ensureSlots creates launcher's launch slots, limit of them
+// (config.DefaultMaxConcurrentLaunches when 0), unless they exist.
+func (m *Manager) ensureSlots(launcher string, limit int) {
+	if limit <= 0 {
+		limit = config.DefaultMaxConcurrentLaunches
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.slots[launcher] == nil {
+		m.slots[launcher] = make(chan struct{}, limit)
+	}
+}
+
+// slotsOf returns launcher's launch slots (ensureSlots made them).
+func (m *Manager) slotsOf(launcher string) chan struct{} {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.slots[launcher]
+}
+
 // start runs n's connect loop under the manager's run context; m.listMu
 // is held and m.runCtx is set.
 func (m *Manager) start(n *Node) {
@@ -47,11 +67,11 @@ func (m *Manager) stopNode(n *Node, cause error) {
 	n.sess.End(cause)
 }
 
-// Add adds and, when Run runs, launches the node of block c (a reload).
-// The block's plugin settings must be decoded and its launcher configured
-// with it.
-func (m *Manager) Add(c *config.Node) error {
-	n := m.newNode(c)
+// Add adds and, when Run runs, launches the node of block c of launcher
+// l (a reload). The block's plugin settings must be decoded and its
+// launcher configured with it.
+func (m *Manager) Add(c *config.Node, l *config.Launcher) error {
+	n := m.newNode(c, l)
 	m.listMu.Lock()
 	defer m.listMu.Unlock()
 	if slices.ContainsFunc(m.nodes, func(o *Node) bool { return o.name == c.Name }) {
@@ -79,7 +99,7 @@ func (m *Manager) Update(c *config.Node) error {
 			return
 		}
 		n.mu.Lock()
-		n.cfg = c
+		n.labelList, n.executors, n.shell = c.Labels, c.Executors, c.Shell
 		n.labels = map[string]bool{c.Name: true}
 		for _, l := range c.Labels {
 			n.labels[l] = true
@@ -97,7 +117,7 @@ func (m *Manager) Update(c *config.Node) error {
 // connection and session end and it launches with c. It returns at once;
 // the channel is closed once the node was relaunched (or the manager
 // stopped first).
-func (m *Manager) Replace(c *config.Node, force bool) (<-chan struct{}, error) {
+func (m *Manager) Replace(c *config.Node, l *config.Launcher, force bool) (<-chan struct{}, error) {
 	old := m.Get(c.Name)
 	if old == nil {
 		return nil, fmt.Errorf("relaunch node %q: no such node", c.Name)
@@ -112,7 +132,7 @@ func (m *Manager) Replace(c *config.Node, force bool) (<-chan struct{}, error) {
 			return
 		}
 		m.stopNode(old, ErrNodeRelaunched)
-		n := m.newNode(c)
+		n := m.newNode(c, l)
 		m.listMu.Lock()
 		if i := slices.Index(m.nodes, old); i >= 0 {
 			m.nodes[i] = n

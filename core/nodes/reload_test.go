@@ -39,10 +39,10 @@ func TestReloadOperations(t *testing.T) {
 	n1 := m.Get("n1")
 
 	// Add: the new node is run (launched) at once.
-	if err := m.Add(&config.Node{Name: "n2", Launcher: "test", Executors: 1}); err != nil {
+	if err := m.Add(&config.Node{Name: "n2", Launcher: "test", Executors: 1}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.Add(&config.Node{Name: "n2", Launcher: "test", Executors: 1}); err == nil {
+	if err := m.Add(&config.Node{Name: "n2", Launcher: "test", Executors: 1}, nil); err == nil {
 		t.Fatal("adding a node twice succeeded")
 	}
 	waitFor(t, "n2 to be launched", func() bool { return m.Get("n2").Status().Reason == "no agent here" })
@@ -58,7 +58,7 @@ func TestReloadOperations(t *testing.T) {
 
 	// Replace waits for the running build.
 	m.Claim(n1)
-	done, err := m.Replace(&config.Node{Name: "n1", Launcher: "test", Labels: []string{"b"}, Executors: 3, HeartbeatTimeout: time.Minute}, false)
+	done, err := m.Replace(&config.Node{Name: "n1", Launcher: "test", Labels: []string{"b"}, Executors: 3, HeartbeatTimeout: time.Minute}, nil, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,6 +22,14 @@ type Pool interface {
 	Changed() <-chan struct{}
 }
 
+// Demander is told, after every dispatch, the label sets that queued
+// builds wait for (one per set, in queue order), so that capacity started
+// on demand can be launched for them (nodes.Manager is one). A Pool that
+// implements it is told.
+type Demander interface {
+	Demand(waiting [][]string)
+}
+
 // Item is a queued build.
 type Item struct {
 	// Key identifies the item ("job#12").
@@ -70,6 +78,7 @@ func (s *Scheduler) Remove(key string) bool {
 	for i, it := range s.queue {
 		if it.Key == key {
 			s.queue = append(s.queue[:i], s.queue[i+1:]...)
+			s.poke() // what the queue waits for changed
 			return true
 		}
 	}
@@ -109,6 +118,10 @@ func (s *Scheduler) dispatch() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	blocked := map[string]bool{}
+	var waiting [][]string
+	if d, ok := s.pool.(Demander); ok {
+		defer func() { d.Demand(waiting) }()
+	}
 	for i := 0; i < len(s.queue); {
 		it := s.queue[i]
 		key := labelKey(it.Labels)
@@ -119,6 +132,7 @@ func (s *Scheduler) dispatch() {
 		n, ok := s.pool.Acquire(it.Labels)
 		if !ok {
 			blocked[key] = true
+			waiting = append(waiting, it.Labels)
 			i++
 			continue
 		}

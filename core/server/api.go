@@ -62,6 +62,15 @@ func (s *Server) apiRoutes(rt router) {
 		}
 		writeJSON(w, http.StatusOK, out)
 	})
+	rt.handle("GET /v1/nodes/{node}", read, s.withNode(func(w http.ResponseWriter, r *http.Request, n *nodes.Node) {
+		hist, err := s.nodes.History(n)
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+		writeJSON(w, http.StatusOK, NodeDetail{Status: n.Status(), History: hist})
+	}))
+	s.nodeControlRoutes(rt)
 	rt.handle("GET /v1/nodes/{node}/secret", admin, s.handleSecret)
 	rt.handle("DELETE /v1/nodes/{node}", admin, s.handleDeleteNode)
 	rt.handle("GET /v1/jobs", read, func(w http.ResponseWriter, r *http.Request) {

@@ -136,6 +136,8 @@ var endpoints = []endpoint{
 	{"POST", "/v1/jobs/hello/builds/1/cancel", true, http.StatusNotFound},
 	{"GET", "/v1/nodes/n1/secret", true, http.StatusNotFound},
 	{"DELETE", "/v1/nodes/n1", true, http.StatusNotFound},
+	{"POST", "/v1/nodes/n1/drain", true, http.StatusNotFound},
+	{"POST", "/v1/nodes/n1/launch", true, http.StatusNotFound},
 	{"GET", "/v1/nodes", false, http.StatusOK},
 	{"GET", "/v1/jobs", false, http.StatusOK},
 	{"GET", "/v1/jobs/hello/builds", false, http.StatusNotFound},

@@ -146,7 +146,9 @@ func (s *Server) reload(ctx context.Context, res *ReloadResult, force bool) {
 		return
 	}
 	d := config.Compare(old, cfg)
-	d.NeedsRestart = nil // compared above, before cfg took the running server settings
+	// The server settings were compared above, before cfg took the
+	// running ones; the launchers' are in d.
+	res.NeedsRestart = append(res.NeedsRestart, d.NeedsRestart...)
 	if err := s.apply(ctx, old, cfg, d, force, res); err != nil {
 		res.Error = err.Error()
 		return
@@ -243,7 +245,8 @@ func (s *Server) apply(ctx context.Context, old, cfg *config.Config, d *config.D
 
 	// 3. Nodes.
 	for _, name := range d.NodesAdded {
-		if err := s.nodes.Add(cfg.Node(name)); err != nil {
+		n := cfg.Node(name)
+		if err := s.nodes.Add(n, cfg.Launcher(n.Launcher)); err != nil {
 			res.Warnings = append(res.Warnings, err.Error())
 		}
 	}
@@ -257,7 +260,8 @@ func (s *Server) apply(ctx context.Context, old, cfg *config.Config, d *config.D
 	forced := 0 // running builds a forced relaunch or removal fails
 	for _, name := range d.NodesRelaunched {
 		b := busy(name)
-		if _, err := s.nodes.Replace(cfg.Node(name), force); err != nil {
+		n := cfg.Node(name)
+		if _, err := s.nodes.Replace(n, cfg.Launcher(n.Launcher), force); err != nil {
 			res.Warnings = append(res.Warnings, err.Error())
 			continue
 		}

@@ -109,6 +109,12 @@ func TestTokenRoles(t *testing.T) {
 		{"POST", "/v1/jobs/hello/builds/1/cancel", T, 409}, // cancelled by the first allowed
 		{"GET", "/v1/nodes/n1/secret", A, 404},             // its launcher is not loaded
 		{"DELETE", "/v1/nodes/n1", A, 409},                 // it is configured
+		{"GET", "/v1/nodes/n1", R, 200},
+		{"POST", "/v1/nodes/n1/drain", A, 200},
+		{"POST", "/v1/nodes/n1/online", A, 200},      // drained just before
+		{"POST", "/v1/nodes/n1/disconnect", A, 409},  // no link: its launcher is not loaded
+		{"POST", "/v1/nodes/n1/launch", A, 409},      // 200 unless launching at that moment
+		{"POST", "/v1/nodes/n1/approve-key", A, 400}, // no fingerprint
 		{"GET", "/v1/tokens", A, 200},
 		{"DELETE", "/v1/tokens/nope", A, 404},
 	}

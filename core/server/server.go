@@ -109,6 +109,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options, logger hclog.Log
 	nopts := opts.Nodes
 	nopts.Store = st
 	nopts.OnWriteError = s.metrics.WriteFailed
+	nopts.Control = st
 	s.nodes = nodes.NewManager(cfg, s.plugins, nopts, logger.Named("node"))
 	s.auth.onFailure = s.metrics.AuthFailure
 	s.builds = builds.New(cfg, st, s.nodes, s.metrics, logger.Named("build"))

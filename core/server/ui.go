@@ -147,6 +147,7 @@ func (s *Server) uiRoutes(rt router) {
 	rt.handleUI("POST /ui/login", open, s.uiLogin)
 	rt.handleUI("POST /ui/logout", signedIn, s.uiLogout)
 	rt.handleUI("GET /ui/nodes", read, s.uiNodes)
+	s.uiNodeRoutes(rt)
 	rt.handleUI("GET /ui/nodes/{node}/secret", admin, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Cache-Control", "no-store")
 		s.handleSecret(w, r)

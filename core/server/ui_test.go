@@ -58,7 +58,7 @@ func newUIServer(t *testing.T, publicRead bool) *uiServer {
 		auth: newAuthenticator(configuredToken, publicRead), metrics: metrics.New(metrics.Sources{})}
 	s.cfg.Store(cfg)
 	s.auth.onFailure = s.metrics.AuthFailure
-	s.nodes = nodes.NewManager(cfg, s.plugins, nodes.Options{Store: st}, logger.Named("node"))
+	s.nodes = nodes.NewManager(cfg, s.plugins, nodes.Options{Store: st, Control: st}, logger.Named("node"))
 	s.builds = builds.New(cfg, st, s.nodes, nil, logger.Named("build"))
 	ts := httptest.NewServer(s.routes())
 	t.Cleanup(ts.Close)

@@ -73,6 +73,9 @@ var (
 	bucketCounters = []byte("counters")
 	bucketNodes    = []byte("nodes")
 	bucketSessions = []byte("sessions")
+	// bucketNodeControl holds one bucket per node: what operators did to
+	// it (control.go).
+	bucketNodeControl = []byte("node_control")
 )
 
 // Store is the build database and log directory.
@@ -91,7 +94,7 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketBuilds, bucketCounters, bucketNodes, bucketSessions} {
+		for _, b := range [][]byte{bucketBuilds, bucketCounters, bucketNodes, bucketSessions, bucketNodeControl} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}

@@ -102,8 +102,13 @@ func (c *client) Launch(ctx context.Context, node *Node) (Conn, error) {
 	if r.err != nil {
 		cancel()
 		err := statusErr(r.err)
-		if status.Code(r.err) == codes.FailedPrecondition {
+		if st := status.Convert(r.err); st.Code() == codes.FailedPrecondition {
 			err = Permanent(err)
+			for _, d := range st.Details() {
+				if p, ok := d.(*pb.PendingApproval); ok {
+					err = ApprovalPending(p.Fingerprint, err)
+				}
+			}
 		}
 		return nil, fmt.Errorf("launch node %q: %w", node.Name, err)
 	}

@@ -157,6 +157,7 @@ func TestPermanentLaunchErrorCrossesTheBoundary(t *testing.T) {
 	}{
 		{"refuse-permanent", `launch node "n": refused for good as asked`, true},
 		{"refuse", `launch node "n": refused as asked`, false},
+		{"approve", `launch node "n": host key SHA256:test waits for approval`, true},
 	} {
 		node := &launcher.Node{Name: "n", Config: cty.ObjectVal(map[string]cty.Value{"greeting": cty.StringVal(tc.greeting)})}
 		_, err := p.Launcher.Launch(context.Background(), node)
@@ -166,5 +167,16 @@ func TestPermanentLaunchErrorCrossesTheBoundary(t *testing.T) {
 		if got := launcher.IsPermanent(err); got != tc.permanent {
 			t.Errorf("%s: IsPermanent = %v, want %v", tc.greeting, got, tc.permanent)
 		}
+		fp, pending := launcher.PendingApproval(err)
+		if want := tc.greeting == "approve"; pending != want || want && fp != "SHA256:test" {
+			t.Errorf("%s: PendingApproval = %q, %v, want pending %v", tc.greeting, fp, pending, want)
+		}
 	}
+	// The approved key crosses the boundary the other way.
+	node := &launcher.Node{Name: "n", Config: cty.ObjectVal(map[string]cty.Value{"greeting": cty.StringVal("approve")}), ApprovedKeys: []string{"SHA256:test"}}
+	conn, err := p.Launcher.Launch(context.Background(), node)
+	if err != nil {
+		t.Fatalf("launch with the key approved: %v", err)
+	}
+	conn.Close()
 }

@@ -254,6 +254,11 @@ type Node struct {
 	Name   string
 	Labels []string
 	Config cty.Value
+	// ApprovedKeys, set on Launch, are the host key fingerprints
+	// ("SHA256:...", as ssh-keygen -l shows them) an operator approved
+	// for the node: a launcher whose host key verification waits for an
+	// approval (ApprovalPending) accepts a first key among them.
+	ApprovedKeys []string
 }
 
 // Decode decodes the node's launcher block into target (see Decode).

@@ -42,3 +42,35 @@ type permanentError struct{ err error }
 
 func (e *permanentError) Error() string { return e.err.Error() }
 func (e *permanentError) Unwrap() error { return e.err }
+
+// ApprovalPending marks err, returned by Launch, as a launch that waits
+// for an operator to approve the host key whose SHA256 fingerprint
+// ("SHA256:...") it names; it is Permanent. It crosses the plugin
+// boundary: the host's Launch returns an error for which PendingApproval
+// returns the fingerprint. The host shows the fingerprint for approval,
+// keeps the approved ones and passes them on every later launch in
+// Node.ApprovedKeys.
+func ApprovalPending(fingerprint string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &permanentError{&pendingError{fingerprint: fingerprint, err: err}}
+}
+
+// PendingApproval returns the host key fingerprint that err (or an error
+// it wraps, marked with ApprovalPending) waits to have approved.
+func PendingApproval(err error) (string, bool) {
+	var p *pendingError
+	if errors.As(err, &p) {
+		return p.fingerprint, true
+	}
+	return "", false
+}
+
+type pendingError struct {
+	fingerprint string
+	err         error
+}
+
+func (e *pendingError) Error() string { return e.err.Error() }
+func (e *pendingError) Unwrap() error { return e.err }

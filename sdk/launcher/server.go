@@ -101,7 +101,14 @@ func (s *server) Launch(stream pb.Launcher_LaunchServer) error {
 		if IsPermanent(err) {
 			code = codes.FailedPrecondition
 		}
-		return status.Error(code, err.Error())
+		st := status.New(code, err.Error())
+		if fp, ok := PendingApproval(err); ok {
+			// The detail carries the fingerprint waiting for approval.
+			if d, derr := st.WithDetails(&pb.PendingApproval{Fingerprint: fp}); derr == nil {
+				st = d
+			}
+		}
+		return st.Err()
 	}
 	defer conn.Close()
 	launched := &pb.Launched{ReadsFrames: true}
@@ -247,7 +254,7 @@ func nodeFromProto(n *pb.NodeConfig) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Node{Name: n.Name, Labels: n.Labels, Config: v}, nil
+	return &Node{Name: n.Name, Labels: n.Labels, Config: v, ApprovedKeys: n.ApprovedHostKeys}, nil
 }
 
 // nodesFromProto decodes the nodes of a request; its error is the gRPC
@@ -282,7 +289,7 @@ func nodeToProto(n *Node) (*pb.NodeConfig, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &pb.NodeConfig{Name: n.Name, Labels: n.Labels, Config: &pb.Value{Json: b}}, nil
+	return &pb.NodeConfig{Name: n.Name, Labels: n.Labels, Config: &pb.Value{Json: b}, ApprovedHostKeys: n.ApprovedKeys}, nil
 }
 
 func (s *server) LinkStats(ctx context.Context, req *pb.LinkStatsRequest) (*pb.LinkStatsResponse, error) {

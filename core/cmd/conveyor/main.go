@@ -35,6 +35,15 @@ Commands:
                           list build N's artifacts, or download them into DIR
   nodes                   list the nodes and their state
   secret NODE             print a node's agent secret and command line
+  node show NAME          a node's state and history
+  node drain [-reason TEXT] NAME
+                          take no new build on the node (running ones finish)
+  node online NAME        let a drained node take builds again
+  node disconnect [-reason TEXT] NAME
+                          end the node's link to its agent now
+  node launch NAME        launch the node now, skipping its backoff
+  node approve-key NAME FINGERPRINT
+                          approve the host key the node's launch waits for
   node delete NAME [-purge]
                           forget a node removed from the configuration;
                           -purge also deletes its launcher data (Kafka topics)

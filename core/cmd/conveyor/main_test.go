@@ -911,8 +911,19 @@ func TestNodeDelete(t *testing.T) {
 		{[]string{"node", "delete", "nope"}, 1, "no such node: nope"},
 		{[]string{"node", "delete", "n1", "-purge"}, 0, `n1: node forgotten; launcher "local" keeps nothing to purge`},
 		{[]string{"node", "delete", "n1"}, 1, "no such node: n1"},
-		{[]string{"node", "remove", "n1"}, 2, "Usage: conveyor node delete"},
-		{[]string{"node", "delete"}, 2, "Usage: conveyor node delete"},
+		{[]string{"node", "remove", "n1"}, 2, "conveyor node delete [-purge] NAME"},
+		{[]string{"node", "delete"}, 2, "conveyor node delete [-purge] NAME"},
+		// The node controls.
+		{[]string{"node", "drain", "-reason", "disk swap", "n2"}, 0, "drained by bootstrap"},
+		{[]string{"node", "show", "n2"}, 0, "  drain  bootstrap  disk swap"},
+		{[]string{"node", "show", "n2"}, 0, "disk swap"},
+		{[]string{"nodes"}, 0, ",drained "},
+		{[]string{"node", "launch", "n2"}, 1, "the node is drained"},
+		{[]string{"node", "online", "n2"}, 0, "n2: "},
+		{[]string{"node", "online", "n2"}, 1, "the node is not drained"},
+		{[]string{"node", "approve-key", "n2", "MD5:00"}, 1, `a host key fingerprint is "SHA256:"`},
+		{[]string{"node", "approve-key", "n2"}, 2, "conveyor node approve-key NAME FINGERPRINT"},
+		{[]string{"node", "drain", "nope"}, 1, "no such node: nope"},
 	} {
 		r := runConveyor(t, dir, append(tc.args, "-address", s.url, "-token-file", s.tokenFile)...)
 		if r.code != tc.code || !strings.Contains(r.stdout+r.stderr, tc.want) {

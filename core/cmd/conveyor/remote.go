@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/conveyor-ci/conveyor/core/client"
+	"github.com/conveyor-ci/conveyor/core/nodes"
 	"github.com/conveyor-ci/conveyor/core/server"
 	"github.com/conveyor-ci/conveyor/core/store"
 )
@@ -117,17 +118,137 @@ func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
 }
 
 // cmdNode manages one node: `conveyor node delete NAME [-purge]`.
+const nodeUsage = `Usage:
+  conveyor node show NAME                  the node's state and history
+  conveyor node drain [-reason TEXT] NAME  take no new build (running ones finish)
+  conveyor node online NAME                take builds again after a drain
+  conveyor node disconnect [-reason TEXT] NAME
+                                           end the agent's link now
+  conveyor node launch NAME                launch now, skipping the backoff
+  conveyor node approve-key NAME FINGERPRINT
+                                           approve the host key waiting for it
+  conveyor node delete [-purge] NAME       forget a node removed from the configuration`
+
 func cmdNode(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	const nodeUsage = "Usage: conveyor node delete [-purge] NAME"
-	if len(args) == 0 || args[0] != "delete" {
+	if len(args) == 0 {
 		fmt.Fprintln(stderr, nodeUsage)
 		return 2
 	}
+	switch sub := args[0]; sub {
+	case "delete":
+		return cmdNodeDelete(ctx, args[1:], stdout, stderr)
+	case "show":
+		return cmdNodeShow(ctx, args[1:], stdout, stderr)
+	case nodes.ActionDrain, nodes.ActionOnline, nodes.ActionDisconnect, nodes.ActionLaunch, nodes.ActionApproveKey:
+		return cmdNodeControl(ctx, sub, args[1:], stdout, stderr)
+	default:
+		fmt.Fprintf(stderr, "conveyor node: unknown command %q\n%s\n", sub, nodeUsage)
+		return 2
+	}
+}
+
+// cmdNodeControl applies one node control and prints the node's state
+// after it.
+func cmdNodeControl(ctx context.Context, action string, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("node "+action, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	rf := remoteFlags(fs)
+	var reason *string
+	if action == nodes.ActionDrain || action == nodes.ActionDisconnect {
+		reason = fs.String("reason", "", "why, kept in the node's history")
+	}
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return 2
+	}
+	want := 1
+	if action == nodes.ActionApproveKey {
+		want = 2
+	}
+	if len(pos) != want {
+		fmt.Fprintln(stderr, nodeUsage)
+		return 2
+	}
+	var req server.NodeControlRequest
+	if reason != nil {
+		req.Reason = *reason
+	}
+	if action == nodes.ActionApproveKey {
+		req.Fingerprint = pos[1]
+	}
+	c, err := rf.client()
+	if err != nil {
+		fmt.Fprintf(stderr, "conveyor node %s: %v\n", action, err)
+		return 2
+	}
+	st, err := c.ControlNode(ctx, pos[0], action, req)
+	if err != nil {
+		remoteError(stderr, "node "+action, apiMessage(err), err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s: %s\n", st.Name, nodeLine(*st))
+	return 0
+}
+
+// nodeLine says a node's state in one line: its state and reason, and
+// whether it is drained.
+func nodeLine(st nodes.Status) string {
+	line := st.State
+	if st.Reason != "" {
+		line += " (" + st.Reason + ")"
+	}
+	if d := st.Drain; d != nil {
+		line += fmt.Sprintf("; drained by %s since %s", d.By, d.Since.Format(time.RFC3339))
+		if d.Reason != "" {
+			line += ": " + d.Reason
+		}
+	}
+	if st.PendingHostKey != "" {
+		line += "; host key " + st.PendingHostKey + " waits for approval"
+	}
+	return line
+}
+
+func cmdNodeShow(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("node show", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	rf := remoteFlags(fs)
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return 2
+	}
+	if len(pos) != 1 {
+		fmt.Fprintln(stderr, nodeUsage)
+		return 2
+	}
+	c, err := rf.client()
+	if err != nil {
+		fmt.Fprintf(stderr, "conveyor node show: %v\n", err)
+		return 2
+	}
+	d, err := c.Node(ctx, pos[0])
+	if err != nil {
+		remoteError(stderr, "node show", apiMessage(err), err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s: %s\navailability: %s\n", d.Name, nodeLine(d.Status), d.Availability)
+	if len(d.History) > 0 {
+		fmt.Fprintln(stdout, "history:")
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		for _, ev := range d.History {
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", ev.Time.Format(time.RFC3339), ev.Action, ev.By, ev.Reason)
+		}
+		_ = tw.Flush()
+	}
+	return 0
+}
+
+func cmdNodeDelete(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("node delete", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	rf := remoteFlags(fs)
 	purge := fs.Bool("purge", false, "also delete what the node's launcher keeps for it (Kafka: its topics, with any frames left in them)")
-	pos, err := parseArgs(fs, args[1:])
+	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return 2
 	}
@@ -253,7 +374,11 @@ func cmdNodes(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		if reason == "" {
 			reason = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s\n", n.Name, n.State, n.Launcher, n.Busy, n.Executors, strings.Join(n.Labels, ","), reason)
+		state := n.State
+		if n.Drain != nil {
+			state += ",drained"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s\n", n.Name, state, n.Launcher, n.Busy, n.Executors, strings.Join(n.Labels, ","), reason)
 	}
 	_ = tw.Flush()
 	return 0

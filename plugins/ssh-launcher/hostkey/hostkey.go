@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -265,12 +266,48 @@ func NewTrustOnFirstUse(file string) (Verifier, error) {
 	return t, nil
 }
 
+// NewApprovedFirstUse returns a trust-on-first-use verifier whose first
+// key of a host is stored only once an operator approved it: a host whose
+// key is not in file yet is refused with a *PendingError naming its
+// fingerprint, unless that fingerprint is among approved (SHA256
+// fingerprints, ssh.FingerprintSHA256), and then stored. A stored key is
+// checked as NewTrustOnFirstUse checks it.
+func NewApprovedFirstUse(file string, approved []string) (Verifier, error) {
+	v, err := NewTrustOnFirstUse(file)
+	if err != nil {
+		return nil, err
+	}
+	t := v.(*tofu)
+	t.approval, t.approved = true, approved
+	return t, nil
+}
+
+// PendingError is a host's first key waiting for an operator's approval
+// (NewApprovedFirstUse).
+type PendingError struct {
+	Addr string
+	// Fingerprint is the key's SHA256 fingerprint ("SHA256:...").
+	Fingerprint string
+	// Type is the key's type (ssh-ed25519...).
+	Type string
+}
+
+// Error implements error.
+func (e *PendingError) Error() string {
+	return fmt.Sprintf("host key verification (%s, require_approval) waits for an admin: %s presented %s %s for the first time; approve it with conveyor node approve-key NODE %s (or in the node's page)",
+		TrustOnFirstUse, e.Addr, e.Type, e.Fingerprint, e.Fingerprint)
+}
+
 // tofuMu serialises every trust-on-first-use store of the process: nodes
 // sharing a store must not both append a first key.
 var tofuMu sync.Mutex
 
 type tofu struct {
 	file string
+	// approval: a first key is stored only when its fingerprint is in
+	// approved.
+	approval bool
+	approved []string
 }
 
 func (t *tofu) Strategy() string { return TrustOnFirstUse }
@@ -304,6 +341,9 @@ func (t *tofu) Callback() ssh.HostKeyCallback {
 		err = cb(hostname, remote, key)
 		var ke *knownhosts.KeyError
 		if errors.As(err, &ke) && len(ke.Want) == 0 {
+			if fp := ssh.FingerprintSHA256(key); t.approval && !slices.Contains(t.approved, fp) {
+				return &PendingError{Addr: hostname, Fingerprint: fp, Type: key.Type()}
+			}
 			return t.store(hostname, key)
 		}
 		return translate(err, TrustOnFirstUse, hostname, key, t.file)

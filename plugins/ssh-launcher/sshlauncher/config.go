@@ -48,6 +48,9 @@ type hostKeyBlock struct {
 	Strategy       *string `json:"strategy"`
 	KnownHostsFile *string `json:"known_hosts_file"`
 	HostKey        *string `json:"host_key"`
+	// RequireApproval (trust_on_first_use): a first key waits for an
+	// operator's approval.
+	RequireApproval *bool `json:"require_approval"`
 }
 
 // common holds the attributes of a node that the global block may default.
@@ -93,6 +96,7 @@ func commonSpec() map[string]*hclspec.Spec {
 			"strategy":         hclspec.NewAttr("strategy", "string", false),
 			"known_hosts_file": hclspec.NewAttr("known_hosts_file", "string", false),
 			"host_key":         hclspec.NewAttr("host_key", "string", false),
+			"require_approval": hclspec.NewAttr("require_approval", "bool", false),
 		})),
 		"agent_path":         hclspec.NewAttr("agent_path", "string", false),
 		"workdir":            hclspec.NewAttr("workdir", "string", false),
@@ -176,6 +180,9 @@ type resolver struct {
 	// validateOnly: read files but create nothing.
 	validateOnly bool
 	logger       hclog.Logger
+	// approved are the host key fingerprints the host passed on the
+	// launch (launcher.Node.ApprovedKeys).
+	approved []string
 }
 
 // str returns the node's value of an attribute, else the global one, and
@@ -375,6 +382,10 @@ func (r *resolver) hostKey(s *settings) {
 	if hk.HostKey != nil && strategy != hostkey.Manual {
 		r.errs.add(who, fmt.Sprintf("host_key is only used with strategy %q", hostkey.Manual), path("host_key")...)
 	}
+	approval := hk.RequireApproval != nil && *hk.RequireApproval
+	if hk.RequireApproval != nil && strategy != hostkey.TrustOnFirstUse {
+		r.errs.add(who, fmt.Sprintf("require_approval is only used with strategy %q", hostkey.TrustOnFirstUse), path("require_approval")...)
+	}
 	if hk.KnownHostsFile != nil && strategy != hostkey.KnownHosts {
 		r.errs.add(who, fmt.Sprintf("known_hosts_file is only used with strategy %q", hostkey.KnownHosts), path("known_hosts_file")...)
 	}
@@ -411,7 +422,12 @@ func (r *resolver) hostKey(s *settings) {
 			return
 		}
 		s.hostKeyFile = filepath.Join(r.host.DataDir, TOFUFile)
-		s.Verifier, err = hostkey.NewTrustOnFirstUse(s.hostKeyFile)
+		if approval {
+			s.Verifier, err = hostkey.NewApprovedFirstUse(s.hostKeyFile, r.approved)
+			s.hostKeySource = "approved: " + strings.Join(r.approved, ",")
+		} else {
+			s.Verifier, err = hostkey.NewTrustOnFirstUse(s.hostKeyFile)
+		}
 		if err != nil {
 			r.errs.add(who, err.Error(), path("strategy")...)
 		}

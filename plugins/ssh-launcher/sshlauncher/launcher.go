@@ -127,7 +127,7 @@ func (l *Launcher) Launch(ctx context.Context, node *launcher.Node) (launcher.Co
 	}
 	log := l.logger.Named(node.Name)
 	errs := &errorList{}
-	s := (&resolver{host: host, global: g, node: node.Name, nc: nc, errs: errs, logger: log}).resolve()
+	s := (&resolver{host: host, global: g, node: node.Name, nc: nc, errs: errs, logger: log, approved: node.ApprovedKeys}).resolve()
 	if len(errs.errs) > 0 {
 		return nil, errs.errs
 	}
@@ -356,7 +356,10 @@ func dial(ctx context.Context, s *settings) (*ssh.Client, error) {
 		triedMu.Lock()
 		methods := strings.Join(tried, ", ")
 		triedMu.Unlock()
+		var pending *hostkey.PendingError
 		switch {
+		case errors.As(err, &pending):
+			return nil, launcher.ApprovalPending(pending.Fingerprint, fmt.Errorf("connect to %s: %w", s.Addr(), pending))
 		case hostkey.IsVerificationError(err):
 			return nil, launcher.Permanent(fmt.Errorf("connect to %s: %w", s.Addr(), unwrapHandshake(err)))
 		case authRefused(err, methods != ""):

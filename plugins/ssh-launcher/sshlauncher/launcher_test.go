@@ -334,6 +334,48 @@ func TestTrustOnFirstUse(t *testing.T) {
 	}
 }
 
+// TestTrustOnFirstUseRequireApproval: with require_approval, a host's
+// first key is refused, for good and with its fingerprint, until the host
+// passes that fingerprint among the node's approved keys; then it is
+// stored, and checked as trust_on_first_use checks it.
+func TestTrustOnFirstUseRequireApproval(t *testing.T) {
+	f := newFixture(t, sshdtest.Options{})
+	node := f.node("max_retries", "3", "retry_wait", `"1h"`, "host_key_verification", "strategy = \"trust_on_first_use\"\nrequire_approval = true")
+	n := f.mustConfigure("", node)
+	fp := ssh.FingerprintSHA256(f.srv.HostKey())
+	for range 2 { // the second answer comes from memory
+		_, err := f.l.Launch(context.Background(), n)
+		if !launcher.IsPermanent(err) {
+			t.Fatalf("Launch with an unapproved first key: %v, want a permanent error", err)
+		}
+		if got, ok := launcher.PendingApproval(err); !ok || got != fp {
+			t.Fatalf("PendingApproval(%v) = %q, %v; want %q", err, got, ok, fp)
+		}
+		if !strings.Contains(err.Error(), fp) {
+			t.Errorf("error %q does not show the fingerprint %s", err, fp)
+		}
+	}
+	store := filepath.Join(f.remote, "data", TOFUFile)
+	if b, _ := os.ReadFile(store); len(b) != 0 {
+		t.Fatalf("an unapproved key was stored: %q", b)
+	}
+	n.ApprovedKeys = []string{"SHA256:" + strings.Repeat("A", 43), fp}
+	pingPong(t, f.launch(n), 1)
+	f.l.Teardown(context.Background(), "n1")
+	if b, _ := os.ReadFile(store); !strings.Contains(string(b), strings.Fields(f.srv.HostKeyLine())[1]) {
+		t.Fatalf("the approved key was not stored: %q", b)
+	}
+	// Once stored, the key is checked without needing the approval again;
+	// a changed key is refused as with trust_on_first_use.
+	n.ApprovedKeys = nil
+	pingPong(t, f.launch(n), 1)
+	f.l.Teardown(context.Background(), "n1")
+	f.srv.RotateHostKey()
+	if _, err := f.l.Launch(context.Background(), n); err == nil || !strings.Contains(err.Error(), "changed") {
+		t.Fatalf("Launch with a changed key: %v, want the change refused", err)
+	}
+}
+
 func TestNoVerificationWarns(t *testing.T) {
 	f := newFixture(t, sshdtest.Options{})
 	node := f.node("host_key_verification", `strategy = "none"`)

@@ -335,12 +335,15 @@ func (x *Value) GetJson() []byte {
 }
 
 type NodeConfig struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Labels        []string               `protobuf:"bytes,2,rep,name=labels,proto3" json:"labels,omitempty"`
-	Config        *Value                 `protobuf:"bytes,3,opt,name=config,proto3" json:"config,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Name   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Labels []string               `protobuf:"bytes,2,rep,name=labels,proto3" json:"labels,omitempty"`
+	Config *Value                 `protobuf:"bytes,3,opt,name=config,proto3" json:"config,omitempty"`
+	// approved_host_keys, set on a launch: the host key fingerprints
+	// ("SHA256:...") an operator approved for the node.
+	ApprovedHostKeys []string `protobuf:"bytes,4,rep,name=approved_host_keys,json=approvedHostKeys,proto3" json:"approved_host_keys,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *NodeConfig) Reset() {
@@ -394,6 +397,60 @@ func (x *NodeConfig) GetConfig() *Value {
 	return nil
 }
 
+func (x *NodeConfig) GetApprovedHostKeys() []string {
+	if x != nil {
+		return x.ApprovedHostKeys
+	}
+	return nil
+}
+
+// PendingApproval is a detail of a launch's FailedPrecondition status: the
+// launch waits for an operator to approve the host key whose fingerprint
+// it carries.
+type PendingApproval struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Fingerprint   string                 `protobuf:"bytes,1,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PendingApproval) Reset() {
+	*x = PendingApproval{}
+	mi := &file_launcher_proto_launcher_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PendingApproval) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PendingApproval) ProtoMessage() {}
+
+func (x *PendingApproval) ProtoReflect() protoreflect.Message {
+	mi := &file_launcher_proto_launcher_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PendingApproval.ProtoReflect.Descriptor instead.
+func (*PendingApproval) Descriptor() ([]byte, []int) {
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *PendingApproval) GetFingerprint() string {
+	if x != nil {
+		return x.Fingerprint
+	}
+	return ""
+}
+
 type ConfigureRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Host          *Host                  `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
@@ -405,7 +462,7 @@ type ConfigureRequest struct {
 
 func (x *ConfigureRequest) Reset() {
 	*x = ConfigureRequest{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[7]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -417,7 +474,7 @@ func (x *ConfigureRequest) String() string {
 func (*ConfigureRequest) ProtoMessage() {}
 
 func (x *ConfigureRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[7]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -430,7 +487,7 @@ func (x *ConfigureRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigureRequest.ProtoReflect.Descriptor instead.
 func (*ConfigureRequest) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{7}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ConfigureRequest) GetHost() *Host {
@@ -470,7 +527,7 @@ type ConfigError struct {
 
 func (x *ConfigError) Reset() {
 	*x = ConfigError{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[8]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -482,7 +539,7 @@ func (x *ConfigError) String() string {
 func (*ConfigError) ProtoMessage() {}
 
 func (x *ConfigError) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[8]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -495,7 +552,7 @@ func (x *ConfigError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigError.ProtoReflect.Descriptor instead.
 func (*ConfigError) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{8}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ConfigError) GetNode() string {
@@ -535,7 +592,7 @@ type ConfigureResponse struct {
 
 func (x *ConfigureResponse) Reset() {
 	*x = ConfigureResponse{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[9]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -547,7 +604,7 @@ func (x *ConfigureResponse) String() string {
 func (*ConfigureResponse) ProtoMessage() {}
 
 func (x *ConfigureResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[9]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -560,7 +617,7 @@ func (x *ConfigureResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigureResponse.ProtoReflect.Descriptor instead.
 func (*ConfigureResponse) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{9}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ConfigureResponse) GetErrors() []*ConfigError {
@@ -591,7 +648,7 @@ type LaunchClientMessage struct {
 
 func (x *LaunchClientMessage) Reset() {
 	*x = LaunchClientMessage{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[10]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -603,7 +660,7 @@ func (x *LaunchClientMessage) String() string {
 func (*LaunchClientMessage) ProtoMessage() {}
 
 func (x *LaunchClientMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[10]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -616,7 +673,7 @@ func (x *LaunchClientMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LaunchClientMessage.ProtoReflect.Descriptor instead.
 func (*LaunchClientMessage) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{10}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *LaunchClientMessage) GetMsg() isLaunchClientMessage_Msg {
@@ -693,7 +750,7 @@ type Frames struct {
 
 func (x *Frames) Reset() {
 	*x = Frames{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[11]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -705,7 +762,7 @@ func (x *Frames) String() string {
 func (*Frames) ProtoMessage() {}
 
 func (x *Frames) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[11]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -718,7 +775,7 @@ func (x *Frames) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Frames.ProtoReflect.Descriptor instead.
 func (*Frames) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{11}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Frames) GetFrames() [][]byte {
@@ -740,7 +797,7 @@ type Launched struct {
 
 func (x *Launched) Reset() {
 	*x = Launched{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[12]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -752,7 +809,7 @@ func (x *Launched) String() string {
 func (*Launched) ProtoMessage() {}
 
 func (x *Launched) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[12]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -765,7 +822,7 @@ func (x *Launched) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Launched.ProtoReflect.Descriptor instead.
 func (*Launched) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{12}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Launched) GetDescription() string {
@@ -796,7 +853,7 @@ type LaunchServerMessage struct {
 
 func (x *LaunchServerMessage) Reset() {
 	*x = LaunchServerMessage{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[13]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -808,7 +865,7 @@ func (x *LaunchServerMessage) String() string {
 func (*LaunchServerMessage) ProtoMessage() {}
 
 func (x *LaunchServerMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[13]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -821,7 +878,7 @@ func (x *LaunchServerMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LaunchServerMessage.ProtoReflect.Descriptor instead.
 func (*LaunchServerMessage) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{13}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *LaunchServerMessage) GetMsg() isLaunchServerMessage_Msg {
@@ -890,7 +947,7 @@ type TeardownRequest struct {
 
 func (x *TeardownRequest) Reset() {
 	*x = TeardownRequest{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[14]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -902,7 +959,7 @@ func (x *TeardownRequest) String() string {
 func (*TeardownRequest) ProtoMessage() {}
 
 func (x *TeardownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[14]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -915,7 +972,7 @@ func (x *TeardownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TeardownRequest.ProtoReflect.Descriptor instead.
 func (*TeardownRequest) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{14}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *TeardownRequest) GetNode() string {
@@ -933,7 +990,7 @@ type TeardownResponse struct {
 
 func (x *TeardownResponse) Reset() {
 	*x = TeardownResponse{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[15]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -945,7 +1002,7 @@ func (x *TeardownResponse) String() string {
 func (*TeardownResponse) ProtoMessage() {}
 
 func (x *TeardownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[15]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -958,7 +1015,7 @@ func (x *TeardownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TeardownResponse.ProtoReflect.Descriptor instead.
 func (*TeardownResponse) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{15}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{16}
 }
 
 type NodeSecretRequest struct {
@@ -970,7 +1027,7 @@ type NodeSecretRequest struct {
 
 func (x *NodeSecretRequest) Reset() {
 	*x = NodeSecretRequest{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[16]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -982,7 +1039,7 @@ func (x *NodeSecretRequest) String() string {
 func (*NodeSecretRequest) ProtoMessage() {}
 
 func (x *NodeSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[16]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -995,7 +1052,7 @@ func (x *NodeSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeSecretRequest.ProtoReflect.Descriptor instead.
 func (*NodeSecretRequest) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{16}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *NodeSecretRequest) GetNode() string {
@@ -1016,7 +1073,7 @@ type NodeSecretResponse struct {
 
 func (x *NodeSecretResponse) Reset() {
 	*x = NodeSecretResponse{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[17]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1028,7 +1085,7 @@ func (x *NodeSecretResponse) String() string {
 func (*NodeSecretResponse) ProtoMessage() {}
 
 func (x *NodeSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[17]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1041,7 +1098,7 @@ func (x *NodeSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeSecretResponse.ProtoReflect.Descriptor instead.
 func (*NodeSecretResponse) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{17}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *NodeSecretResponse) GetSecret() []byte {
@@ -1067,7 +1124,7 @@ type PurgeRequest struct {
 
 func (x *PurgeRequest) Reset() {
 	*x = PurgeRequest{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[18]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1079,7 +1136,7 @@ func (x *PurgeRequest) String() string {
 func (*PurgeRequest) ProtoMessage() {}
 
 func (x *PurgeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[18]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1092,7 +1149,7 @@ func (x *PurgeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeRequest.ProtoReflect.Descriptor instead.
 func (*PurgeRequest) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{18}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PurgeRequest) GetNode() string {
@@ -1110,7 +1167,7 @@ type PurgeResponse struct {
 
 func (x *PurgeResponse) Reset() {
 	*x = PurgeResponse{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[19]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1122,7 +1179,7 @@ func (x *PurgeResponse) String() string {
 func (*PurgeResponse) ProtoMessage() {}
 
 func (x *PurgeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[19]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1135,7 +1192,7 @@ func (x *PurgeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeResponse.ProtoReflect.Descriptor instead.
 func (*PurgeResponse) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{19}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{20}
 }
 
 type CommandsRequest struct {
@@ -1146,7 +1203,7 @@ type CommandsRequest struct {
 
 func (x *CommandsRequest) Reset() {
 	*x = CommandsRequest{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[20]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1158,7 +1215,7 @@ func (x *CommandsRequest) String() string {
 func (*CommandsRequest) ProtoMessage() {}
 
 func (x *CommandsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[20]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1171,7 +1228,7 @@ func (x *CommandsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandsRequest.ProtoReflect.Descriptor instead.
 func (*CommandsRequest) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{20}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{21}
 }
 
 // CommandInfo describes one operator command.
@@ -1186,7 +1243,7 @@ type CommandInfo struct {
 
 func (x *CommandInfo) Reset() {
 	*x = CommandInfo{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[21]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1198,7 +1255,7 @@ func (x *CommandInfo) String() string {
 func (*CommandInfo) ProtoMessage() {}
 
 func (x *CommandInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[21]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1211,7 +1268,7 @@ func (x *CommandInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandInfo.ProtoReflect.Descriptor instead.
 func (*CommandInfo) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{21}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CommandInfo) GetName() string {
@@ -1237,7 +1294,7 @@ type CommandsResponse struct {
 
 func (x *CommandsResponse) Reset() {
 	*x = CommandsResponse{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[22]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1249,7 +1306,7 @@ func (x *CommandsResponse) String() string {
 func (*CommandsResponse) ProtoMessage() {}
 
 func (x *CommandsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[22]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1262,7 +1319,7 @@ func (x *CommandsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandsResponse.ProtoReflect.Descriptor instead.
 func (*CommandsResponse) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{22}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CommandsResponse) GetCommands() []*CommandInfo {
@@ -1285,7 +1342,7 @@ type RunCommandRequest struct {
 
 func (x *RunCommandRequest) Reset() {
 	*x = RunCommandRequest{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[23]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1297,7 +1354,7 @@ func (x *RunCommandRequest) String() string {
 func (*RunCommandRequest) ProtoMessage() {}
 
 func (x *RunCommandRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[23]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1310,7 +1367,7 @@ func (x *RunCommandRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunCommandRequest.ProtoReflect.Descriptor instead.
 func (*RunCommandRequest) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{23}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RunCommandRequest) GetName() string {
@@ -1347,7 +1404,7 @@ type RunCommandResponse struct {
 
 func (x *RunCommandResponse) Reset() {
 	*x = RunCommandResponse{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[24]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1359,7 +1416,7 @@ func (x *RunCommandResponse) String() string {
 func (*RunCommandResponse) ProtoMessage() {}
 
 func (x *RunCommandResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[24]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1372,7 +1429,7 @@ func (x *RunCommandResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunCommandResponse.ProtoReflect.Descriptor instead.
 func (*RunCommandResponse) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{24}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RunCommandResponse) GetOutput() string {
@@ -1398,7 +1455,7 @@ type LinkStatsRequest struct {
 
 func (x *LinkStatsRequest) Reset() {
 	*x = LinkStatsRequest{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[25]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1410,7 +1467,7 @@ func (x *LinkStatsRequest) String() string {
 func (*LinkStatsRequest) ProtoMessage() {}
 
 func (x *LinkStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[25]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1423,7 +1480,7 @@ func (x *LinkStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LinkStatsRequest.ProtoReflect.Descriptor instead.
 func (*LinkStatsRequest) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{25}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *LinkStatsRequest) GetNode() string {
@@ -1449,7 +1506,7 @@ type TopicStats struct {
 
 func (x *TopicStats) Reset() {
 	*x = TopicStats{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[26]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1461,7 +1518,7 @@ func (x *TopicStats) String() string {
 func (*TopicStats) ProtoMessage() {}
 
 func (x *TopicStats) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[26]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1474,7 +1531,7 @@ func (x *TopicStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopicStats.ProtoReflect.Descriptor instead.
 func (*TopicStats) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{26}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *TopicStats) GetName() string {
@@ -1526,7 +1583,7 @@ type LinkStatsResponse struct {
 
 func (x *LinkStatsResponse) Reset() {
 	*x = LinkStatsResponse{}
-	mi := &file_launcher_proto_launcher_proto_msgTypes[27]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1538,7 +1595,7 @@ func (x *LinkStatsResponse) String() string {
 func (*LinkStatsResponse) ProtoMessage() {}
 
 func (x *LinkStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_launcher_proto_launcher_proto_msgTypes[27]
+	mi := &file_launcher_proto_launcher_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1551,7 +1608,7 @@ func (x *LinkStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LinkStatsResponse.ProtoReflect.Descriptor instead.
 func (*LinkStatsResponse) Descriptor() ([]byte, []int) {
-	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{27}
+	return file_launcher_proto_launcher_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *LinkStatsResponse) GetConnected() bool {
@@ -1618,12 +1675,15 @@ const file_launcher_proto_launcher_proto_rawDesc = "" +
 	"\aversion\x18\x03 \x01(\tR\aversion\x12#\n" +
 	"\rvalidate_only\x18\x04 \x01(\bR\fvalidateOnly\"\x1b\n" +
 	"\x05Value\x12\x12\n" +
-	"\x04json\x18\x01 \x01(\fR\x04json\"m\n" +
+	"\x04json\x18\x01 \x01(\fR\x04json\"\x9b\x01\n" +
 	"\n" +
 	"NodeConfig\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06labels\x18\x02 \x03(\tR\x06labels\x123\n" +
-	"\x06config\x18\x03 \x01(\v2\x1b.conveyor.launcher.v1.ValueR\x06config\"\xaf\x01\n" +
+	"\x06config\x18\x03 \x01(\v2\x1b.conveyor.launcher.v1.ValueR\x06config\x12,\n" +
+	"\x12approved_host_keys\x18\x04 \x03(\tR\x10approvedHostKeys\"3\n" +
+	"\x0fPendingApproval\x12 \n" +
+	"\vfingerprint\x18\x01 \x01(\tR\vfingerprint\"\xaf\x01\n" +
 	"\x10ConfigureRequest\x12.\n" +
 	"\x04host\x18\x01 \x01(\v2\x1a.conveyor.launcher.v1.HostR\x04host\x123\n" +
 	"\x06global\x18\x02 \x01(\v2\x1b.conveyor.launcher.v1.ValueR\x06global\x126\n" +
@@ -1719,7 +1779,7 @@ func file_launcher_proto_launcher_proto_rawDescGZIP() []byte {
 	return file_launcher_proto_launcher_proto_rawDescData
 }
 
-var file_launcher_proto_launcher_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_launcher_proto_launcher_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_launcher_proto_launcher_proto_goTypes = []any{
 	(*InfoRequest)(nil),         // 0: conveyor.launcher.v1.InfoRequest
 	(*InfoResponse)(nil),        // 1: conveyor.launcher.v1.InfoResponse
@@ -1728,64 +1788,65 @@ var file_launcher_proto_launcher_proto_goTypes = []any{
 	(*Host)(nil),                // 4: conveyor.launcher.v1.Host
 	(*Value)(nil),               // 5: conveyor.launcher.v1.Value
 	(*NodeConfig)(nil),          // 6: conveyor.launcher.v1.NodeConfig
-	(*ConfigureRequest)(nil),    // 7: conveyor.launcher.v1.ConfigureRequest
-	(*ConfigError)(nil),         // 8: conveyor.launcher.v1.ConfigError
-	(*ConfigureResponse)(nil),   // 9: conveyor.launcher.v1.ConfigureResponse
-	(*LaunchClientMessage)(nil), // 10: conveyor.launcher.v1.LaunchClientMessage
-	(*Frames)(nil),              // 11: conveyor.launcher.v1.Frames
-	(*Launched)(nil),            // 12: conveyor.launcher.v1.Launched
-	(*LaunchServerMessage)(nil), // 13: conveyor.launcher.v1.LaunchServerMessage
-	(*TeardownRequest)(nil),     // 14: conveyor.launcher.v1.TeardownRequest
-	(*TeardownResponse)(nil),    // 15: conveyor.launcher.v1.TeardownResponse
-	(*NodeSecretRequest)(nil),   // 16: conveyor.launcher.v1.NodeSecretRequest
-	(*NodeSecretResponse)(nil),  // 17: conveyor.launcher.v1.NodeSecretResponse
-	(*PurgeRequest)(nil),        // 18: conveyor.launcher.v1.PurgeRequest
-	(*PurgeResponse)(nil),       // 19: conveyor.launcher.v1.PurgeResponse
-	(*CommandsRequest)(nil),     // 20: conveyor.launcher.v1.CommandsRequest
-	(*CommandInfo)(nil),         // 21: conveyor.launcher.v1.CommandInfo
-	(*CommandsResponse)(nil),    // 22: conveyor.launcher.v1.CommandsResponse
-	(*RunCommandRequest)(nil),   // 23: conveyor.launcher.v1.RunCommandRequest
-	(*RunCommandResponse)(nil),  // 24: conveyor.launcher.v1.RunCommandResponse
-	(*LinkStatsRequest)(nil),    // 25: conveyor.launcher.v1.LinkStatsRequest
-	(*TopicStats)(nil),          // 26: conveyor.launcher.v1.TopicStats
-	(*LinkStatsResponse)(nil),   // 27: conveyor.launcher.v1.LinkStatsResponse
-	(*hclspec.Spec)(nil),        // 28: conveyor.hclspec.v1.Spec
+	(*PendingApproval)(nil),     // 7: conveyor.launcher.v1.PendingApproval
+	(*ConfigureRequest)(nil),    // 8: conveyor.launcher.v1.ConfigureRequest
+	(*ConfigError)(nil),         // 9: conveyor.launcher.v1.ConfigError
+	(*ConfigureResponse)(nil),   // 10: conveyor.launcher.v1.ConfigureResponse
+	(*LaunchClientMessage)(nil), // 11: conveyor.launcher.v1.LaunchClientMessage
+	(*Frames)(nil),              // 12: conveyor.launcher.v1.Frames
+	(*Launched)(nil),            // 13: conveyor.launcher.v1.Launched
+	(*LaunchServerMessage)(nil), // 14: conveyor.launcher.v1.LaunchServerMessage
+	(*TeardownRequest)(nil),     // 15: conveyor.launcher.v1.TeardownRequest
+	(*TeardownResponse)(nil),    // 16: conveyor.launcher.v1.TeardownResponse
+	(*NodeSecretRequest)(nil),   // 17: conveyor.launcher.v1.NodeSecretRequest
+	(*NodeSecretResponse)(nil),  // 18: conveyor.launcher.v1.NodeSecretResponse
+	(*PurgeRequest)(nil),        // 19: conveyor.launcher.v1.PurgeRequest
+	(*PurgeResponse)(nil),       // 20: conveyor.launcher.v1.PurgeResponse
+	(*CommandsRequest)(nil),     // 21: conveyor.launcher.v1.CommandsRequest
+	(*CommandInfo)(nil),         // 22: conveyor.launcher.v1.CommandInfo
+	(*CommandsResponse)(nil),    // 23: conveyor.launcher.v1.CommandsResponse
+	(*RunCommandRequest)(nil),   // 24: conveyor.launcher.v1.RunCommandRequest
+	(*RunCommandResponse)(nil),  // 25: conveyor.launcher.v1.RunCommandResponse
+	(*LinkStatsRequest)(nil),    // 26: conveyor.launcher.v1.LinkStatsRequest
+	(*TopicStats)(nil),          // 27: conveyor.launcher.v1.TopicStats
+	(*LinkStatsResponse)(nil),   // 28: conveyor.launcher.v1.LinkStatsResponse
+	(*hclspec.Spec)(nil),        // 29: conveyor.hclspec.v1.Spec
 }
 var file_launcher_proto_launcher_proto_depIdxs = []int32{
-	28, // 0: conveyor.launcher.v1.SchemaResponse.global:type_name -> conveyor.hclspec.v1.Spec
-	28, // 1: conveyor.launcher.v1.SchemaResponse.node:type_name -> conveyor.hclspec.v1.Spec
+	29, // 0: conveyor.launcher.v1.SchemaResponse.global:type_name -> conveyor.hclspec.v1.Spec
+	29, // 1: conveyor.launcher.v1.SchemaResponse.node:type_name -> conveyor.hclspec.v1.Spec
 	5,  // 2: conveyor.launcher.v1.NodeConfig.config:type_name -> conveyor.launcher.v1.Value
 	4,  // 3: conveyor.launcher.v1.ConfigureRequest.host:type_name -> conveyor.launcher.v1.Host
 	5,  // 4: conveyor.launcher.v1.ConfigureRequest.global:type_name -> conveyor.launcher.v1.Value
 	6,  // 5: conveyor.launcher.v1.ConfigureRequest.nodes:type_name -> conveyor.launcher.v1.NodeConfig
-	8,  // 6: conveyor.launcher.v1.ConfigureResponse.errors:type_name -> conveyor.launcher.v1.ConfigError
+	9,  // 6: conveyor.launcher.v1.ConfigureResponse.errors:type_name -> conveyor.launcher.v1.ConfigError
 	6,  // 7: conveyor.launcher.v1.LaunchClientMessage.launch:type_name -> conveyor.launcher.v1.NodeConfig
-	11, // 8: conveyor.launcher.v1.LaunchClientMessage.frames:type_name -> conveyor.launcher.v1.Frames
-	12, // 9: conveyor.launcher.v1.LaunchServerMessage.launched:type_name -> conveyor.launcher.v1.Launched
-	11, // 10: conveyor.launcher.v1.LaunchServerMessage.frames:type_name -> conveyor.launcher.v1.Frames
-	21, // 11: conveyor.launcher.v1.CommandsResponse.commands:type_name -> conveyor.launcher.v1.CommandInfo
+	12, // 8: conveyor.launcher.v1.LaunchClientMessage.frames:type_name -> conveyor.launcher.v1.Frames
+	13, // 9: conveyor.launcher.v1.LaunchServerMessage.launched:type_name -> conveyor.launcher.v1.Launched
+	12, // 10: conveyor.launcher.v1.LaunchServerMessage.frames:type_name -> conveyor.launcher.v1.Frames
+	22, // 11: conveyor.launcher.v1.CommandsResponse.commands:type_name -> conveyor.launcher.v1.CommandInfo
 	6,  // 12: conveyor.launcher.v1.RunCommandRequest.nodes:type_name -> conveyor.launcher.v1.NodeConfig
-	26, // 13: conveyor.launcher.v1.LinkStatsResponse.topics:type_name -> conveyor.launcher.v1.TopicStats
+	27, // 13: conveyor.launcher.v1.LinkStatsResponse.topics:type_name -> conveyor.launcher.v1.TopicStats
 	0,  // 14: conveyor.launcher.v1.Launcher.Info:input_type -> conveyor.launcher.v1.InfoRequest
 	2,  // 15: conveyor.launcher.v1.Launcher.Schema:input_type -> conveyor.launcher.v1.SchemaRequest
-	7,  // 16: conveyor.launcher.v1.Launcher.Configure:input_type -> conveyor.launcher.v1.ConfigureRequest
-	10, // 17: conveyor.launcher.v1.Launcher.Launch:input_type -> conveyor.launcher.v1.LaunchClientMessage
-	14, // 18: conveyor.launcher.v1.Launcher.Teardown:input_type -> conveyor.launcher.v1.TeardownRequest
-	18, // 19: conveyor.launcher.v1.Launcher.Purge:input_type -> conveyor.launcher.v1.PurgeRequest
-	20, // 20: conveyor.launcher.v1.Launcher.Commands:input_type -> conveyor.launcher.v1.CommandsRequest
-	23, // 21: conveyor.launcher.v1.Launcher.RunCommand:input_type -> conveyor.launcher.v1.RunCommandRequest
-	25, // 22: conveyor.launcher.v1.Launcher.LinkStats:input_type -> conveyor.launcher.v1.LinkStatsRequest
-	16, // 23: conveyor.launcher.v1.SecretManager.NodeSecret:input_type -> conveyor.launcher.v1.NodeSecretRequest
+	8,  // 16: conveyor.launcher.v1.Launcher.Configure:input_type -> conveyor.launcher.v1.ConfigureRequest
+	11, // 17: conveyor.launcher.v1.Launcher.Launch:input_type -> conveyor.launcher.v1.LaunchClientMessage
+	15, // 18: conveyor.launcher.v1.Launcher.Teardown:input_type -> conveyor.launcher.v1.TeardownRequest
+	19, // 19: conveyor.launcher.v1.Launcher.Purge:input_type -> conveyor.launcher.v1.PurgeRequest
+	21, // 20: conveyor.launcher.v1.Launcher.Commands:input_type -> conveyor.launcher.v1.CommandsRequest
+	24, // 21: conveyor.launcher.v1.Launcher.RunCommand:input_type -> conveyor.launcher.v1.RunCommandRequest
+	26, // 22: conveyor.launcher.v1.Launcher.LinkStats:input_type -> conveyor.launcher.v1.LinkStatsRequest
+	17, // 23: conveyor.launcher.v1.SecretManager.NodeSecret:input_type -> conveyor.launcher.v1.NodeSecretRequest
 	1,  // 24: conveyor.launcher.v1.Launcher.Info:output_type -> conveyor.launcher.v1.InfoResponse
 	3,  // 25: conveyor.launcher.v1.Launcher.Schema:output_type -> conveyor.launcher.v1.SchemaResponse
-	9,  // 26: conveyor.launcher.v1.Launcher.Configure:output_type -> conveyor.launcher.v1.ConfigureResponse
-	13, // 27: conveyor.launcher.v1.Launcher.Launch:output_type -> conveyor.launcher.v1.LaunchServerMessage
-	15, // 28: conveyor.launcher.v1.Launcher.Teardown:output_type -> conveyor.launcher.v1.TeardownResponse
-	19, // 29: conveyor.launcher.v1.Launcher.Purge:output_type -> conveyor.launcher.v1.PurgeResponse
-	22, // 30: conveyor.launcher.v1.Launcher.Commands:output_type -> conveyor.launcher.v1.CommandsResponse
-	24, // 31: conveyor.launcher.v1.Launcher.RunCommand:output_type -> conveyor.launcher.v1.RunCommandResponse
-	27, // 32: conveyor.launcher.v1.Launcher.LinkStats:output_type -> conveyor.launcher.v1.LinkStatsResponse
-	17, // 33: conveyor.launcher.v1.SecretManager.NodeSecret:output_type -> conveyor.launcher.v1.NodeSecretResponse
+	10, // 26: conveyor.launcher.v1.Launcher.Configure:output_type -> conveyor.launcher.v1.ConfigureResponse
+	14, // 27: conveyor.launcher.v1.Launcher.Launch:output_type -> conveyor.launcher.v1.LaunchServerMessage
+	16, // 28: conveyor.launcher.v1.Launcher.Teardown:output_type -> conveyor.launcher.v1.TeardownResponse
+	20, // 29: conveyor.launcher.v1.Launcher.Purge:output_type -> conveyor.launcher.v1.PurgeResponse
+	23, // 30: conveyor.launcher.v1.Launcher.Commands:output_type -> conveyor.launcher.v1.CommandsResponse
+	25, // 31: conveyor.launcher.v1.Launcher.RunCommand:output_type -> conveyor.launcher.v1.RunCommandResponse
+	28, // 32: conveyor.launcher.v1.Launcher.LinkStats:output_type -> conveyor.launcher.v1.LinkStatsResponse
+	18, // 33: conveyor.launcher.v1.SecretManager.NodeSecret:output_type -> conveyor.launcher.v1.NodeSecretResponse
 	24, // [24:34] is the sub-list for method output_type
 	14, // [14:24] is the sub-list for method input_type
 	14, // [14:14] is the sub-list for extension type_name
@@ -1798,12 +1859,12 @@ func file_launcher_proto_launcher_proto_init() {
 	if File_launcher_proto_launcher_proto != nil {
 		return
 	}
-	file_launcher_proto_launcher_proto_msgTypes[10].OneofWrappers = []any{
+	file_launcher_proto_launcher_proto_msgTypes[11].OneofWrappers = []any{
 		(*LaunchClientMessage_Launch)(nil),
 		(*LaunchClientMessage_Frame)(nil),
 		(*LaunchClientMessage_Frames)(nil),
 	}
-	file_launcher_proto_launcher_proto_msgTypes[13].OneofWrappers = []any{
+	file_launcher_proto_launcher_proto_msgTypes[14].OneofWrappers = []any{
 		(*LaunchServerMessage_Launched)(nil),
 		(*LaunchServerMessage_Frame)(nil),
 		(*LaunchServerMessage_Frames)(nil),
@@ -1814,7 +1875,7 @@ func file_launcher_proto_launcher_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_launcher_proto_launcher_proto_rawDesc), len(file_launcher_proto_launcher_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   28,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

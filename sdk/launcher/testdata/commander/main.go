@@ -16,6 +16,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 
@@ -68,7 +69,9 @@ func (c *commander) Configure(_ context.Context, cfg *launcher.Config) error {
 
 func (c *commander) Launch(_ context.Context, node *launcher.Node) (launcher.Conn, error) {
 	// Greetings "refuse" and "refuse-permanent" fail the launch, the
-	// second with a Permanent error.
+	// second with a Permanent error; "approve" waits for the approval of
+	// the fingerprint "SHA256:test" (ApprovalPending) until the host
+	// passes it among the node's approved keys.
 	var nc nodeConfig
 	_ = node.Decode(&nc)
 	switch nc.Greeting {
@@ -76,6 +79,10 @@ func (c *commander) Launch(_ context.Context, node *launcher.Node) (launcher.Con
 		return nil, fmt.Errorf("refused as asked")
 	case "refuse-permanent":
 		return nil, launcher.Permanent(fmt.Errorf("refused for good as asked"))
+	case "approve":
+		if !slices.Contains(node.ApprovedKeys, "SHA256:test") {
+			return nil, launcher.ApprovalPending("SHA256:test", fmt.Errorf("host key SHA256:test waits for approval"))
+		}
 	}
 	_ = c.Teardown(context.Background(), node.Name)
 	conn := &pongConn{out: make(chan []byte, 64), done: make(chan struct{})}

@@ -1,0 +1,12 @@
+launcher "local" {}
+
+node "n1" {
+  launcher = "local"
+  availability {
+    mode = "sometimes"
+  }
+}
+
+job "j" {
+  step "s" { run = "true" }
+}
