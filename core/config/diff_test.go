@@ -52,6 +52,9 @@ node "slower" {
 node "old" {
   launcher = "gone"
 }
+node "sometimes" {
+  launcher = "local"
+}
 job "kept" {
   step "s" { run = "true" }
 }
@@ -92,6 +95,13 @@ node "slower" {
 node "new" {
   launcher = "fresh"
 }
+node "sometimes" {
+  launcher = "local"
+  availability {
+    mode         = "on_demand"
+    idle_timeout = "5m"
+  }
+}
 job "kept" {
 
   step "s" { run = "true" }
@@ -113,7 +123,7 @@ func TestCompare(t *testing.T) {
 	want := &Diff{
 		JobsAdded: []string{"added"}, JobsChanged: []string{"edited"}, JobsRemoved: []string{"dropped"},
 		NodesAdded: []string{"new"}, NodesRemoved: []string{"old"},
-		NodesRelaunched: []string{"moved", "slower"}, NodesUpdated: []string{"relabelled"},
+		NodesRelaunched: []string{"moved", "slower", "sometimes"}, NodesUpdated: []string{"relabelled"},
 		LaunchersAdded: []string{"fresh"}, LaunchersChanged: []string{"local"}, LaunchersRemoved: []string{"gone"},
 		NeedsRestart: []string{"server.http_addr"},
 	}
