@@ -81,7 +81,8 @@ launcher "ssh" {
   max_concurrent_launches = 10
 }
 
-# A node is a place where builds run, reached through one launcher. The
+# A node is a place where builds run, reached through one launcher. A node
+# may set `shell` (see the job "login-shell" below) for the jobs run on it. The
 # block named after the launcher holds that launcher's per-node settings:
 # moving a node to another transport means changing `launcher` and that block.
 node "kafka-1" {
@@ -163,6 +164,34 @@ job "hello" {
 
   step "greet" {
     run = "echo \"$GREETING to $NAME ($MOOD), build $CONVEYOR_BUILD_NUMBER on $CONVEYOR_NODE\""
+  }
+}
+
+# Shell in HCL: a step's run is an HCL string, and HCL reads ${...} in it
+# as its own interpolation: run = "echo ${HOME}" is an error ("Variables
+# not allowed"; the message says so). To pass ${...} to the shell, write
+# $${...}; $HOME without braces needs nothing. A heredoc (<<-EOT ... EOT,
+# its indentation removed) suits multi-line scripts and takes the same
+# escape.
+#
+# shell: what the steps run under, the script appended as the last
+# argument. The default is ["/bin/sh", "-c"]: not a login shell, so
+# /etc/profile and ~/.profile are not read (~/.bashrc may be, through
+# Debian's bash) -- the same as Jenkins. A node's shell applies to every
+# job run on it, a job's wins over it. It needs a conveyor-agent that
+# knows the setting (one announcing the "shell" feature): an older agent
+# fails the step, saying so, rather than running it under /bin/sh.
+job "login-shell" {
+  labels = ["linux"]
+  shell  = ["bash", "-l", "-c"]
+
+  step "env" {
+    run = <<-EOT
+      for v in HOME PATH; do
+        echo "$v=$${!v}"
+      done
+      echo "on $${HOSTNAME:-unknown}"
+    EOT
   }
 }
 

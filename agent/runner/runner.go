@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -53,10 +54,19 @@ func (s Stream) String() string {
 	return "stdout"
 }
 
+// DefaultShell is what a step runs under when its Spec names no shell: not
+// a login shell, so /etc/profile and ~/.profile are not read.
+var DefaultShell = []string{"/bin/sh", "-c"}
+
 // Spec is one step to run.
 type Spec struct {
-	// Command runs as `sh -c Command`.
+	// Command runs as `/bin/sh -c Command`, or under Shell.
 	Command string
+	// Shell, when set, is the command line Command runs under, Command
+	// appended as its last argument (["bash", "-l", "-c"] for a login
+	// shell); empty means DefaultShell. Shell[0] is looked up in the
+	// agent's PATH when it holds no slash.
+	Shell []string
 	// Root is the directory holding every workspace (the agent's workdir).
 	Root string
 	// Workdir is the step's workspace, relative to Root, which it must not
@@ -151,7 +161,11 @@ func Run(ctx context.Context, spec Spec, out func(Stream, []byte)) Result {
 		}
 		pumps[i] = &pump{r: r, w: w, s: s}
 	}
-	cmd := exec.Command("/bin/sh", "-c", spec.Command)
+	shell := spec.Shell
+	if len(shell) == 0 {
+		shell = DefaultShell
+	}
+	cmd := exec.Command(shell[0], append(slices.Clone(shell[1:]), spec.Command)...)
 	cmd.Dir, cmd.Env = dir, append([]string{}, spec.Env...)
 	cmd.Stdin = nil    // /dev/null
 	var stdin *os.File // the parent's end of the step's stdin pipe

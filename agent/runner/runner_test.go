@@ -77,6 +77,7 @@ func TestRun(t *testing.T) {
 		workdir   string
 		env       []string
 		timeout   time.Duration
+		shell     []string
 		code      int
 		errPrefix string
 		stdout    string
@@ -98,6 +99,9 @@ func TestRun(t *testing.T) {
 		{name: "timeout", cmd: "echo started; sleep 60", timeout: 200 * time.Millisecond, code: -1, errPrefix: "timed out after 200ms", stdout: "started\n"},
 		{name: "killed by a signal", cmd: "kill -9 $$", code: -1, errPrefix: "killed by signal"},
 		{name: "command not found", cmd: "no-such-command-xyz", code: 127},
+		{name: "shell bash", cmd: `a=(x y z); echo "${a[2]} ${BASH_VERSION:+bash}"`, shell: []string{"bash", "-c"}, stdout: "z bash\n"},
+		{name: "shell args before the script", cmd: `case $- in *e*) echo errexit;; esac`, shell: []string{"/bin/sh", "-e", "-c"}, stdout: "errexit\n"},
+		{name: "shell not found", cmd: "true", shell: []string{"no-such-shell-xyz", "-c"}, code: -1, errPrefix: "start"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			root := filepath.Join(t.TempDir(), "ws")
@@ -108,7 +112,7 @@ func TestRun(t *testing.T) {
 				t.Fatal(err)
 			}
 			c := newCollector()
-			res := Run(context.Background(), Spec{Command: tc.cmd, Root: root, Workdir: tc.workdir, Env: tc.env, Timeout: tc.timeout, Grace: time.Second}, c.write)
+			res := Run(context.Background(), Spec{Command: tc.cmd, Root: root, Workdir: tc.workdir, Env: tc.env, Timeout: tc.timeout, Shell: tc.shell, Grace: time.Second}, c.write)
 			if res.Code != tc.code || !strings.HasPrefix(res.Error, tc.errPrefix) || (tc.errPrefix == "" && res.Error != "") {
 				t.Fatalf("result %+v, want code %d, error starting with %q", res, tc.code, tc.errPrefix)
 			}

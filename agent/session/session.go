@@ -129,8 +129,8 @@ const maxPendingChallenges = 16
 const maxHelloNonces = 8
 
 // Features are what the agent announces in its Hello beyond the frames
-// of every agent (wire.FeatureCollect, wire.FeatureStdin).
-var Features = []string{wire.FeatureCollect, wire.FeatureStdin}
+// of every agent (wire.FeatureCollect, wire.FeatureStdin, wire.FeatureShell).
+var Features = []string{wire.FeatureCollect, wire.FeatureStdin, wire.FeatureShell}
 
 // Counters count the frames the agent dropped.
 type Counters struct {
@@ -1031,6 +1031,7 @@ func (a *Agent) start(s *sess, m *wire.RunStep) {
 	}
 	spec := runner.Spec{
 		Command: m.Command,
+		Shell:   m.Shell,
 		Root:    a.cfg.Workdir,
 		Workdir: m.Workdir,
 		Env:     env,

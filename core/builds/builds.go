@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -34,7 +35,7 @@ var (
 
 // Service runs builds.
 type Service struct {
-	cfg   *config.Config
+	cfg   atomic.Pointer[config.Config] // SetConfig swaps it (a reload)
 	store *store.Store
 	nodes *nodes.Manager
 	sched *scheduler.Scheduler
@@ -80,9 +81,17 @@ type Observer interface {
 // New returns a service over the store and nodes; obs, when not nil, is
 // told of every build's start and end.
 func New(cfg *config.Config, st *store.Store, nm *nodes.Manager, obs Observer, logger hclog.Logger) *Service {
-	return &Service{cfg: cfg, store: st, nodes: nm, sched: scheduler.New(nm), obs: obs, log: logger,
+	s := &Service{store: st, nodes: nm, sched: scheduler.New(nm), obs: obs, log: logger,
 		active: map[string]*active{}, unsaved: map[string]*store.Build{}}
+	s.cfg.Store(cfg)
+	return s
 }
+
+// SetConfig makes cfg's jobs the ones builds are triggered of (a reload).
+// Queued and running builds keep the job definition they were triggered
+// with; a removed job's builds finish, then its history stays in the
+// store, out of the API until the job comes back.
+func (s *Service) SetConfig(cfg *config.Config) { s.cfg.Store(cfg) }
 
 // Queued is how many builds wait in the queue.
 func (s *Service) Queued() int { return len(s.sched.Queued()) }
@@ -123,7 +132,7 @@ func (s *Service) Recover() error {
 // reattach resumes build b, which was running when the server stopped, if
 // its node's session was restored and knows its running step.
 func (s *Service) reattach(b *store.Build) (bool, error) {
-	j, n := s.cfg.Job(b.Job), s.nodes.Get(b.Node)
+	j, n := s.cfg.Load().Job(b.Job), s.nodes.Get(b.Node)
 	if j == nil || n == nil || len(b.Steps) == 0 || len(b.Steps) > len(j.Steps) {
 		return false, nil
 	}
@@ -202,7 +211,7 @@ func (s *Service) Run(ctx context.Context) {
 // Only the parameters the job declares are taken, their defaults applied:
 // anything else is a *config.ParamError and queues nothing.
 func (s *Service) Trigger(job string, params map[string]string) (*store.Build, error) {
-	j := s.cfg.Job(job)
+	j := s.cfg.Load().Job(job)
 	if j == nil {
 		return nil, fmt.Errorf("%w: %q", ErrUnknownJob, job)
 	}
@@ -237,7 +246,7 @@ func (s *Service) Get(job string, n int) (*store.Build, error) {
 		return copyBuild(b), nil
 	}
 	s.mu.Unlock()
-	if s.cfg.Job(job) == nil {
+	if s.cfg.Load().Job(job) == nil {
 		return nil, fmt.Errorf("%w: %q", ErrUnknownJob, job)
 	}
 	return s.store.Get(job, n)
@@ -245,7 +254,7 @@ func (s *Service) Get(job string, n int) (*store.Build, error) {
 
 // List returns the builds of job, newest first.
 func (s *Service) List(job string, limit int) ([]*store.Build, error) {
-	if s.cfg.Job(job) == nil {
+	if s.cfg.Load().Job(job) == nil {
 		return nil, fmt.Errorf("%w: %q", ErrUnknownJob, job)
 	}
 	list, err := s.store.List(job, limit)
@@ -511,7 +520,7 @@ func (s *Service) runSteps(ctx context.Context, a *active, job *config.Job, n *n
 				b.Steps = append(b.Steps, store.Step{Name: st.Name, Status: store.StatusRunning, StartedAt: started, LogOffset: logf.Size()})
 			})
 			req := &wire.RunStep{BuildID: key, StepIndex: uint32(i), StepName: st.Name, Command: st.Run, Env: env,
-				Workdir: workspace(job, a.build)}
+				Workdir: workspace(job, a.build), Shell: config.StepShell(job, n.Config())}
 			if dl, ok := ctx.Deadline(); ok {
 				req.TimeoutMillis = uint64(max(time.Until(dl).Milliseconds(), 1))
 			}
@@ -592,7 +601,7 @@ func (s *Service) env(job *config.Job, b *store.Build, n *nodes.Node) []wire.Env
 	vars["CONVEYOR_JOB"] = job.Name
 	vars["CONVEYOR_BUILD_NUMBER"] = strconv.Itoa(b.Number)
 	vars["CONVEYOR_NODE"] = n.Name()
-	vars["CONVEYOR_SERVER"] = s.cfg.Server.Name
+	vars["CONVEYOR_SERVER"] = s.cfg.Load().Server.Name
 	out := make([]wire.EnvVar, 0, len(vars))
 	for _, k := range slices.Sorted(maps.Keys(vars)) {
 		out = append(out, wire.EnvVar{Name: k, Value: vars[k]})

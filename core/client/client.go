@@ -307,3 +307,28 @@ func (c *Client) RevokeToken(ctx context.Context, name string) (*store.Token, er
 	var out store.Token
 	return &out, c.do(ctx, http.MethodDelete, "/v1/tokens/"+url.PathEscape(name), nil, &out)
 }
+
+// Reload has the server load its configuration again (admin role); with
+// force, nodes and launchers are relaunched without waiting for their
+// running builds. A configuration the server refused comes back as the
+// result (OK false, Error saying why) with a nil error.
+func (c *Client) Reload(ctx context.Context, force bool) (*server.ReloadResult, error) {
+	var r server.ReloadResult
+	path := "/v1/reload"
+	if force {
+		path += "?force=true"
+	}
+	err := c.do(ctx, http.MethodPost, path, nil, &r)
+	var ae *APIError
+	if errors.As(err, &ae) && ae.Status == http.StatusUnprocessableEntity && json.Unmarshal(ae.Body, &r) == nil {
+		return &r, nil
+	}
+	return &r, err
+}
+
+// LastReload is the outcome of the server's last configuration reload
+// (zero before the first).
+func (c *Client) LastReload(ctx context.Context) (*server.ReloadResult, error) {
+	var r server.ReloadResult
+	return &r, c.do(ctx, http.MethodGet, "/v1/reload", nil, &r)
+}

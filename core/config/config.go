@@ -143,6 +143,10 @@ type Node struct {
 	// default, 60s or the session timeout when shorter). It is at most
 	// the session timeout.
 	WriteTimeout time.Duration
+	// Shell is the command line the node's steps run under, the step's
+	// script appended as its last argument (shell = ["bash", "-l", "-c"]);
+	// nil means the agent's default, DefaultShell. A job's shell wins.
+	Shell []string
 	// Availability says when the node is kept online.
 	Availability Availability
 	// Body is the body of the node's block named after its launcher; when
@@ -169,6 +173,9 @@ type Job struct {
 	Timeout time.Duration
 	// Env holds extra environment variables for the steps; nil when unset.
 	Env map[string]string
+	// Shell is the command line the job's steps run under (see
+	// Node.Shell); nil leaves it to the node.
+	Shell []string
 	// Params are the build parameters a trigger may set (param blocks),
 	// in declaration order; a trigger may set no other.
 	Params []Param

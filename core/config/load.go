@@ -92,6 +92,8 @@ type nodeBlock struct {
 	SessionRange   hcl.Range            `hcl:"session_timeout,attr_value_range"`
 	Write          *string              `hcl:"write_timeout,optional"`
 	WriteRange     hcl.Range            `hcl:"write_timeout,attr_value_range"`
+	Shell          []string             `hcl:"shell,optional"`
+	ShellRange     hcl.Range            `hcl:"shell,attr_value_range"`
 	Availability   []*availabilityBlock `hcl:"availability,block"`
 	Remain         hcl.Body             `hcl:",remain"`
 	DefRange       hcl.Range            `hcl:",def_range"`
@@ -109,6 +111,8 @@ type jobBlock struct {
 	Artifacts    hcl.Expression    `hcl:"artifacts,optional"`
 	MaxMiB       *int              `hcl:"artifacts_max_mib,optional"`
 	MaxMiBRange  hcl.Range         `hcl:"artifacts_max_mib,attr_value_range"`
+	Shell        []string          `hcl:"shell,optional"`
+	ShellRange   hcl.Range         `hcl:"shell,attr_value_range"`
 	Params       []*paramBlock     `hcl:"param,block"`
 	Steps        []*stepBlock      `hcl:"step,block"`
 	DefRange     hcl.Range         `hcl:",def_range"`
@@ -226,7 +230,7 @@ func load(ctx context.Context, paths []string) (*Config, hcl.Diagnostics) {
 	diags = append(diags, c.buildNodes(all.Nodes)...)
 	diags = append(diags, c.buildJobs(all.Jobs)...)
 	diags = append(diags, c.checkRunnable(all.Jobs)...)
-	return c, c.Redact(sortDiags(dropUnknownCascades(diags), files))
+	return c, c.Redact(sortDiags(shellEscapeHints(dropUnknownCascades(diags), c.Files), files))
 }
 
 // readConfigFile reads the configuration file name, a regular file of at
@@ -573,6 +577,8 @@ func (c *Config) buildNodes(blocks []*nodeBlock) hcl.Diagnostics {
 		diags = append(diags, duration("heartbeat_timeout", b.Heartbeat, b.HeartbeatRange, &n.HeartbeatTimeout)...)
 		diags = append(diags, duration("session_timeout", b.Session, b.SessionRange, &n.SessionTimeout)...)
 		diags = append(diags, duration("write_timeout", b.Write, b.WriteRange, &n.WriteTimeout)...)
+		n.Shell = b.Shell
+		diags = append(diags, checkShell(b.Shell, b.ShellRange)...)
 		if session := cmp.Or(n.SessionTimeout, DefaultSessionTimeout); n.WriteTimeout > session {
 			diags = diags.Append(errorAt(b.WriteRange, "Invalid write_timeout",
 				fmt.Sprintf("The write_timeout (%s) must not exceed the node's session_timeout (%s): a write the disk refuses holds the node's builds at most as long as a lost agent.", n.WriteTimeout, session)))
@@ -640,7 +646,8 @@ func (c *Config) buildJobs(blocks []*jobBlock) hcl.Diagnostics {
 	for _, b := range blocks {
 		diags = append(diags, checkName("job", b.Name, b.NameRange)...)
 		diags = append(diags, checkDuplicate("job", b.Name, b.DefRange, seen)...)
-		j := &Job{Name: b.Name, Labels: b.Labels, Env: b.Env, DefRange: b.DefRange}
+		j := &Job{Name: b.Name, Labels: b.Labels, Env: b.Env, Shell: b.Shell, DefRange: b.DefRange}
+		diags = append(diags, checkShell(b.Shell, b.ShellRange)...)
 		diags = append(diags, duration("timeout", b.Timeout, b.TimeoutRange, &j.Timeout)...)
 		for _, k := range slices.Sorted(maps.Keys(b.Env)) {
 			if k == "" || strings.ContainsAny(k, "=\x00") {

@@ -283,6 +283,24 @@ func TestWebUI(t *testing.T) {
 		t.Errorf("the node page lacks %s", got)
 	}
 
+	// A reload's outcome shows on the nodes page.
+	c.WriteConfig(uiNodes, uiJob(gate)+`
+job "ui-added" {
+  labels = ["linux"]
+  step "s" { run = "true" }
+}`)
+	if res, err := c.API.Reload(context.Background(), false); err != nil || !res.OK {
+		t.Fatalf("reload: %+v, %v", res, err)
+	}
+	do("see the reload's outcome",
+		chromedp.Navigate(base+"/ui/nodes"),
+		chromedp.WaitVisible(chromedp.CSS(`#reload[data-ok="true"]`)),
+	)
+	if banner := eval("reload banner", `document.getElementById('reload').textContent`); !strings.Contains(banner, "Configuration reloaded") ||
+		!strings.Contains(banner, "job added: ui-added") {
+		t.Errorf("reload banner: %s", strings.Join(strings.Fields(banner), " "))
+	}
+
 	do("see the transport",
 		chromedp.Navigate(base+"/ui/transport"),
 		chromedp.WaitVisible(chromedp.CSS(`#transport-ui-1[data-state="online"]`)),

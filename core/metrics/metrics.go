@@ -57,6 +57,7 @@ type Metrics struct {
 	wait     *prometheus.HistogramVec
 	writes   *prometheus.CounterVec
 	authFail *prometheus.CounterVec
+	reloads  *prometheus.CounterVec
 	handler  http.Handler
 	snapshot *snapshot
 }
@@ -93,8 +94,15 @@ func New(src Sources) *Metrics {
 			m.authFail.WithLabelValues(surface, reason)
 		}
 	}
+	m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "config_reloads_total",
+		Help: "Configuration reloads (SIGHUP, conveyor reload), by result: success (the new configuration was applied, some changes may wait for running builds), failure (it was refused and nothing changed).",
+	}, []string{"result"})
+	for _, r := range []string{ReloadSuccess, ReloadFailure} {
+		m.reloads.WithLabelValues(r)
+	}
 	m.snapshot = &snapshot{src: src}
-	m.reg.MustRegister(m.builds, m.started, m.wait, m.writes, m.authFail, m.snapshot,
+	m.reg.MustRegister(m.builds, m.started, m.wait, m.writes, m.authFail, m.reloads, m.snapshot,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.handler = promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
 	return m
@@ -118,6 +126,17 @@ func (m *Metrics) WriteFailed(kind string) { m.writes.WithLabelValues(kind).Inc(
 func (m *Metrics) AuthFailure(surface, reason string) {
 	m.authFail.WithLabelValues(surface, reason).Inc()
 }
+
+// Results of a configuration reload (the result label of
+// conveyor_config_reloads_total).
+const (
+	ReloadSuccess = "success"
+	ReloadFailure = "failure"
+)
+
+// Reloaded counts a configuration reload with its result (ReloadSuccess
+// or ReloadFailure).
+func (m *Metrics) Reloaded(result string) { m.reloads.WithLabelValues(result).Inc() }
 
 // ServeHTTP serves the metrics in the Prometheus text format.
 func (m *Metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) { m.handler.ServeHTTP(w, r) }

@@ -279,7 +279,7 @@ func (m *Manager) teardown(ctx context.Context, n *Node) {
 // slots, showing the node as waiting for one meanwhile; it returns the
 // function that gives the slot back, or false when ctx ended first.
 func (m *Manager) launchSlot(ctx context.Context, n *Node) (func(), bool) {
-	slots := m.slots[n.cfg.Launcher]
+	slots := m.slotsOf(n.cfg.Launcher)
 	// "taken" is logged after the slot is, "released" before: the log
 	// never shows more launches at once than there were.
 	taken := func() {

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -56,7 +57,8 @@ var ErrMasterStopped = errors.New("master stopped")
 
 // Node is one configured node.
 type Node struct {
-	cfg    *config.Node
+	name   string
+	cfg    *config.Node // never replaced: see labelList, executors, shell
 	labels map[string]bool
 
 	mu     sync.Mutex
@@ -70,6 +72,19 @@ type Node struct {
 	hbTimeout time.Duration
 	agent     *session.Agent
 	desc      string
+	// retiring, when set, says why the node takes no new build: it is
+	// being removed or relaunched by a configuration reload once its
+	// running builds finish (see Remove, Replace).
+	retiring string
+	// labelList, executors and shell are what a reload may change in
+	// place (Manager.Update): cfg itself is never replaced.
+	labelList []string
+	executors int
+	shell     []string
+	// stop ends the node's connect loop (Run, Replace, Remove); done is
+	// closed when it returned.
+	stop context.CancelCauseFunc
+	done chan struct{}
 	// lost says why the node's session ended with its agent out of reach
 	// (the session timeout ran out); until the agent comes back, a
 	// relaunch keeps the node offline with it rather than launching.
@@ -98,10 +113,21 @@ type Node struct {
 }
 
 // Name is the node's name.
-func (n *Node) Name() string { return n.cfg.Name }
+func (n *Node) Name() string { return n.name }
+
+// Config is the node's configuration block.
+func (n *Node) Config() *config.Node {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c := *n.cfg
+	c.Labels, c.Executors, c.Shell = n.labelList, n.executors, n.shell
+	return &c
+}
 
 // Covers reports whether the node carries every label (its name counts).
 func (n *Node) Covers(labels []string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	for _, l := range labels {
 		if !n.labels[l] {
 			return false
@@ -133,6 +159,9 @@ type Status struct {
 	AgentVersion string            `json:"agent_version,omitempty"`
 	Platform     string            `json:"platform,omitempty"`
 	Dropped      *session.Counters `json:"dropped_frames,omitempty"`
+	// Retiring, when set, says why the node takes no new build (a reload
+	// removes or relaunches it once its running builds finish).
+	Retiring string `json:"retiring,omitempty"`
 	// AgentDropped is what the agent reported it dropped, by reason
 	// (forged, replayed, malformed, duplicate, hint, transport_malformed...),
 	// with its last heartbeat.
@@ -155,8 +184,8 @@ type Status struct {
 func (n *Node) Status() Status {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	st := Status{Name: n.cfg.Name, Launcher: n.cfg.Launcher, Labels: n.cfg.Labels, Executors: n.cfg.Executors,
-		Busy: n.busy, State: n.state, Reason: n.reason, Since: n.since, Description: n.desc,
+	st := Status{Name: n.cfg.Name, Launcher: n.cfg.Launcher, Labels: n.labelList, Executors: n.executors,
+		Busy: n.busy, State: n.state, Reason: n.reason, Since: n.since, Description: n.desc, Retiring: n.retiring,
 		Drain: n.drain, Availability: n.cfg.Availability.Mode, PendingHostKey: n.pendingKey}
 	if st.Availability == "" {
 		st.Availability = config.AvailabilityAlways
@@ -200,6 +229,16 @@ type Manager struct {
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced when capacity may have appeared
+
+	// listMu guards nodes (a reload adds, replaces and removes nodes) and
+	// runCtx, the context of Run while it runs (nil before and after).
+	listMu sync.RWMutex
+	runCtx context.Context
+	// retired counts the reload operations under way (see after);
+	// pending holds, by node, the last one's done channel.
+	retired sync.WaitGroup
+	pending map[string]<-chan struct{}
+	stopped bool // Run ended: no more reload operations
 }
 
 // Options tunes the sessions.
@@ -244,15 +283,24 @@ func NewManager(cfg *config.Config, pm *plugins.Manager, opts Options, logger hc
 			return nil // not a nil *plugins.Plugin in an interface
 		}}
 	for _, c := range cfg.Nodes {
-		if m.slots[c.Launcher] == nil {
-			limit := config.DefaultMaxConcurrentLaunches
-			if l := cfg.Launcher(c.Launcher); l != nil && l.MaxConcurrentLaunches > 0 {
-				limit = l.MaxConcurrentLaunches
-			}
-			m.slots[c.Launcher] = make(chan struct{}, limit)
+		m.nodes = append(m.nodes, m.newNode(c, cfg.Launcher(c.Launcher)))
+	}
+	return m
+}
+
+// newNode prepares the node of block c of launcher l (nil when the
+// configuration lacks it), restoring its persisted session and control
+// state.
+func (m *Manager) newNode(c *config.Node, l *config.Launcher) *Node {
+	opts, logger := m.opts, m.log
+	{
+		limit := 0
+		if l != nil {
+			limit = l.MaxConcurrentLaunches
 		}
-		n := &Node{cfg: c, labels: map[string]bool{c.Name: true}, state: StateOffline, reason: "not launched yet", since: time.Now(),
-			kicked: make(chan struct{}, 1)}
+		m.ensureSlots(c.Launcher, limit)
+		n := &Node{name: c.Name, cfg: c, labels: map[string]bool{c.Name: true}, state: StateOffline, reason: "not launched yet", since: time.Now(),
+			kicked: make(chan struct{}, 1), labelList: c.Labels, executors: c.Executors, shell: c.Shell}
 		if opts.Control != nil {
 			d, err := opts.Control.NodeDrain(c.Name)
 			if err != nil {
@@ -300,9 +348,8 @@ func NewManager(cfg *config.Config, pm *plugins.Manager, opts Options, logger hc
 		if opts.Store != nil {
 			m.restore(n, opts.Store)
 		}
-		m.nodes = append(m.nodes, n)
+		return n
 	}
-	return m
 }
 
 // restore resumes the session a node had when the master stopped: it is
@@ -327,12 +374,16 @@ func (m *Manager) restore(n *Node, st SessionStore) {
 }
 
 // Nodes returns every node in configuration order.
-func (m *Manager) Nodes() []*Node { return m.nodes }
+func (m *Manager) Nodes() []*Node {
+	m.listMu.RLock()
+	defer m.listMu.RUnlock()
+	return slices.Clone(m.nodes)
+}
 
 // Get returns the node called name, or nil.
 func (m *Manager) Get(name string) *Node {
-	for _, n := range m.nodes {
-		if n.cfg.Name == name {
+	for _, n := range m.Nodes() {
+		if n.name == name {
 			return n
 		}
 	}
@@ -359,12 +410,12 @@ func (m *Manager) notify() {
 func (m *Manager) Acquire(labels []string) (*Node, bool) {
 	var best *Node
 	bestFree := 0
-	for _, n := range m.nodes {
+	for _, n := range m.Nodes() {
 		if !n.Covers(labels) {
 			continue
 		}
 		n.mu.Lock()
-		free := n.cfg.Executors - n.busy
+		free := n.executors - n.busy
 		online := n.takes()
 		n.mu.Unlock()
 		if online && free > bestFree {
@@ -376,7 +427,7 @@ func (m *Manager) Acquire(labels []string) (*Node, bool) {
 	}
 	best.mu.Lock()
 	defer best.mu.Unlock()
-	if !best.takes() || best.busy >= best.cfg.Executors {
+	if !best.takes() || best.busy >= best.executors {
 		return nil, false
 	}
 	best.busy++
@@ -389,7 +440,7 @@ func (m *Manager) Acquire(labels []string) (*Node, bool) {
 // takes reports whether n takes new builds: online, not drained, not
 // being taken offline for idleness. n.mu is held.
 func (n *Node) takes() bool {
-	return n.state == StateOnline && n.drain == nil && !n.tearing
+	return n.state == StateOnline && n.drain == nil && !n.tearing && n.retiring == ""
 }
 
 // Demand posts the label sets that queued builds wait for (the
@@ -425,16 +476,24 @@ func (m *Manager) Run(ctx context.Context) {
 	defer cancel(nil)
 	stop := context.AfterFunc(ctx, func() { cancel(ErrMasterStopped) })
 	defer stop()
-	ctx = runCtx
-	var wg sync.WaitGroup
+	m.listMu.Lock()
+	m.runCtx = runCtx
 	for _, n := range m.nodes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			m.run(ctx, n)
-		}()
+		m.start(n)
 	}
-	wg.Wait()
+	m.listMu.Unlock()
+	<-runCtx.Done()
+	m.listMu.Lock()
+	m.runCtx = nil // nodes added from now on are not run
+	m.stopped = true
+	all := slices.Clone(m.nodes)
+	m.listMu.Unlock()
+	m.retired.Wait()
+	for _, n := range all {
+		if n.done != nil {
+			<-n.done
+		}
+	}
 }
 
 func (m *Manager) set(n *Node, state, reason string) {
@@ -449,17 +508,17 @@ func (m *Manager) set(n *Node, state, reason string) {
 	}
 	n.mu.Unlock()
 	if changed {
-		m.log.Info("node state", "node", n.cfg.Name, "state", state, "reason", reason)
+		m.log.Info("node state", "node", n.name, "state", state, "reason", reason)
 	}
 	m.notify()
 }
 
 // run is one node's connect loop.
 func (m *Manager) run(ctx context.Context, n *Node) {
-	log := m.log.Named(n.cfg.Name)
+	log := m.log.Named(n.name)
 	backoff := relaunchMin
 	var restarted <-chan struct{} // the launcher plugin is back after a crash: connect at once
-	if p := m.plugin(n.cfg.Launcher); p != nil {
+	if p := m.plugin(n.Config().Launcher); p != nil {
 		restarted = p.Subscribe()
 	}
 	end := endOther
@@ -538,7 +597,7 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, last e
 		m.set(n, StateOffline, why)
 	}
 	n.mu.Lock()
-	lost := n.lost
+	lost, cfg := n.lost, n.cfg
 	n.mu.Unlock()
 	if held, _ := n.sess.Held(); !held {
 		if lost != "" {
@@ -549,16 +608,16 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, last e
 			m.set(n, StateLaunching, "launching")
 		}
 	}
-	p := m.plugin(n.cfg.Launcher)
+	p := m.plugin(cfg.Launcher)
 	if p == nil {
-		offline(fmt.Sprintf("launcher %q is not loaded", n.cfg.Launcher))
+		offline(fmt.Sprintf("launcher %q is not loaded", cfg.Launcher))
 		return false, endOther
 	}
 	// While the plugin restarts its calls fail with errors that say
 	// nothing of it ("not configured"): say what happens.
 	restarting := func() bool {
 		if k := p.Restarting(); k > 0 {
-			offline(fmt.Sprintf("launcher %s restarting (attempt %d)", n.cfg.Launcher, k))
+			offline(fmt.Sprintf("launcher %s restarting (attempt %d)", cfg.Launcher, k))
 			return true
 		}
 		return false
@@ -569,7 +628,7 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, last e
 	proc := p.Process()
 	var secret []byte
 	if proc.Secrets != nil {
-		s, err := proc.Secrets.NodeSecret(ctx, n.cfg.Name)
+		s, err := proc.Secrets.NodeSecret(ctx, cfg.Name)
 		if err != nil {
 			if !restarting() {
 				offline(fmt.Sprintf("get node secret: %v", err))
@@ -594,7 +653,7 @@ func (m *Manager) connect(ctx context.Context, n *Node, log hclog.Logger, last e
 	}
 	done := make(chan launched, 1)
 	go func() {
-		c, err := proc.Launcher.Launch(lctx, &launcher.Node{Name: n.cfg.Name, Labels: n.cfg.Labels, Config: n.cfg.Config, ApprovedKeys: n.approvedKeys()})
+		c, err := proc.Launcher.Launch(lctx, &launcher.Node{Name: cfg.Name, Labels: cfg.Labels, Config: cfg.Config, ApprovedKeys: n.approvedKeys()})
 		done <- launched{c, err}
 	}()
 	var conn launcher.Conn
@@ -762,10 +821,12 @@ func reason(err error) string {
 // Labels returns the sorted labels of all nodes (their names included).
 func (m *Manager) Labels() []string {
 	set := map[string]bool{}
-	for _, n := range m.nodes {
+	for _, n := range m.Nodes() {
+		n.mu.Lock()
 		for l := range n.labels {
 			set[l] = true
 		}
+		n.mu.Unlock()
 	}
 	out := make([]string, 0, len(set))
 	for l := range set {

@@ -36,7 +36,7 @@ const linkStatsTimeout = 2 * time.Second
 func (m *Manager) Transport(ctx context.Context, n *Node) Transport {
 	st := n.Status()
 	t := Transport{Node: st.Name, Launcher: st.Launcher, State: st.State, Description: st.Description, Traffic: n.Traffic()}
-	p := m.plugin(n.cfg.Launcher)
+	p := m.plugin(n.Config().Launcher)
 	if p == nil {
 		t.LinkError = "launcher not loaded"
 		return t
@@ -48,7 +48,7 @@ func (m *Manager) Transport(ctx context.Context, n *Node) Transport {
 	}
 	ctx, cancel := context.WithTimeout(ctx, linkStatsTimeout)
 	defer cancel()
-	switch stats, err := ls.LinkStats(ctx, n.cfg.Name); {
+	switch stats, err := ls.LinkStats(ctx, n.name); {
 	case errors.Is(err, launcher.ErrNoStats):
 	case err != nil:
 		t.LinkError = err.Error()
@@ -66,8 +66,8 @@ func (m *Manager) LinkMalformed(ctx context.Context) map[string]uint64 {
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	out := map[string]uint64{}
-	for _, n := range m.nodes {
-		p := m.plugin(n.cfg.Launcher)
+	for _, n := range m.Nodes() {
+		p := m.plugin(n.Config().Launcher)
 		if p == nil || p.Restarting() > 0 {
 			continue
 		}
@@ -81,9 +81,9 @@ func (m *Manager) LinkMalformed(ctx context.Context) map[string]uint64 {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(ctx, linkStatsTimeout)
 			defer cancel()
-			if st, err := ls.LinkStats(ctx, n.cfg.Name); err == nil {
+			if st, err := ls.LinkStats(ctx, n.name); err == nil {
 				mu.Lock()
-				out[n.cfg.Name] = st.Malformed
+				out[n.name] = st.Malformed
 				mu.Unlock()
 			}
 		}()

@@ -55,6 +55,26 @@ func load(ctx context.Context, cfg *config.Config, m *Manager, opts LoadOptions)
 	return diags
 }
 
+// Add starts and configures the plugin of launcher l of cfg through m (a
+// reload added the launcher block); cfg's plugin blocks are decoded
+// already. On errors the plugin is stopped and forgotten.
+func Add(ctx context.Context, cfg *config.Config, m *Manager, l *config.Launcher, opts LoadOptions) hcl.Diagnostics {
+	_, diags := startOne(ctx, cfg, m, l)
+	if !diags.HasErrors() {
+		diags = append(diags, configureOne(ctx, cfg, m.Get(l.Name), l, opts)...)
+	}
+	if diags.HasErrors() {
+		m.Remove(l.Name)
+	}
+	return cfg.Redact(diags)
+}
+
+// Reconfigure hands launcher l's running plugin the configuration of cfg
+// (a reload added, changed or removed some of its nodes), as Load did.
+func Reconfigure(ctx context.Context, cfg *config.Config, p *Plugin, l *config.Launcher, opts LoadOptions) hcl.Diagnostics {
+	return cfg.Redact(configureOne(ctx, cfg, p, l, opts))
+}
+
 func startOne(ctx context.Context, cfg *config.Config, m *Manager, l *config.Launcher) (*config.PluginSpec, hcl.Diagnostics) {
 	fail := func(summary string, err error) (*config.PluginSpec, hcl.Diagnostics) {
 		return nil, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: summary,

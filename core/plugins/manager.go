@@ -66,6 +66,24 @@ func (m *Manager) All() []*Plugin {
 	return append([]*Plugin(nil), m.plugins...)
 }
 
+// Remove stops the plugin of launcher name and forgets it (a reload
+// removed its launcher block).
+func (m *Manager) Remove(name string) {
+	m.mu.Lock()
+	var p *Plugin
+	for i, q := range m.plugins {
+		if q.Name == name {
+			p = q
+			m.plugins = append(m.plugins[:i:i], m.plugins[i+1:]...)
+			break
+		}
+	}
+	m.mu.Unlock()
+	if p != nil {
+		p.Stop()
+	}
+}
+
 // Stop stops every plugin, with everything each one started.
 func (m *Manager) Stop() {
 	m.mu.Lock()

@@ -44,6 +44,8 @@ type Plugin struct {
 
 	stop chan struct{}
 	done chan struct{}
+	// restartMu orders a deliberate restart (Restart) with supervise's.
+	restartMu sync.Mutex
 }
 
 func newPlugin(name, path string, sha []byte, logger hclog.Logger) *Plugin {
@@ -136,7 +138,10 @@ func (p *Plugin) supervise() {
 			return
 		case <-tick.C:
 		}
-		if !p.Process().Exited() {
+		p.restartMu.Lock()
+		exited := p.Process().Exited()
+		p.restartMu.Unlock()
+		if !exited {
 			continue
 		}
 		if time.Since(started) > restartReset {
@@ -153,7 +158,10 @@ func (p *Plugin) supervise() {
 			case <-time.After(backoff):
 			}
 			backoff = min(backoff*2, restartMaxBackoff)
-			if err := p.restart(); err != nil {
+			p.restartMu.Lock()
+			err := p.restart()
+			p.restartMu.Unlock()
+			if err != nil {
 				p.logger.Error("plugin restart failed", "error", err, "next_attempt", backoff)
 				continue
 			}
@@ -195,6 +203,27 @@ func (p *Plugin) restart() error {
 		}
 	}
 	p.logger.Info("plugin restarted", "pid", p.Process().Pid())
+	return nil
+}
+
+// Restart stops the plugin's process and starts a new one configured with
+// cfg (a reload changed the launcher block): what the old process held
+// (connections to agents) ends with it; nodes relaunch through the new
+// one, as after a crash (Subscribe). On failure the plugin is left to its
+// supervision, which retries with the configuration it had.
+func (p *Plugin) Restart(ctx context.Context, cfg *launcher.Config) error {
+	p.restartMu.Lock()
+	defer p.restartMu.Unlock()
+	p.mu.Lock()
+	prev := p.config
+	p.config = cfg
+	p.mu.Unlock()
+	if err := p.restart(); err != nil {
+		p.mu.Lock()
+		p.config = prev
+		p.mu.Unlock()
+		return fmt.Errorf("restart launcher %q: %w", p.Name, err)
+	}
 	return nil
 }
 

@@ -75,7 +75,7 @@ func (s *Server) apiRoutes(rt router) {
 	rt.handle("DELETE /v1/nodes/{node}", admin, s.handleDeleteNode)
 	rt.handle("GET /v1/jobs", read, func(w http.ResponseWriter, r *http.Request) {
 		out := []JobStatus{}
-		for _, j := range s.cfg.Jobs {
+		for _, j := range s.config().Jobs {
 			js := JobStatus{Name: j.Name, Labels: j.Labels, Steps: []string{}}
 			if j.Timeout > 0 {
 				js.Timeout = j.Timeout.String()
@@ -236,7 +236,7 @@ func (s *Server) handleLog(w http.ResponseWriter, r *http.Request, job string, n
 
 func (s *Server) handleSecret(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("node")
-	n := s.cfg.Node(name)
+	n := s.config().Node(name)
 	if n == nil {
 		writeError(w, http.StatusNotFound, "no such node: "+name)
 		return
@@ -271,8 +271,8 @@ type DeleteNodeResponse struct {
 func (s *Server) handleDeleteNode(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("node")
 	purge, _ := strconv.ParseBool(r.URL.Query().Get("purge"))
-	if s.cfg.Node(name) != nil {
-		writeError(w, http.StatusConflict, fmt.Sprintf("node %q is in the configuration: remove its block and restart the server first", name))
+	if s.config().Node(name) != nil {
+		writeError(w, http.StatusConflict, fmt.Sprintf("node %q is in the configuration: remove its block and reload the configuration (conveyor reload) first", name))
 		return
 	}
 	rec, err := s.store.Node(name)

@@ -171,7 +171,7 @@ func TestTokenRoles(t *testing.T) {
 		t.Errorf("the token list holds hashes: %s", body)
 	}
 	// Stored hashed: the database never holds a token.
-	db, err := os.ReadFile(filepath.Join(u.s.cfg.Server.DataDir, "builds.db"))
+	db, err := os.ReadFile(filepath.Join(u.s.config().Server.DataDir, "builds.db"))
 	if err != nil {
 		t.Fatal(err)
 	}

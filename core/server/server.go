@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -32,7 +33,8 @@ func (e *DiagnosticsError) Error() string { return e.Diagnostics.Error() }
 
 // Server is a running master.
 type Server struct {
-	cfg     *config.Config
+	cfg     atomic.Pointer[config.Config] // a reload swaps it; see config
+	paths   []string                      // where Reload reads the configuration
 	logger  hclog.Logger
 	plugins *plugins.Manager
 	store   *store.Store
@@ -42,12 +44,20 @@ type Server struct {
 	http    *http.Server
 	ln      net.Listener
 	auth    *authenticator
+
+	// runCtx is Serve's context: reload operations waiting for running
+	// builds end with it.
+	runCtx  atomic.Pointer[context.Context]
+	reloads reloadState
 }
 
 // Options tunes a server beyond its configuration.
 type Options struct {
 	// Nodes tunes agent sessions (heartbeats).
 	Nodes nodes.Options
+	// ConfigPaths are the files or directories the configuration was
+	// loaded from, which Reload loads again; none disables reloading.
+	ConfigPaths []string
 }
 
 // New prepares the data directory, starts and configures the plugins and
@@ -61,7 +71,8 @@ func New(ctx context.Context, cfg *config.Config, opts Options, logger hclog.Log
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, logger: logger, store: st, plugins: plugins.NewManager(logger.Named("launcher"))}
+	s := &Server{paths: opts.ConfigPaths, logger: logger, store: st, plugins: plugins.NewManager(logger.Named("launcher"))}
+	s.cfg.Store(cfg)
 	fail := func(err error) (*Server, error) {
 		s.plugins.Stop()
 		st.Close()
@@ -114,6 +125,9 @@ func New(ctx context.Context, cfg *config.Config, opts Options, logger hclog.Log
 	return s, nil
 }
 
+// config is the configuration in force (the last one reloaded).
+func (s *Server) config() *config.Config { return s.cfg.Load() }
+
 // Addr is the address the HTTP API listens on.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
 
@@ -122,8 +136,9 @@ func (s *Server) Plugins() *plugins.Manager { return s.plugins }
 
 // Serve serves the HTTP API until ctx ends, then stops the plugins.
 func (s *Server) Serve(ctx context.Context) error {
-	s.logger.Info("conveyor server started", "name", s.cfg.Server.Name, "http", "http://"+s.Addr(),
-		"data_dir", s.cfg.Server.DataDir, "version", version.Version)
+	s.logger.Info("conveyor server started", "name", s.config().Server.Name, "http", "http://"+s.Addr(),
+		"data_dir", s.config().Server.DataDir, "version", version.Version)
+	s.runCtx.Store(&ctx)
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.Serve(s.ln) }()
 	runCtx, stopRun := context.WithCancel(ctx)
@@ -172,6 +187,7 @@ func (s *Server) routes() http.Handler {
 		writeJSON(w, http.StatusOK, s.pluginStatus())
 	})
 	s.apiRoutes(rt)
+	s.reloadRoutes(rt)
 	s.tokenRoutes(rt)
 	s.uiRoutes(rt)
 	return rt.mux

@@ -83,7 +83,7 @@ type uiPage struct {
 // render writes page name with data, or a 500 when it fails to render.
 func (s *Server) render(w http.ResponseWriter, r *http.Request, code int, name, title, nav string, data any) {
 	t := uiPages[name]
-	p := uiPage{Title: title, Nav: nav, PublicRead: s.auth.publicRead, Server: s.cfg.Server.Name,
+	p := uiPage{Title: title, Nav: nav, PublicRead: s.auth.publicRead, Server: s.config().Server.Name,
 		Version: version.Version, Data: data}
 	if sess, ok := sessionOf(r.Context()); ok {
 		p.SignedIn, p.CSRF = true, s.auth.csrf(sess)
@@ -127,7 +127,7 @@ const signOutsFile = "ui-signed-out"
 // uiRoutes registers the web UI under /ui/, and has the sessions signed
 // out before a restart stay so.
 func (s *Server) uiRoutes(rt router) {
-	if err := rt.auth.keepSignOuts(filepath.Join(s.cfg.Server.DataDir, signOutsFile)); err != nil {
+	if err := rt.auth.keepSignOuts(filepath.Join(s.config().Server.DataDir, signOutsFile)); err != nil {
 		s.logger.Warn("UI sessions signed out before this start cannot be told apart: they stay valid until they expire", "error", err)
 	}
 	static, err := fs.Sub(uiFiles, "ui/static")
@@ -276,6 +276,8 @@ type nodesData struct {
 	Online     int
 	Queued     int
 	InProgress []*store.Build
+	// Reload is the last configuration reload's outcome, nil before one.
+	Reload *ReloadResult
 }
 
 func (s *Server) uiNodes(w http.ResponseWriter, r *http.Request) {
@@ -295,6 +297,7 @@ func (s *Server) uiNodes(w http.ResponseWriter, r *http.Request) {
 	}
 	d.InProgress = s.inProgress()
 	d.Queued = s.builds.Queued()
+	d.Reload = s.LastReload()
 	s.render(w, r, http.StatusOK, "nodes", "Nodes", "nodes", d)
 }
 
@@ -306,7 +309,7 @@ const scanDepth = 100
 // first.
 func (s *Server) inProgress() []*store.Build {
 	var out []*store.Build
-	for _, j := range s.cfg.Jobs {
+	for _, j := range s.config().Jobs {
 		list, err := s.builds.List(j.Name, scanDepth)
 		if err != nil {
 			s.logger.Error("listing builds", "job", j.Name, "error", err)
@@ -338,7 +341,7 @@ const recentLimit = 50
 
 func (s *Server) uiBuilds(w http.ResponseWriter, r *http.Request) {
 	d := buildsData{InProgress: s.inProgress()}
-	for _, j := range s.cfg.Jobs {
+	for _, j := range s.config().Jobs {
 		list, err := s.builds.List(j.Name, recentLimit)
 		if err != nil {
 			s.uiServiceError(w, r, err)
@@ -400,7 +403,7 @@ func (s *Server) jobView(j *config.Job, recent []*store.Build) jobView {
 
 func (s *Server) uiJobs(w http.ResponseWriter, r *http.Request) {
 	var jobs []jobView
-	for _, j := range s.cfg.Jobs {
+	for _, j := range s.config().Jobs {
 		recent, err := s.builds.List(j.Name, scanDepth)
 		if err != nil {
 			s.uiServiceError(w, r, err)
@@ -453,7 +456,7 @@ func (s *Server) uiJob(w http.ResponseWriter, r *http.Request) {
 
 // renderJob shows the job page, its form filled with the given values.
 func (s *Server) renderJob(w http.ResponseWriter, r *http.Request, code int, given map[string]string, msg string) {
-	j := s.cfg.Job(r.PathValue("job"))
+	j := s.config().Job(r.PathValue("job"))
 	if j == nil {
 		s.uiError(w, r, http.StatusNotFound, "no such job: "+r.PathValue("job"))
 		return
@@ -607,7 +610,7 @@ func (s *Server) uiBuild(w http.ResponseWriter, r *http.Request, job string, n i
 	}
 	// The steps not run yet: pending while the build goes on, skipped
 	// once it ended.
-	if j := s.cfg.Job(job); j != nil {
+	if j := s.config().Job(job); j != nil {
 		if b.Status == store.StatusQueued {
 			d.Labels = j.Labels
 			for _, nd := range s.nodes.Nodes() {

@@ -54,8 +54,9 @@ func newUIServer(t *testing.T, publicRead bool) *uiServer {
 	t.Cleanup(func() { st.Close() })
 	log := &syncBuffer{}
 	logger := hclog.New(&hclog.LoggerOptions{Level: hclog.Trace, Output: log})
-	s := &Server{cfg: cfg, logger: logger, store: st, plugins: plugins.NewManager(logger.Named("launcher")),
+	s := &Server{logger: logger, store: st, plugins: plugins.NewManager(logger.Named("launcher")),
 		auth: newAuthenticator(configuredToken, publicRead), metrics: metrics.New(metrics.Sources{})}
+	s.cfg.Store(cfg)
 	s.auth.onFailure = s.metrics.AuthFailure
 	s.nodes = nodes.NewManager(cfg, s.plugins, nodes.Options{Store: st, Control: st}, logger.Named("node"))
 	s.builds = builds.New(cfg, st, s.nodes, nil, logger.Named("build"))

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/conveyor-ci/conveyor/sdk/wire"
@@ -142,6 +143,12 @@ func TestFeaturesRequired(t *testing.T) {
 	_, err = h.s.RunStepInput(context.Background(), &wire.RunStep{BuildID: "a#1"}, []byte("x"), &chunkWriter{})
 	if !errors.Is(err, ErrUnsupported) {
 		t.Fatalf("RunStepInput: %v", err)
+	}
+	// An agent that predates RunStep.Shell refuses rather than running the
+	// step under /bin/sh.
+	_, err = h.s.RunStep(context.Background(), &wire.RunStep{BuildID: "a#1", Command: "true", Shell: []string{"bash", "-l", "-c"}}, &chunkWriter{})
+	if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), `"shell"`) {
+		t.Fatalf("RunStep with a shell: %v", err)
 	}
 	if _, m, ok := h.agent.tryRecv(); ok && !slices.Contains([]wire.Type{wire.TypePing, wire.TypeAck}, m.Type()) {
 		t.Fatalf("the agent got %v", m.Type())

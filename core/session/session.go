@@ -278,6 +278,20 @@ func (s *Session) Live() bool {
 	return s.ep != nil && s.ended == nil
 }
 
+// End ends the current session, if one lives (held or not), with err: its
+// running steps fail with err and its persisted record says it ended. The
+// node manager calls it when a configuration reload removes or relaunches
+// the node. It reports whether a session ended.
+func (s *Session) End(err error) bool {
+	s.mu.Lock()
+	ep := s.ep
+	s.mu.Unlock()
+	if ep == nil {
+		return false
+	}
+	return s.end(ep, err)
+}
+
 // Held reports whether the session waits for the agent to resume it, and
 // until when.
 func (s *Session) Held() (bool, time.Time) {
@@ -1197,11 +1211,18 @@ func (s *Session) RunStep(ctx context.Context, req *wire.RunStep, out io.Writer)
 const StdinChunk = 64 << 10
 
 // RunStepInput is RunStep with stdin as the step's standard input (nil:
-// /dev/null); the agent must announce wire.FeatureStdin. Its first chunk
+// /dev/null); the agent must announce wire.FeatureStdin, and
+// wire.FeatureShell for a req with a Shell. Its first chunk
 // goes before the RunStep, announcing it, the rest after (docs/protocol.md).
 func (s *Session) RunStepInput(ctx context.Context, req *wire.RunStep, stdin []byte, out io.Writer) (*StepResult, error) {
 	if stdin != nil && !s.Supports(wire.FeatureStdin) {
 		return nil, fmt.Errorf("step stdin: %w", s.unsupported(wire.FeatureStdin))
+	}
+	if len(req.Shell) > 0 && !s.Supports(wire.FeatureShell) {
+		// An older agent would drop the frame as malformed, or (were the
+		// field dropped) run the step under /bin/sh: neither is what the
+		// configuration asks.
+		return nil, fmt.Errorf("step shell %q: %w", req.Shell, s.unsupported(wire.FeatureShell))
 	}
 	ep, st, err := s.register(req.BuildID, req.StepIndex, out, nil, false)
 	if err != nil {

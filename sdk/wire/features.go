@@ -21,6 +21,11 @@ const (
 	// FeatureStdin: the agent feeds Stdin frames to a step's standard
 	// input.
 	FeatureStdin = "stdin"
+	// FeatureShell: the agent runs a step under RunStep.Shell. A master
+	// sends a RunStep with a Shell only to an agent announcing it; to
+	// another, such a step fails saying the agent predates it, rather than
+	// running under /bin/sh.
+	FeatureShell = "shell"
 	// FeatureStats: announced by the master, not the agent, at the end of
 	// an accepting AuthResult's Reason (" features=stats", which older
 	// agents ignore): the master takes Stats frames. An agent sends them

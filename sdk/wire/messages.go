@@ -163,6 +163,13 @@ type RunStep struct {
 	Env           []EnvVar // environment, in the order given; empty decodes as nil
 	Workdir       string   // working directory
 	TimeoutMillis uint64   // step timeout in milliseconds; 0 means none
+	// Shell is the command line the step runs under, Command appended as
+	// its last argument; empty means the agent's default, /bin/sh -c. It
+	// is encoded after TimeoutMillis only when set, so a RunStep without
+	// it is the frame every agent decodes; a master sends one with it only
+	// to an agent announcing FeatureShell (an older agent would drop the
+	// frame as malformed).
+	Shell []string
 }
 
 // Type returns TypeRunStep.
@@ -179,7 +186,14 @@ func (m *RunStep) appendBody(b []byte) []byte {
 		b = appendString(b, e.Value)
 	}
 	b = appendString(b, m.Workdir)
-	return appendUvarint(b, m.TimeoutMillis)
+	b = appendUvarint(b, m.TimeoutMillis)
+	if len(m.Shell) > 0 {
+		b = appendUvarint(b, uint64(len(m.Shell)))
+		for _, w := range m.Shell {
+			b = appendString(b, w)
+		}
+	}
+	return b
 }
 
 func (m *RunStep) decodeBody(d *decoder) error {
@@ -198,6 +212,20 @@ func (m *RunStep) decodeBody(d *decoder) error {
 	}
 	m.Workdir = d.string("Workdir")
 	m.TimeoutMillis = d.uvarint("TimeoutMillis")
+	m.Shell = nil
+	if d.err == nil && len(d.b) > 0 {
+		// Each word takes at least one byte (its length).
+		n := d.length("Shell", 1)
+		if n == 0 && d.err == nil {
+			d.fail("Shell", fmt.Errorf("an empty shell is sent as no field: %w", ErrMalformed))
+		}
+		if n > 0 {
+			m.Shell = make([]string, n)
+			for i := range m.Shell {
+				m.Shell[i] = d.string("Shell")
+			}
+		}
+	}
 	return d.finish()
 }
 

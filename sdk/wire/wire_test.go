@@ -60,6 +60,8 @@ func messageCases() []messageCase {
 		}},
 		{name: "RunStep/empty-env", in: &RunStep{BuildID: "b", Env: []EnvVar{}}, want: &RunStep{BuildID: "b"}},
 		{name: "RunStep/long-command", in: &RunStep{Command: long}},
+		{name: "RunStep/shell", in: &RunStep{BuildID: "b", Command: "echo $0", Shell: []string{"bash", "-l", "-c"}}},
+		{name: "RunStep/empty-shell", in: &RunStep{BuildID: "b", Shell: []string{}}, want: &RunStep{BuildID: "b"}},
 		{name: "Stdin/zero", in: &Stdin{}},
 		{name: "Stdin/data", in: &Stdin{BuildID: "b", Data: binary}},
 		{name: "Stdin/eof", in: &Stdin{BuildID: "b", Data: []byte{}, EOF: true}, want: &Stdin{BuildID: "b", EOF: true}},
@@ -353,6 +355,8 @@ func TestRejects(t *testing.T) {
 		{"bytes length max", frameBytes(TypeAuth, binary.AppendUvarint(nil, math.MaxUint64)), ErrTruncated},
 		{"env count max", frameBytes(TypeRunStep, append([]byte{0, 0, 0, 0}, binary.AppendUvarint(nil, math.MaxUint64)...)), ErrTruncated},
 		{"env count exceeds half the rest", frameBytes(TypeRunStep, []byte{0, 0, 0, 0, 2, 0, 0, 0, 0}), ErrTruncated},
+		{"shell count 0", frameBytes(TypeRunStep, []byte{0, 0, 0, 0, 0, 0, 0, 0}), ErrMalformed},
+		{"shell count exceeds the rest", frameBytes(TypeRunStep, []byte{0, 0, 0, 0, 0, 0, 0, 2, 0}), ErrTruncated},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -390,12 +394,26 @@ func TestRejectTruncatedFrame(t *testing.T) {
 }
 
 // TestRejectTruncatedBody checks every strict prefix of every message body,
-// framed correctly, fails with ErrTruncated.
+// framed correctly, fails with ErrTruncated; but for the prefix that ends
+// where an optional trailing field (RunStep.Shell) starts: that one is the
+// message without it.
 func TestRejectTruncatedBody(t *testing.T) {
 	for _, c := range messageCases() {
 		body := c.in.appendBody(nil)
+		without := -1
+		if rs, ok := c.in.(*RunStep); ok && len(rs.Shell) > 0 {
+			plain := *rs
+			plain.Shell = nil
+			without = len(plain.appendBody(nil))
+		}
 		for n := range len(body) {
-			_, _, err := Unmarshal(frameBytes(c.in.Type(), body[:n]))
+			_, m, err := Unmarshal(frameBytes(c.in.Type(), body[:n]))
+			if n == without {
+				if rs, ok := m.(*RunStep); err != nil || !ok || rs.Shell != nil {
+					t.Fatalf("%s: body without its shell: %v, %#v", c.name, err, m)
+				}
+				continue
+			}
 			if !errors.Is(err, ErrTruncated) {
 				t.Fatalf("%s: body prefix %d/%d: error = %v, want ErrTruncated", c.name, n, len(body), err)
 			}
@@ -772,5 +790,28 @@ func TestRefusalKey(t *testing.T) {
 	g.Session, g.MAC = 42, f.MAC
 	if Verify(key, g) {
 		t.Error("the MAC of a refusal verifies with another reason")
+	}
+}
+
+// TestRunStepWithoutShellIsTheOldFrame: a RunStep without a shell encodes
+// as before the field existed, which agents that predate it decode; one
+// with a shell is longer, and an old decoder (the fields up to
+// TimeoutMillis, then finish) would refuse it: hence FeatureShell.
+func TestRunStepWithoutShellIsTheOldFrame(t *testing.T) {
+	plain := &RunStep{BuildID: "b#1", StepIndex: 2, StepName: "s", Command: "true", Workdir: "w", TimeoutMillis: 5}
+	old := appendString(nil, plain.BuildID)
+	old = appendUvarint(old, uint64(plain.StepIndex))
+	old = appendString(old, plain.StepName)
+	old = appendString(old, plain.Command)
+	old = appendUvarint(old, 0)
+	old = appendString(old, plain.Workdir)
+	old = appendUvarint(old, plain.TimeoutMillis)
+	if got := plain.appendBody(nil); !bytes.Equal(got, old) {
+		t.Fatalf("RunStep without shell = %x, want the old encoding %x", got, old)
+	}
+	withShell := *plain
+	withShell.Shell = []string{"bash", "-c"}
+	if got := withShell.appendBody(nil); len(got) <= len(old) || !bytes.Equal(got[:len(old)], old) {
+		t.Fatalf("RunStep with shell = %x, want the old encoding %x followed by the shell", got, old)
 	}
 }

@@ -50,6 +50,11 @@ Commands:
   token create -name NAME -role read|trigger|admin
                           issue an API token (printed once); token list,
                           token revoke NAME (an admin token may)
+  reload [-force]         have the server load its configuration again
+                          (admin; also on SIGHUP): a bad file changes
+                          nothing; nodes relaunch and launchers restart
+                          once their running builds finish, or at once
+                          with -force
   version                 print the version
   LAUNCHER [COMMAND] -config FILE
                           run an operator command of a configured launcher's
@@ -95,6 +100,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdSecret(ctx, rest, stdout, stderr)
 	case "token":
 		return cmdToken(ctx, rest, stdout, stderr)
+	case "reload":
+		return cmdReload(ctx, rest, stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintf(stdout, "conveyor %s\n", version.Version)
 		return 0
@@ -138,6 +145,8 @@ func cmdServer(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "conveyor server: -config is required")
 		return 2
 	}
+	hup := notifySIGHUP()
+	defer signal.Stop(hup)
 	cfg, ok := loadConfig(ctx, stderr, *path)
 	if !ok {
 		return 1
@@ -149,7 +158,7 @@ func cmdServer(ctx context.Context, args []string, stderr io.Writer) int {
 		_ = os.Unsetenv(name)
 	}
 	logger := newLogger(cfg, stderr, hclog.Trace)
-	srv, err := server.New(ctx, cfg, server.Options{}, logger)
+	srv, err := server.New(ctx, cfg, server.Options{ConfigPaths: []string{*path}}, logger)
 	if err != nil {
 		var de *server.DiagnosticsError
 		if errors.As(err, &de) {
@@ -159,6 +168,7 @@ func cmdServer(ctx context.Context, args []string, stderr io.Writer) int {
 		}
 		return 1
 	}
+	reloadOnSIGHUP(ctx, hup, srv, logger)
 	if err := srv.Serve(ctx); err != nil {
 		logger.Error("server stopped", "error", err)
 		return 1

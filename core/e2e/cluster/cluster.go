@@ -236,6 +236,32 @@ func (c *Cluster) stopServer(sig syscall.Signal) {
 	}
 }
 
+// SetKafka replaces the extra body of the kafka launcher block
+// (Options.Kafka) for the next WriteConfig: a reload test changes the
+// launcher block with it.
+func (c *Cluster) SetKafka(body string) { c.opts.Kafka = body }
+
+// SetLaunchers replaces the extra launcher blocks (Options.Launchers)
+// for the next WriteConfig.
+func (c *Cluster) SetLaunchers(blocks string) { c.opts.Launchers = blocks }
+
+// ConfigPath is the server's configuration file.
+func (c *Cluster) ConfigPath() string { return c.config }
+
+// Signal sends sig to the running master (SIGHUP: reload).
+func (c *Cluster) Signal(sig syscall.Signal) {
+	c.t.Helper()
+	c.mu.Lock()
+	cmd := c.server
+	c.mu.Unlock()
+	if cmd == nil {
+		c.t.Fatal("no server runs")
+	}
+	if err := cmd.Process.Signal(sig); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
 // ServerLog is what the master printed since it last started.
 func (c *Cluster) ServerLog() string {
 	c.mu.Lock()

@@ -1,0 +1,10 @@
+launcher "local" {}
+
+node "n" {
+  launcher = "local"
+  shell    = []
+}
+
+job "j" {
+  step "s" { run = "true" }
+}
